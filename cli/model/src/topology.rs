@@ -1,0 +1,291 @@
+//! The topology file as written: plain data that serialises back to the same TOML. Checks that
+//! span several fields (duplicates, profiles, roles) live in `validate`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::profile::{ProfileSpec, read_profile_spec};
+use crate::read::{Reader, Table, int_value, show, type_name};
+use crate::diag::Kind;
+
+pub const DEFAULT_CONFIRM_TIMEOUT_S: u64 = 120;
+pub const DEFAULT_SSH_PORT: u16 = 22;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopologyFile {
+    pub cluster: ClusterSpec,
+    #[serde(default, skip_serializing_if = "DefaultsSpec::is_empty")]
+    pub defaults: DefaultsSpec,
+    #[serde(rename = "network", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, NetworkSpec>,
+    #[serde(rename = "profile", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub profiles: BTreeMap<String, ProfileSpec>,
+    #[serde(rename = "node", default)]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default, skip_serializing_if = "TargetsSpec::is_empty")]
+    pub targets: TargetsSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    pub name: String,
+    /// Flake reference for nixpkgs, e.g. "github:NixOS/nixpkgs/nixos-25.11".
+    pub nixpkgs: String,
+    /// The login user on every node (CloudLab: your username); root is reached through sudo.
+    pub ssh_user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_timeout_s: Option<u64>,
+    /// A directory of extra `*.toml` hardware profiles, relative to this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<String>,
+    /// Where the nodes are (e.g. "wisc"); informational, used by CloudLab export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// When the experiment that holds the nodes ends (RFC 3339), if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// SSH public keys that may log in as `ssh_user` on every node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DefaultsSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl DefaultsSpec {
+    fn is_empty(&self) -> bool {
+        *self == DefaultsSpec::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// e.g. "10.10.1.0/24"
+    pub subnet: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub name: String,
+    /// SSH address of the node's control interface (DNS name or IP).
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Either a full list ("wasm") or changes to the defaults ("+cuda", "-wasm").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The control network's public address, when known (CloudLab `<host ipv4>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lan: Vec<LanSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanSpec {
+    /// The `[network.NAME]` this interface is on; inferred from the address when omitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Address with prefix length, e.g. "10.10.1.2/24".
+    pub address: String,
+    /// 12 hex digits, with or without colons.
+    pub mac: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetsSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm_cold_start_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unikernel_boot_ms: Option<f64>,
+}
+
+impl TargetsSpec {
+    fn is_empty(&self) -> bool {
+        *self == TargetsSpec::default()
+    }
+}
+
+pub const TOP_KEYS: &[&str] = &["cluster", "defaults", "network", "profile", "node", "targets"];
+pub const CLUSTER_KEYS: &[&str] = &[
+    "name", "nixpkgs", "ssh_user", "confirm_timeout_s", "profile_dir", "state_version", "site", "expires", "ssh_keys",
+];
+pub const DEFAULTS_KEYS: &[&str] = &["profile", "features", "port"];
+pub const NODE_KEYS: &[&str] = &["name", "host", "port", "user", "profile", "roles", "features", "tags", "control_ip", "lan"];
+pub const LAN_KEYS: &[&str] = &["network", "address", "mac", "vlan"];
+pub const TARGET_KEYS: &[&str] = &["latency_p99_ms", "wasm_cold_start_ms", "unikernel_boot_ms"];
+
+/// Reads the document tree into a `TopologyFile`. Fields with type errors are skipped (and
+/// reported), so a file with errors still yields as much as can be checked further.
+pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFile> {
+    r.check_keys(root, TOP_KEYS);
+    let cluster = match root.get("cluster") {
+        Some(v) => r.table(v, "cluster".into()),
+        None => {
+            r.error(Kind::MissingField, 0..0, "missing required table [cluster]")
+                .field("cluster")
+                .help("add [cluster] with name, nixpkgs and ssh_user; see examples/edge-lab.toml");
+            None
+        }
+    };
+    let cluster = cluster.map(|c| {
+        r.check_keys(&c, CLUSTER_KEYS);
+        ClusterSpec {
+            name: r.string(&c, "name", true).unwrap_or_default(),
+            nixpkgs: r.string(&c, "nixpkgs", true).unwrap_or_default(),
+            ssh_user: r.string(&c, "ssh_user", true).unwrap_or_default(),
+            confirm_timeout_s: r.integer(&c, "confirm_timeout_s", false, 5, 3600).map(|n| n as u64),
+            profile_dir: r.string(&c, "profile_dir", false),
+            state_version: r.string(&c, "state_version", false),
+            site: r.string(&c, "site", false),
+            expires: r.string(&c, "expires", false),
+            ssh_keys: r.strings(&c, "ssh_keys").unwrap_or_default(),
+        }
+    });
+
+    let mut defaults = DefaultsSpec::default();
+    if let Some(d) = r.opt_table(root, "defaults") {
+        r.check_keys(&d, DEFAULTS_KEYS);
+        defaults.profile = r.string(&d, "profile", false);
+        defaults.features = r.strings(&d, "features");
+        defaults.port = r.integer(&d, "port", false, 1, 65535).map(|n| n as u16);
+    }
+
+    let mut networks = BTreeMap::new();
+    if let Some(nt) = r.opt_table(root, "network") {
+        for (k, v) in nt.entries.iter() {
+            let name = k.get_ref().to_string();
+            let Some(t) = r.table(v, format!("network.{name}")) else { continue };
+            r.check_keys(&t, &["subnet", "vlan"]);
+            let subnet = r.string(&t, "subnet", true);
+            let vlan = r.integer(&t, "vlan", false, 1, 4094).map(|n| n as u16);
+            if let Some(subnet) = subnet {
+                networks.insert(name, NetworkSpec { subnet, vlan });
+            }
+        }
+    }
+
+    let mut profiles = BTreeMap::new();
+    if let Some(pt) = r.opt_table(root, "profile") {
+        for (k, v) in pt.entries.iter() {
+            let name = k.get_ref().to_string();
+            if let Some(t) = r.table(v, format!("profile.{name}")) {
+                profiles.insert(name, read_profile_spec(r, &t));
+            }
+        }
+    }
+
+    let mut nodes = Vec::new();
+    match root.get("node") {
+        None => {}
+        Some(v) if !matches!(v.get_ref(), toml::de::DeValue::Array(_)) => {
+            r.error(Kind::WrongType, v.span(), format!("`node` must be an array of tables ([[node]]), found {}", type_name(v.get_ref())))
+                .field("node")
+                .help("write each node as a [[node]] table (double brackets)");
+        }
+        Some(_) => {
+            for t in r.tables(root, "node") {
+                nodes.push(read_node(r, &t));
+            }
+        }
+    }
+
+    let mut targets = TargetsSpec::default();
+    if let Some(t) = r.opt_table(root, "targets") {
+        r.check_keys(&t, TARGET_KEYS);
+        targets.latency_p99_ms = target(r, &t, "latency_p99_ms");
+        targets.wasm_cold_start_ms = target(r, &t, "wasm_cold_start_ms");
+        targets.unikernel_boot_ms = target(r, &t, "unikernel_boot_ms");
+    }
+
+    Some(TopologyFile { cluster: cluster?, defaults, networks, profiles, nodes, targets })
+}
+
+fn read_node(r: &mut Reader, t: &Table<'_, '_>) -> NodeSpec {
+    r.check_keys(t, NODE_KEYS);
+    let lan = r
+        .tables(t, "lan")
+        .into_iter()
+        .map(|l| {
+            r.check_keys(&l, LAN_KEYS);
+            LanSpec {
+                network: r.string(&l, "network", false),
+                address: r.string(&l, "address", true).unwrap_or_default(),
+                mac: r.string(&l, "mac", true).unwrap_or_default(),
+                vlan: r.integer(&l, "vlan", false, 1, 4094).map(|n| n as u16),
+            }
+        })
+        .collect();
+    NodeSpec {
+        name: r.string(t, "name", true).unwrap_or_default(),
+        host: r.string(t, "host", true).unwrap_or_default(),
+        port: r.integer(t, "port", false, 1, 65535).map(|n| n as u16),
+        user: r.string(t, "user", false),
+        profile: r.string(t, "profile", false),
+        roles: r.strings(t, "roles").unwrap_or_default(),
+        features: r.strings(t, "features").unwrap_or_default(),
+        tags: r.strings(t, "tags").unwrap_or_default(),
+        control_ip: r.string(t, "control_ip", false),
+        lan,
+    }
+}
+
+/// A target must be a positive, finite number of milliseconds.
+fn target(r: &mut Reader, t: &Table<'_, '_>, key: &str) -> Option<f64> {
+    let v = t.get(key)?;
+    let path = t.child(key);
+    r.spans.insert(path.clone(), v.span());
+    let n = match v.get_ref() {
+        toml::de::DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+        toml::de::DeValue::Integer(_) => int_value(v.get_ref()).map(|n| n as f64),
+        _ => None,
+    };
+    match n {
+        Some(x) if x.is_finite() && x > 0.0 => Some(x),
+        Some(_) => {
+            r.error(Kind::InvalidTarget, v.span(), format!("target `{key}` must be a positive number of milliseconds"))
+                .field(path)
+                .value(show(v.get_ref()))
+                .help(format!("write e.g. `{key} = 5.0`"));
+            None
+        }
+        None => {
+            r.error(Kind::InvalidTarget, v.span(), format!("target `{key}` must be a number, found {}", type_name(v.get_ref())))
+                .field(path)
+                .value(show(v.get_ref()))
+                .help(format!("write a bare number of milliseconds, e.g. `{key} = 5.0` (no quotes, no unit)"));
+            None
+        }
+    }
+}
+
+impl TopologyFile {
+    /// TOML text that reads back to an equal `TopologyFile`.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}

@@ -1,0 +1,690 @@
+//! Checks across fields and the resolved, typed cluster that later stages use.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::diag::{DiagMut, Diagnostic, Kind, did_you_mean};
+use crate::net::{Ipv4Cidr, Mac, is_host, is_nixos_hostname, is_simple_name, is_username};
+use crate::profile::{Profile, ProfileSet};
+use crate::read::Reader;
+use crate::topology::{DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_SSH_PORT, TargetsSpec, TopologyFile};
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        pub enum $name { $(#[serde(rename = $s)] $variant),* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+            pub fn as_str(self) -> &'static str { match self { $($name::$variant => $s),* } }
+            pub fn from_name(s: &str) -> Option<Self> { match s { $($s => Some($name::$variant),)* _ => None } }
+            pub fn names() -> impl Iterator<Item = &'static str> { Self::ALL.iter().map(|x| x.as_str()) }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+named_enum!(
+    /// What a node does in the cluster.
+    Role { RayHead => "ray-head", RayWorker => "ray-worker", ZenohRouter => "zenoh-router" }
+);
+
+named_enum!(
+    /// What gets installed and configured on a node.
+    Feature {
+        Cuda => "cuda",
+        NetTuning => "net-tuning",
+        Wasm => "wasm",
+        Unikernel => "unikernel",
+        Zenoh => "zenoh",
+        Ray => "ray",
+        Agent => "agent",
+    }
+);
+
+impl Role {
+    /// The feature a role cannot work without.
+    pub fn needs(self) -> Feature {
+        match self {
+            Role::RayHead | Role::RayWorker => Feature::Ray,
+            Role::ZenohRouter => Feature::Zenoh,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Network {
+    pub name: String,
+    pub subnet: Ipv4Cidr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// True when no `[network.NAME]` declared it and it was inferred from addresses.
+    pub implicit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Interface {
+    pub network: String,
+    pub address: Ipv4Cidr,
+    pub mac: Mac,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub profile: Arc<Profile>,
+    pub roles: BTreeSet<Role>,
+    pub features: BTreeSet<Feature>,
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_ip: Option<IpAddr>,
+    pub interfaces: Vec<Interface>,
+}
+
+impl Node {
+    pub fn has(&self, f: Feature) -> bool {
+        self.features.contains(&f)
+    }
+    pub fn is(&self, r: Role) -> bool {
+        self.roles.contains(&r)
+    }
+}
+
+/// A validated cluster: every reference resolved, every value typed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub nixpkgs: String,
+    pub ssh_user: String,
+    pub confirm_timeout_s: u64,
+    pub state_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub networks: Vec<Network>,
+    pub nodes: Vec<Node>,
+    pub targets: TargetsSpec,
+}
+
+impl Cluster {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+    pub fn ray_head(&self) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.is(Role::RayHead))
+    }
+    /// Every CUDA capability in the cluster's GPUs, sorted and unique.
+    pub fn cuda_capabilities(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.has(Feature::Cuda))
+            .flat_map(|n| n.profile.gpus.iter().map(|g| g.compute_capability.as_str()))
+            .collect();
+        set.into_iter().map(String::from).collect()
+    }
+}
+
+/// The NixOS release a `nixpkgs` flake ref points at ("...nixos-25.11" gives "25.11").
+pub fn release_of(nixpkgs: &str) -> Option<String> {
+    let tail = nixpkgs.rsplit(['/', '-']).next()?;
+    let (a, b) = tail.split_once('.')?;
+    (a.len() == 2 && b.len() == 2 && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())).then(|| tail.to_string())
+}
+
+/// Fallback `system.stateVersion` when neither the file nor the nixpkgs ref says.
+pub const DEFAULT_STATE_VERSION: &str = "25.11";
+
+struct V<'a> {
+    r: &'a mut Reader,
+}
+
+impl V<'_> {
+    /// Reports at the span recorded for `path`, or its nearest recorded parent.
+    fn err(&mut self, kind: Kind, path: &str, msg: impl Into<String>) -> DiagMut<'_> {
+        let mut p = path;
+        let span = loop {
+            if let Some(s) = self.r.spans.get(p) {
+                break s;
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p = &p[..i],
+                None => break 0..0,
+            }
+        };
+        self.r.error(kind, span, msg).field(path.to_string())
+    }
+
+    fn line_of(&self, path: &str) -> usize {
+        self.r.spans.get(path).map(|s| self.r.src.line_col(s.start).0).unwrap_or(0)
+    }
+}
+
+fn suggest(word: &str, names: impl Iterator<Item = &'static str>) -> String {
+    let names: Vec<&str> = names.collect();
+    match did_you_mean(word, names.iter().copied()) {
+        Some(m) => format!("did you mean \"{m}\"?"),
+        None => format!("use one of: {}", names.join(", ")),
+    }
+}
+
+/// Checks `file` and builds the typed cluster. Every problem is reported into `r.diags`;
+/// returns `None` when there was any.
+pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) -> Option<Cluster> {
+    let before = r.diags.len();
+    let mut v = V { r };
+    let c = &file.cluster;
+
+    if !c.name.is_empty() && !is_simple_name(&c.name) {
+        v.err(Kind::InvalidValue, "cluster.name", "cluster name may use only letters, digits, `-` and `_` (at most 63)")
+            .value(format!("{:?}", c.name))
+            .help("rename it, e.g. \"edge-lab\"");
+    }
+    if !c.nixpkgs.is_empty() && !is_flake_ref(&c.nixpkgs) {
+        v.err(Kind::InvalidValue, "cluster.nixpkgs", "`nixpkgs` must be a flake reference")
+            .value(format!("{:?}", c.nixpkgs))
+            .help("write e.g. \"github:NixOS/nixpkgs/nixos-25.11\"");
+    }
+    if !c.ssh_user.is_empty() && !is_username(&c.ssh_user) {
+        v.err(Kind::InvalidValue, "cluster.ssh_user", "not a valid Linux user name")
+            .value(format!("{:?}", c.ssh_user))
+            .help("use your CloudLab user name: lowercase letters, digits, `_` and `-`");
+    }
+    if let Some(sv) = &c.state_version {
+        if release_of(&format!("nixos-{sv}")).as_deref() != Some(sv.as_str()) {
+            v.err(Kind::InvalidValue, "cluster.state_version", "`state_version` must look like \"25.11\"")
+                .value(format!("{sv:?}"))
+                .help("use the NixOS release the nodes were first installed with, e.g. \"25.11\"");
+        }
+    }
+    for (i, k) in c.ssh_keys.iter().enumerate() {
+        if k.contains('\n') || k.split_whitespace().count() < 2 || !k.starts_with(|ch: char| ch.is_ascii_alphanumeric()) {
+            v.err(Kind::InvalidValue, &format!("cluster.ssh_keys[{i}]"), "not a single-line SSH public key")
+                .value(k.clone())
+                .help("paste the one line of your `~/.ssh/id_ed25519.pub` (\"ssh-ed25519 AAAA... you@host\")");
+        }
+    }
+    if file.nodes.is_empty() {
+        v.r.diags.push(
+            Diagnostic::at(Kind::NoNodes, &v.r.src.clone(), 0..0, "the topology has no nodes")
+                .field("node")
+                .help("add at least one [[node]] with name, host and profile"),
+        );
+    }
+
+    // Networks declared up front.
+    let mut networks: Vec<Network> = Vec::new();
+    for (name, n) in &file.networks {
+        let path = format!("network.{name}");
+        if !is_simple_name(name) {
+            v.err(Kind::InvalidValue, &path, "network names may use only letters, digits, `-` and `_`")
+                .value(format!("{name:?}"))
+                .help("rename it, e.g. [network.lan0]");
+        }
+        match Ipv4Cidr::parse(&n.subnet) {
+            Err(e) => {
+                v.err(Kind::InvalidAddress, &format!("{path}.subnet"), format!("bad subnet: {e}"))
+                    .value(format!("{:?}", n.subnet))
+                    .help("write the subnet as NETWORK/PREFIX, e.g. \"10.10.1.0/24\"");
+            }
+            Ok(s) if s.network() != s => {
+                v.err(Kind::InvalidAddress, &format!("{path}.subnet"), format!("subnet has host bits set; the network is {}", s.network()))
+                    .value(format!("{:?}", n.subnet))
+                    .help(format!("write \"{}\"", s.network()));
+            }
+            Ok(s) => {
+                if let Some(o) = networks.iter().find(|o| o.subnet.overlaps(&s)) {
+                    let other = o.name.clone();
+                    v.err(Kind::InvalidValue, &format!("{path}.subnet"), format!("subnet overlaps network `{other}` ({})", o.subnet))
+                        .value(format!("{:?}", n.subnet))
+                        .help("give each LAN its own subnet");
+                }
+                networks.push(Network { name: name.clone(), subnet: s, vlan: n.vlan, implicit: false });
+            }
+        }
+    }
+
+    // Defaults.
+    let default_features = match &file.defaults.features {
+        None => Some(BTreeSet::new()),
+        Some(list) => parse_features(&mut v, list, "defaults.features", &BTreeSet::new(), true),
+    };
+    if let Some(p) = &file.defaults.profile {
+        if !profiles.contains(p) {
+            unknown_profile(&mut v, "defaults.profile", p, profiles);
+        }
+    }
+
+    let mut nodes: Vec<Node> = Vec::with_capacity(file.nodes.len());
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut hosts: HashMap<(&str, u16), usize> = HashMap::new();
+    let mut macs: HashMap<Mac, String> = HashMap::new();
+    let mut addrs: HashMap<(String, Ipv4Addr), String> = HashMap::new();
+    let mut node_ok = true;
+
+    for (i, n) in file.nodes.iter().enumerate() {
+        let np = format!("node[{i}]");
+        let label = if n.name.is_empty() { np.clone() } else { format!("node `{}`", n.name) };
+
+        if !n.name.is_empty() {
+            if !is_nixos_hostname(&n.name) {
+                let hint = if n.name.contains('.') {
+                    format!("NixOS host names have no dots: use \"{}\" and keep the full name in `host`", n.name.split('.').next().unwrap_or("node"))
+                } else {
+                    "use letters, digits, `-` and `_`, starting and ending with a letter or digit (at most 63)".to_string()
+                };
+                v.err(Kind::InvalidHostname, &format!("{np}.name"), "node name is not a valid NixOS host name")
+                    .value(format!("{:?}", n.name))
+                    .help(hint);
+            }
+            if let Some(&first) = names.get(n.name.as_str()) {
+                let line = v.line_of(&format!("node[{first}].name"));
+                v.err(Kind::DuplicateName, &format!("{np}.name"), format!("node name `{}` is already used on line {line}", n.name))
+                    .value(format!("{:?}", n.name))
+                    .help("give every node a unique name");
+            } else {
+                names.insert(&n.name, i);
+            }
+        }
+
+        let port = n.port.or(file.defaults.port).unwrap_or(DEFAULT_SSH_PORT);
+        if !n.host.is_empty() {
+            if !is_host(&n.host) {
+                v.err(Kind::InvalidHostname, &format!("{np}.host"), "`host` is neither a DNS name nor an IP address")
+                    .value(format!("{:?}", n.host))
+                    .help("write the node's SSH address, e.g. \"c220g5-110231.wisc.cloudlab.us\" or \"128.105.144.10\"");
+            } else if let Some(&first) = hosts.get(&(n.host.as_str(), port)) {
+                let line = v.line_of(&format!("node[{first}].host"));
+                v.err(Kind::DuplicateHost, &format!("{np}.host"), format!("host {}:{port} is already used by the node on line {line}", n.host))
+                    .value(format!("{:?}", n.host))
+                    .help("each node needs its own SSH address (or a different `port`)");
+            } else {
+                hosts.insert((&n.host, port), i);
+            }
+        }
+        let user = n.user.clone().unwrap_or_else(|| c.ssh_user.clone());
+        if n.user.is_some() && !is_username(&user) {
+            v.err(Kind::InvalidValue, &format!("{np}.user"), "not a valid Linux user name")
+                .value(format!("{user:?}"))
+                .help("use lowercase letters, digits, `_` and `-`");
+        }
+        let control_ip = match &n.control_ip {
+            None => None,
+            Some(s) => match s.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    v.err(Kind::InvalidAddress, &format!("{np}.control_ip"), "`control_ip` is not an IP address")
+                        .value(format!("{s:?}"))
+                        .help("write the node's public control address, e.g. \"128.105.145.194\", or remove it");
+                    None
+                }
+            },
+        };
+
+        // Profile.
+        let profile_path = if n.profile.is_some() { format!("{np}.profile") } else { "defaults.profile".to_string() };
+        let profile = match n.profile.as_ref().or(file.defaults.profile.as_ref()) {
+            None => {
+                v.err(Kind::MissingField, &np, format!("{label} has no hardware profile"))
+                    .help("add `profile = \"c220g5\"` to the node, or to [defaults]");
+                None
+            }
+            Some(p) if !profiles.contains(p) => {
+                if n.profile.is_some() {
+                    unknown_profile(&mut v, &profile_path, p, profiles);
+                }
+                None
+            }
+            Some(p) => profiles.resolve(p, &mut v.r.diags).ok(),
+        };
+
+        // Roles.
+        let mut roles = BTreeSet::new();
+        for (j, role) in n.roles.iter().enumerate() {
+            match Role::from_name(role) {
+                Some(x) => {
+                    roles.insert(x);
+                }
+                None => {
+                    let help = suggest(role, Role::names());
+                    v.err(Kind::UnknownRole, &format!("{np}.roles[{j}]"), format!("unknown role `{role}`"))
+                        .value(format!("{role:?}"))
+                        .help(help);
+                }
+            }
+        }
+
+        // Features: the node's list modifies or replaces the defaults; roles add what they need.
+        let mut features = default_features.clone().and_then(|d| parse_features(&mut v, &n.features, &format!("{np}.features"), &d, false));
+        if let Some(fs) = &mut features {
+            for role in &roles {
+                let need = role.needs();
+                if n.features.iter().any(|f| f.strip_prefix('-') == Some(need.as_str())) {
+                    let j = n.features.iter().position(|f| f.strip_prefix('-') == Some(need.as_str())).unwrap_or(0);
+                    v.err(Kind::FeatureConflict, &format!("{np}.features[{j}]"), format!("{label} has role `{role}` but removes feature `{need}`, which the role needs"))
+                        .value(format!("\"-{need}\""))
+                        .help(format!("remove \"-{need}\", or drop the role `{role}`"));
+                }
+                fs.insert(need);
+            }
+        }
+        if let (Some(fs), Some(p)) = (&features, &profile) {
+            if fs.contains(&Feature::Cuda) && !p.has_gpu() {
+                let at = n
+                    .features
+                    .iter()
+                    .position(|f| f.trim_start_matches('+') == "cuda")
+                    .map(|j| format!("{np}.features[{j}]"))
+                    .or_else(|| {
+                        let d = file.defaults.features.as_ref()?;
+                        d.iter().position(|f| f == "cuda").map(|j| format!("defaults.features[{j}]"))
+                    })
+                    .unwrap_or(profile_path.clone());
+                let gpu_profiles: Vec<&str> = Vec::from_iter(["c240g5", "c4130", "d7525"]);
+                v.err(Kind::CudaWithoutGpu, &at, format!("{label} enables `cuda` but its profile `{}` has no GPU", p.name))
+                    .value("\"cuda\"")
+                    .help(format!(
+                        "use a profile with a GPU ({}), declare one that `extends = \"{}\"` with a [[gpu]], or remove cuda from this node",
+                        gpu_profiles.join(", "),
+                        p.name
+                    ));
+            }
+        }
+
+        for (j, tag) in n.tags.iter().enumerate() {
+            if !is_simple_name(tag) {
+                v.err(Kind::InvalidValue, &format!("{np}.tags[{j}]"), "tags may use only letters, digits, `-` and `_`")
+                    .value(format!("{tag:?}"))
+                    .help("tags are used in selectors such as `--on @gpu`; rename it");
+            }
+        }
+
+        // Experiment-LAN interfaces.
+        let mut interfaces = Vec::new();
+        for (j, l) in n.lan.iter().enumerate() {
+            let lp = format!("{np}.lan[{j}]");
+            let mac = if l.mac.is_empty() {
+                None
+            } else {
+                match Mac::parse(&l.mac) {
+                    Ok(m) => {
+                        if let Some(other) = macs.get(&m) {
+                            let other = other.clone();
+                            v.err(Kind::DuplicateMac, &format!("{lp}.mac"), format!("MAC {m} is already used by {other}"))
+                                .value(format!("{:?}", l.mac))
+                                .help("every interface has its own MAC; copy it from `ip link` or the CloudLab manifest");
+                        } else {
+                            macs.insert(m, label.clone());
+                        }
+                        Some(m)
+                    }
+                    Err(e) => {
+                        v.err(Kind::InvalidMac, &format!("{lp}.mac"), format!("bad MAC address: {e}"))
+                            .value(format!("{:?}", l.mac))
+                            .help("write 12 hex digits, e.g. \"90e2ba24d115\" or \"90:e2:ba:24:d1:15\"");
+                        None
+                    }
+                }
+            };
+            let addr = if l.address.is_empty() {
+                None
+            } else {
+                match Ipv4Cidr::parse(&l.address) {
+                    Ok(a) if a.is_network_address() || a.is_broadcast_address() => {
+                        let which = if a.is_network_address() { "network" } else { "broadcast" };
+                        v.err(Kind::AddressOutsidePrefix, &format!("{lp}.address"), format!("{} is the {which} address of {}, not a host address", a.addr, a.network()))
+                            .value(format!("{:?}", l.address))
+                            .help(format!("pick a host address inside {}, e.g. {}", a.network(), Ipv4Addr::from(u32::from(a.network().addr) + 1)));
+                        None
+                    }
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        v.err(Kind::InvalidAddress, &format!("{lp}.address"), format!("bad address: {e}"))
+                            .value(format!("{:?}", l.address))
+                            .help("write the address with its prefix length, e.g. \"10.10.1.2/24\"");
+                        None
+                    }
+                }
+            };
+            let Some(addr) = addr else { continue };
+            let net_name = match &l.network {
+                Some(name) => match networks.iter().find(|x| &x.name == name) {
+                    None => {
+                        let known: Vec<&str> = networks.iter().map(|x| x.name.as_str()).collect();
+                        let help = match did_you_mean(name, known.iter().copied()) {
+                            Some(m) => format!("did you mean \"{m}\"?"),
+                            None if known.is_empty() => format!("declare it: [network.{name}] subnet = \"{}\"", addr.network()),
+                            None => format!("declared networks: {}", known.join(", ")),
+                        };
+                        v.err(Kind::UnknownNetwork, &format!("{lp}.network"), format!("unknown network `{name}`"))
+                            .value(format!("{name:?}"))
+                            .help(help);
+                        continue;
+                    }
+                    Some(net) if !net.subnet.contains(addr.addr) || net.subnet.prefix != addr.prefix => {
+                        v.err(Kind::AddressOutsidePrefix, &format!("{lp}.address"), format!("{addr} is not inside network `{name}` ({})", net.subnet))
+                            .value(format!("{:?}", l.address))
+                            .help(format!("use an address in {} with prefix /{}", net.subnet, net.subnet.prefix));
+                        continue;
+                    }
+                    Some(net) => net.name.clone(),
+                },
+                None => match networks.iter().find(|x| x.subnet.contains(addr.addr)) {
+                    Some(net) if net.subnet.prefix != addr.prefix => {
+                        let (nn, ns) = (net.name.clone(), net.subnet);
+                        v.err(Kind::AddressOutsidePrefix, &format!("{lp}.address"), format!("{addr} has prefix /{} but its network `{nn}` is {ns}", addr.prefix))
+                            .value(format!("{:?}", l.address))
+                            .help(format!("write \"{}/{}\"", addr.addr, ns.prefix));
+                        continue;
+                    }
+                    Some(net) => net.name.clone(),
+                    None => {
+                        let name = format!("lan{}", networks.iter().filter(|x| x.implicit).count());
+                        networks.push(Network { name: name.clone(), subnet: addr.network(), vlan: l.vlan, implicit: true });
+                        name
+                    }
+                },
+            };
+            if let Some(other) = addrs.get(&(net_name.clone(), addr.addr)) {
+                let other = other.clone();
+                v.err(Kind::DuplicateAddress, &format!("{lp}.address"), format!("address {} is already used by {other} on network `{net_name}`", addr.addr))
+                    .value(format!("{:?}", l.address))
+                    .help("give every interface on a LAN its own address");
+            } else {
+                addrs.insert((net_name.clone(), addr.addr), label.clone());
+            }
+            let vlan = l.vlan.or_else(|| networks.iter().find(|x| x.name == net_name).and_then(|x| x.vlan));
+            if let Some(mac) = mac {
+                interfaces.push(Interface { network: net_name, address: addr, mac, vlan });
+            }
+        }
+
+        match (profile, features) {
+            (Some(profile), Some(features)) => nodes.push(Node {
+                name: n.name.clone(),
+                host: n.host.clone(),
+                port,
+                user,
+                profile,
+                roles,
+                features,
+                tags: n.tags.clone(),
+                control_ip,
+                interfaces,
+            }),
+            _ => node_ok = false,
+        }
+    }
+
+    // Cluster-wide role rules.
+    let heads: Vec<usize> = file.nodes.iter().enumerate().filter(|(_, n)| n.roles.iter().any(|r| r == "ray-head")).map(|(i, _)| i).collect();
+    if heads.len() > 1 {
+        let first = file.nodes[heads[0]].name.clone();
+        for &i in &heads[1..] {
+            let j = file.nodes[i].roles.iter().position(|r| r == "ray-head").unwrap_or(0);
+            v.err(Kind::RayTwoHeads, &format!("node[{i}].roles[{j}]"), format!("a second Ray head: `{first}` is already the head"))
+                .value("\"ray-head\"")
+                .help("a Ray cluster has exactly one head; make this node a \"ray-worker\"");
+        }
+    }
+    if heads.is_empty() {
+        let wants_ray = file.nodes.iter().enumerate().find_map(|(i, n)| {
+            n.roles.iter().position(|r| r == "ray-worker").map(|j| format!("node[{i}].roles[{j}]"))
+        });
+        if let Some(at) = wants_ray {
+            v.err(Kind::RayNoHead, &at, "Ray workers but no Ray head")
+                .value("\"ray-worker\"")
+                .help("give exactly one node the role \"ray-head\"");
+        }
+    }
+    let has_router = file.nodes.iter().any(|n| n.roles.iter().any(|r| r == "zenoh-router"));
+    if !has_router {
+        let zenoh_at = nodes.iter().zip(0..).find(|(n, _)| n.has(Feature::Zenoh)).map(|(n, _)| {
+            let i = file.nodes.iter().position(|f| f.name == n.name).unwrap_or(0);
+            file.nodes[i]
+                .features
+                .iter()
+                .position(|f| f.trim_start_matches('+') == "zenoh")
+                .map(|j| format!("node[{i}].features[{j}]"))
+                .or_else(|| file.defaults.features.as_ref()?.iter().position(|f| f == "zenoh").map(|j| format!("defaults.features[{j}]")))
+                .unwrap_or(format!("node[{i}]"))
+        });
+        if let Some(at) = zenoh_at {
+            v.err(Kind::ZenohNoRouter, &at, "`zenoh` is enabled but no node has the role \"zenoh-router\"")
+                .value("\"zenoh\"")
+                .help("give at least one node the role \"zenoh-router\" (peers connect to routers)");
+        }
+    }
+
+    if v.r.diags.len() > before || !node_ok {
+        return None;
+    }
+    let state_version = c
+        .state_version
+        .clone()
+        .or_else(|| release_of(&c.nixpkgs))
+        .unwrap_or_else(|| DEFAULT_STATE_VERSION.to_string());
+    Some(Cluster {
+        name: c.name.clone(),
+        nixpkgs: c.nixpkgs.clone(),
+        ssh_user: c.ssh_user.clone(),
+        confirm_timeout_s: c.confirm_timeout_s.unwrap_or(DEFAULT_CONFIRM_TIMEOUT_S),
+        state_version,
+        site: c.site.clone(),
+        expires: c.expires.clone(),
+        ssh_keys: c.ssh_keys.clone(),
+        networks,
+        nodes,
+        targets: file.targets.clone(),
+    })
+}
+
+fn unknown_profile(v: &mut V<'_>, path: &str, p: &str, profiles: &ProfileSet) {
+    let names: Vec<&str> = profiles.names().collect();
+    let help = match did_you_mean(p, names.iter().copied()) {
+        Some(m) => format!("did you mean \"{m}\"?"),
+        None => format!("known profiles: {}; or declare [profile.{p}] (or a file {p}.toml in `profile_dir`)", names.join(", ")),
+    };
+    v.err(Kind::UnknownProfile, path, format!("unknown hardware profile `{p}`")).value(format!("{p:?}")).help(help);
+}
+
+/// Reads a feature list. `+x`/`-x` entries change `base`; plain entries replace it. In
+/// `defaults` only plain entries make sense.
+fn parse_features(v: &mut V<'_>, list: &[String], path: &str, base: &BTreeSet<Feature>, is_defaults: bool) -> Option<BTreeSet<Feature>> {
+    let mut ok = true;
+    let modifiers = list.iter().filter(|f| f.starts_with(['+', '-'])).count();
+    if modifiers != 0 && (modifiers != list.len() || is_defaults) {
+        let j = if is_defaults {
+            list.iter().position(|f| f.starts_with(['+', '-'])).unwrap_or(0)
+        } else {
+            list.iter().position(|f| !f.starts_with(['+', '-'])).unwrap_or(0)
+        };
+        let help = if is_defaults {
+            "[defaults] lists features plainly (\"wasm\"); `+`/`-` belong in a node's list".to_string()
+        } else {
+            "either list every feature plainly (replacing the defaults) or only changes such as \"+cuda\", \"-wasm\"".to_string()
+        };
+        v.err(Kind::InvalidValue, &format!("{path}[{j}]"), "features mix plain names with `+`/`-` changes")
+            .value(format!("{:?}", list[j]))
+            .help(help);
+        return None;
+    }
+    let mut out = if modifiers == 0 && !list.is_empty() { BTreeSet::new() } else { base.clone() };
+    for (j, f) in list.iter().enumerate() {
+        let (op, name) = match f.strip_prefix('+') {
+            Some(n) => ('+', n),
+            None => match f.strip_prefix('-') {
+                Some(n) => ('-', n),
+                None => ('=', f.as_str()),
+            },
+        };
+        match Feature::from_name(name) {
+            Some(feat) => {
+                if op == '-' {
+                    out.remove(&feat);
+                } else {
+                    out.insert(feat);
+                }
+            }
+            None => {
+                ok = false;
+                let help = suggest(name, Feature::names());
+                v.err(Kind::UnknownFeature, &format!("{path}[{j}]"), format!("unknown feature `{name}`"))
+                    .value(format!("{f:?}"))
+                    .help(help);
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn is_flake_ref(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else { return false };
+    !scheme.is_empty()
+        && scheme.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'-' || c == b'.')
+        && !rest.is_empty()
+        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\' && c != b'\'' && c != b'`' && c != b'$')
+}
+
+/// Groups of nodes by network, for views that list LAN members.
+pub fn members(cluster: &Cluster) -> BTreeMap<&str, Vec<(&Node, &Interface)>> {
+    let mut m: BTreeMap<&str, Vec<(&Node, &Interface)>> = BTreeMap::new();
+    for n in &cluster.nodes {
+        for i in &n.interfaces {
+            m.entry(i.network.as_str()).or_default().push((n, i));
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases() {
+        assert_eq!(release_of("github:NixOS/nixpkgs/nixos-25.11").as_deref(), Some("25.11"));
+        assert_eq!(release_of("github:NixOS/nixpkgs/nixos-unstable"), None);
+        assert_eq!(release_of("github:NixOS/nixpkgs"), None);
+    }
+
+    #[test]
+    fn flake_refs() {
+        assert!(is_flake_ref("github:NixOS/nixpkgs/nixos-25.11"));
+        assert!(is_flake_ref("path:/tmp/x"));
+        assert!(!is_flake_ref("nixos-25.11"));
+        assert!(!is_flake_ref("github:x\"; rm -rf /"));
+    }
+}
