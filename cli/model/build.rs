@@ -16,8 +16,15 @@ fn main() {
         println!("cargo:rerun-if-changed={}", p.display());
         let name = p.file_stem().unwrap().to_string_lossy();
         let abs = fs::canonicalize(p).unwrap();
-        out.push_str(&format!("    ({name:?}, include_str!({:?})),\n", abs.display().to_string()));
+        out.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            abs.display().to_string()
+        ));
     }
     out.push_str("];\n");
-    fs::write(PathBuf::from(env::var("OUT_DIR").unwrap()).join("builtin_profiles.rs"), out).unwrap();
+    fs::write(
+        PathBuf::from(env::var("OUT_DIR").unwrap()).join("builtin_profiles.rs"),
+        out,
+    )
+    .unwrap();
 }

@@ -100,7 +100,12 @@ impl Diagnostic {
         }
     }
 
-    pub fn at(kind: Kind, source: &Arc<SourceFile>, span: Range<usize>, message: impl Into<String>) -> Self {
+    pub fn at(
+        kind: Kind,
+        source: &Arc<SourceFile>,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, column) = source.line_col(span.start);
         Diagnostic {
             kind,
@@ -221,7 +226,10 @@ impl Diagnostics {
                 (None, None) => String::from("here"),
             };
             let rendered = match (&d.source, &d.span) {
-                (Some(src), Some(span)) => {
+                // Very long lines (minified or generated input) make unreadable excerpts.
+                (Some(src), Some(span))
+                    if line_len_at(&src.text, span.start) <= MAX_EXCERPT_LINE =>
+                {
                     md = md.with_label(miette::LabeledSpan::at(span.clone(), label));
                     let report = miette::Report::new(md)
                         .with_source_code(miette::NamedSource::new(&src.name, src.text.clone()));
@@ -247,6 +255,24 @@ impl Diagnostics {
     }
 }
 
+const MAX_EXCERPT_LINE: usize = 400;
+
+fn line_len_at(text: &str, offset: usize) -> usize {
+    let b = text.as_bytes();
+    let offset = offset.min(b.len());
+    let start = b[..offset]
+        .iter()
+        .rposition(|&c| c == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let end = b[offset..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map(|i| offset + i)
+        .unwrap_or(b.len());
+    end - start
+}
+
 /// Levenshtein distance, for "did you mean" hints.
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -264,7 +290,10 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate within a small edit distance, if any.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     if word.chars().count() > 64 {
         return None;
     }
@@ -278,7 +307,16 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c);
     // "timeout" should find "confirm_timeout_s": a long enough word inside a key counts too.
-    near.or_else(|| (w.len() >= 4).then(|| candidates.iter().copied().find(|c| c.to_lowercase().contains(&w))).flatten())
+    near.or_else(|| {
+        (w.len() >= 4)
+            .then(|| {
+                candidates
+                    .iter()
+                    .copied()
+                    .find(|c| c.to_lowercase().contains(&w))
+            })
+            .flatten()
+    })
 }
 
 #[cfg(test)]
@@ -287,7 +325,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("adress", ["address", "mac", "vlan"]), Some("address"));
+        assert_eq!(
+            did_you_mean("adress", ["address", "mac", "vlan"]),
+            Some("address")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["address", "mac"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }

@@ -7,6 +7,7 @@ pub mod net;
 pub mod profile;
 pub mod read;
 pub mod source;
+pub mod synth;
 pub mod topology;
 pub mod validate;
 
@@ -39,11 +40,20 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded, Diagnostics> {
     let src = load::read_source(path).map_err(|d| Diagnostics(vec![d]))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let (cluster, file) = check_source(src.clone(), &base, opts)?;
-    Ok(Loaded { cluster, file, path: path.to_path_buf(), source: src })
+    Ok(Loaded {
+        cluster,
+        file,
+        path: path.to_path_buf(),
+        source: src,
+    })
 }
 
 /// Parses and validates text as if read from `name` in directory `base`.
-pub fn check_source(src: Arc<SourceFile>, base: &Path, opts: &LoadOptions) -> Result<(Cluster, TopologyFile), Diagnostics> {
+pub fn check_source(
+    src: Arc<SourceFile>,
+    base: &Path,
+    opts: &LoadOptions,
+) -> Result<(Cluster, TopologyFile), Diagnostics> {
     let mut r = read::Reader::new(src.clone());
     let Some(doc) = load::parse_toml(&mut r, &src.text) else {
         return Err(r.diags);
@@ -92,7 +102,9 @@ pub fn check_source(src: Arc<SourceFile>, base: &Path, opts: &LoadOptions) -> Re
             let _ = profiles.resolve(&n, &mut r.diags);
         }
     }
-    let cluster = file.as_ref().and_then(|f| validate::validate(f, &mut r, &mut profiles));
+    let cluster = file
+        .as_ref()
+        .and_then(|f| validate::validate(f, &mut r, &mut profiles));
     diags.extend(r.diags);
     diags.sort();
     match (cluster, file) {
@@ -100,7 +112,11 @@ pub fn check_source(src: Arc<SourceFile>, base: &Path, opts: &LoadOptions) -> Re
         _ => {
             if diags.is_empty() {
                 // validate() returned None without reporting: never expected, but never silent.
-                diags.push(Diagnostic::file(Kind::InvalidValue, &src.name, "topology is invalid"));
+                diags.push(Diagnostic::file(
+                    Kind::InvalidValue,
+                    &src.name,
+                    "topology is invalid",
+                ));
             }
             Err(diags)
         }

@@ -20,17 +20,33 @@ pub const MAX_NESTING: usize = 32;
 pub fn read_source(path: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| {
-        Diagnostic::file(Kind::Io, &shown, format!("cannot read file: {e}")).help("check the path and its permissions")
+        Diagnostic::file(Kind::Io, &shown, format!("cannot read file: {e}"))
+            .help("check the path and its permissions")
     })?;
     if meta.is_dir() {
-        return Err(Diagnostic::file(Kind::IsDirectory, &shown, "this is a directory, not a file")
-            .help("pass the topology file itself, e.g. examples/edge-lab.toml"));
+        return Err(
+            Diagnostic::file(Kind::IsDirectory, &shown, "this is a directory, not a file")
+                .help("pass the topology file itself, e.g. examples/edge-lab.toml"),
+        );
+    }
+    if !meta.is_file() {
+        // A FIFO or device would block or never end; topology files are regular files.
+        return Err(Diagnostic::file(
+            Kind::Io,
+            &shown,
+            "not a regular file (a pipe, socket or device?)",
+        )
+        .help("save the topology to a file and pass its path"));
     }
     if meta.len() > MAX_FILE_BYTES {
         return Err(Diagnostic::file(
             Kind::TooLarge,
             &shown,
-            format!("file is {} bytes; the limit is {} bytes", meta.len(), MAX_FILE_BYTES),
+            format!(
+                "file is {} bytes; the limit is {} bytes",
+                meta.len(),
+                MAX_FILE_BYTES
+            ),
         )
         .help("a topology this large is almost certainly not a topology; check the path"));
     }
@@ -38,10 +54,17 @@ pub fn read_source(path: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
     // `take` guards files that grow after the metadata call (or report a size of 0, like FIFOs).
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| Diagnostic::file(Kind::Io, &shown, format!("cannot read file: {e}")).help("check the path and its permissions"))?;
+        .map_err(|e| {
+            Diagnostic::file(Kind::Io, &shown, format!("cannot read file: {e}"))
+                .help("check the path and its permissions")
+        })?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Diagnostic::file(Kind::TooLarge, &shown, format!("file is larger than {MAX_FILE_BYTES} bytes"))
-            .help("check the path"));
+        return Err(Diagnostic::file(
+            Kind::TooLarge,
+            &shown,
+            format!("file is larger than {MAX_FILE_BYTES} bytes"),
+        )
+        .help("check the path"));
     }
     source_from_bytes(&shown, bytes)
 }
@@ -49,8 +72,12 @@ pub fn read_source(path: &Path) -> Result<Arc<SourceFile>, Diagnostic> {
 pub fn source_from_bytes(name: &str, bytes: Vec<u8>) -> Result<Arc<SourceFile>, Diagnostic> {
     if let Some(pos) = bytes.iter().position(|&b| b == 0) {
         let line = bytes[..pos].iter().filter(|&&b| b == b'\n').count() + 1;
-        let mut d = Diagnostic::file(Kind::Binary, name, format!("file contains a NUL byte at offset {pos} (line {line}); it looks binary"))
-            .help("pass a TOML text file");
+        let mut d = Diagnostic::file(
+            Kind::Binary,
+            name,
+            format!("file contains a NUL byte at offset {pos} (line {line}); it looks binary"),
+        )
+        .help("pass a TOML text file");
         d.line = line;
         d.column = 1;
         return Err(d);
@@ -62,8 +89,15 @@ pub fn source_from_bytes(name: &str, bytes: Vec<u8>) -> Result<Arc<SourceFile>, 
             let b = e.as_bytes();
             let line = b[..pos].iter().filter(|&&c| c == b'\n').count() + 1;
             let col = b[..pos].iter().rev().take_while(|&&c| c != b'\n').count() + 1;
-            let mut d = Diagnostic::file(Kind::NotUtf8, name, format!("file is not valid UTF-8 (bad byte 0x{:02x} at offset {pos})", b[pos]))
-                .help("save the file as UTF-8");
+            let mut d = Diagnostic::file(
+                Kind::NotUtf8,
+                name,
+                format!(
+                    "file is not valid UTF-8 (bad byte 0x{:02x} at offset {pos})",
+                    b[pos]
+                ),
+            )
+            .help("save the file as UTF-8");
             d.line = line;
             d.column = col;
             Err(d)
@@ -89,7 +123,9 @@ fn nesting_depth(text: &str) -> (usize, usize) {
                 let triple = b.len() >= i + 3 && b[i + 1] == q && b[i + 2] == q;
                 if triple {
                     i += 3;
-                    while i < b.len() && !(b.len() >= i + 3 && b[i] == q && b[i + 1] == q && b[i + 2] == q) {
+                    while i < b.len()
+                        && !(b.len() >= i + 3 && b[i] == q && b[i + 1] == q && b[i + 2] == q)
+                    {
                         i += if q == b'"' && b[i] == b'\\' { 2 } else { 1 };
                     }
                     i += 3;
@@ -106,6 +142,8 @@ fn nesting_depth(text: &str) -> (usize, usize) {
                 depth += 1;
                 if depth > max {
                     max = depth;
+                }
+                if depth == MAX_NESTING + 1 && at == 0 {
                     at = i;
                 }
             }
@@ -122,16 +160,20 @@ fn nesting_depth(text: &str) -> (usize, usize) {
 pub fn parse_toml<'a>(r: &mut Reader, text: &'a str) -> Option<Spanned<DeTable<'a>>> {
     if text.trim().is_empty() {
         let name = r.src.name.clone();
-        r.diags.push(
-            Diagnostic::file(Kind::Empty, &name, "file is empty")
-                .help("a topology needs at least [cluster] and one [[node]]; see examples/edge-lab.toml"),
-        );
+        r.diags
+            .push(Diagnostic::file(Kind::Empty, &name, "file is empty").help(
+                "a topology needs at least [cluster] and one [[node]]; see examples/edge-lab.toml",
+            ));
         return None;
     }
     let (depth, at) = nesting_depth(text);
     if depth > MAX_NESTING {
-        r.error(Kind::TooDeep, at..at + 1, format!("arrays or inline tables nested {depth} deep; the limit is {MAX_NESTING}"))
-            .help("a topology never nests this deep; flatten the value");
+        r.error(
+            Kind::TooDeep,
+            at..at + 1,
+            format!("arrays or inline tables nested {depth} deep; the limit is {MAX_NESTING}"),
+        )
+        .help("a topology never nests this deep; flatten the value");
         return None;
     }
     let (doc, errors) = DeTable::parse_recoverable(text);

@@ -14,12 +14,12 @@ pub struct Ipv4Cidr {
 
 impl Ipv4Cidr {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| "missing the prefix length (write it as ADDRESS/PREFIX, e.g. 10.10.1.2/24)".to_string())?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("`{a}` is not an IPv4 address (experiment LANs are IPv4, e.g. 10.10.1.2)"))?;
+        let (a, p) = s.split_once('/').ok_or_else(|| {
+            "missing the prefix length (write it as ADDRESS/PREFIX, e.g. 10.10.1.2/24)".to_string()
+        })?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| {
+            format!("`{a}` is not an IPv4 address (experiment LANs are IPv4, e.g. 10.10.1.2)")
+        })?;
         let prefix: u8 = p
             .parse()
             .ok()
@@ -29,11 +29,18 @@ impl Ipv4Cidr {
     }
 
     pub fn mask(&self) -> u32 {
-        if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) }
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
     }
 
     pub fn network(&self) -> Ipv4Cidr {
-        Ipv4Cidr { addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()), prefix: self.prefix }
+        Ipv4Cidr {
+            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            prefix: self.prefix,
+        }
     }
 
     pub fn contains(&self, a: Ipv4Addr) -> bool {
@@ -79,10 +86,15 @@ impl Mac {
         let hex: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
         let seps = s.len() - hex.len();
         if seps != 0 && seps != 5 {
-            return Err("separators must come between every pair of digits (aa:bb:cc:dd:ee:ff)".into());
+            return Err(
+                "separators must come between every pair of digits (aa:bb:cc:dd:ee:ff)".into(),
+            );
         }
         if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("a MAC address is 12 hex digits; this has {} characters that are not separators", hex.chars().count()));
+            return Err(format!(
+                "a MAC address is 12 hex digits; this has {} characters that are not separators",
+                hex.chars().count()
+            ));
         }
         let mut out = [0u8; 6];
         for (i, o) in out.iter_mut().enumerate() {
@@ -95,7 +107,11 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -112,7 +128,8 @@ pub fn is_nixos_hostname(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
 
 /// A DNS name (RFC 1123 labels) or an IP address, as an SSH target.
@@ -141,7 +158,8 @@ pub fn is_username(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 /// Cluster names and tags: used in file names and selectors, so a narrow alphabet.
@@ -150,7 +168,8 @@ pub fn is_simple_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
 }
 
 #[cfg(test)]
@@ -159,8 +178,14 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(Mac::parse("90e2ba24d115").unwrap().to_string(), "90:e2:ba:24:d1:15");
-        assert_eq!(Mac::parse("90:E2:BA:24:D1:15").unwrap().to_string(), "90:e2:ba:24:d1:15");
+        assert_eq!(
+            Mac::parse("90e2ba24d115").unwrap().to_string(),
+            "90:e2:ba:24:d1:15"
+        );
+        assert_eq!(
+            Mac::parse("90:E2:BA:24:D1:15").unwrap().to_string(),
+            "90:e2:ba:24:d1:15"
+        );
         assert!(Mac::parse("90e2ba24d11").is_err());
         assert!(Mac::parse("90e2ba24d11g").is_err());
         assert!(Mac::parse("90:e2ba24d115").is_err());
@@ -172,8 +197,16 @@ mod tests {
         assert_eq!(c.network().to_string(), "10.10.1.0/24");
         assert!(c.contains("10.10.1.200".parse().unwrap()));
         assert!(!c.contains("10.10.2.1".parse().unwrap()));
-        assert!(Ipv4Cidr::parse("10.10.1.0/24").unwrap().is_network_address());
-        assert!(Ipv4Cidr::parse("10.10.1.255/24").unwrap().is_broadcast_address());
+        assert!(
+            Ipv4Cidr::parse("10.10.1.0/24")
+                .unwrap()
+                .is_network_address()
+        );
+        assert!(
+            Ipv4Cidr::parse("10.10.1.255/24")
+                .unwrap()
+                .is_broadcast_address()
+        );
         assert!(Ipv4Cidr::parse("10.10.1.2").is_err());
         assert!(Ipv4Cidr::parse("10.10.1.2/33").is_err());
         assert!(Ipv4Cidr::parse("10.10.1.300/24").is_err());

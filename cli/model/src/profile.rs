@@ -48,7 +48,11 @@ impl GpuArch {
     ];
 
     pub fn as_str(self) -> &'static str {
-        GpuArch::ALL.iter().find(|(_, a)| *a == self).map(|(n, _)| *n).unwrap_or("unknown")
+        GpuArch::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("unknown")
     }
 
     /// CUDA compute-capability major versions that belong to this architecture.
@@ -169,7 +173,10 @@ impl Profile {
     }
     /// The fastest NIC on the experiment network (or any NIC if none is marked), in Gbit/s.
     pub fn experiment_nic_gbps(&self) -> Option<u32> {
-        let exp = self.nics.iter().filter(|n| n.network != Some(NicNetwork::Control));
+        let exp = self
+            .nics
+            .iter()
+            .filter(|n| n.network != Some(NicNetwork::Control));
         exp.map(|n| n.speed_gbps).max()
     }
     pub fn boot_disk(&self) -> Option<&Disk> {
@@ -180,7 +187,11 @@ impl Profile {
         if self.gpus.is_empty() {
             return "-".into();
         }
-        self.gpus.iter().map(|g| format!("{}x {}", g.count, g.model)).collect::<Vec<_>>().join(", ")
+        self.gpus
+            .iter()
+            .map(|g| format!("{}x {}", g.count, g.model))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -239,9 +250,23 @@ impl MemorySpec {
     }
 }
 
-const PROFILE_KEYS: &[&str] = &["description", "site", "extends", "cpu", "memory", "disk", "nic", "gpu"];
+const PROFILE_KEYS: &[&str] = &[
+    "description",
+    "site",
+    "extends",
+    "cpu",
+    "memory",
+    "disk",
+    "nic",
+    "gpu",
+];
 
-fn enum_value<T: Copy>(r: &mut Reader, t: &Table<'_, '_>, key: &str, allowed: &[(&str, T)]) -> Option<T> {
+fn enum_value<T: Copy>(
+    r: &mut Reader,
+    t: &Table<'_, '_>,
+    key: &str,
+    allowed: &[(&str, T)],
+) -> Option<T> {
     let s = r.string(t, key, false)?;
     if let Some((_, v)) = allowed.iter().find(|(n, _)| *n == s) {
         return Some(*v);
@@ -252,10 +277,14 @@ fn enum_value<T: Copy>(r: &mut Reader, t: &Table<'_, '_>, key: &str, allowed: &[
         Some(m) => format!("did you mean \"{m}\"?"),
         None => format!("use one of: {}", names.join(", ")),
     };
-    r.error(Kind::InvalidValue, span, format!("`{}` must be one of {}", t.child(key), names.join(", ")))
-        .field(t.child(key))
-        .value(format!("{s:?}"))
-        .help(help);
+    r.error(
+        Kind::InvalidValue,
+        span,
+        format!("`{}` must be one of {}", t.child(key), names.join(", ")),
+    )
+    .field(t.child(key))
+    .value(format!("{s:?}"))
+    .help(help);
     None
 }
 
@@ -269,14 +298,37 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
         ..Default::default()
     };
     if let Some(cpu) = r.opt_table(t, "cpu") {
-        r.check_keys(&cpu, &["model", "vendor", "microarch", "sockets", "cores", "threads"]);
+        r.check_keys(
+            &cpu,
+            &[
+                "model",
+                "vendor",
+                "microarch",
+                "sockets",
+                "cores",
+                "threads",
+            ],
+        );
         spec.cpu = CpuSpec {
             model: r.string(&cpu, "model", false),
-            vendor: enum_value(r, &cpu, "vendor", &[("intel", CpuVendor::Intel), ("amd", CpuVendor::Amd), ("other", CpuVendor::Other)]),
+            vendor: enum_value(
+                r,
+                &cpu,
+                "vendor",
+                &[
+                    ("intel", CpuVendor::Intel),
+                    ("amd", CpuVendor::Amd),
+                    ("other", CpuVendor::Other),
+                ],
+            ),
             microarch: r.string(&cpu, "microarch", false),
             sockets: r.integer(&cpu, "sockets", false, 1, 64).map(|n| n as u32),
-            cores: r.integer(&cpu, "cores", false, 1, 1 << 16).map(|n| n as u32),
-            threads: r.integer(&cpu, "threads", false, 1, 1 << 17).map(|n| n as u32),
+            cores: r
+                .integer(&cpu, "cores", false, 1, 1 << 16)
+                .map(|n| n as u32),
+            threads: r
+                .integer(&cpu, "threads", false, 1, 1 << 17)
+                .map(|n| n as u32),
         };
     }
     if let Some(mem) = r.opt_table(t, "memory") {
@@ -290,11 +342,24 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
             let model = r.string(&d, "model", false);
             let size = r.integer(&d, "size_gb", true, 1, 1 << 40);
             let kind = if d.get("kind").is_some() {
-                enum_value(r, &d, "kind", &[("ssd", DiskKind::Ssd), ("hdd", DiskKind::Hdd), ("nvme", DiskKind::Nvme)])
+                enum_value(
+                    r,
+                    &d,
+                    "kind",
+                    &[
+                        ("ssd", DiskKind::Ssd),
+                        ("hdd", DiskKind::Hdd),
+                        ("nvme", DiskKind::Nvme),
+                    ],
+                )
             } else {
-                r.error(Kind::MissingField, d.span.clone(), format!("missing required field `kind` in [{}]", d.path))
-                    .field(d.child("kind"))
-                    .help("add `kind = \"ssd\"` (or \"hdd\", \"nvme\")");
+                r.error(
+                    Kind::MissingField,
+                    d.span.clone(),
+                    format!("missing required field `kind` in [{}]", d.path),
+                )
+                .field(d.child("kind"))
+                .help("add `kind = \"ssd\"` (or \"hdd\", \"nvme\")");
                 None
             };
             let count = r.integer(&d, "count", false, 1, 1024).unwrap_or(1) as u32;
@@ -307,15 +372,25 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
                     .help("split it: one `[[disk]]` with `boot = true` and another with the rest of the count");
             }
             if let (Some(size), Some(kind)) = (size, kind) {
-                disks.push(Disk { model, size_gb: size as u64, kind, count, boot });
+                disks.push(Disk {
+                    model,
+                    size_gb: size as u64,
+                    kind,
+                    count,
+                    boot,
+                });
             }
         }
         let boots: Vec<_> = disks.iter().filter(|d| d.boot).collect();
         if boots.len() > 1 {
             let span = r.spans.get("disk").unwrap_or(t.span.clone());
-            r.error(Kind::InvalidValue, span, "more than one disk is marked `boot = true`")
-                .field(t.child("disk"))
-                .help("mark only the disk the machine boots from");
+            r.error(
+                Kind::InvalidValue,
+                span,
+                "more than one disk is marked `boot = true`",
+            )
+            .field(t.child("disk"))
+            .help("mark only the disk the machine boots from");
         }
         spec.disks = Some(disks);
     }
@@ -327,9 +402,23 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
             let speed = r.integer(&n, "speed_gbps", true, 1, 1600);
             let driver = r.string(&n, "driver", false);
             let ports = r.integer(&n, "ports", false, 1, 64).unwrap_or(1) as u32;
-            let network = enum_value(r, &n, "network", &[("control", NicNetwork::Control), ("experiment", NicNetwork::Experiment)]);
+            let network = enum_value(
+                r,
+                &n,
+                "network",
+                &[
+                    ("control", NicNetwork::Control),
+                    ("experiment", NicNetwork::Experiment),
+                ],
+            );
             if let (Some(model), Some(speed)) = (model, speed) {
-                nics.push(Nic { model, speed_gbps: speed as u32, driver, ports, network });
+                nics.push(Nic {
+                    model,
+                    speed_gbps: speed as u32,
+                    driver,
+                    ports,
+                    network,
+                });
             }
         }
         spec.nics = Some(nics);
@@ -337,7 +426,10 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
     if t.get("gpu").is_some() {
         let mut gpus = Vec::new();
         for g in r.tables(t, "gpu") {
-            r.check_keys(&g, &["model", "count", "arch", "compute_capability", "memory_gib"]);
+            r.check_keys(
+                &g,
+                &["model", "count", "arch", "compute_capability", "memory_gib"],
+            );
             let model = r.string(&g, "model", true);
             let count = r.integer(&g, "count", false, 1, 64).unwrap_or(1) as u32;
             let arch = if g.get("arch").is_some() {
@@ -351,13 +443,20 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
             let cc = r.string(&g, "compute_capability", true);
             let mem = r.integer(&g, "memory_gib", true, 1, 1 << 16);
             if let (Some(cc), Some(arch)) = (&cc, arch) {
-                let span = r.spans.get(&g.child("compute_capability")).unwrap_or(g.span.clone());
+                let span = r
+                    .spans
+                    .get(&g.child("compute_capability"))
+                    .unwrap_or(g.span.clone());
                 match parse_capability(cc) {
                     None => {
-                        r.error(Kind::InvalidValue, span, "compute capability must be MAJOR.MINOR")
-                            .field(g.child("compute_capability"))
-                            .value(format!("{cc:?}"))
-                            .help("write it as NVIDIA does, e.g. \"6.1\" for a Tesla P4");
+                        r.error(
+                            Kind::InvalidValue,
+                            span,
+                            "compute capability must be MAJOR.MINOR",
+                        )
+                        .field(g.child("compute_capability"))
+                        .value(format!("{cc:?}"))
+                        .help("write it as NVIDIA does, e.g. \"6.1\" for a Tesla P4");
                     }
                     Some((major, _)) if !arch.capability_majors().contains(&major) => {
                         r.error(Kind::InvalidValue, span, format!("compute capability {cc} does not belong to the {} architecture", arch.as_str()))
@@ -369,7 +468,13 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
                 }
             }
             if let (Some(model), Some(arch), Some(cc), Some(mem)) = (model, arch, cc, mem) {
-                gpus.push(Gpu { model, count, arch, compute_capability: cc, memory_gib: mem as u32 });
+                gpus.push(Gpu {
+                    model,
+                    count,
+                    arch,
+                    compute_capability: cc,
+                    memory_gib: mem as u32,
+                });
             }
         }
         spec.gpus = Some(gpus);
@@ -431,8 +536,12 @@ impl ProfileSet {
             Ok(rd) => rd,
             Err(e) => {
                 diags.push(
-                    Diagnostic::file(Kind::Io, &shown, format!("cannot read profile directory: {e}"))
-                        .help("check `profile_dir` in [cluster]; it is relative to the topology file"),
+                    Diagnostic::file(
+                        Kind::Io,
+                        &shown,
+                        format!("cannot read profile directory: {e}"),
+                    )
+                    .help("check `profile_dir` in [cluster]; it is relative to the topology file"),
                 );
                 return diags;
             }
@@ -441,7 +550,10 @@ impl ProfileSet {
         paths.retain(|p| p.extension().is_some_and(|e| e == "toml"));
         paths.sort();
         for p in paths {
-            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             match crate::load::read_source(&p) {
                 Ok(src) => {
                     let origin = p.display().to_string();
@@ -462,7 +574,14 @@ impl ProfileSet {
                 let extends_span = r.spans.get("extends");
                 self.declared.insert(
                     name.to_string(),
-                    Declared { spec, origin: origin.to_string(), source: src, span: 0..0, extends_span, path: String::new() },
+                    Declared {
+                        spec,
+                        origin: origin.to_string(),
+                        source: src,
+                        span: 0..0,
+                        extends_span,
+                        path: String::new(),
+                    },
                 );
             }
             None => {}
@@ -487,22 +606,36 @@ impl ProfileSet {
         result
     }
 
-    fn resolve_uncached(&mut self, name: &str, diags: &mut Diagnostics) -> Result<Arc<Profile>, ()> {
+    fn resolve_uncached(
+        &mut self,
+        name: &str,
+        diags: &mut Diagnostics,
+    ) -> Result<Arc<Profile>, ()> {
         let mut chain: Vec<String> = vec![name.to_string()];
         let mut merged = self.declared.get(name).ok_or(())?.spec.clone();
         let mut merged_lists = (merged.disks.take(), merged.nics.take(), merged.gpus.take());
         let mut cur = name.to_string();
         loop {
             let decl = &self.declared[&cur];
-            let Some(parent) = decl.spec.extends.clone() else { break };
+            let Some(parent) = decl.spec.extends.clone() else {
+                break;
+            };
             let span = decl.extends_span.clone().unwrap_or(decl.span.clone());
             if chain.contains(&parent) {
                 chain.push(parent.clone());
                 diags.push(
-                    Diagnostic::at(Kind::ProfileCycle, &decl.source, span, format!("profile `{cur}` extends itself through {}", chain.join(" -> ")))
-                        .field(format!("{}extends", prefix(&decl.path)))
-                        .value(format!("{parent:?}"))
-                        .help("remove `extends` from one profile in the cycle"),
+                    Diagnostic::at(
+                        Kind::ProfileCycle,
+                        &decl.source,
+                        span,
+                        format!(
+                            "profile `{cur}` extends itself through {}",
+                            chain.join(" -> ")
+                        ),
+                    )
+                    .field(format!("{}extends", prefix(&decl.path)))
+                    .value(format!("{parent:?}"))
+                    .help("remove `extends` from one profile in the cycle"),
                 );
                 return Err(());
             }
@@ -513,10 +646,15 @@ impl ProfileSet {
                     None => format!("known profiles: {}", names.join(", ")),
                 };
                 diags.push(
-                    Diagnostic::at(Kind::UnknownProfile, &decl.source, span, format!("profile `{cur}` extends unknown profile `{parent}`"))
-                        .field(format!("{}extends", prefix(&decl.path)))
-                        .value(format!("{parent:?}"))
-                        .help(help),
+                    Diagnostic::at(
+                        Kind::UnknownProfile,
+                        &decl.source,
+                        span,
+                        format!("profile `{cur}` extends unknown profile `{parent}`"),
+                    )
+                    .field(format!("{}extends", prefix(&decl.path)))
+                    .value(format!("{parent:?}"))
+                    .help(help),
                 );
                 return Err(());
             };
@@ -599,7 +737,11 @@ impl ProfileSet {
 }
 
 fn prefix(path: &str) -> String {
-    if path.is_empty() { String::new() } else { format!("{path}.") }
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}.")
+    }
 }
 
 #[cfg(test)]
@@ -616,11 +758,15 @@ mod tests {
         }
         let mut d = Diagnostics::default();
         for n in &names {
-            set.resolve(n, &mut d).unwrap_or_else(|_| panic!("{n}: {}", d.render(false, 5)));
+            set.resolve(n, &mut d)
+                .unwrap_or_else(|_| panic!("{n}: {}", d.render(false, 5)));
         }
         let g5 = set.resolve("c220g5", &mut d).unwrap();
         assert!(!g5.has_gpu(), "a c220g5 has no GPU");
-        assert_eq!((g5.cpu.sockets, g5.cpu.cores, g5.cpu.threads, g5.memory_gib), (2, 20, 40, 192));
+        assert_eq!(
+            (g5.cpu.sockets, g5.cpu.cores, g5.cpu.threads, g5.memory_gib),
+            (2, 20, 40, 192)
+        );
         assert_eq!(g5.experiment_nic_gbps(), Some(10));
         let g240 = set.resolve("c240g5", &mut d).unwrap();
         assert_eq!(g240.gpu_count(), 1);

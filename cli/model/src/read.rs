@@ -116,38 +116,71 @@ impl Reader {
             if allowed.contains(&key) {
                 continue;
             }
-            let where_ = if t.path.is_empty() { "the top level".to_string() } else { format!("[{}]", t.path) };
+            let where_ = if t.path.is_empty() {
+                "the top level".to_string()
+            } else {
+                format!("[{}]", t.path)
+            };
             let help = match did_you_mean(key, allowed.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`? Rename the key to `{s}`."),
-                None => format!("remove it; allowed keys in {where_} are: {}", allowed.join(", ")),
+                None => format!(
+                    "remove it; allowed keys in {where_} are: {}",
+                    allowed.join(", ")
+                ),
             };
             let path = t.child(key);
-            self.error(Kind::UnknownKey, k.span(), format!("unknown key `{key}` in {where_}"))
-                .field(path)
-                .help(help);
+            self.error(
+                Kind::UnknownKey,
+                k.span(),
+                format!("unknown key `{key}` in {where_}"),
+            )
+            .field(path)
+            .help(help);
         }
     }
 
     fn missing(&mut self, t: &Table<'_, '_>, key: &str, what: &str) {
-        let where_ = if t.path.is_empty() { "the file".to_string() } else { format!("[{}]", t.path) };
-        let span = t.span.start..t.span.start.saturating_add(1).min(t.span.end.max(t.span.start));
-        self.error(Kind::MissingField, span, format!("missing required field `{key}` in {where_}"))
-            .field(t.child(key))
-            .help(format!("add `{key} = {what}`"));
+        let where_ = if t.path.is_empty() {
+            "the file".to_string()
+        } else {
+            format!("[{}]", t.path)
+        };
+        let span = t.span.start
+            ..t.span
+                .start
+                .saturating_add(1)
+                .min(t.span.end.max(t.span.start));
+        self.error(
+            Kind::MissingField,
+            span,
+            format!("missing required field `{key}` in {where_}"),
+        )
+        .field(t.child(key))
+        .help(format!("add `{key} = {what}`"));
     }
 
     fn wrong_type(&mut self, path: &str, v: &Spanned<DeValue<'_>>, expected: &str) {
         self.error(
             Kind::WrongType,
             v.span(),
-            format!("`{path}` must be {expected}, found {}", type_name(v.get_ref())),
+            format!(
+                "`{path}` must be {expected}, found {}",
+                type_name(v.get_ref())
+            ),
         )
         .field(path.to_string())
         .value(show(v.get_ref()))
-        .help(format!("write `{}` as {expected}", path.rsplit('.').next().unwrap_or(path)));
+        .help(format!(
+            "write `{}` as {expected}",
+            path.rsplit('.').next().unwrap_or(path)
+        ));
     }
 
-    pub fn table<'a, 'i>(&mut self, v: &'a Spanned<DeValue<'i>>, path: String) -> Option<Table<'a, 'i>> {
+    pub fn table<'a, 'i>(
+        &mut self,
+        v: &'a Spanned<DeValue<'i>>,
+        path: String,
+    ) -> Option<Table<'a, 'i>> {
         match v.get_ref() {
             DeValue::Table(t) => {
                 self.spans.insert(path.clone(), v.span());
@@ -172,7 +205,9 @@ impl Reader {
     /// A value that may be written as one table or an array of tables (`lan = {...}` or
     /// `[[node.lan]]`); returns each with its path `key[i]`.
     pub fn tables<'a, 'i>(&mut self, t: &Table<'a, 'i>, key: &str) -> Vec<Table<'a, 'i>> {
-        let Some(v) = t.get(key) else { return Vec::new() };
+        let Some(v) = t.get(key) else {
+            return Vec::new();
+        };
         let path = t.child(key);
         match v.get_ref() {
             DeValue::Table(_) => self.table(v, format!("{path}[0]")).into_iter().collect(),
@@ -188,7 +223,13 @@ impl Reader {
         }
     }
 
-    fn raw<'a, 'i>(&mut self, t: &Table<'a, 'i>, key: &str, required: bool, what: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    fn raw<'a, 'i>(
+        &mut self,
+        t: &Table<'a, 'i>,
+        key: &str,
+        required: bool,
+        what: &str,
+    ) -> Option<&'a Spanned<DeValue<'i>>> {
         match t.get(key) {
             Some(v) => {
                 self.spans.insert(t.child(key), v.span());
@@ -226,16 +267,27 @@ impl Reader {
     }
 
     /// An integer in `[min, max]`.
-    pub fn integer(&mut self, t: &Table<'_, '_>, key: &str, required: bool, min: i64, max: i64) -> Option<i64> {
+    pub fn integer(
+        &mut self,
+        t: &Table<'_, '_>,
+        key: &str,
+        required: bool,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
         let v = self.raw(t, key, required, &min.max(1).to_string())?;
         let path = t.child(key);
         match int_value(v.get_ref()) {
             Some(n) if n >= i128::from(min) && n <= i128::from(max) => Some(n as i64),
             Some(n) => {
-                self.error(Kind::InvalidValue, v.span(), format!("`{path}` must be between {min} and {max}"))
-                    .field(path)
-                    .value(n.to_string())
-                    .help(format!("use a whole number from {min} to {max}"));
+                self.error(
+                    Kind::InvalidValue,
+                    v.span(),
+                    format!("`{path}` must be between {min} and {max}"),
+                )
+                .field(path)
+                .value(n.to_string())
+                .help(format!("use a whole number from {min} to {max}"));
                 None
             }
             None => {

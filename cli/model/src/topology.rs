@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::diag::Kind;
 use crate::profile::{ProfileSpec, read_profile_spec};
 use crate::read::{Reader, Table, int_value, show, type_name};
-use crate::diag::Kind;
 
 pub const DEFAULT_CONFIRM_TIMEOUT_S: u64 = 120;
 pub const DEFAULT_SSH_PORT: u16 = 22;
@@ -17,9 +17,17 @@ pub struct TopologyFile {
     pub cluster: ClusterSpec,
     #[serde(default, skip_serializing_if = "DefaultsSpec::is_empty")]
     pub defaults: DefaultsSpec,
-    #[serde(rename = "network", default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "network",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub networks: BTreeMap<String, NetworkSpec>,
-    #[serde(rename = "profile", default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "profile",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub profiles: BTreeMap<String, ProfileSpec>,
     #[serde(rename = "node", default)]
     pub nodes: Vec<NodeSpec>,
@@ -130,12 +138,33 @@ impl TargetsSpec {
     }
 }
 
-pub const TOP_KEYS: &[&str] = &["cluster", "defaults", "network", "profile", "node", "targets"];
+pub const TOP_KEYS: &[&str] = &[
+    "cluster", "defaults", "network", "profile", "node", "targets",
+];
 pub const CLUSTER_KEYS: &[&str] = &[
-    "name", "nixpkgs", "ssh_user", "confirm_timeout_s", "profile_dir", "state_version", "site", "expires", "ssh_keys",
+    "name",
+    "nixpkgs",
+    "ssh_user",
+    "confirm_timeout_s",
+    "profile_dir",
+    "state_version",
+    "site",
+    "expires",
+    "ssh_keys",
 ];
 pub const DEFAULTS_KEYS: &[&str] = &["profile", "features", "port"];
-pub const NODE_KEYS: &[&str] = &["name", "host", "port", "user", "profile", "roles", "features", "tags", "control_ip", "lan"];
+pub const NODE_KEYS: &[&str] = &[
+    "name",
+    "host",
+    "port",
+    "user",
+    "profile",
+    "roles",
+    "features",
+    "tags",
+    "control_ip",
+    "lan",
+];
 pub const LAN_KEYS: &[&str] = &["network", "address", "mac", "vlan"];
 pub const TARGET_KEYS: &[&str] = &["latency_p99_ms", "wasm_cold_start_ms", "unikernel_boot_ms"];
 
@@ -158,7 +187,9 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
             name: r.string(&c, "name", true).unwrap_or_default(),
             nixpkgs: r.string(&c, "nixpkgs", true).unwrap_or_default(),
             ssh_user: r.string(&c, "ssh_user", true).unwrap_or_default(),
-            confirm_timeout_s: r.integer(&c, "confirm_timeout_s", false, 5, 3600).map(|n| n as u64),
+            confirm_timeout_s: r
+                .integer(&c, "confirm_timeout_s", false, 5, 3600)
+                .map(|n| n as u64),
             profile_dir: r.string(&c, "profile_dir", false),
             state_version: r.string(&c, "state_version", false),
             site: r.string(&c, "site", false),
@@ -179,7 +210,9 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
     if let Some(nt) = r.opt_table(root, "network") {
         for (k, v) in nt.entries.iter() {
             let name = k.get_ref().to_string();
-            let Some(t) = r.table(v, format!("network.{name}")) else { continue };
+            let Some(t) = r.table(v, format!("network.{name}")) else {
+                continue;
+            };
             r.check_keys(&t, &["subnet", "vlan"]);
             let subnet = r.string(&t, "subnet", true);
             let vlan = r.integer(&t, "vlan", false, 1, 4094).map(|n| n as u16);
@@ -203,9 +236,16 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
     match root.get("node") {
         None => {}
         Some(v) if !matches!(v.get_ref(), toml::de::DeValue::Array(_)) => {
-            r.error(Kind::WrongType, v.span(), format!("`node` must be an array of tables ([[node]]), found {}", type_name(v.get_ref())))
-                .field("node")
-                .help("write each node as a [[node]] table (double brackets)");
+            r.error(
+                Kind::WrongType,
+                v.span(),
+                format!(
+                    "`node` must be an array of tables ([[node]]), found {}",
+                    type_name(v.get_ref())
+                ),
+            )
+            .field("node")
+            .help("write each node as a [[node]] table (double brackets)");
         }
         Some(_) => {
             for t in r.tables(root, "node") {
@@ -222,7 +262,14 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
         targets.unikernel_boot_ms = target(r, &t, "unikernel_boot_ms");
     }
 
-    Some(TopologyFile { cluster: cluster?, defaults, networks, profiles, nodes, targets })
+    Some(TopologyFile {
+        cluster: cluster?,
+        defaults,
+        networks,
+        profiles,
+        nodes,
+        targets,
+    })
 }
 
 fn read_node(r: &mut Reader, t: &Table<'_, '_>) -> NodeSpec {
@@ -267,17 +314,30 @@ fn target(r: &mut Reader, t: &Table<'_, '_>, key: &str) -> Option<f64> {
     match n {
         Some(x) if x.is_finite() && x > 0.0 => Some(x),
         Some(_) => {
-            r.error(Kind::InvalidTarget, v.span(), format!("target `{key}` must be a positive number of milliseconds"))
-                .field(path)
-                .value(show(v.get_ref()))
-                .help(format!("write e.g. `{key} = 5.0`"));
+            r.error(
+                Kind::InvalidTarget,
+                v.span(),
+                format!("target `{key}` must be a positive number of milliseconds"),
+            )
+            .field(path)
+            .value(show(v.get_ref()))
+            .help(format!("write e.g. `{key} = 5.0`"));
             None
         }
         None => {
-            r.error(Kind::InvalidTarget, v.span(), format!("target `{key}` must be a number, found {}", type_name(v.get_ref())))
-                .field(path)
-                .value(show(v.get_ref()))
-                .help(format!("write a bare number of milliseconds, e.g. `{key} = 5.0` (no quotes, no unit)"));
+            r.error(
+                Kind::InvalidTarget,
+                v.span(),
+                format!(
+                    "target `{key}` must be a number, found {}",
+                    type_name(v.get_ref())
+                ),
+            )
+            .field(path)
+            .value(show(v.get_ref()))
+            .help(format!(
+                "write a bare number of milliseconds, e.g. `{key} = 5.0` (no quotes, no unit)"
+            ));
             None
         }
     }

@@ -141,7 +141,8 @@ impl Cluster {
 pub fn release_of(nixpkgs: &str) -> Option<String> {
     let tail = nixpkgs.rsplit(['/', '-']).next()?;
     let (a, b) = tail.split_once('.')?;
-    (a.len() == 2 && b.len() == 2 && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())).then(|| tail.to_string())
+    (a.len() == 2 && b.len() == 2 && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()))
+        .then(|| tail.to_string())
 }
 
 /// Fallback `system.stateVersion` when neither the file nor the nixpkgs ref says.
@@ -168,7 +169,11 @@ impl V<'_> {
     }
 
     fn line_of(&self, path: &str) -> usize {
-        self.r.spans.get(path).map(|s| self.r.src.line_col(s.start).0).unwrap_or(0)
+        self.r
+            .spans
+            .get(path)
+            .map(|s| self.r.src.line_col(s.start).0)
+            .unwrap_or(0)
     }
 }
 
@@ -188,29 +193,48 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
     let c = &file.cluster;
 
     if !c.name.is_empty() && !is_simple_name(&c.name) {
-        v.err(Kind::InvalidValue, "cluster.name", "cluster name may use only letters, digits, `-` and `_` (at most 63)")
-            .value(format!("{:?}", c.name))
-            .help("rename it, e.g. \"edge-lab\"");
+        v.err(
+            Kind::InvalidValue,
+            "cluster.name",
+            "cluster name may use only letters, digits, `-` and `_` (at most 63)",
+        )
+        .value(format!("{:?}", c.name))
+        .help("rename it, e.g. \"edge-lab\"");
     }
     if !c.nixpkgs.is_empty() && !is_flake_ref(&c.nixpkgs) {
-        v.err(Kind::InvalidValue, "cluster.nixpkgs", "`nixpkgs` must be a flake reference")
-            .value(format!("{:?}", c.nixpkgs))
-            .help("write e.g. \"github:NixOS/nixpkgs/nixos-25.11\"");
+        v.err(
+            Kind::InvalidValue,
+            "cluster.nixpkgs",
+            "`nixpkgs` must be a flake reference",
+        )
+        .value(format!("{:?}", c.nixpkgs))
+        .help("write e.g. \"github:NixOS/nixpkgs/nixos-25.11\"");
     }
     if !c.ssh_user.is_empty() && !is_username(&c.ssh_user) {
-        v.err(Kind::InvalidValue, "cluster.ssh_user", "not a valid Linux user name")
-            .value(format!("{:?}", c.ssh_user))
-            .help("use your CloudLab user name: lowercase letters, digits, `_` and `-`");
+        v.err(
+            Kind::InvalidValue,
+            "cluster.ssh_user",
+            "not a valid Linux user name",
+        )
+        .value(format!("{:?}", c.ssh_user))
+        .help("use your CloudLab user name: lowercase letters, digits, `_` and `-`");
     }
     if let Some(sv) = &c.state_version {
         if release_of(&format!("nixos-{sv}")).as_deref() != Some(sv.as_str()) {
-            v.err(Kind::InvalidValue, "cluster.state_version", "`state_version` must look like \"25.11\"")
-                .value(format!("{sv:?}"))
-                .help("use the NixOS release the nodes were first installed with, e.g. \"25.11\"");
+            v.err(
+                Kind::InvalidValue,
+                "cluster.state_version",
+                "`state_version` must look like \"25.11\"",
+            )
+            .value(format!("{sv:?}"))
+            .help("use the NixOS release the nodes were first installed with, e.g. \"25.11\"");
         }
     }
     for (i, k) in c.ssh_keys.iter().enumerate() {
-        if k.contains('\n') || k.split_whitespace().count() < 2 || !k.starts_with(|ch: char| ch.is_ascii_alphanumeric()) {
+        if k.contains('\n')
+            || k.split_whitespace().count() < 2
+            || !k.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+        {
             v.err(Kind::InvalidValue, &format!("cluster.ssh_keys[{i}]"), "not a single-line SSH public key")
                 .value(k.clone())
                 .help("paste the one line of your `~/.ssh/id_ed25519.pub` (\"ssh-ed25519 AAAA... you@host\")");
@@ -218,9 +242,14 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
     }
     if file.nodes.is_empty() {
         v.r.diags.push(
-            Diagnostic::at(Kind::NoNodes, &v.r.src.clone(), 0..0, "the topology has no nodes")
-                .field("node")
-                .help("add at least one [[node]] with name, host and profile"),
+            Diagnostic::at(
+                Kind::NoNodes,
+                &v.r.src.clone(),
+                0..0,
+                "the topology has no nodes",
+            )
+            .field("node")
+            .help("add at least one [[node]] with name, host and profile"),
         );
     }
 
@@ -229,29 +258,50 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
     for (name, n) in &file.networks {
         let path = format!("network.{name}");
         if !is_simple_name(name) {
-            v.err(Kind::InvalidValue, &path, "network names may use only letters, digits, `-` and `_`")
-                .value(format!("{name:?}"))
-                .help("rename it, e.g. [network.lan0]");
+            v.err(
+                Kind::InvalidValue,
+                &path,
+                "network names may use only letters, digits, `-` and `_`",
+            )
+            .value(format!("{name:?}"))
+            .help("rename it, e.g. [network.lan0]");
         }
         match Ipv4Cidr::parse(&n.subnet) {
             Err(e) => {
-                v.err(Kind::InvalidAddress, &format!("{path}.subnet"), format!("bad subnet: {e}"))
-                    .value(format!("{:?}", n.subnet))
-                    .help("write the subnet as NETWORK/PREFIX, e.g. \"10.10.1.0/24\"");
+                v.err(
+                    Kind::InvalidAddress,
+                    &format!("{path}.subnet"),
+                    format!("bad subnet: {e}"),
+                )
+                .value(format!("{:?}", n.subnet))
+                .help("write the subnet as NETWORK/PREFIX, e.g. \"10.10.1.0/24\"");
             }
             Ok(s) if s.network() != s => {
-                v.err(Kind::InvalidAddress, &format!("{path}.subnet"), format!("subnet has host bits set; the network is {}", s.network()))
-                    .value(format!("{:?}", n.subnet))
-                    .help(format!("write \"{}\"", s.network()));
+                v.err(
+                    Kind::InvalidAddress,
+                    &format!("{path}.subnet"),
+                    format!("subnet has host bits set; the network is {}", s.network()),
+                )
+                .value(format!("{:?}", n.subnet))
+                .help(format!("write \"{}\"", s.network()));
             }
             Ok(s) => {
                 if let Some(o) = networks.iter().find(|o| o.subnet.overlaps(&s)) {
                     let other = o.name.clone();
-                    v.err(Kind::InvalidValue, &format!("{path}.subnet"), format!("subnet overlaps network `{other}` ({})", o.subnet))
-                        .value(format!("{:?}", n.subnet))
-                        .help("give each LAN its own subnet");
+                    v.err(
+                        Kind::InvalidValue,
+                        &format!("{path}.subnet"),
+                        format!("subnet overlaps network `{other}` ({})", o.subnet),
+                    )
+                    .value(format!("{:?}", n.subnet))
+                    .help("give each LAN its own subnet");
                 }
-                networks.push(Network { name: name.clone(), subnet: s, vlan: n.vlan, implicit: false });
+                networks.push(Network {
+                    name: name.clone(),
+                    subnet: s,
+                    vlan: n.vlan,
+                    implicit: false,
+                });
             }
         }
     }
@@ -276,24 +326,39 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
 
     for (i, n) in file.nodes.iter().enumerate() {
         let np = format!("node[{i}]");
-        let label = if n.name.is_empty() { np.clone() } else { format!("node `{}`", n.name) };
+        let label = if n.name.is_empty() {
+            np.clone()
+        } else {
+            format!("node `{}`", n.name)
+        };
 
         if !n.name.is_empty() {
             if !is_nixos_hostname(&n.name) {
                 let hint = if n.name.contains('.') {
-                    format!("NixOS host names have no dots: use \"{}\" and keep the full name in `host`", n.name.split('.').next().unwrap_or("node"))
+                    format!(
+                        "NixOS host names have no dots: use \"{}\" and keep the full name in `host`",
+                        n.name.split('.').next().unwrap_or("node")
+                    )
                 } else {
                     "use letters, digits, `-` and `_`, starting and ending with a letter or digit (at most 63)".to_string()
                 };
-                v.err(Kind::InvalidHostname, &format!("{np}.name"), "node name is not a valid NixOS host name")
-                    .value(format!("{:?}", n.name))
-                    .help(hint);
+                v.err(
+                    Kind::InvalidHostname,
+                    &format!("{np}.name"),
+                    "node name is not a valid NixOS host name",
+                )
+                .value(format!("{:?}", n.name))
+                .help(hint);
             }
             if let Some(&first) = names.get(n.name.as_str()) {
                 let line = v.line_of(&format!("node[{first}].name"));
-                v.err(Kind::DuplicateName, &format!("{np}.name"), format!("node name `{}` is already used on line {line}", n.name))
-                    .value(format!("{:?}", n.name))
-                    .help("give every node a unique name");
+                v.err(
+                    Kind::DuplicateName,
+                    &format!("{np}.name"),
+                    format!("node name `{}` is already used on line {line}", n.name),
+                )
+                .value(format!("{:?}", n.name))
+                .help("give every node a unique name");
             } else {
                 names.insert(&n.name, i);
             }
@@ -307,18 +372,29 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                     .help("write the node's SSH address, e.g. \"c220g5-110231.wisc.cloudlab.us\" or \"128.105.144.10\"");
             } else if let Some(&first) = hosts.get(&(n.host.as_str(), port)) {
                 let line = v.line_of(&format!("node[{first}].host"));
-                v.err(Kind::DuplicateHost, &format!("{np}.host"), format!("host {}:{port} is already used by the node on line {line}", n.host))
-                    .value(format!("{:?}", n.host))
-                    .help("each node needs its own SSH address (or a different `port`)");
+                v.err(
+                    Kind::DuplicateHost,
+                    &format!("{np}.host"),
+                    format!(
+                        "host {}:{port} is already used by the node on line {line}",
+                        n.host
+                    ),
+                )
+                .value(format!("{:?}", n.host))
+                .help("each node needs its own SSH address (or a different `port`)");
             } else {
                 hosts.insert((&n.host, port), i);
             }
         }
         let user = n.user.clone().unwrap_or_else(|| c.ssh_user.clone());
         if n.user.is_some() && !is_username(&user) {
-            v.err(Kind::InvalidValue, &format!("{np}.user"), "not a valid Linux user name")
-                .value(format!("{user:?}"))
-                .help("use lowercase letters, digits, `_` and `-`");
+            v.err(
+                Kind::InvalidValue,
+                &format!("{np}.user"),
+                "not a valid Linux user name",
+            )
+            .value(format!("{user:?}"))
+            .help("use lowercase letters, digits, `_` and `-`");
         }
         let control_ip = match &n.control_ip {
             None => None,
@@ -334,11 +410,19 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
         };
 
         // Profile.
-        let profile_path = if n.profile.is_some() { format!("{np}.profile") } else { "defaults.profile".to_string() };
+        let profile_path = if n.profile.is_some() {
+            format!("{np}.profile")
+        } else {
+            "defaults.profile".to_string()
+        };
         let profile = match n.profile.as_ref().or(file.defaults.profile.as_ref()) {
             None => {
-                v.err(Kind::MissingField, &np, format!("{label} has no hardware profile"))
-                    .help("add `profile = \"c220g5\"` to the node, or to [defaults]");
+                v.err(
+                    Kind::MissingField,
+                    &np,
+                    format!("{label} has no hardware profile"),
+                )
+                .help("add `profile = \"c220g5\"` to the node, or to [defaults]");
                 None
             }
             Some(p) if !profiles.contains(p) => {
@@ -359,20 +443,33 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 }
                 None => {
                     let help = suggest(role, Role::names());
-                    v.err(Kind::UnknownRole, &format!("{np}.roles[{j}]"), format!("unknown role `{role}`"))
-                        .value(format!("{role:?}"))
-                        .help(help);
+                    v.err(
+                        Kind::UnknownRole,
+                        &format!("{np}.roles[{j}]"),
+                        format!("unknown role `{role}`"),
+                    )
+                    .value(format!("{role:?}"))
+                    .help(help);
                 }
             }
         }
 
         // Features: the node's list modifies or replaces the defaults; roles add what they need.
-        let mut features = default_features.clone().and_then(|d| parse_features(&mut v, &n.features, &format!("{np}.features"), &d, false));
+        let mut features = default_features.clone().and_then(|d| {
+            parse_features(&mut v, &n.features, &format!("{np}.features"), &d, false)
+        });
         if let Some(fs) = &mut features {
             for role in &roles {
                 let need = role.needs();
-                if n.features.iter().any(|f| f.strip_prefix('-') == Some(need.as_str())) {
-                    let j = n.features.iter().position(|f| f.strip_prefix('-') == Some(need.as_str())).unwrap_or(0);
+                if n.features
+                    .iter()
+                    .any(|f| f.strip_prefix('-') == Some(need.as_str()))
+                {
+                    let j = n
+                        .features
+                        .iter()
+                        .position(|f| f.strip_prefix('-') == Some(need.as_str()))
+                        .unwrap_or(0);
                     v.err(Kind::FeatureConflict, &format!("{np}.features[{j}]"), format!("{label} has role `{role}` but removes feature `{need}`, which the role needs"))
                         .value(format!("\"-{need}\""))
                         .help(format!("remove \"-{need}\", or drop the role `{role}`"));
@@ -389,7 +486,9 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                     .map(|j| format!("{np}.features[{j}]"))
                     .or_else(|| {
                         let d = file.defaults.features.as_ref()?;
-                        d.iter().position(|f| f == "cuda").map(|j| format!("defaults.features[{j}]"))
+                        d.iter()
+                            .position(|f| f == "cuda")
+                            .map(|j| format!("defaults.features[{j}]"))
                     })
                     .unwrap_or(profile_path.clone());
                 let gpu_profiles: Vec<&str> = Vec::from_iter(["c240g5", "c4130", "d7525"]);
@@ -405,9 +504,13 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
 
         for (j, tag) in n.tags.iter().enumerate() {
             if !is_simple_name(tag) {
-                v.err(Kind::InvalidValue, &format!("{np}.tags[{j}]"), "tags may use only letters, digits, `-` and `_`")
-                    .value(format!("{tag:?}"))
-                    .help("tags are used in selectors such as `--on @gpu`; rename it");
+                v.err(
+                    Kind::InvalidValue,
+                    &format!("{np}.tags[{j}]"),
+                    "tags may use only letters, digits, `-` and `_`",
+                )
+                .value(format!("{tag:?}"))
+                .help("tags are used in selectors such as `--on @gpu`; rename it");
             }
         }
 
@@ -431,9 +534,15 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                         Some(m)
                     }
                     Err(e) => {
-                        v.err(Kind::InvalidMac, &format!("{lp}.mac"), format!("bad MAC address: {e}"))
-                            .value(format!("{:?}", l.mac))
-                            .help("write 12 hex digits, e.g. \"90e2ba24d115\" or \"90:e2:ba:24:d1:15\"");
+                        v.err(
+                            Kind::InvalidMac,
+                            &format!("{lp}.mac"),
+                            format!("bad MAC address: {e}"),
+                        )
+                        .value(format!("{:?}", l.mac))
+                        .help(
+                            "write 12 hex digits, e.g. \"90e2ba24d115\" or \"90:e2:ba:24:d1:15\"",
+                        );
                         None
                     }
                 }
@@ -443,17 +552,37 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
             } else {
                 match Ipv4Cidr::parse(&l.address) {
                     Ok(a) if a.is_network_address() || a.is_broadcast_address() => {
-                        let which = if a.is_network_address() { "network" } else { "broadcast" };
-                        v.err(Kind::AddressOutsidePrefix, &format!("{lp}.address"), format!("{} is the {which} address of {}, not a host address", a.addr, a.network()))
-                            .value(format!("{:?}", l.address))
-                            .help(format!("pick a host address inside {}, e.g. {}", a.network(), Ipv4Addr::from(u32::from(a.network().addr) + 1)));
+                        let which = if a.is_network_address() {
+                            "network"
+                        } else {
+                            "broadcast"
+                        };
+                        v.err(
+                            Kind::AddressOutsidePrefix,
+                            &format!("{lp}.address"),
+                            format!(
+                                "{} is the {which} address of {}, not a host address",
+                                a.addr,
+                                a.network()
+                            ),
+                        )
+                        .value(format!("{:?}", l.address))
+                        .help(format!(
+                            "pick a host address inside {}, e.g. {}",
+                            a.network(),
+                            Ipv4Addr::from(u32::from(a.network().addr) + 1)
+                        ));
                         None
                     }
                     Ok(a) => Some(a),
                     Err(e) => {
-                        v.err(Kind::InvalidAddress, &format!("{lp}.address"), format!("bad address: {e}"))
-                            .value(format!("{:?}", l.address))
-                            .help("write the address with its prefix length, e.g. \"10.10.1.2/24\"");
+                        v.err(
+                            Kind::InvalidAddress,
+                            &format!("{lp}.address"),
+                            format!("bad address: {e}"),
+                        )
+                        .value(format!("{:?}", l.address))
+                        .help("write the address with its prefix length, e.g. \"10.10.1.2/24\"");
                         None
                     }
                 }
@@ -465,18 +594,34 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                         let known: Vec<&str> = networks.iter().map(|x| x.name.as_str()).collect();
                         let help = match did_you_mean(name, known.iter().copied()) {
                             Some(m) => format!("did you mean \"{m}\"?"),
-                            None if known.is_empty() => format!("declare it: [network.{name}] subnet = \"{}\"", addr.network()),
+                            None if known.is_empty() => format!(
+                                "declare it: [network.{name}] subnet = \"{}\"",
+                                addr.network()
+                            ),
                             None => format!("declared networks: {}", known.join(", ")),
                         };
-                        v.err(Kind::UnknownNetwork, &format!("{lp}.network"), format!("unknown network `{name}`"))
-                            .value(format!("{name:?}"))
-                            .help(help);
+                        v.err(
+                            Kind::UnknownNetwork,
+                            &format!("{lp}.network"),
+                            format!("unknown network `{name}`"),
+                        )
+                        .value(format!("{name:?}"))
+                        .help(help);
                         continue;
                     }
-                    Some(net) if !net.subnet.contains(addr.addr) || net.subnet.prefix != addr.prefix => {
-                        v.err(Kind::AddressOutsidePrefix, &format!("{lp}.address"), format!("{addr} is not inside network `{name}` ({})", net.subnet))
-                            .value(format!("{:?}", l.address))
-                            .help(format!("use an address in {} with prefix /{}", net.subnet, net.subnet.prefix));
+                    Some(net)
+                        if !net.subnet.contains(addr.addr) || net.subnet.prefix != addr.prefix =>
+                    {
+                        v.err(
+                            Kind::AddressOutsidePrefix,
+                            &format!("{lp}.address"),
+                            format!("{addr} is not inside network `{name}` ({})", net.subnet),
+                        )
+                        .value(format!("{:?}", l.address))
+                        .help(format!(
+                            "use an address in {} with prefix /{}",
+                            net.subnet, net.subnet.prefix
+                        ));
                         continue;
                     }
                     Some(net) => net.name.clone(),
@@ -484,30 +629,59 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 None => match networks.iter().find(|x| x.subnet.contains(addr.addr)) {
                     Some(net) if net.subnet.prefix != addr.prefix => {
                         let (nn, ns) = (net.name.clone(), net.subnet);
-                        v.err(Kind::AddressOutsidePrefix, &format!("{lp}.address"), format!("{addr} has prefix /{} but its network `{nn}` is {ns}", addr.prefix))
-                            .value(format!("{:?}", l.address))
-                            .help(format!("write \"{}/{}\"", addr.addr, ns.prefix));
+                        v.err(
+                            Kind::AddressOutsidePrefix,
+                            &format!("{lp}.address"),
+                            format!(
+                                "{addr} has prefix /{} but its network `{nn}` is {ns}",
+                                addr.prefix
+                            ),
+                        )
+                        .value(format!("{:?}", l.address))
+                        .help(format!("write \"{}/{}\"", addr.addr, ns.prefix));
                         continue;
                     }
                     Some(net) => net.name.clone(),
                     None => {
                         let name = format!("lan{}", networks.iter().filter(|x| x.implicit).count());
-                        networks.push(Network { name: name.clone(), subnet: addr.network(), vlan: l.vlan, implicit: true });
+                        networks.push(Network {
+                            name: name.clone(),
+                            subnet: addr.network(),
+                            vlan: l.vlan,
+                            implicit: true,
+                        });
                         name
                     }
                 },
             };
             if let Some(other) = addrs.get(&(net_name.clone(), addr.addr)) {
                 let other = other.clone();
-                v.err(Kind::DuplicateAddress, &format!("{lp}.address"), format!("address {} is already used by {other} on network `{net_name}`", addr.addr))
-                    .value(format!("{:?}", l.address))
-                    .help("give every interface on a LAN its own address");
+                v.err(
+                    Kind::DuplicateAddress,
+                    &format!("{lp}.address"),
+                    format!(
+                        "address {} is already used by {other} on network `{net_name}`",
+                        addr.addr
+                    ),
+                )
+                .value(format!("{:?}", l.address))
+                .help("give every interface on a LAN its own address");
             } else {
                 addrs.insert((net_name.clone(), addr.addr), label.clone());
             }
-            let vlan = l.vlan.or_else(|| networks.iter().find(|x| x.name == net_name).and_then(|x| x.vlan));
+            let vlan = l.vlan.or_else(|| {
+                networks
+                    .iter()
+                    .find(|x| x.name == net_name)
+                    .and_then(|x| x.vlan)
+            });
             if let Some(mac) = mac {
-                interfaces.push(Interface { network: net_name, address: addr, mac, vlan });
+                interfaces.push(Interface {
+                    network: net_name,
+                    address: addr,
+                    mac,
+                    vlan,
+                });
             }
         }
 
@@ -529,19 +703,36 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
     }
 
     // Cluster-wide role rules.
-    let heads: Vec<usize> = file.nodes.iter().enumerate().filter(|(_, n)| n.roles.iter().any(|r| r == "ray-head")).map(|(i, _)| i).collect();
+    let heads: Vec<usize> = file
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.roles.iter().any(|r| r == "ray-head"))
+        .map(|(i, _)| i)
+        .collect();
     if heads.len() > 1 {
         let first = file.nodes[heads[0]].name.clone();
         for &i in &heads[1..] {
-            let j = file.nodes[i].roles.iter().position(|r| r == "ray-head").unwrap_or(0);
-            v.err(Kind::RayTwoHeads, &format!("node[{i}].roles[{j}]"), format!("a second Ray head: `{first}` is already the head"))
-                .value("\"ray-head\"")
-                .help("a Ray cluster has exactly one head; make this node a \"ray-worker\"");
+            let j = file.nodes[i]
+                .roles
+                .iter()
+                .position(|r| r == "ray-head")
+                .unwrap_or(0);
+            v.err(
+                Kind::RayTwoHeads,
+                &format!("node[{i}].roles[{j}]"),
+                format!("a second Ray head: `{first}` is already the head"),
+            )
+            .value("\"ray-head\"")
+            .help("a Ray cluster has exactly one head; make this node a \"ray-worker\"");
         }
     }
     if heads.is_empty() {
         let wants_ray = file.nodes.iter().enumerate().find_map(|(i, n)| {
-            n.roles.iter().position(|r| r == "ray-worker").map(|j| format!("node[{i}].roles[{j}]"))
+            n.roles
+                .iter()
+                .position(|r| r == "ray-worker")
+                .map(|j| format!("node[{i}].roles[{j}]"))
         });
         if let Some(at) = wants_ray {
             v.err(Kind::RayNoHead, &at, "Ray workers but no Ray head")
@@ -549,22 +740,44 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 .help("give exactly one node the role \"ray-head\"");
         }
     }
-    let has_router = file.nodes.iter().any(|n| n.roles.iter().any(|r| r == "zenoh-router"));
+    let has_router = file
+        .nodes
+        .iter()
+        .any(|n| n.roles.iter().any(|r| r == "zenoh-router"));
     if !has_router {
-        let zenoh_at = nodes.iter().zip(0..).find(|(n, _)| n.has(Feature::Zenoh)).map(|(n, _)| {
-            let i = file.nodes.iter().position(|f| f.name == n.name).unwrap_or(0);
-            file.nodes[i]
-                .features
-                .iter()
-                .position(|f| f.trim_start_matches('+') == "zenoh")
-                .map(|j| format!("node[{i}].features[{j}]"))
-                .or_else(|| file.defaults.features.as_ref()?.iter().position(|f| f == "zenoh").map(|j| format!("defaults.features[{j}]")))
-                .unwrap_or(format!("node[{i}]"))
-        });
+        let zenoh_at = nodes
+            .iter()
+            .zip(0..)
+            .find(|(n, _)| n.has(Feature::Zenoh))
+            .map(|(n, _)| {
+                let i = file
+                    .nodes
+                    .iter()
+                    .position(|f| f.name == n.name)
+                    .unwrap_or(0);
+                file.nodes[i]
+                    .features
+                    .iter()
+                    .position(|f| f.trim_start_matches('+') == "zenoh")
+                    .map(|j| format!("node[{i}].features[{j}]"))
+                    .or_else(|| {
+                        file.defaults
+                            .features
+                            .as_ref()?
+                            .iter()
+                            .position(|f| f == "zenoh")
+                            .map(|j| format!("defaults.features[{j}]"))
+                    })
+                    .unwrap_or(format!("node[{i}]"))
+            });
         if let Some(at) = zenoh_at {
-            v.err(Kind::ZenohNoRouter, &at, "`zenoh` is enabled but no node has the role \"zenoh-router\"")
-                .value("\"zenoh\"")
-                .help("give at least one node the role \"zenoh-router\" (peers connect to routers)");
+            v.err(
+                Kind::ZenohNoRouter,
+                &at,
+                "`zenoh` is enabled but no node has the role \"zenoh-router\"",
+            )
+            .value("\"zenoh\"")
+            .help("give at least one node the role \"zenoh-router\" (peers connect to routers)");
         }
     }
 
@@ -595,33 +808,61 @@ fn unknown_profile(v: &mut V<'_>, path: &str, p: &str, profiles: &ProfileSet) {
     let names: Vec<&str> = profiles.names().collect();
     let help = match did_you_mean(p, names.iter().copied()) {
         Some(m) => format!("did you mean \"{m}\"?"),
-        None => format!("known profiles: {}; or declare [profile.{p}] (or a file {p}.toml in `profile_dir`)", names.join(", ")),
+        None => format!(
+            "known profiles: {}; or declare [profile.{p}] (or a file {p}.toml in `profile_dir`)",
+            names.join(", ")
+        ),
     };
-    v.err(Kind::UnknownProfile, path, format!("unknown hardware profile `{p}`")).value(format!("{p:?}")).help(help);
+    v.err(
+        Kind::UnknownProfile,
+        path,
+        format!("unknown hardware profile `{p}`"),
+    )
+    .value(format!("{p:?}"))
+    .help(help);
 }
 
 /// Reads a feature list. `+x`/`-x` entries change `base`; plain entries replace it. In
 /// `defaults` only plain entries make sense.
-fn parse_features(v: &mut V<'_>, list: &[String], path: &str, base: &BTreeSet<Feature>, is_defaults: bool) -> Option<BTreeSet<Feature>> {
+fn parse_features(
+    v: &mut V<'_>,
+    list: &[String],
+    path: &str,
+    base: &BTreeSet<Feature>,
+    is_defaults: bool,
+) -> Option<BTreeSet<Feature>> {
     let mut ok = true;
     let modifiers = list.iter().filter(|f| f.starts_with(['+', '-'])).count();
     if modifiers != 0 && (modifiers != list.len() || is_defaults) {
         let j = if is_defaults {
-            list.iter().position(|f| f.starts_with(['+', '-'])).unwrap_or(0)
+            list.iter()
+                .position(|f| f.starts_with(['+', '-']))
+                .unwrap_or(0)
         } else {
-            list.iter().position(|f| !f.starts_with(['+', '-'])).unwrap_or(0)
+            list.iter()
+                .position(|f| !f.starts_with(['+', '-']))
+                .unwrap_or(0)
         };
         let help = if is_defaults {
-            "[defaults] lists features plainly (\"wasm\"); `+`/`-` belong in a node's list".to_string()
+            "[defaults] lists features plainly (\"wasm\"); `+`/`-` belong in a node's list"
+                .to_string()
         } else {
             "either list every feature plainly (replacing the defaults) or only changes such as \"+cuda\", \"-wasm\"".to_string()
         };
-        v.err(Kind::InvalidValue, &format!("{path}[{j}]"), "features mix plain names with `+`/`-` changes")
-            .value(format!("{:?}", list[j]))
-            .help(help);
+        v.err(
+            Kind::InvalidValue,
+            &format!("{path}[{j}]"),
+            "features mix plain names with `+`/`-` changes",
+        )
+        .value(format!("{:?}", list[j]))
+        .help(help);
         return None;
     }
-    let mut out = if modifiers == 0 && !list.is_empty() { BTreeSet::new() } else { base.clone() };
+    let mut out = if modifiers == 0 && !list.is_empty() {
+        BTreeSet::new()
+    } else {
+        base.clone()
+    };
     for (j, f) in list.iter().enumerate() {
         let (op, name) = match f.strip_prefix('+') {
             Some(n) => ('+', n),
@@ -641,9 +882,13 @@ fn parse_features(v: &mut V<'_>, list: &[String], path: &str, base: &BTreeSet<Fe
             None => {
                 ok = false;
                 let help = suggest(name, Feature::names());
-                v.err(Kind::UnknownFeature, &format!("{path}[{j}]"), format!("unknown feature `{name}`"))
-                    .value(format!("{f:?}"))
-                    .help(help);
+                v.err(
+                    Kind::UnknownFeature,
+                    &format!("{path}[{j}]"),
+                    format!("unknown feature `{name}`"),
+                )
+                .value(format!("{f:?}"))
+                .help(help);
             }
         }
     }
@@ -651,11 +896,17 @@ fn parse_features(v: &mut V<'_>, list: &[String], path: &str, base: &BTreeSet<Fe
 }
 
 fn is_flake_ref(s: &str) -> bool {
-    let Some((scheme, rest)) = s.split_once(':') else { return false };
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
     !scheme.is_empty()
-        && scheme.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'-' || c == b'.')
+        && scheme
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'-' || c == b'.')
         && !rest.is_empty()
-        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\' && c != b'\'' && c != b'`' && c != b'$')
+        && s.bytes().all(|c| {
+            c.is_ascii_graphic() && c != b'"' && c != b'\\' && c != b'\'' && c != b'`' && c != b'$'
+        })
 }
 
 /// Groups of nodes by network, for views that list LAN members.
@@ -675,7 +926,10 @@ mod tests {
 
     #[test]
     fn releases() {
-        assert_eq!(release_of("github:NixOS/nixpkgs/nixos-25.11").as_deref(), Some("25.11"));
+        assert_eq!(
+            release_of("github:NixOS/nixpkgs/nixos-25.11").as_deref(),
+            Some("25.11")
+        );
         assert_eq!(release_of("github:NixOS/nixpkgs/nixos-unstable"), None);
         assert_eq!(release_of("github:NixOS/nixpkgs"), None);
     }

@@ -1,0 +1,249 @@
+//! The `edgectl` binary end to end: exit codes, output formats, and bad input of every shape.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn edgectl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edgectl"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Bad input must fail with exit 1, say what is wrong, and never panic.
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr:\n{err}");
+    assert!(!err.contains("panicked"), "panicked:\n{err}");
+    assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+}
+
+#[test]
+fn check_example_prints_table() {
+    let ex = repo().join("examples/edge-lab.toml");
+    let o = edgectl(&["check", ex.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for want in [
+        "NODE",
+        "head",
+        "worker3",
+        "c240g5",
+        "Tesla P100",
+        "ray-head",
+        "cuda",
+    ] {
+        assert!(out.contains(want), "missing {want} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_json_is_machine_readable() {
+    let ex = repo().join("examples/p4-lab.toml");
+    let o = edgectl(&["check", "--json", ex.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true);
+    let nodes = v["cluster"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes[0]["profile"]["gpus"][0]["compute_capability"], "6.1");
+    assert_eq!(nodes[0]["profile"]["extends"][0], "c220g5");
+}
+
+#[test]
+fn invalid_topology_json_lists_every_problem() {
+    let f = repo().join("cli/model/tests/multi-error.toml");
+    let o = edgectl(&["check", "--json", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let d = v["diagnostics"].as_array().unwrap();
+    assert!(d.len() >= 6);
+    for x in d {
+        assert!(
+            x["line"].as_u64().unwrap() > 0
+                && x["file"].as_str().unwrap().ends_with("multi-error.toml")
+        );
+        assert!(x["kind"].is_string() && x["message"].is_string() && x["help"].is_string());
+    }
+}
+
+#[test]
+fn invalid_topology_renders_like_rustc() {
+    let f = repo().join("cli/model/tests/multi-error.toml");
+    let o = edgectl(&["--color", "never", "check", f.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_clean_error(&o, "multi-error.toml:16:9");
+    assert!(err.contains("did you mean `address`?"), "{err}");
+    assert!(err.contains("problems found"), "{err}");
+}
+
+#[test]
+fn bad_files_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+
+    std::fs::write(p("empty.toml"), "").unwrap();
+    assert_clean_error(
+        &edgectl(&["check", p("empty.toml").to_str().unwrap()]),
+        "file is empty",
+    );
+
+    std::fs::write(p("binary.toml"), b"\x7fELF\x02\x01\x01\x00\x00\x00garbage").unwrap();
+    assert_clean_error(
+        &edgectl(&["check", p("binary.toml").to_str().unwrap()]),
+        "NUL byte",
+    );
+
+    std::fs::write(p("latin1.toml"), b"[cluster]\nname = \"caf\xe9\"\n").unwrap();
+    assert_clean_error(
+        &edgectl(&["check", p("latin1.toml").to_str().unwrap()]),
+        "not valid UTF-8",
+    );
+
+    let big = "# padding\n".repeat(5 * 1024 * 1024);
+    std::fs::write(p("big.toml"), big).unwrap();
+    assert_clean_error(
+        &edgectl(&["check", p("big.toml").to_str().unwrap()]),
+        "the limit is",
+    );
+
+    std::fs::write(
+        p("deep.toml"),
+        format!("x = {}1{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+    )
+    .unwrap();
+    assert_clean_error(
+        &edgectl(&["check", p("deep.toml").to_str().unwrap()]),
+        "nested",
+    );
+
+    std::fs::write(
+        p("deeptable.toml"),
+        format!("x = {}1{}\n", "{a=".repeat(10_000), "}".repeat(10_000)),
+    )
+    .unwrap();
+    assert_clean_error(
+        &edgectl(&["check", p("deeptable.toml").to_str().unwrap()]),
+        "nested",
+    );
+
+    std::fs::write(
+        p("deepdots.toml"),
+        format!("[{}]\nx = 1\n", vec!["a"; 50_000].join(".")),
+    )
+    .unwrap();
+    let o = edgectl(&["check", p("deepdots.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!stderr(&o).contains("panicked"));
+
+    assert_clean_error(
+        &edgectl(&["check", dir.path().to_str().unwrap()]),
+        "directory",
+    );
+    assert_clean_error(
+        &edgectl(&["check", p("missing.toml").to_str().unwrap()]),
+        "cannot read file",
+    );
+
+    let fifo = p("fifo.toml");
+    if Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert_clean_error(
+            &edgectl(&["check", fifo.to_str().unwrap()]),
+            "not a regular file",
+        );
+    } else {
+        eprintln!("skipping the FIFO case: mkfifo is not available");
+    }
+}
+
+#[test]
+fn ten_thousand_nodes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("big-cluster.toml");
+    std::fs::write(&f, edgectl_model::synth::cluster_toml(10_000)).unwrap();
+    let o = edgectl(&["check", "--json", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["cluster"]["nodes"].as_array().unwrap().len(), 10_000);
+
+    // The same file with every MAC duplicated: 9,999 errors, reported, not drawn one by one.
+    let dup = edgectl_model::synth::cluster_toml(10_000)
+        .replace("mac = \"02", "mac = \"03")
+        .lines()
+        .map(|l| {
+            if l.starts_with("lan = ") {
+                "lan = { address = \"10.10.0.1/16\", mac = \"020000000000\" }".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&f, dup).unwrap();
+    let o = edgectl(&["--color", "never", "check", f.to_str().unwrap()]);
+    assert_clean_error(&o, "problems found");
+    assert!(
+        stderr(&o).lines().count() < 60_000,
+        "each extra problem takes one line"
+    );
+}
+
+#[test]
+fn help_documents_exit_codes_and_completions_work() {
+    let o = edgectl(&["--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Exit codes") && out.contains("4  `verify`"),
+        "{out}"
+    );
+    let o = edgectl(&["check", "--help"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Exit codes"));
+    for shell in ["bash", "zsh", "fish"] {
+        let o = edgectl(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("edgectl"));
+    }
+}
+
+#[test]
+fn profiles_lists_builtins_and_user_dirs() {
+    let o = edgectl(&["profiles", "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for n in ["c220g5", "c240g5", "c220g1", "c220g2", "c4130", "d7525"] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+    let dir = repo().join("examples/profiles");
+    let o = edgectl(&[
+        "profiles",
+        "c220g5-p4",
+        "--json",
+        "--profiles",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["gpus"][0]["model"], "Tesla P4");
+    assert_eq!(
+        v["cpu"]["model"],
+        "Intel(R) Xeon(R) Silver 4114 CPU @ 2.20GHz"
+    );
+}
