@@ -1,0 +1,118 @@
+# Booting and networking a CloudLab (Emulab) bare-metal node.
+# Sources: CLOUDLAB-FACTS.md section 4; mars-research/miniond nixos/emulab.nix.
+{ config, lib, ... }:
+let
+  cfg = config.edge.cloudlab;
+  edgeLib = import ./lib;
+  plan = edgeLib.interfacesPlanFor cfg.interfaces;
+
+  interfaceType = lib.types.submodule {
+    options = {
+      name = lib.mkOption {
+        type = lib.types.str;
+        description = "Interface name to give the NIC (or the VLAN device); 1-15 characters, not ethN.";
+      };
+      mac = lib.mkOption {
+        type = lib.types.str;
+        example = "3c:fd:fe:00:00:01";
+        description = "Permanent MAC address of the NIC.";
+      };
+      address = lib.mkOption {
+        type = lib.types.str;
+        description = "Static IPv4 address, without prefix.";
+      };
+      prefixLength = lib.mkOption {
+        type = lib.types.int;
+        description = "IPv4 prefix length.";
+      };
+      vlan = lib.mkOption {
+        type = lib.types.nullOr lib.types.int;
+        default = null;
+        description = "802.1Q tag when the link is VLAN-tagged; the address then goes on a VLAN device called `name`.";
+      };
+    };
+  };
+in
+{
+  options.edge.cloudlab = {
+    enable = lib.mkEnableOption "CloudLab boot chain and experiment networking";
+    bootDisk = lib.mkOption {
+      type = lib.types.str;
+      default = "/dev/sda";
+      description = "Whole boot disk; GRUB is installed into its first partition.";
+    };
+    rootDevice = lib.mkOption {
+      type = lib.types.str;
+      default = "/dev/disk/by-label/nixos";
+      description = "Device of the ext4 root file system.";
+    };
+    serialConsole = lib.mkOption {
+      type = lib.types.bool;
+      default = true;
+      description = "Kernel and GRUB on ttyS0 at 115200 8N1 (the portal's console).";
+    };
+    interfaces = lib.mkOption {
+      type = lib.types.listOf interfaceType;
+      default = [ ];
+      description = "Experiment-LAN interfaces, matched by MAC, with static addresses.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable (lib.mkMerge [
+    {
+      boot.loader.grub = {
+        enable = true;
+        # Emulab's MFS chain-loads partition 1's boot sector, not the MBR.
+        device = edgeLib.grubDeviceFor cfg.bootDisk;
+        # grub-install refuses a partition (blocklists) without --force.
+        forceInstall = true;
+      };
+
+      fileSystems."/" = {
+        device = cfg.rootDevice;
+        fsType = "ext4";
+      };
+
+      # No hardware-configuration.nix is generated, so the initrd must carry
+      # the disk controllers CloudLab's types use (SATA/AHCI, NVMe, Dell PERC
+      # and LSI HBAs) or the root file system is never found.
+      boot.initrd.availableKernelModules = [ "ahci" "ata_piix" "nvme" "sd_mod" "megaraid_sas" "mpt3sas" ];
+      # Microcode and NIC firmware (e.g. Broadcom bnx2x) come from here.
+      hardware.enableRedistributableFirmware = lib.mkDefault true;
+
+      # The control network is how edgectl (and the portal) reach the node: it
+      # stays on DHCP, and only experiment interfaces are made static.
+      networking.useDHCP = true;
+
+      # .link files are applied by udev whether or not networkd is on; 10- sorts
+      # before 99-default.link, so the MAC-based name wins over the predictable one.
+      # PermanentMACAddress does not match VLAN devices, which inherit the MAC.
+      systemd.network.links = lib.mapAttrs' (name: mac:
+        lib.nameValuePair "10-${name}" {
+          matchConfig.PermanentMACAddress = mac;
+          linkConfig.Name = name;
+        }) plan.links;
+
+      networking.interfaces =
+        lib.mapAttrs (_: a: {
+          useDHCP = false;
+          ipv4.addresses = [ { address = a.address; prefixLength = a.prefixLength; } ];
+        }) plan.addresses
+        # A NIC that only carries VLANs: brought up, kept away from dhcpcd.
+        // lib.genAttrs plan.trunks (_: { useDHCP = false; });
+
+      networking.vlans = plan.vlans;
+    }
+
+    (lib.mkIf cfg.serialConsole {
+      # The last console= is /dev/console, so boot messages and emergency
+      # shells land on serial; tty0 keeps the VGA/iDRAC console too.
+      boot.kernelParams = [ "console=tty0" "console=ttyS0,115200n8" ];
+      boot.loader.grub.extraConfig = ''
+        serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1
+        terminal_input --append serial
+        terminal_output --append serial
+      '';
+    })
+  ]);
+}

@@ -1,0 +1,92 @@
+# Ray head/worker as systemd units (nixpkgs has no Ray module).
+# Arguments and ports: lib/ray.nix (rayArgsFor, rayFirewallFor).
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.edge.ray;
+  edgeLib = import ./lib;
+
+  # The dashboard's own deps are optional in nixpkgs' ray; without them
+  # `ray start` still runs but serves no dashboard.
+  rayEnv = pkgs.python3.withPackages (ps: [ ps.ray ] ++ (ps.ray.optional-dependencies.default or [ ]));
+
+  args = edgeLib.rayArgsFor {
+    role = cfg.role;
+    headAddress = cfg.headAddress;
+    port = cfg.port;
+    numGpus = cfg.numGpus;
+    numCpus = cfg.numCpus;
+  };
+
+  firewall = edgeLib.rayFirewallFor { role = cfg.role; port = cfg.port; };
+
+  unit = role: {
+    description = "Ray ${role} node";
+    wantedBy = [ "multi-user.target" ];
+    # Both: `after` alone does not pull network-online.target in (and warns).
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" ];
+    environment = {
+      HOME = "/var/lib/ray";
+    } // lib.optionalAttrs config.edge.gpu.enable {
+      # Lets Ray's NVML probe and CUDA workers find libcuda/libnvidia-ml.
+      LD_LIBRARY_PATH = "/run/opengl-driver/lib";
+    };
+    serviceConfig = {
+      ExecStart = "${rayEnv}/bin/ray ${lib.escapeShellArgs args}";
+      # A worker whose head is not up yet exits; retry rather than give up.
+      Restart = "on-failure";
+      RestartSec = 10;
+      # Ray runs user code: no root. /dev/nvidia* are 0666, /dev/shm is world-writable.
+      DynamicUser = true;
+      StateDirectory = "ray";
+      LimitNOFILE = 65536;
+    };
+  };
+in
+{
+  options.edge.ray = {
+    enable = lib.mkEnableOption "Ray (installed; a unit when edge.ray.role is set)";
+    role = lib.mkOption {
+      type = lib.types.nullOr (lib.types.enum [ "head" "worker" ]);
+      default = null;
+      description = "null: Ray is installed but no unit runs.";
+    };
+    headAddress = lib.mkOption {
+      type = lib.types.str;
+      default = "";
+      description = "The head's experiment-LAN IPv4. Workers join it; the head advertises it (--node-ip-address).";
+    };
+    port = lib.mkOption {
+      type = lib.types.port;
+      default = 6379;
+      description = "GCS port on the head.";
+    };
+    numGpus = lib.mkOption {
+      type = lib.types.ints.unsigned;
+      default = 0;
+      description = "Passed as --num-gpus.";
+    };
+    numCpus = lib.mkOption {
+      type = lib.types.nullOr lib.types.ints.positive;
+      default = null;
+      description = "Passed as --num-cpus when set; null lets Ray count the CPUs.";
+    };
+    interfaces = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      description = "Experiment interfaces on which Ray's ports are opened; the control network stays closed.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    environment.systemPackages = [ rayEnv ];
+
+    systemd.services.ray-head = lib.mkIf (cfg.role == "head") (unit "head");
+    systemd.services.ray-worker = lib.mkIf (cfg.role == "worker") (unit "worker");
+
+    networking.firewall.interfaces = lib.genAttrs cfg.interfaces (_: {
+      allowedTCPPorts = firewall.tcp;
+      allowedTCPPortRanges = firewall.tcpRanges;
+    });
+  };
+}
