@@ -56,6 +56,23 @@ enum Command {
         #[command(flatten)]
         profiles: ProfileArgs,
     },
+    /// Write a self-contained NixOS flake for the cluster (flake.nix, hosts/, modules/, topology.json).
+    #[command(after_help = EXIT_CODES)]
+    Generate {
+        /// The topology file.
+        file: PathBuf,
+        /// Output directory; replaced atomically.
+        #[arg(short, long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace DIR even if it was not created by `edgectl generate`.
+        #[arg(long)]
+        force: bool,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        profiles: ProfileArgs,
+    },
     /// List the hardware profiles, or show one.
     #[command(after_help = EXIT_CODES)]
     Profiles {
@@ -66,6 +83,12 @@ enum Command {
         #[command(flatten)]
         profiles: ProfileArgs,
     },
+    /// Import a topology from elsewhere (a CloudLab manifest).
+    #[command(subcommand)]
+    Import(cmd::cloudlab::ImportCmd),
+    /// Export the topology for elsewhere (a CloudLab geni-lib profile).
+    #[command(subcommand)]
+    Export(cmd::cloudlab::ExportCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -83,14 +106,38 @@ fn main() -> ExitCode {
         color: match cli.color {
             Color::Always => true,
             Color::Never => false,
-            Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            Color::Auto => {
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
         },
     };
     let code = match cli.command {
-        Command::Check { file, json, profiles } => cmd::check::run(&ctx, &file, json, &profiles),
-        Command::Profiles { name, json, profiles } => cmd::profiles::run(&ctx, name.as_deref(), json, &profiles),
+        Command::Check {
+            file,
+            json,
+            profiles,
+        } => cmd::check::run(&ctx, &file, json, &profiles),
+        Command::Profiles {
+            name,
+            json,
+            profiles,
+        } => cmd::profiles::run(&ctx, name.as_deref(), json, &profiles),
+        Command::Generate {
+            file,
+            out,
+            force,
+            json,
+            profiles,
+        } => cmd::generate::run(&ctx, &file, &out, force, json, &profiles),
+        Command::Import(c) => cmd::cloudlab::import(&ctx, c),
+        Command::Export(c) => cmd::cloudlab::export(&ctx, c),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "edgectl", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "edgectl",
+                &mut std::io::stdout(),
+            );
             exit::OK
         }
     };

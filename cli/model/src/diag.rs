@@ -55,6 +55,10 @@ kinds! {
     ZenohNoRouter => "zenoh-no-router",
     InvalidTarget => "invalid-target",
     NoNodes => "no-nodes",
+    NotRspec => "not-rspec",
+    UnknownInterface => "unknown-interface",
+    UnknownUser => "unknown-user",
+    AmbiguousUser => "ambiguous-user",
 }
 
 impl std::fmt::Display for Kind {

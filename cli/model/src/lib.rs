@@ -1,6 +1,10 @@
 //! The edgectl topology model: one TOML file describing a bare-metal cluster, its hardware
 //! profiles, and the checks that make it safe to generate NixOS configurations from.
 
+// Errors here are diagnostics for people, built once per bad file: their size does not matter,
+// and `Err(())` in profile resolution means "already reported".
+#![allow(clippy::result_large_err, clippy::result_unit_err)]
+
 pub mod diag;
 pub mod load;
 pub mod net;
@@ -63,19 +67,19 @@ pub fn check_source(
 
     let (mut profiles, builtin_diags) = ProfileSet::builtin();
     let mut diags = builtin_diags;
-    if let Some(f) = &file {
-        if let Some(dir) = &f.cluster.profile_dir {
-            let d = profiles.add_dir(&base.join(dir));
-            for mut x in d.0 {
-                if x.kind == Kind::Io {
-                    if let Some(span) = r.spans.get("cluster.profile_dir") {
-                        x = Diagnostic::at(Kind::Io, &src, span, x.message).field("cluster.profile_dir").value(format!("{dir:?}")).help(
+    if let Some(f) = &file
+        && let Some(dir) = &f.cluster.profile_dir
+    {
+        let d = profiles.add_dir(&base.join(dir));
+        for mut x in d.0 {
+            if x.kind == Kind::Io
+                && let Some(span) = r.spans.get("cluster.profile_dir")
+            {
+                x = Diagnostic::at(Kind::Io, &src, span, x.message).field("cluster.profile_dir").value(format!("{dir:?}")).help(
                             "`profile_dir` is relative to the topology file; point it at a directory of *.toml profiles",
                         );
-                    }
-                }
-                diags.push(x);
             }
+            diags.push(x);
         }
     }
     for dir in &opts.profile_dirs {

@@ -567,24 +567,21 @@ impl ProfileSet {
 
     pub fn add_file(&mut self, name: &str, src: Arc<SourceFile>, origin: &str) -> Diagnostics {
         let mut r = Reader::new(src.clone());
-        match crate::load::parse_toml(&mut r, &src.text) {
-            Some(doc) => {
-                let t = r.root(&doc);
-                let spec = read_profile_spec(&mut r, &t);
-                let extends_span = r.spans.get("extends");
-                self.declared.insert(
-                    name.to_string(),
-                    Declared {
-                        spec,
-                        origin: origin.to_string(),
-                        source: src,
-                        span: 0..0,
-                        extends_span,
-                        path: String::new(),
-                    },
-                );
-            }
-            None => {}
+        if let Some(doc) = crate::load::parse_toml(&mut r, &src.text) {
+            let t = r.root(&doc);
+            let spec = read_profile_spec(&mut r, &t);
+            let extends_span = r.spans.get("extends");
+            self.declared.insert(
+                name.to_string(),
+                Declared {
+                    spec,
+                    origin: origin.to_string(),
+                    source: src,
+                    span: 0..0,
+                    extends_span,
+                    path: String::new(),
+                },
+            );
         }
         self.resolved.clear();
         r.diags

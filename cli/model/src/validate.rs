@@ -219,16 +219,16 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
         .value(format!("{:?}", c.ssh_user))
         .help("use your CloudLab user name: lowercase letters, digits, `_` and `-`");
     }
-    if let Some(sv) = &c.state_version {
-        if release_of(&format!("nixos-{sv}")).as_deref() != Some(sv.as_str()) {
-            v.err(
-                Kind::InvalidValue,
-                "cluster.state_version",
-                "`state_version` must look like \"25.11\"",
-            )
-            .value(format!("{sv:?}"))
-            .help("use the NixOS release the nodes were first installed with, e.g. \"25.11\"");
-        }
+    if let Some(sv) = &c.state_version
+        && release_of(&format!("nixos-{sv}")).as_deref() != Some(sv.as_str())
+    {
+        v.err(
+            Kind::InvalidValue,
+            "cluster.state_version",
+            "`state_version` must look like \"25.11\"",
+        )
+        .value(format!("{sv:?}"))
+        .help("use the NixOS release the nodes were first installed with, e.g. \"25.11\"");
     }
     for (i, k) in c.ssh_keys.iter().enumerate() {
         if k.contains('\n')
@@ -311,10 +311,10 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
         None => Some(BTreeSet::new()),
         Some(list) => parse_features(&mut v, list, "defaults.features", &BTreeSet::new(), true),
     };
-    if let Some(p) = &file.defaults.profile {
-        if !profiles.contains(p) {
-            unknown_profile(&mut v, "defaults.profile", p, profiles);
-        }
+    if let Some(p) = &file.defaults.profile
+        && !profiles.contains(p)
+    {
+        unknown_profile(&mut v, "defaults.profile", p, profiles);
     }
 
     let mut nodes: Vec<Node> = Vec::with_capacity(file.nodes.len());
@@ -477,29 +477,30 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 fs.insert(need);
             }
         }
-        if let (Some(fs), Some(p)) = (&features, &profile) {
-            if fs.contains(&Feature::Cuda) && !p.has_gpu() {
-                let at = n
-                    .features
-                    .iter()
-                    .position(|f| f.trim_start_matches('+') == "cuda")
-                    .map(|j| format!("{np}.features[{j}]"))
-                    .or_else(|| {
-                        let d = file.defaults.features.as_ref()?;
-                        d.iter()
-                            .position(|f| f == "cuda")
-                            .map(|j| format!("defaults.features[{j}]"))
-                    })
-                    .unwrap_or(profile_path.clone());
-                let gpu_profiles: Vec<&str> = Vec::from_iter(["c240g5", "c4130", "d7525"]);
-                v.err(Kind::CudaWithoutGpu, &at, format!("{label} enables `cuda` but its profile `{}` has no GPU", p.name))
+        if let (Some(fs), Some(p)) = (&features, &profile)
+            && fs.contains(&Feature::Cuda)
+            && !p.has_gpu()
+        {
+            let at = n
+                .features
+                .iter()
+                .position(|f| f.trim_start_matches('+') == "cuda")
+                .map(|j| format!("{np}.features[{j}]"))
+                .or_else(|| {
+                    let d = file.defaults.features.as_ref()?;
+                    d.iter()
+                        .position(|f| f == "cuda")
+                        .map(|j| format!("defaults.features[{j}]"))
+                })
+                .unwrap_or(profile_path.clone());
+            let gpu_profiles: Vec<&str> = Vec::from_iter(["c240g5", "c4130", "d7525"]);
+            v.err(Kind::CudaWithoutGpu, &at, format!("{label} enables `cuda` but its profile `{}` has no GPU", p.name))
                     .value("\"cuda\"")
                     .help(format!(
                         "use a profile with a GPU ({}), declare one that `extends = \"{}\"` with a [[gpu]], or remove cuda from this node",
                         gpu_profiles.join(", "),
                         p.name
                     ));
-            }
         }
 
         for (j, tag) in n.tags.iter().enumerate() {

@@ -1,4 +1,6 @@
 pub mod check;
+pub mod cloudlab;
+pub mod generate;
 pub mod profiles;
 
 use edgectl_model::Diagnostics;

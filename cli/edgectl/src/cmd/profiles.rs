@@ -30,8 +30,15 @@ pub fn run(ctx: &Ctx, name: Option<&str>, json: bool, p: &ProfileArgs) -> u8 {
         return exit::ERROR;
     }
     if json {
-        let v = if name.is_some() { serde_json::to_value(&resolved[0]) } else { serde_json::to_value(&resolved) };
-        println!("{}", serde_json::to_string_pretty(&v.unwrap_or_default()).unwrap_or_default());
+        let v = if name.is_some() {
+            serde_json::to_value(&resolved[0])
+        } else {
+            serde_json::to_value(&resolved)
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v.unwrap_or_default()).unwrap_or_default()
+        );
         return exit::OK;
     }
     if name.is_some() {
@@ -39,7 +46,15 @@ pub fn run(ctx: &Ctx, name: Option<&str>, json: bool, p: &ProfileArgs) -> u8 {
         println!("{}", toml::to_string_pretty(&**p).unwrap_or_default());
         return exit::OK;
     }
-    let mut t = Table::new(&["PROFILE", "CPU", "CORES", "MEMORY", "GPU", "EXPERIMENT NIC", "FROM"]);
+    let mut t = Table::new(&[
+        "PROFILE",
+        "CPU",
+        "CORES",
+        "MEMORY",
+        "GPU",
+        "EXPERIMENT NIC",
+        "FROM",
+    ]);
     for p in &resolved {
         t.row(vec![
             p.name.clone(),
@@ -47,7 +62,9 @@ pub fn run(ctx: &Ctx, name: Option<&str>, json: bool, p: &ProfileArgs) -> u8 {
             format!("{}c/{}t", p.cpu.cores, p.cpu.threads),
             format!("{} GiB", p.memory_gib),
             p.gpu_summary(),
-            p.experiment_nic_gbps().map(|g| format!("{g} Gb/s")).unwrap_or("-".into()),
+            p.experiment_nic_gbps()
+                .map(|g| format!("{g} Gb/s"))
+                .unwrap_or("-".into()),
             p.origin.clone(),
         ]);
     }
