@@ -310,7 +310,15 @@ pub fn parse_doc(
         out.links.push(RLink {
             client_id,
             span: tag_span(&l),
-            vlantag,
+            // The switch VLAN reaches the node untagged unless the link asks for tagging; a
+            // tagged VLAN device on an untagged port would cut the node off its LAN.
+            vlantag: if children(l, EMULAB, "vlan_tagging")
+                .any(|t| attr(&t, "enabled").as_deref() == Some("true"))
+            {
+                vlantag
+            } else {
+                None
+            },
             link_type,
             members,
         });

@@ -57,10 +57,7 @@ fn wisconsin_c220g1_lan() {
     assert_eq!(f.cluster.expires, None);
     assert_eq!(f.cluster.nixpkgs, "github:NixOS/nixpkgs/nixos-25.11");
     let net = &f.networks["link-0"];
-    assert_eq!(
-        (net.subnet.as_str(), net.vlan),
-        ("10.10.1.0/24", Some(1162))
-    );
+    assert_eq!((net.subnet.as_str(), net.vlan), ("10.10.1.0/24", None));
     // Addresses are not in client_id order (server-5 has .1), and server-1's port is eth2.
     assert_nodes(
         f,
@@ -189,7 +186,11 @@ fn utah_c6525_link() {
             .any(|n| n.contains("c6525-100g") && n.contains("not a built-in profile"))
     );
     let net = &f.networks["link-1"];
-    assert_eq!((net.subnet.as_str(), net.vlan), ("10.10.1.0/24", Some(286)));
+    assert_eq!(
+        (net.subnet.as_str(), net.vlan),
+        ("10.10.1.0/24", None),
+        "vlantag without emulab:vlan_tagging is untagged on the node"
+    );
     assert_nodes(
         f,
         &[
@@ -227,14 +228,14 @@ fn utah_two_lans() {
             f.networks["link1"].subnet.as_str(),
             f.networks["link1"].vlan
         ),
-        ("192.168.1.0/24", Some(388))
+        ("192.168.1.0/24", None)
     );
     assert_eq!(
         (
             f.networks["link2"].subnet.as_str(),
             f.networks["link2"].vlan
         ),
-        ("192.168.2.0/24", Some(382))
+        ("192.168.2.0/24", None)
     );
     assert_nodes(
         f,
