@@ -1,0 +1,883 @@
+//! Multi-host test rig for edgectl's deploy tests.
+//!
+//! Every node is a network namespace joined to a per-rig bridge, with its own `sshd` running in a
+//! private mount + UTS namespace where an (initially empty) host directory is bind-mounted over
+//! `/nix`. Only `/nix` and the host name are private: `/etc`, `/tmp`, `/var` and `/run` are the
+//! host's, so anything a test wants to observe on a node must live under `/nix`.
+//!
+//! Several rigs can exist at once (threads of one test binary, or separate processes): each gets a
+//! unique tag derived from the pid and a counter, and its own `10.233.<k>.0/24` claimed through a
+//! registry file under `/run/edgectl-rig/`. A rig is torn down by `Drop`; rigs of processes that
+//! died without running it are reaped by the next [`Rig::up`] (or `edgectl-rig reap`).
+//!
+//! See `/work/shared/docs/TEST-RIG.md` (sections 2-4) for the measured recipe this follows.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+/// The `NIX_CONFIG` every Nix call of a test should use (TEST-RIG section 2): without
+/// `substituters =` each build waits seconds retrying the unreachable public cache.
+pub const NIX_CONFIG: &str = "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes";
+
+const REGISTRY_DIR: &str = "/run/edgectl-rig";
+const NS_PREFIX: &str = "edgerig-";
+const DIR_PREFIX: &str = "edgectl-rig-";
+const IF_PREFIX: &str = "er";
+const MAX_NODES: usize = 99;
+/// How long `up`/`start_sshd` wait for an sshd banner before giving up.
+const SSHD_DEADLINE: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// `Ok` when this machine can run a rig; otherwise the reason, for a test to print before skipping.
+pub fn available() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the test rig needs root (network namespaces, bind mounts)".into());
+    }
+    let missing: Vec<&str> = [
+        "ip",
+        "sshd",
+        "ssh",
+        "ssh-keygen",
+        "nix-store",
+        "nsenter",
+        "unshare",
+    ]
+    .into_iter()
+    .filter(|t| tool(t).is_none())
+    .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the test rig needs {} (Debian: apt-get install iproute2 openssh-server openssh-client nix-bin util-linux)",
+            missing.join(", ")
+        ));
+    }
+    // Root inside an unprivileged container has no CAP_NET_ADMIN / CAP_SYS_ADMIN; find out now
+    // rather than half-way through `up`.
+    let probe = Command::new(tool("unshare").unwrap())
+        .args(["--net", "--mount", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run unshare: {e}"))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "cannot create namespaces: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Absolute path of a system tool. sbin is searched even when it is not in PATH, because `cargo
+/// test` is often run with a user PATH.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn tool_or(name: &str) -> PathBuf {
+    tool(name).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The fixture flake that stands in for nixpkgs in deploy tests (see fixtures/test-nixpkgs/README.md).
+pub fn fixture_nixpkgs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-nixpkgs")
+}
+
+/// Builds `nixosConfigurations.<node>.config.system.build.toplevel` of the flake in `flake_dir`
+/// with nixpkgs replaced by the test fixture, and returns its store path.
+pub fn build_fixture_toplevel(flake_dir: &Path, node: &str) -> Result<String, String> {
+    // path: URLs because a generated flake inside a git work tree would otherwise only see
+    // git-added files.
+    let attr = format!(
+        "path:{}#nixosConfigurations.{node}.config.system.build.toplevel",
+        flake_dir.display()
+    );
+    let out = Command::new(tool_or("nix"))
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .args([
+            "build",
+            "--no-link",
+            "--json",
+            &attr,
+            "--override-input",
+            "nixpkgs",
+        ])
+        .arg(format!("path:{}", fixture_nixpkgs().display()))
+        .arg("--no-write-lock-file")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nix: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nix build {attr} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // Nix 2.8 has no --print-out-paths.
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("nix build printed no JSON ({e})"))?;
+    v[0]["outputs"]["out"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no out path in {v}"))
+}
+
+/// One node of a [`Rig`].
+#[derive(Debug)]
+pub struct RigNode {
+    /// "n1", "n2", ...; also its UTS host name and an ssh_config host alias.
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// Host directory bind-mounted over `/nix` inside the node.
+    pub nix_dir: PathBuf,
+    /// `ssh-ed25519 AAAA...` (no comment) of the host key the node had at `up`; see
+    /// [`Rig::host_key`] for the current one.
+    pub host_key_pub: String,
+    /// The node's veth end in the root namespace (attached to the bridge).
+    pub veth: String,
+    /// Per-node state directory on the host (sshd config and log, host key, nix.conf).
+    pub dir: PathBuf,
+    pub sshd_config: PathBuf,
+    pub host_key: PathBuf,
+    /// A `sleep` that owns the node's mount+UTS namespaces, so they survive sshd restarts and
+    /// `exec_in` works while sshd is down.
+    holder: Mutex<Option<Child>>,
+    sshd: Mutex<Option<Child>>,
+}
+
+/// A running rig; dropping it tears everything down.
+#[derive(Debug)]
+pub struct Rig {
+    /// Unique tag of this rig (`<pid hex>x<counter hex>`), part of every name it creates.
+    pub id: String,
+    pub dir: PathBuf,
+    pub nodes: Vec<RigNode>,
+    pub ssh_config: PathBuf,
+    /// Private key that logs in as root on every node.
+    pub key: PathBuf,
+    pub bridge: String,
+    pub controller_ip: Ipv4Addr,
+    /// k of this rig's 10.233.k.0/24.
+    pub subnet: u8,
+    registry: PathBuf,
+    namespaces: Vec<String>,
+}
+
+impl Rig {
+    /// Brings up `n` nodes and waits until each sshd answers.
+    pub fn up(n: usize) -> Result<Rig, String> {
+        available()?;
+        if n == 0 || n > MAX_NODES {
+            return Err(format!("a rig has 1..={MAX_NODES} nodes, not {n}"));
+        }
+        for r in reap() {
+            eprintln!("edgectl-rig: reaped stale {r}");
+        }
+        fs::create_dir_all("/run/sshd").map_err(|e| format!("mkdir /run/sshd: {e}"))?;
+        fs::create_dir_all("/nix").map_err(|e| format!("mkdir /nix: {e}"))?;
+        fs::create_dir_all(REGISTRY_DIR).map_err(|e| format!("mkdir {REGISTRY_DIR}: {e}"))?;
+
+        let pid = std::process::id();
+        let ctr = COUNTER.fetch_add(1, Ordering::Relaxed) % 0x1000;
+        let id = format!("{pid:x}x{ctr:x}");
+        let bridge = format!("{IF_PREFIX}{id}b");
+        let namespaces: Vec<String> = (1..=n).map(|i| format!("{NS_PREFIX}{id}-n{i}")).collect();
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{id}"));
+        let (subnet, registry) = claim_subnet(&id, &bridge, &namespaces, &dir)?;
+
+        // From here on every error return drops `rig`, which removes what was created so far.
+        let mut rig = Rig {
+            id: id.clone(),
+            ssh_config: dir.join("ssh_config"),
+            key: dir.join("keys/id_ed25519"),
+            dir,
+            nodes: Vec::new(),
+            bridge,
+            controller_ip: Ipv4Addr::new(10, 233, subnet, 1),
+            subnet,
+            registry,
+            namespaces,
+        };
+        let _ = fs::remove_dir_all(&rig.dir);
+        fs::create_dir_all(rig.dir.join("keys")).map_err(|e| format!("mkdir: {e}"))?;
+        keygen(&rig.key, "edgectl-rig-controller")?;
+        fs::copy(
+            rig.key.with_extension("pub"),
+            rig.dir.join("keys/authorized_keys"),
+        )
+        .map_err(|e| format!("authorized_keys: {e}"))?;
+
+        ip(&["link", "add", &rig.bridge, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", rig.controller_ip),
+            "dev",
+            &rig.bridge,
+        ])?;
+        ip(&["link", "set", &rig.bridge, "up"])?;
+
+        for i in 0..n {
+            let node = rig.create_node(i)?;
+            rig.nodes.push(node);
+        }
+        rig.write_ssh_config()?;
+        for i in 0..n {
+            rig.spawn_sshd(i)?;
+        }
+        let deadline = Instant::now() + SSHD_DEADLINE;
+        for i in 0..n {
+            rig.wait_banner(i, deadline)?;
+        }
+        Ok(rig)
+    }
+
+    fn create_node(&self, i: usize) -> Result<RigNode, String> {
+        let name = format!("n{}", i + 1);
+        let ns = self.namespaces[i].clone();
+        let ip_addr = Ipv4Addr::new(10, 233, self.subnet, 11 + i as u8);
+        let veth = veth_of(&ns).unwrap();
+        debug_assert!(veth.len() <= 15 && self.bridge.len() <= 15);
+        let dir = self.dir.join(&name);
+        let nix_dir = dir.join("nix");
+        let etc = dir.join("etc");
+        fs::create_dir_all(&nix_dir).map_err(|e| format!("mkdir: {e}"))?;
+        fs::create_dir_all(etc.join("nix")).map_err(|e| format!("mkdir: {e}"))?;
+        let host_key = etc.join("ssh_host_ed25519_key");
+        keygen(&host_key, &name)?;
+        let host_key_pub = read_pub(&host_key)?;
+
+        // A HOME of its own keeps the host root's dotfiles out of the node: Debian's bash sources
+        // ~/.bashrc for every ssh command, and a slow one (pyenv init here) costs 150 ms each.
+        let home = dir.join("home");
+        fs::create_dir_all(&home).map_err(|e| format!("mkdir: {e}"))?;
+        // Newlines cannot be written in an sshd_config SetEnv value, so the node's Nix settings
+        // come from a nix.conf outside its /nix (keeping that empty) via NIX_CONF_DIR.
+        fs::write(etc.join("nix/nix.conf"), format!("{NIX_CONFIG}\n"))
+            .map_err(|e| format!("nix.conf: {e}"))?;
+        let sshd_config = etc.join("sshd_config");
+        let cfg = format!(
+            "ListenAddress {ip_addr}\n\
+             Port 22\n\
+             HostKey {hk}\n\
+             PidFile {d}/sshd.pid\n\
+             PermitRootLogin prohibit-password\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             UsePAM no\n\
+             StrictModes no\n\
+             UseDNS no\n\
+             PrintMotd no\n\
+             PrintLastLog no\n\
+             MaxStartups 100\n\
+             MaxSessions 100\n\
+             AuthorizedKeysFile {ak}\n\
+             Subsystem sftp internal-sftp\n\
+             SetEnv HOME={home} NIX_CONF_DIR={nc} NIX_CONFIG=\"experimental-features = nix-command flakes\"\n",
+            hk = host_key.display(),
+            d = dir.display(),
+            ak = self.dir.join("keys/authorized_keys").display(),
+            nc = etc.join("nix").display(),
+            home = home.display(),
+        );
+        fs::write(&sshd_config, cfg).map_err(|e| format!("sshd_config: {e}"))?;
+
+        ip(&["netns", "add", &ns])?;
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["link", "set", &veth, "master", &self.bridge, "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip_addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+
+        let log = open_log(&dir.join("holder.log"))?;
+        let mut holder = Command::new(tool_or("ip"))
+            .args(["netns", "exec", &ns])
+            .arg(tool_or("unshare"))
+            .args([
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "/bin/sh",
+                "-c",
+            ])
+            .arg("hostname \"$1\" && mount --bind \"$2\" /nix && echo ready && exec sleep infinity")
+            .arg("sh")
+            .arg(&name)
+            .arg(&nix_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn node holder: {e}"))?;
+        // Whoever enters the namespaces (sshd, exec_in) must find /nix already mounted.
+        let mut line = String::new();
+        let _ = BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line);
+        if line.trim() != "ready" {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            return Err(format!(
+                "node {name}: namespace setup failed: {}",
+                fs::read_to_string(dir.join("holder.log")).unwrap_or_default()
+            ));
+        }
+        Ok(RigNode {
+            name,
+            ns,
+            ip: ip_addr,
+            port: 22,
+            nix_dir,
+            host_key_pub,
+            veth,
+            dir,
+            sshd_config,
+            host_key,
+            holder: Mutex::new(Some(holder)),
+            sshd: Mutex::new(None),
+        })
+    }
+
+    fn write_ssh_config(&self) -> Result<(), String> {
+        let mut s = String::new();
+        for n in &self.nodes {
+            s += &format!("Host {}\n  HostName {}\n", n.name, n.ip);
+        }
+        // curve25519 first: OpenSSH 9.2's default sntrup761 kex costs the client ~130 ms of CPU
+        // per connection here, which dominated every ssh call of a test.
+        s += &format!(
+            "Host *\n  User root\n  Port 22\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  \
+             GlobalKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n  \
+             KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org,\
+             sntrup761x25519-sha512@openssh.com\n  \
+             ConnectTimeout 5\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n  \
+             ControlMaster no\n  ControlPath none\n",
+            self.key.display()
+        );
+        fs::write(&self.ssh_config, s).map_err(|e| format!("ssh_config: {e}"))
+    }
+
+    fn holder_pid(&self, i: usize) -> u32 {
+        self.nodes[i]
+            .holder
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(Child::id)
+            .expect("node namespaces are gone")
+    }
+
+    fn spawn_sshd(&self, i: usize) -> Result<(), String> {
+        let node = &self.nodes[i];
+        let mut slot = node.sshd.lock().unwrap();
+        if slot.is_some() {
+            return Ok(());
+        }
+        let log = open_log(&node.dir.join("sshd.log"))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        // nsenter execs sshd itself (no fork without --pid), so the child is the listener.
+        let child = Command::new(tool_or("nsenter"))
+            .args([
+                "-t",
+                &self.holder_pid(i).to_string(),
+                "-n",
+                "-m",
+                "-u",
+                "--",
+            ])
+            .arg(tool_or("sshd"))
+            .args(["-D", "-e", "-f"])
+            .arg(&node.sshd_config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("spawn sshd: {e}"))?;
+        *slot = Some(child);
+        Ok(())
+    }
+
+    fn wait_banner(&self, i: usize, deadline: Instant) -> Result<(), String> {
+        loop {
+            if self.reachable(i, Duration::from_millis(300)) {
+                return Ok(());
+            }
+            let exited = self.nodes[i]
+                .sshd
+                .lock()
+                .unwrap()
+                .as_mut()
+                .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+                .unwrap_or(true);
+            if exited || Instant::now() > deadline {
+                return Err(format!(
+                    "sshd of {} did not come up: {}",
+                    self.nodes[i].name,
+                    fs::read_to_string(self.nodes[i].dir.join("sshd.log")).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn node(&self, i: usize) -> &RigNode {
+        &self.nodes[i]
+    }
+
+    /// Whether node i's sshd sends its banner within `timeout` (from the root namespace).
+    pub fn reachable(&self, i: usize, timeout: Duration) -> bool {
+        let n = &self.nodes[i];
+        let addr = SocketAddr::from((n.ip, n.port));
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(timeout));
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).is_ok() && &buf == b"SSH-"
+    }
+
+    /// Polls [`Rig::reachable`] until it holds or `timeout` passes.
+    pub fn wait_reachable(&self, i: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.reachable(i, Duration::from_millis(200)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `ssh` command preconfigured for this rig (add more options, then the host and command).
+    pub fn ssh_command(&self) -> Command {
+        let mut c = Command::new(tool_or("ssh"));
+        c.arg("-F").arg(&self.ssh_config).stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `cmd` on node i through OpenSSH with this rig's ssh_config.
+    pub fn ssh(&self, i: usize, cmd: &str) -> Output {
+        let n = &self.nodes[i];
+        self.ssh_command()
+            .args(["-p", &n.port.to_string(), &n.ip.to_string(), cmd])
+            .output()
+            .expect("cannot run ssh")
+    }
+
+    /// Value for `NIX_SSHOPTS` so that `nix copy --to ssh://root@<ip>` uses this rig's key.
+    pub fn nix_sshopts(&self) -> String {
+        format!("-F {}", self.ssh_config.display())
+    }
+
+    /// `nix copy --to ssh://root@<node ip> <paths>` (legacy serve protocol: no signatures needed).
+    pub fn nix_copy_to(&self, i: usize, paths: &[&str]) -> Output {
+        Command::new(tool_or("nix"))
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .env("NIX_SSHOPTS", self.nix_sshopts())
+            .args(["copy", "--to", &format!("ssh://root@{}", self.nodes[i].ip)])
+            .args(paths)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run nix")
+    }
+
+    /// Runs `argv` inside node i's network, mount and UTS namespaces (so it sees the node's
+    /// private /nix), whether or not its sshd is running.
+    pub fn exec_in(&self, i: usize, argv: &[&str]) -> Output {
+        Command::new(tool_or("nsenter"))
+            .args([
+                "-t",
+                &self.holder_pid(i).to_string(),
+                "-n",
+                "-m",
+                "-u",
+                "--",
+            ])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run nsenter")
+    }
+
+    /// Stops node i's sshd listener (open sessions stay, like Debian's ssh.service KillMode=process).
+    pub fn kill_sshd(&self, i: usize) {
+        if let Some(mut c) = self.nodes[i].sshd.lock().unwrap().take() {
+            // SAFETY: plain kill(2) on a child we still own (not yet waited for).
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node i's sshd again (same host key unless `set_host_key` changed it) and waits for it.
+    pub fn start_sshd(&self, i: usize) {
+        self.spawn_sshd(i).expect("start sshd");
+        self.wait_banner(i, Instant::now() + SSHD_DEADLINE)
+            .expect("sshd restart");
+    }
+
+    /// Gives node i a new host key and restarts its sshd with it.
+    pub fn set_host_key(&self, i: usize) {
+        let n = &self.nodes[i];
+        self.kill_sshd(i);
+        let _ = fs::remove_file(&n.host_key);
+        let _ = fs::remove_file(n.host_key.with_extension("pub"));
+        keygen(&n.host_key, &n.name).expect("ssh-keygen");
+        self.start_sshd(i);
+    }
+
+    /// Node i's current host public key (`ssh-ed25519 AAAA...`).
+    pub fn host_key(&self, i: usize) -> String {
+        read_pub(&self.nodes[i].host_key).expect("host key")
+    }
+
+    /// A known_hosts line that pins node i's current host key.
+    pub fn known_hosts_line(&self, i: usize) -> String {
+        format!("{} {}", self.nodes[i].ip, self.host_key(i))
+    }
+
+    /// Takes node i's link down from the root namespace side (the node keeps its address).
+    pub fn link_down(&self, i: usize) {
+        ip(&["link", "set", &self.nodes[i].veth, "down"]).expect("link down");
+    }
+
+    pub fn link_up(&self, i: usize) {
+        ip(&["link", "set", &self.nodes[i].veth, "up"]).expect("link up");
+    }
+
+    /// JSON description (what `edgectl-rig up` prints).
+    pub fn describe(&self) -> Value {
+        json!({
+            "id": self.id,
+            "dir": self.dir,
+            "bridge": self.bridge,
+            "controller_ip": self.controller_ip.to_string(),
+            "subnet": format!("10.233.{}.0/24", self.subnet),
+            "ssh_config": self.ssh_config,
+            "key": self.key,
+            "nix_sshopts": self.nix_sshopts(),
+            "nodes": self.nodes.iter().map(|n| json!({
+                "name": n.name,
+                "ns": n.ns,
+                "ip": n.ip.to_string(),
+                "port": n.port,
+                "nix_dir": n.nix_dir,
+                "host_key_pub": n.host_key_pub,
+                "veth": n.veth,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Tears the rig down now (the same as dropping it).
+    pub fn down(self) {}
+
+    fn teardown(&mut self) {
+        // Our own children first, so they are waited for and leave no zombies behind.
+        for n in &self.nodes {
+            for slot in [&n.sshd, &n.holder] {
+                if let Some(mut c) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        teardown_named(&self.namespaces, &self.bridge, &self.dir);
+        let _ = fs::remove_file(&self.registry);
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Claims a free 10.233.k.0/24 by creating its registry file, which also records what the rig
+/// will create so that a reaper can remove it if this process dies.
+fn claim_subnet(
+    id: &str,
+    bridge: &str,
+    namespaces: &[String],
+    dir: &Path,
+) -> Result<(u8, PathBuf), String> {
+    let addrs = ip_out(&["-o", "-4", "addr", "show"]).unwrap_or_default();
+    let pid = std::process::id();
+    // k = 0 is left to the hand-run recipe in TEST-RIG (edgebr0, 10.233.0.0/24).
+    for k in 1..=254u8 {
+        if addrs.contains(&format!("inet 10.233.{k}.")) {
+            continue;
+        }
+        let path = Path::new(REGISTRY_DIR).join(format!("net-{k}.json"));
+        let Ok(mut f) = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        else {
+            continue;
+        };
+        let entry = json!({
+            "pid": pid,
+            "start": start_time(pid),
+            "id": id,
+            "subnet": k,
+            "bridge": bridge,
+            "namespaces": namespaces,
+            "dir": dir,
+        });
+        f.write_all(entry.to_string().as_bytes())
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        return Ok((k, path));
+    }
+    Err("no free subnet in 10.233.1-254.0/24 (run `edgectl-rig reap`?)".into())
+}
+
+/// Removes rigs whose owning process is gone: first those in the registry, then any leftover
+/// namespace, bridge or directory whose name carries a dead pid. Returns what it removed.
+pub fn reap() -> Vec<String> {
+    let mut removed = Vec::new();
+    if let Ok(rd) = fs::read_dir(REGISTRY_DIR) {
+        for e in rd.flatten() {
+            let path = e.path();
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                // Created but not yet written by a live `up`, unless it is old.
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > Duration::from_secs(60));
+                if old {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            };
+            let pid = v["pid"].as_u64().unwrap_or(0) as u32;
+            let start = v["start"].as_u64();
+            let alive = pid != 0 && start_time(pid).is_some() && start_time(pid) == start;
+            if alive {
+                continue;
+            }
+            let nss: Vec<String> = v["namespaces"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let bridge = v["bridge"].as_str().unwrap_or("");
+            let dir = v["dir"].as_str().unwrap_or("");
+            teardown_named(&nss, bridge, Path::new(dir));
+            let _ = fs::remove_file(&path);
+            removed.push(format!(
+                "rig {} (pid {pid}, 10.233.{}.0/24)",
+                v["id"].as_str().unwrap_or("?"),
+                v["subnet"]
+            ));
+        }
+    }
+    for ns in netns_list() {
+        if let Some(pid) = ns.strip_prefix(NS_PREFIX).and_then(tag_pid)
+            && !pid_alive(pid)
+        {
+            teardown_named(std::slice::from_ref(&ns), "", Path::new(""));
+            removed.push(format!("netns {ns}"));
+        }
+    }
+    for br in ip_out(&["-o", "link", "show", "type", "bridge"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|s| s.split('@').next().unwrap_or(s).to_owned())
+    {
+        if let Some(pid) = br
+            .strip_prefix(IF_PREFIX)
+            .and_then(|r| r.strip_suffix('b'))
+            .and_then(tag_pid)
+            && !pid_alive(pid)
+        {
+            let _ = ip(&["link", "del", &br]);
+            removed.push(format!("bridge {br}"));
+        }
+    }
+    if let Ok(rd) = fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix(DIR_PREFIX).and_then(tag_pid)
+                && !pid_alive(pid)
+            {
+                let _ = fs::remove_dir_all(e.path());
+                removed.push(format!("dir {}", e.path().display()));
+            }
+        }
+    }
+    removed
+}
+
+/// Root-side veth name of a node namespace `edgerig-<tag>-n<i>`.
+fn veth_of(ns: &str) -> Option<String> {
+    let (tag, i) = ns.strip_prefix(NS_PREFIX)?.rsplit_once("-n")?;
+    Some(format!("{IF_PREFIX}{tag}v{i}"))
+}
+
+/// The owner pid of a tag `<pid hex>x<counter hex>...`.
+fn tag_pid(tag: &str) -> Option<u32> {
+    let (pid, rest) = tag.split_once('x')?;
+    rest.starts_with(|c: char| c.is_ascii_hexdigit())
+        .then(|| u32::from_str_radix(pid, 16).ok())
+        .flatten()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Process start time (clock ticks since boot), to tell a live owner from a reused pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the command name (field 2) may contain spaces, so count from its closing ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn netns_list() -> Vec<String> {
+    ip_out(&["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// Kills every process in the namespaces, deletes them (which also deletes their veth pairs),
+/// the bridge and the directory. Missing pieces are fine: this also cleans half-built rigs.
+fn teardown_named(namespaces: &[String], bridge: &str, dir: &Path) {
+    let existing = netns_list();
+    for ns in namespaces.iter().filter(|ns| existing.contains(ns)) {
+        // Deleting the root-side veth removes the pair now; via `netns del` alone the kernel
+        // removes it asynchronously, and it lingers for a moment after teardown.
+        if let Some(veth) = veth_of(ns) {
+            let _ = Command::new(tool_or("ip"))
+                .args(["link", "del", &veth])
+                .stderr(Stdio::null())
+                .status();
+        }
+        // Covers sshd sessions, nix-store --serve and anything tests started in the node.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let pids: Vec<i32> = ip_out(&["netns", "pids", ns])
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for p in pids {
+                // SAFETY: plain kill(2); at worst the pid is already gone.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = ip(&["netns", "del", ns]);
+    }
+    if !bridge.is_empty() {
+        let _ = Command::new(tool_or("ip"))
+            .args(["link", "del", bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+    if !dir.as_os_str().is_empty() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    ip_out(args).map(drop)
+}
+
+fn ip_out(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(tool_or("ip"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn keygen(path: &Path, comment: &str) -> Result<(), String> {
+    let out = Command::new(tool_or("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// `<type> <base64>` of a key's .pub file, without the comment.
+fn read_pub(private: &Path) -> Result<String, String> {
+    let text = fs::read_to_string(private.with_extension("pub"))
+        .map_err(|e| format!("read {}.pub: {e}", private.display()))?;
+    Ok(text
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+fn open_log(path: &Path) -> Result<fs::File, String> {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))
+}
