@@ -1,9 +1,7 @@
 //! Exit codes, as documented in `--help`.
 pub const OK: u8 = 0;
 pub const ERROR: u8 = 1;
-#[allow(dead_code)]
 pub const CHANGES: u8 = 2;
-#[allow(dead_code)]
 pub const NODES_FAILED: u8 = 3;
 #[allow(dead_code)]
 pub const CHECKS_FAILED: u8 = 4;

@@ -43,6 +43,30 @@ pub struct ProfileArgs {
     pub profile_dirs: Vec<PathBuf>,
 }
 
+#[derive(Args, Clone)]
+pub struct DeployArgs {
+    /// Nodes to act on: names, globs (worker*) and tags (@gpu), comma-separated.
+    #[arg(long, value_name = "SEL")]
+    pub on: Option<String>,
+    /// How many nodes to work on at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+    /// SSH private key (default: ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Passed to nix: use REF for the flake input INPUT (e.g. a local nixpkgs checkout).
+    #[arg(long, num_args = 2, value_names = ["INPUT", "REF"])]
+    pub override_input: Vec<String>,
+    /// SSH connect timeout in seconds.
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    pub connect_timeout: u64,
+    /// One JSON object per event on stdout, then the result.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub profiles: ProfileArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate a topology file and show the cluster it describes.
@@ -73,6 +97,33 @@ enum Command {
         #[command(flatten)]
         profiles: ProfileArgs,
     },
+    /// Show what `apply` would change on each node: option-level changes and the closure diff.
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        /// The topology file.
+        file: PathBuf,
+        #[command(flatten)]
+        deploy: DeployArgs,
+        /// Save the plan; `edgectl apply PLAN.json` applies exactly it, or refuses if the
+        /// cluster changed since.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Build, copy and activate with confirmation; a node not confirmed in time rolls back.
+    #[command(after_help = EXIT_CODES)]
+    Apply {
+        /// The topology file, or a plan saved by `edgectl plan --out`.
+        file: PathBuf,
+        #[command(flatten)]
+        deploy: DeployArgs,
+        /// build, push, switch, boot, test or dry-activate.
+        #[arg(long, default_value = "switch")]
+        goal: String,
+        /// Seconds a node waits for confirmation before it reverts by itself (default: the
+        /// topology's confirm_timeout_s).
+        #[arg(long, value_name = "S")]
+        confirm_timeout: Option<u64>,
+    },
     /// List the hardware profiles, or show one.
     #[command(after_help = EXIT_CODES)]
     Profiles {
@@ -101,6 +152,12 @@ pub struct Ctx {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when the reader of our output goes away
+    // (`edgectl plan --json | head`) instead of panicking on a failed write.
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let ctx = Ctx {
         color: match cli.color {
@@ -131,6 +188,15 @@ fn main() -> ExitCode {
         } => cmd::generate::run(&ctx, &file, &out, force, json, &profiles),
         Command::Import(c) => cmd::cloudlab::import(&ctx, c),
         Command::Export(c) => cmd::cloudlab::export(&ctx, c),
+        Command::Plan { file, deploy, out } => {
+            cmd::deploy::plan(&ctx, &file, &deploy, out.as_deref())
+        }
+        Command::Apply {
+            file,
+            deploy,
+            goal,
+            confirm_timeout,
+        } => cmd::deploy::apply(&ctx, &file, &deploy, &goal, confirm_timeout),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -1,0 +1,813 @@
+//! plan and apply: evaluate every selected host once, then per node (bounded in parallel,
+//! routers and the Ray head first) connect, compare, copy, activate with confirmation, record.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgectl_model::{Cluster, Diagnostics, LoadOptions, Loaded, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::activate::{self, Goal, Outcome, STATE_DIR};
+use crate::event::{Phase, Sender, State as Ev, emit};
+use crate::host::{Host, HostError, HostKey, SshHost, SshTarget, argv, write_known_hosts};
+use crate::nixcmd::{self, ClosureDiff, NixArgs};
+use crate::state::{Lock, NodeState, State, now};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub on: Option<String>,
+    pub parallel: usize,
+    pub goal: Goal,
+    pub confirm_timeout: Option<u64>,
+    pub identity: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub nix: NixArgs,
+    pub load: LoadOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            on: None,
+            parallel: 8,
+            goal: Goal::Switch,
+            confirm_timeout: None,
+            identity: None,
+            connect_timeout: Duration::from_secs(10),
+            nix: NixArgs::default(),
+            load: LoadOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum EngineError {
+    Invalid(Diagnostics),
+    Failed(String),
+}
+
+impl From<String> for EngineError {
+    fn from(s: String) -> Self {
+        EngineError::Failed(s)
+    }
+}
+
+/// A stable 64-bit FNV-1a, so saved plans can be compared across runs and builds.
+fn fnv(bytes: impl IntoIterator<Item = u8>) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+struct Prepared {
+    loaded: Loaded,
+    state_dir: PathBuf,
+    selected: Vec<String>,
+    systems: BTreeMap<String, String>,
+    contexts: BTreeMap<String, Value>,
+    topology_hash: String,
+}
+
+fn prepare(
+    topology: &Path,
+    opts: &Options,
+    tx: &Sender,
+    build: bool,
+) -> Result<Prepared, EngineError> {
+    let loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
+    let selected = crate::select::select(&loaded.cluster, opts.on.as_deref())?;
+    let state_dir = crate::state::dir_for(topology);
+    let files = edgectl_render::render(&loaded.cluster).map_err(|e| e.to_string())?;
+    let topology_hash = fnv(files.iter().flat_map(|(k, v)| k.bytes().chain(v.bytes())));
+    let flake = state_dir.join("flake");
+    edgectl_render::write::write_dir(&flake, &files, true).map_err(|e| e.to_string())?;
+    let contexts = loaded
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                edgectl_render::host::context(&loaded.cluster, n),
+            )
+        })
+        .collect();
+    let mut systems = BTreeMap::new();
+    if build {
+        emit(
+            tx,
+            "",
+            Phase::Evaluate,
+            Ev::Started,
+            format!("evaluating and building {} host(s)", selected.len()),
+        );
+        systems = nixcmd::build_toplevels(&flake, &selected, &opts.nix)?;
+        emit(
+            tx,
+            "",
+            Phase::Evaluate,
+            Ev::Ok,
+            format!("built {} system(s)", systems.len()),
+        );
+    }
+    Ok(Prepared {
+        loaded,
+        state_dir,
+        selected,
+        systems,
+        contexts,
+        topology_hash,
+    })
+}
+
+fn target_for(c: &Cluster, node: &str, st: &State, opts: &Options, state_dir: &Path) -> SshTarget {
+    let n = c.node(node).expect("selected nodes exist");
+    let ns = st.nodes.get(node);
+    let pinned = ns.and_then(|s| match (&s.host_key, &s.host_key_public) {
+        (Some(f), Some(p)) => Some(HostKey {
+            fingerprint: f.clone(),
+            public: p.clone(),
+        }),
+        _ => None,
+    });
+    SshTarget {
+        node: node.to_string(),
+        host: n.host.clone(),
+        port: n.port,
+        user: n.user.clone(),
+        identity: opts.identity.clone(),
+        connect_timeout: opts.connect_timeout,
+        pinned,
+        known_hosts: state_dir.join("known_hosts").join(node),
+    }
+}
+
+/// Connects and makes the node's key known to OpenSSH too (for `nix copy`).
+fn connect(t: SshTarget) -> Result<SshHost, HostError> {
+    let h = SshHost::connect(t.clone())?;
+    if let Some(k) = h.host_key() {
+        let _ = write_known_hosts(&t.known_hosts, &[(t.host.clone(), t.port, k)]);
+    }
+    Ok(h)
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                flatten(
+                    &if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    },
+                    x,
+                    out,
+                );
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OptionChange {
+    pub option: String,
+    pub old: Value,
+    pub new: Value,
+}
+
+pub fn option_changes(old: Option<&Value>, new: &Value) -> Vec<OptionChange> {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    if let Some(o) = old {
+        flatten("edge", o, &mut a);
+    }
+    flatten("edge", new, &mut b);
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| OptionChange {
+            option: k.clone(),
+            old: a.get(k).cloned().unwrap_or(Value::Null),
+            new: b.get(k).cloned().unwrap_or(Value::Null),
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    New,
+    Changed,
+    Unchanged,
+    Unreachable,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodePlan {
+    pub node: String,
+    pub change: Change,
+    pub current: Option<String>,
+    pub target: String,
+    pub option_changes: Vec<OptionChange>,
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub closure: Option<ClosureDiff>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub topology: String,
+    pub topology_hash: String,
+    pub nodes: Vec<NodePlan>,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.change, Change::New | Change::Changed))
+    }
+    pub fn has_unreachable(&self) -> bool {
+        self.nodes.iter().any(|n| n.change == Change::Unreachable)
+    }
+}
+
+fn runtime(parallel: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(parallel.clamp(1, 64) + 2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+pub fn plan(topology: &Path, opts: &Options, tx: Sender) -> Result<Plan, EngineError> {
+    let p = prepare(topology, opts, &tx, true)?;
+    let st = State::load(&p.state_dir)?;
+    let rt = runtime(opts.parallel);
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
+    let nodes = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for name in &p.selected {
+            let t = target_for(&p.loaded.cluster, name, &st, opts, &p.state_dir);
+            let target = p.systems[name].clone();
+            let old_opts = st.nodes.get(name).and_then(|s| s.options.clone());
+            let new_opts = p.contexts[name].clone();
+            let (sem, tx, name) = (sem.clone(), tx.clone(), name.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                tokio::task::spawn_blocking(move || {
+                    plan_node(&name, t, &target, old_opts.as_ref(), &new_opts, &tx)
+                })
+                .await
+                .expect("plan task")
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("plan task"));
+        }
+        out
+    });
+    Ok(Plan {
+        topology: topology.display().to_string(),
+        topology_hash: p.topology_hash,
+        nodes,
+    })
+}
+
+fn plan_node(
+    name: &str,
+    t: SshTarget,
+    target: &str,
+    old: Option<&Value>,
+    new: &Value,
+    tx: &Sender,
+) -> NodePlan {
+    let option_changes = option_changes(old, new);
+    let mut np = NodePlan {
+        node: name.into(),
+        change: Change::Unreachable,
+        current: None,
+        target: target.into(),
+        option_changes,
+        closure: None,
+        error: None,
+    };
+    emit(
+        tx,
+        name,
+        Phase::Connect,
+        Ev::Started,
+        format!("{}@{}", t.user, t.host),
+    );
+    let h = match connect(t) {
+        Ok(h) => h,
+        Err(e) => {
+            emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
+            np.error = Some(e.to_string());
+            return np;
+        }
+    };
+    let (cur, _) = match activate::current(&h) {
+        Ok(c) => c,
+        Err(e) => {
+            np.error = Some(e.to_string());
+            return np;
+        }
+    };
+    np.current = cur.clone();
+    np.change = match &cur {
+        None => Change::New,
+        Some(c) if c == target => Change::Unchanged,
+        Some(_) => Change::Changed,
+    };
+    if np.change == Change::Unchanged {
+        np.option_changes.clear();
+    }
+    if let Some(c) = cur.filter(|c| c != target) {
+        let remote = h.run(
+            &argv([
+                "nix",
+                "--extra-experimental-features",
+                "nix-command",
+                "path-info",
+                "-r",
+                "--json",
+                &c,
+            ]),
+            true,
+        );
+        if let (Ok(r), Ok(new)) = (remote, nixcmd::local_closure(target))
+            && r.ok()
+            && let Ok(old) = nixcmd::parse_path_info(&r.stdout)
+        {
+            np.closure = Some(nixcmd::diff_closures(&old, &new));
+        }
+    }
+    emit(
+        tx,
+        name,
+        Phase::Inspect,
+        Ev::Ok,
+        format!("{:?}", np.change).to_lowercase(),
+    );
+    np
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeResult {
+    pub node: String,
+    /// unchanged, confirmed, built, pushed, failed, rolled-back, unreachable, unknown
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    pub message: String,
+}
+
+impl NodeResult {
+    pub fn failed(&self) -> bool {
+        !matches!(
+            self.result.as_str(),
+            "unchanged" | "confirmed" | "built" | "pushed"
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub goal: Goal,
+    pub nodes: Vec<NodeResult>,
+}
+
+impl ApplyReport {
+    pub fn any_failed(&self) -> bool {
+        self.nodes.iter().any(NodeResult::failed)
+    }
+}
+
+/// Applies the topology (or a saved plan, which must still match the cluster).
+pub fn apply(
+    topology: &Path,
+    saved: Option<&Plan>,
+    opts: &Options,
+    tx: Sender,
+) -> Result<ApplyReport, EngineError> {
+    let state_dir = crate::state::dir_for(topology);
+    let _lock = Lock::acquire(&state_dir)?;
+    let p = prepare(topology, opts, &tx, true)?;
+    if let Some(plan) = saved
+        && plan.topology_hash != p.topology_hash
+    {
+        return Err(EngineError::Failed(
+            "the topology changed since this plan was made; run `edgectl plan` again".into(),
+        ));
+    }
+    if opts.goal == Goal::Build {
+        let nodes = p
+            .selected
+            .iter()
+            .map(|n| NodeResult {
+                node: n.clone(),
+                result: "built".into(),
+                system: p.systems.get(n).cloned(),
+                generation: None,
+                message: String::new(),
+            })
+            .collect();
+        return Ok(ApplyReport {
+            goal: opts.goal,
+            nodes,
+        });
+    }
+    let st = Arc::new(Mutex::new(State::load(&p.state_dir)?));
+    let timeout = Duration::from_secs(
+        opts.confirm_timeout
+            .unwrap_or(p.loaded.cluster.confirm_timeout_s),
+    );
+    let c = &p.loaded.cluster;
+    // Routers and the Ray head first: workers connect to them as they start.
+    let first = |n: &str| {
+        c.node(n)
+            .is_some_and(|x| x.is(Role::ZenohRouter) || x.is(Role::RayHead))
+    };
+    let waves: Vec<Vec<String>> = vec![
+        p.selected.iter().filter(|n| first(n)).cloned().collect(),
+        p.selected.iter().filter(|n| !first(n)).cloned().collect(),
+    ];
+    let rt = runtime(opts.parallel);
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
+    let mut results = Vec::new();
+    for wave in waves.into_iter().filter(|w| !w.is_empty()) {
+        let out: Vec<NodeResult> = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for name in wave {
+                let t = target_for(
+                    c,
+                    &name,
+                    &st.lock().unwrap_or_else(|e| e.into_inner()),
+                    opts,
+                    &p.state_dir,
+                );
+                let system = p.systems[&name].clone();
+                let expected = saved
+                    .and_then(|pl| pl.nodes.iter().find(|n| n.node == name))
+                    .map(|n| n.current.clone());
+                let ctx = p.contexts[&name].clone();
+                let (sem, tx, st, dir, goal, hash) = (
+                    sem.clone(),
+                    tx.clone(),
+                    st.clone(),
+                    p.state_dir.clone(),
+                    opts.goal,
+                    p.topology_hash.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    tokio::task::spawn_blocking(move || {
+                        let r = deploy_node(&name, t, &system, goal, timeout, expected, &tx);
+                        record(&st, &dir, &name, &r, ctx, &hash);
+                        r.0
+                    })
+                    .await
+                    .expect("deploy task")
+                }));
+            }
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.expect("deploy task"));
+            }
+            out
+        });
+        results.extend(out);
+    }
+    Ok(ApplyReport {
+        goal: opts.goal,
+        nodes: results,
+    })
+}
+
+/// Updates and saves the state after each node, so a controller killed mid-apply leaves a
+/// file that describes every node it finished.
+fn record(
+    st: &Mutex<State>,
+    dir: &Path,
+    name: &str,
+    r: &(NodeResult, Option<HostKey>),
+    ctx: Value,
+    hash: &str,
+) {
+    let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+    let e: &mut NodeState = s.nodes.entry(name.to_string()).or_default();
+    if let Some(k) = &r.1 {
+        e.host_key = Some(k.fingerprint.clone());
+        e.host_key_public = Some(k.public.clone());
+    }
+    e.last_result = Some(r.0.result.clone());
+    if matches!(r.0.result.as_str(), "confirmed" | "unchanged") {
+        e.system = r.0.system.clone();
+        e.generation = r.0.generation.or(e.generation);
+        e.options = Some(ctx);
+        e.applied_at = Some(now());
+        s.topology_hash = Some(hash.to_string());
+    }
+    let _ = s.save(dir);
+}
+
+const NODE_LOCK: &str = r#"d=/nix/var/edgectl; mkdir -p "$d" || exit 1
+if mkdir "$d/lock" 2>/dev/null; then printf '%s\n' "$1" > "$d/lock/owner"; exit 0; fi
+# The caller proved this holder dead (same controller host, no such process): take over.
+if [ -n "$3" ] && [ "$(cat "$d/lock/owner" 2>/dev/null)" = "$3" ]; then
+  printf '%s\n' "$1" > "$d/lock/owner"; exit 0
+fi
+# A lock older than its holder could possibly need is stale (a killed controller).
+if [ -n "$(find "$d/lock" -maxdepth 0 -mmin +"$2" 2>/dev/null)" ]; then
+  rm -rf "$d/lock" && mkdir "$d/lock" && printf '%s\n' "$1" > "$d/lock/owner" && exit 0
+fi
+cat "$d/lock/owner" 2>/dev/null; exit 1
+"#;
+
+#[allow(clippy::too_many_arguments)]
+fn deploy_node(
+    name: &str,
+    t: SshTarget,
+    system: &str,
+    goal: Goal,
+    timeout: Duration,
+    expected_current: Option<Option<String>>,
+    tx: &Sender,
+) -> (NodeResult, Option<HostKey>) {
+    let res = |result: &str, msg: String, generation: Option<u64>| NodeResult {
+        node: name.into(),
+        result: result.into(),
+        system: Some(system.into()),
+        generation,
+        message: msg,
+    };
+    emit(
+        tx,
+        name,
+        Phase::Connect,
+        Ev::Started,
+        format!("{}@{}:{}", t.user, t.host, t.port),
+    );
+    let h = match connect(t) {
+        Ok(h) => h,
+        Err(e) => {
+            emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
+            let kind = if matches!(e, HostError::HostKeyChanged { .. }) {
+                "failed"
+            } else {
+                "unreachable"
+            };
+            return (res(kind, e.to_string(), None), None);
+        }
+    };
+    let key = h.host_key();
+    emit(
+        tx,
+        name,
+        Phase::Connect,
+        Ev::Ok,
+        key.as_ref()
+            .map(|k| k.fingerprint.clone())
+            .unwrap_or_default(),
+    );
+    let owner = format!("{}@{} pid {}", whoami(), hostname(), std::process::id());
+    let stale_min = (timeout.as_secs() / 60 + 30).to_string();
+    let mut steal = String::new();
+    loop {
+        match h.run(
+            &argv([
+                "sh",
+                "-c",
+                NODE_LOCK,
+                "edgectl-lock",
+                &owner,
+                &stale_min,
+                &steal,
+            ]),
+            true,
+        ) {
+            Ok(o) if o.ok() => break,
+            Ok(o) => {
+                let holder = o.stdout.trim().to_string();
+                if steal.is_empty() && holder_is_dead(&holder) {
+                    emit(
+                        tx,
+                        name,
+                        Phase::Connect,
+                        Ev::Progress,
+                        format!("taking over the lock of a killed apply ({holder})"),
+                    );
+                    steal = holder;
+                    continue;
+                }
+                return (
+                    res(
+                        "failed",
+                        format!("node is locked by another apply ({holder})"),
+                        None,
+                    ),
+                    key,
+                );
+            }
+            Err(e) => return (res("unreachable", e.to_string(), None), key),
+        }
+    }
+    let r = deploy_locked(name, &h, system, goal, timeout, expected_current, tx, &res);
+    let _ = h.run(&argv(["rm", "-rf", &format!("{STATE_DIR}/lock")]), true);
+    (r, key)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deploy_locked(
+    name: &str,
+    h: &SshHost,
+    system: &str,
+    goal: Goal,
+    timeout: Duration,
+    expected_current: Option<Option<String>>,
+    tx: &Sender,
+    res: &dyn Fn(&str, String, Option<u64>) -> NodeResult,
+) -> NodeResult {
+    if let Err(e) = wait_for_in_flight(h, timeout + Duration::from_secs(30), name, tx) {
+        return res("failed", e, None);
+    }
+    let (cur, generation) = match activate::current(h) {
+        Ok(c) => c,
+        Err(e) => return res("unreachable", e.to_string(), None),
+    };
+    if let Some(exp) = expected_current
+        && exp != cur
+    {
+        return res(
+            "failed",
+            "the node changed since the plan was made; run `edgectl plan` again".into(),
+            generation,
+        );
+    }
+    if goal == Goal::Switch && cur.as_deref() == Some(system) {
+        emit(tx, name, Phase::Done, Ev::Skipped, "already on this system");
+        return res("unchanged", "already on this system".into(), generation);
+    }
+    emit(tx, name, Phase::Copy, Ev::Started, "copying closure");
+    if let Err(e) = h.copy_closure(&[system.to_string()]) {
+        emit(tx, name, Phase::Copy, Ev::Failed, e.clone());
+        return res("failed", e, generation);
+    }
+    emit(tx, name, Phase::Copy, Ev::Ok, "closure copied");
+    if goal == Goal::Push {
+        return res("pushed", "closure copied".into(), generation);
+    }
+    emit(
+        tx,
+        name,
+        Phase::Activate,
+        Ev::Started,
+        goal.verb().unwrap_or_default(),
+    );
+    let on_state = |s: &str| emit(tx, name, Phase::Activate, Ev::Progress, s);
+    let outcome = match activate::activate(h, system, goal, timeout, &on_state) {
+        Ok(o) => o,
+        Err(e) => Outcome::Unknown(e.to_string()),
+    };
+    let after = h
+        .fresh()
+        .ok()
+        .and_then(|f| activate::current(f.as_ref()).ok());
+    let generation = after.as_ref().and_then(|a| a.1).or(generation);
+    match outcome {
+        Outcome::Confirmed => {
+            emit(
+                tx,
+                name,
+                Phase::Done,
+                Ev::Ok,
+                format!(
+                    "generation {}",
+                    generation.map(|g| g.to_string()).unwrap_or("-".into())
+                ),
+            );
+            res("confirmed", "activated and confirmed".into(), generation)
+        }
+        Outcome::Failed(m) => {
+            emit(tx, name, Phase::Done, Ev::Failed, m.clone());
+            res("failed", m, generation)
+        }
+        Outcome::RolledBack(m) => {
+            emit(tx, name, Phase::Done, Ev::RolledBack, m.clone());
+            res("rolled-back", m, generation)
+        }
+        Outcome::Unknown(m) => {
+            emit(tx, name, Phase::Done, Ev::Failed, m.clone());
+            res("unknown", m, generation)
+        }
+    }
+}
+
+/// A lock holder written by this controller host whose process no longer exists.
+fn holder_is_dead(holder: &str) -> bool {
+    let Some((who, pid)) = holder.rsplit_once(" pid ") else {
+        return false;
+    };
+    let same_host = who.rsplit_once('@').is_some_and(|(_, h)| h == hostname());
+    same_host
+        && pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// Activations on the node that have not yet been confirmed or rolled back.
+const IN_FLIGHT: &str = r#"for s in /nix/var/edgectl/run/*/status; do
+  [ -e "$s" ] || continue
+  case "$(cat "$s")" in started|activated|rolling-back) r=${s%/status}; echo "${r##*/}";; esac
+done
+# Keep the last 50 runs' logs.
+ls -1dt /nix/var/edgectl/run/* 2>/dev/null | tail -n +51 | while read -r old; do rm -rf "$old"; done
+"#;
+
+/// An earlier activation (from a controller that was killed) must finish deciding first:
+/// otherwise its watcher could later roll back what we install now.
+fn wait_for_in_flight(
+    h: &dyn Host,
+    limit: Duration,
+    name: &str,
+    tx: &Sender,
+) -> Result<(), String> {
+    let end = std::time::Instant::now() + limit;
+    let mut told = false;
+    loop {
+        let o = h
+            .run(&argv(["sh", "-c", IN_FLIGHT]), true)
+            .map_err(|e| e.to_string())?;
+        let pending = o.stdout.trim();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if !told {
+            emit(
+                tx,
+                name,
+                Phase::Activate,
+                Ev::Progress,
+                format!("waiting for an earlier activation to confirm or roll back ({pending})"),
+            );
+            told = true;
+        }
+        if std::time::Instant::now() > end {
+            return Err(format!(
+                "an earlier activation ({pending}) is still undecided; try again later"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "root".into())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "controller".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_diffs() {
+        let old =
+            serde_json::json!({"ray": {"enable": true, "numGpus": 0}, "wasm": {"enable": true}});
+        let new = serde_json::json!({"ray": {"enable": true, "numGpus": 1}, "zenoh": {"enable": true}, "wasm": {"enable": true}});
+        let d = option_changes(Some(&old), &new);
+        let keys: Vec<&str> = d.iter().map(|c| c.option.as_str()).collect();
+        assert_eq!(keys, vec!["edge.ray.numGpus", "edge.zenoh.enable"]);
+        assert_eq!(d[0].old, 0);
+        assert_eq!(d[1].old, Value::Null);
+    }
+
+    #[test]
+    fn hashes_are_stable() {
+        assert_eq!(fnv(*b"edgectl"), fnv(*b"edgectl"));
+        assert_ne!(fnv(*b"a"), fnv(*b"b"));
+        assert_eq!(fnv(*b""), "cbf29ce484222325");
+    }
+}

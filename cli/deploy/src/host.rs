@@ -1,0 +1,334 @@
+//! The small interface the engine drives a node through. `SshHost` is the real one; tests fake
+//! it. Everything above this layer is argv, never shell text.
+
+use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::quote;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn ok(&self) -> bool {
+        self.status == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum HostError {
+    /// The node cannot be reached (TCP, SSH handshake, or the connection dropped).
+    Unreachable(String),
+    /// The node's SSH host key is not the one recorded at first contact.
+    HostKeyChanged {
+        expected: String,
+        found: String,
+    },
+    Auth(String),
+    /// A command line that cannot be built (an argument with a NUL).
+    BadArgument(String),
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostError::Unreachable(m) => write!(f, "unreachable: {m}"),
+            HostError::HostKeyChanged { expected, found } => write!(
+                f,
+                "SSH host key changed (recorded {expected}, now {found}); refusing to deploy. If the node was reinstalled, remove it from .edgectl/state.json"
+            ),
+            HostError::Auth(m) => write!(f, "SSH authentication failed: {m}"),
+            HostError::BadArgument(m) => write!(f, "cannot build command: {m}"),
+        }
+    }
+}
+
+/// A node's SSH host key as recorded in the state file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKey {
+    /// `SHA256:...` as OpenSSH prints it.
+    pub fingerprint: String,
+    /// `ssh-ed25519 AAAA...`, for the known_hosts file that `nix copy` (OpenSSH) reads.
+    pub public: String,
+}
+
+pub trait Host: Send + Sync {
+    fn name(&self) -> &str;
+    /// Runs argv on the node (through sudo when the login user is not root and `root` is set).
+    fn run(&self, argv: &[String], root: bool) -> Result<Output, HostError>;
+    /// A new, independent connection: confirmation must not ride on a session that a broken
+    /// network could have left half-alive.
+    fn fresh(&self) -> Result<Box<dyn Host>, HostError>;
+    fn host_key(&self) -> Option<HostKey>;
+    /// Copies store paths (with their closure) to the node.
+    fn copy_closure(&self, paths: &[String]) -> Result<(), String>;
+}
+
+pub fn argv<I: IntoIterator<Item = S>, S: Into<String>>(it: I) -> Vec<String> {
+    it.into_iter().map(Into::into).collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub node: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub identity: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// The key recorded at first contact; a different key is refused.
+    pub pinned: Option<HostKey>,
+    /// known_hosts file written from the pinned keys, for OpenSSH (`nix copy`).
+    pub known_hosts: PathBuf,
+}
+
+pub struct SshHost {
+    target: SshTarget,
+    session: Mutex<ssh2::Session>,
+    key: HostKey,
+}
+
+fn key_type_name(t: ssh2::HostKeyType) -> &'static str {
+    match t {
+        ssh2::HostKeyType::Rsa => "ssh-rsa",
+        ssh2::HostKeyType::Dss => "ssh-dss",
+        ssh2::HostKeyType::Ecdsa256 => "ecdsa-sha2-nistp256",
+        ssh2::HostKeyType::Ecdsa384 => "ecdsa-sha2-nistp384",
+        ssh2::HostKeyType::Ecdsa521 => "ecdsa-sha2-nistp521",
+        ssh2::HostKeyType::Ed25519 => "ssh-ed25519",
+        ssh2::HostKeyType::Unknown => "unknown",
+    }
+}
+
+impl SshHost {
+    pub fn connect(target: SshTarget) -> Result<SshHost, HostError> {
+        let addr = (target.host.as_str(), target.port)
+            .to_socket_addrs()
+            .map_err(|e| HostError::Unreachable(format!("{}: {e}", target.host)))?
+            .next()
+            .ok_or_else(|| HostError::Unreachable(format!("{}: no address", target.host)))?;
+        let tcp = TcpStream::connect_timeout(&addr, target.connect_timeout)
+            .map_err(|e| HostError::Unreachable(format!("{addr}: {e}")))?;
+        let mut s = ssh2::Session::new().map_err(|e| HostError::Unreachable(e.to_string()))?;
+        s.set_tcp_stream(tcp);
+        s.set_timeout(target.connect_timeout.as_millis() as u32);
+        s.handshake()
+            .map_err(|e| HostError::Unreachable(format!("SSH handshake with {addr}: {e}")))?;
+        let (blob, kind) = s
+            .host_key()
+            .ok_or_else(|| HostError::Unreachable("no host key".into()))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let public = format!("{} {}", key_type_name(kind), b64.encode(blob));
+        let hash = s.host_key_hash(ssh2::HashType::Sha256).unwrap_or_default();
+        let fingerprint = format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
+        );
+        let key = HostKey {
+            fingerprint,
+            public,
+        };
+        if let Some(p) = &target.pinned
+            && p.fingerprint != key.fingerprint
+        {
+            return Err(HostError::HostKeyChanged {
+                expected: p.fingerprint.clone(),
+                found: key.fingerprint,
+            });
+        }
+        let mut tried = Vec::new();
+        if let Some(id) = &target.identity {
+            match s.userauth_pubkey_file(&target.user, None, id, None) {
+                Ok(()) => {}
+                Err(e) => tried.push(format!("{}: {e}", id.display())),
+            }
+        }
+        if !s.authenticated() && s.userauth_agent(&target.user).is_err() {
+            tried.push("ssh-agent".into());
+        }
+        if !s.authenticated() {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            for k in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                let p = home.join(".ssh").join(k);
+                if p.exists() && s.userauth_pubkey_file(&target.user, None, &p, None).is_ok() {
+                    break;
+                }
+            }
+        }
+        if !s.authenticated() {
+            return Err(HostError::Auth(format!(
+                "as {}@{} (tried {})",
+                target.user,
+                target.host,
+                tried.join(", ")
+            )));
+        }
+        // Commands may run long (closure queries); a dead peer is still caught by keepalives.
+        s.set_timeout(120_000);
+        s.set_keepalive(true, 5);
+        Ok(SshHost {
+            target,
+            session: Mutex::new(s),
+            key,
+        })
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    /// The `NIX_SSHOPTS` that make OpenSSH (used by `nix copy`) reach this node the same way,
+    /// with its host key pinned.
+    pub fn nix_sshopts(&self) -> String {
+        let mut o = vec![
+            "-p".to_string(),
+            self.target.port.to_string(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.target.known_hosts.display()),
+            "-o".into(),
+            format!(
+                "ConnectTimeout={}",
+                self.target.connect_timeout.as_secs().max(1)
+            ),
+        ];
+        if let Some(id) = &self.target.identity {
+            o.extend([
+                "-i".to_string(),
+                id.display().to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+            ]);
+        }
+        // NIX_SSHOPTS is split on spaces by Nix, so paths with spaces cannot be passed.
+        o.join(" ")
+    }
+}
+
+impl Host for SshHost {
+    fn name(&self) -> &str {
+        &self.target.node
+    }
+
+    fn run(&self, argv: &[String], root: bool) -> Result<Output, HostError> {
+        let cmd = remote_command(&self.target.user, argv, root)
+            .ok_or_else(|| HostError::BadArgument("an argument contains a NUL byte".into()))?;
+        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let io = |e: ssh2::Error| HostError::Unreachable(e.to_string());
+        let mut ch = s.channel_session().map_err(io)?;
+        ch.exec(&cmd).map_err(io)?;
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        ch.read_to_string(&mut stdout)
+            .map_err(|e| HostError::Unreachable(e.to_string()))?;
+        ch.stderr()
+            .read_to_string(&mut stderr)
+            .map_err(|e| HostError::Unreachable(e.to_string()))?;
+        ch.wait_close().map_err(io)?;
+        let status = ch.exit_status().map_err(io)?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn fresh(&self) -> Result<Box<dyn Host>, HostError> {
+        let mut t = self.target.clone();
+        t.pinned = Some(self.key.clone());
+        Ok(Box::new(SshHost::connect(t)?))
+    }
+
+    fn host_key(&self) -> Option<HostKey> {
+        Some(self.key.clone())
+    }
+
+    fn copy_closure(&self, paths: &[String]) -> Result<(), String> {
+        let t = &self.target;
+        let mut url = format!("ssh://{}@{}", t.user, t.host);
+        if t.user != "root" {
+            url.push_str("?remote-program=sudo%20-n%20nix-store");
+        }
+        let out = std::process::Command::new("nix")
+            .args(["copy", "--to", &url])
+            .args(paths)
+            .env("NIX_SSHOPTS", self.nix_sshopts())
+            .output()
+            .map_err(|e| format!("cannot run nix copy: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nix copy to {}: {}",
+                t.node,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// The command line SSH sends: argv quoted for the remote shell, behind `sudo -n --` when the
+/// command needs root and the login user is not root (CloudLab's default: sudo without password).
+pub fn remote_command(user: &str, argv: &[String], root: bool) -> Option<String> {
+    let mut full = Vec::new();
+    if root && user != "root" {
+        full.extend(["sudo".to_string(), "-n".into(), "--".into()]);
+    }
+    full.extend_from_slice(argv);
+    quote::command(&full)
+}
+
+/// Writes the known_hosts file OpenSSH reads for `nix copy`: one line per node.
+pub fn write_known_hosts(path: &Path, entries: &[(String, u16, HostKey)]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for (host, port, key) in entries {
+        let h = if *port == 22 {
+            host.clone()
+        } else {
+            format!("[{host}]:{port}")
+        };
+        text.push_str(&format!("{h} {}\n", key.public));
+    }
+    crate::state::write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_commands_go_through_sudo_for_other_users() {
+        let a = argv(["readlink", "-f", "/nix/var/nix/profiles/system"]);
+        assert_eq!(
+            remote_command("alice", &a, true).unwrap(),
+            "sudo -n -- readlink -f /nix/var/nix/profiles/system"
+        );
+        assert_eq!(
+            remote_command("root", &a, true).unwrap(),
+            "readlink -f /nix/var/nix/profiles/system"
+        );
+        assert_eq!(
+            remote_command("alice", &a, false).unwrap(),
+            "readlink -f /nix/var/nix/profiles/system"
+        );
+        let evil = argv(["cat", "x; rm -rf / #"]);
+        assert_eq!(
+            remote_command("alice", &evil, true).unwrap(),
+            "sudo -n -- cat 'x; rm -rf / #'"
+        );
+    }
+}

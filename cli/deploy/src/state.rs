@@ -1,0 +1,134 @@
+//! `.edgectl/state.json` beside the topology: what was applied where, and the host keys seen at
+//! first contact. Written atomically; guarded by a lock so two applies cannot interleave.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The system store path last activated and confirmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_key_public: Option<String>,
+    /// The edge.* settings applied, for option-level plans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<u64>,
+    /// What the last apply did to this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    pub version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology_hash: Option<String>,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeState>,
+}
+
+pub fn dir_for(topology: &Path) -> PathBuf {
+    topology
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .join(".edgectl")
+}
+
+impl State {
+    pub fn load(dir: &Path) -> Result<State, String> {
+        let p = dir.join("state.json");
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}: {e} (fix or remove the file)", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
+                version: 1,
+                ..Default::default()
+            }),
+            Err(e) => Err(format!("{}: {e}", p.display())),
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), String> {
+        let mut text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        text.push(b'\n');
+        write_atomic(&dir.join("state.json"), &text).map_err(|e| format!("{}: {e}", dir.display()))
+    }
+}
+
+/// Write to a temporary file in the same directory, sync, then rename over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// An exclusive lock on the cluster's state directory for the life of the value.
+pub struct Lock {
+    _file: fs::File,
+}
+
+impl Lock {
+    pub fn acquire(dir: &Path) -> Result<Lock, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let p = dir.join("apply.lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        match f.try_lock() {
+            Ok(()) => {
+                let _ = f.set_len(0);
+                let _ = (&f).write_all(format!("{}\n", std::process::id()).as_bytes());
+                Ok(Lock { _file: f })
+            }
+            Err(_) => {
+                let holder = fs::read_to_string(&p).unwrap_or_default();
+                Err(format!(
+                    "another `edgectl apply` holds {} (pid {}); wait for it to finish",
+                    p.display(),
+                    holder.trim()
+                ))
+            }
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,222 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgectl_deploy::engine::{Change, EngineError};
+use edgectl_deploy::nixcmd::NixArgs;
+use edgectl_deploy::progress::{self, Mode};
+use edgectl_deploy::{Goal, Options, Plan};
+use edgectl_model::LoadOptions;
+
+use crate::table::Table;
+use crate::{Ctx, DeployArgs, exit};
+
+fn options(a: &DeployArgs) -> Options {
+    Options {
+        on: a.on.clone(),
+        parallel: a.parallel.max(1),
+        identity: a.identity.clone(),
+        connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+        nix: NixArgs {
+            overrides: a
+                .override_input
+                .chunks(2)
+                .filter(|c| c.len() == 2)
+                .map(|c| (c[0].clone(), c[1].clone()))
+                .collect(),
+        },
+        load: LoadOptions {
+            profile_dirs: a.profiles.profile_dirs.clone(),
+        },
+        ..Options::default()
+    }
+}
+
+fn fail(ctx: &Ctx, json: bool, e: EngineError) -> u8 {
+    match e {
+        EngineError::Invalid(d) => super::report(ctx, &d, json),
+        EngineError::Failed(m) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "error": m }));
+            } else {
+                eprintln!("error: {m}");
+            }
+        }
+    }
+    exit::ERROR
+}
+
+fn short(p: &Option<String>) -> String {
+    p.as_deref()
+        .map(|s| {
+            s.trim_start_matches("/nix/store/")
+                .chars()
+                .take(40)
+                .collect()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn plan(ctx: &Ctx, file: &Path, a: &DeployArgs, out: Option<&Path>) -> u8 {
+    let opts = options(a);
+    let (tx, r) = progress::start(if a.json {
+        Mode::Quiet
+    } else {
+        Mode::detect(false)
+    });
+    let res = edgectl_deploy::plan(file, &opts, tx);
+    r.finish();
+    let plan = match res {
+        Ok(p) => p,
+        Err(e) => return fail(ctx, a.json, e),
+    };
+    if let Some(o) = out {
+        let text = serde_json::to_vec_pretty(&plan).unwrap_or_default();
+        if let Err(e) = edgectl_deploy::state::write_atomic(o, &text) {
+            return fail(
+                ctx,
+                a.json,
+                EngineError::Failed(format!("{}: {e}", o.display())),
+            );
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+    } else {
+        let mut t = Table::new(&["NODE", "CHANGE", "CURRENT", "TARGET", "OPTIONS", "CLOSURE"]);
+        for n in &plan.nodes {
+            let closure = n
+                .closure
+                .as_ref()
+                .map(|c| {
+                    format!(
+                        "+{} -{} ~{} paths +{}/-{} ({:+} KiB)",
+                        c.added.len(),
+                        c.removed.len(),
+                        c.changed.len(),
+                        c.paths_added,
+                        c.paths_removed,
+                        c.size_delta / 1024
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            t.row(vec![
+                n.node.clone(),
+                format!("{:?}", n.change).to_lowercase(),
+                short(&n.current),
+                short(&Some(n.target.clone())),
+                n.option_changes.len().to_string(),
+                closure,
+            ]);
+        }
+        print!("{}", t.render());
+        for n in &plan.nodes {
+            for c in &n.option_changes {
+                println!("  {}: {} = {} -> {}", n.node, c.option, c.old, c.new);
+            }
+            if let Some(cd) = &n.closure {
+                for (p, o, v) in &cd.changed {
+                    println!("  {}: {p} {o} -> {v}", n.node);
+                }
+                for p in &cd.added {
+                    println!("  {}: + {p}", n.node);
+                }
+                for p in &cd.removed {
+                    println!("  {}: - {p}", n.node);
+                }
+            }
+            if let Some(e) = &n.error {
+                println!("  {}: unreachable: {e}", n.node);
+            }
+        }
+    }
+    if plan.has_unreachable() {
+        exit::ERROR
+    } else if plan.has_changes() {
+        exit::CHANGES
+    } else {
+        exit::OK
+    }
+}
+
+pub fn apply(
+    ctx: &Ctx,
+    file: &Path,
+    a: &DeployArgs,
+    goal: &str,
+    confirm_timeout: Option<u64>,
+) -> u8 {
+    let Some(goal) = Goal::parse(goal) else {
+        return fail(
+            ctx,
+            a.json,
+            EngineError::Failed(format!(
+                "unknown goal `{goal}`; use build, push, switch, boot, test or dry-activate"
+            )),
+        );
+    };
+    let mut opts = options(a);
+    opts.goal = goal;
+    opts.confirm_timeout = confirm_timeout;
+    let (topology, saved): (PathBuf, Option<Plan>) =
+        if file.extension().is_some_and(|e| e == "json") {
+            let plan: Plan = match std::fs::read(file)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    return fail(
+                        ctx,
+                        a.json,
+                        EngineError::Failed(format!("{}: not a saved plan: {e}", file.display())),
+                    );
+                }
+            };
+            let on: Vec<String> = plan
+                .nodes
+                .iter()
+                .filter(|n| n.change != Change::Unchanged)
+                .map(|n| n.node.clone())
+                .collect();
+            if on.is_empty() {
+                println!("the plan has nothing to change");
+                return exit::OK;
+            }
+            opts.on = Some(on.join(","));
+            (PathBuf::from(&plan.topology), Some(plan))
+        } else {
+            (file.to_path_buf(), None)
+        };
+    let (tx, r) = progress::start(Mode::detect(a.json));
+    let res = edgectl_deploy::apply(&topology, saved.as_ref(), &opts, tx);
+    r.finish();
+    let report = match res {
+        Ok(r) => r,
+        Err(e) => return fail(ctx, a.json, e),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": !report.any_failed(), "report": report })
+        );
+    } else {
+        let mut t = Table::new(&["NODE", "RESULT", "GENERATION", "MESSAGE"]);
+        for n in &report.nodes {
+            t.row(vec![
+                n.node.clone(),
+                n.result.clone(),
+                n.generation.map(|g| g.to_string()).unwrap_or("-".into()),
+                n.message.clone(),
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    if report.any_failed() {
+        exit::NODES_FAILED
+    } else {
+        exit::OK
+    }
+}
