@@ -33,25 +33,11 @@ impl Lab {
 
     /// A cluster of the rig's nodes; `features` changes what gets built.
     fn write_topology(&self, features: &[&str]) {
-        let key = std::fs::read_to_string(self.rig.key.with_extension("pub")).unwrap();
-        let feats: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
-        let mut t = format!(
-            "[cluster]\nname = \"rig\"\nnixpkgs = \"github:NixOS/nixpkgs/nixos-25.11\"\nssh_user = \"root\"\nconfirm_timeout_s = 6\nssh_keys = [{:?}]\n\n[defaults]\nprofile = \"c220g5\"\nfeatures = [{}]\n\n",
-            key.trim(),
-            feats.join(", ")
-        );
-        for (i, n) in self.rig.nodes.iter().enumerate() {
-            let roles = if i == 0 { "[\"zenoh-router\"]" } else { "[]" };
-            t.push_str(&format!(
-                "[[node]]\nname = {:?}\nhost = \"{}\"\nroles = {roles}\ntags = [\"{}\"]\nlan = {{ address = \"10.10.1.{}/24\", mac = \"02aabbcc00{:02x}\" }}\n\n",
-                n.name,
-                n.ip,
-                if i == 0 { "first" } else { "rest" },
-                i + 1,
-                i + 1
-            ));
-        }
-        std::fs::write(self.topology(), t).unwrap();
+        std::fs::write(
+            self.topology(),
+            edgectl_rig::topology_toml(&self.rig, features, 6),
+        )
+        .unwrap();
     }
 
     fn cmd(&self, args: &[&str]) -> Command {

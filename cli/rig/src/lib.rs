@@ -92,6 +92,30 @@ fn tool_or(name: &str) -> PathBuf {
 }
 
 /// The fixture flake that stands in for nixpkgs in deploy tests (see fixtures/test-nixpkgs/README.md).
+/// An edgectl topology whose nodes are this rig's nodes (root login with the rig's key; the
+/// first node is the Zenoh router), for deploy tests and benchmarks.
+pub fn topology_toml(rig: &Rig, features: &[&str], confirm_timeout_s: u64) -> String {
+    let key = std::fs::read_to_string(rig.key.with_extension("pub")).unwrap_or_default();
+    let feats: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
+    let mut t = format!(
+        "[cluster]\nname = \"rig\"\nnixpkgs = \"github:NixOS/nixpkgs/nixos-25.11\"\nssh_user = \"root\"\nconfirm_timeout_s = {confirm_timeout_s}\nssh_keys = [{:?}]\n\n[defaults]\nprofile = \"c220g5\"\nfeatures = [{}]\n\n",
+        key.trim(),
+        feats.join(", ")
+    );
+    for (i, n) in rig.nodes.iter().enumerate() {
+        let roles = if i == 0 { "[\"zenoh-router\"]" } else { "[]" };
+        t.push_str(&format!(
+            "[[node]]\nname = {:?}\nhost = \"{}\"\nroles = {roles}\ntags = [\"{}\"]\nlan = {{ address = \"10.10.1.{}/24\", mac = \"02aabbcc{:04x}\" }}\n\n",
+            n.name,
+            n.ip,
+            if i == 0 { "first" } else { "rest" },
+            i + 1,
+            i + 1
+        ));
+    }
+    t
+}
+
 pub fn fixture_nixpkgs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-nixpkgs")
 }
