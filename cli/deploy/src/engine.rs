@@ -26,6 +26,8 @@ pub struct Options {
     pub connect_timeout: Duration,
     pub nix: NixArgs,
     pub load: LoadOptions,
+    /// Upload each closure once and spread it over the cluster LAN (see `fanout`).
+    pub fanout: bool,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             nix: NixArgs::default(),
             load: LoadOptions::default(),
+            fanout: true,
         }
     }
 }
@@ -400,105 +403,227 @@ impl ApplyReport {
     }
 }
 
-/// Applies the topology (or a saved plan, which must still match the cluster).
-pub fn apply(
-    topology: &Path,
-    saved: Option<&Plan>,
-    opts: &Options,
-    tx: Sender,
-) -> Result<ApplyReport, EngineError> {
+/// Applies the topology (or a saved plan, which must still match the cluster): open every
+/// selected node (connect, lock, inspect), distribute the closures (fanned out over the
+/// cluster LAN, or copied per node), then activate wave by wave, routers and the Ray head first.
+pub fn apply(topology: &Path, saved: Option<&Plan>, opts: &Options, tx: Sender) -> Result<ApplyReport, EngineError> {
     let state_dir = crate::state::dir_for(topology);
     let _lock = Lock::acquire(&state_dir)?;
     let p = prepare(topology, opts, &tx, true)?;
     if let Some(plan) = saved
         && plan.topology_hash != p.topology_hash
     {
-        return Err(EngineError::Failed(
-            "the topology changed since this plan was made; run `edgectl plan` again".into(),
-        ));
+        return Err(EngineError::Failed("the topology changed since this plan was made; run `edgectl plan` again".into()));
     }
     if opts.goal == Goal::Build {
         let nodes = p
             .selected
             .iter()
-            .map(|n| NodeResult {
-                node: n.clone(),
-                result: "built".into(),
-                system: p.systems.get(n).cloned(),
-                generation: None,
-                message: String::new(),
-            })
+            .map(|n| NodeResult { node: n.clone(), result: "built".into(), system: p.systems.get(n).cloned(), generation: None, message: String::new() })
             .collect();
-        return Ok(ApplyReport {
-            goal: opts.goal,
-            nodes,
-        });
+        return Ok(ApplyReport { goal: opts.goal, nodes });
     }
     let st = Arc::new(Mutex::new(State::load(&p.state_dir)?));
-    let timeout = Duration::from_secs(
-        opts.confirm_timeout
-            .unwrap_or(p.loaded.cluster.confirm_timeout_s),
-    );
+    let timeout = Duration::from_secs(opts.confirm_timeout.unwrap_or(p.loaded.cluster.confirm_timeout_s));
     let c = &p.loaded.cluster;
-    // Routers and the Ray head first: workers connect to them as they start.
-    let first = |n: &str| {
-        c.node(n)
-            .is_some_and(|x| x.is(Role::ZenohRouter) || x.is(Role::RayHead))
-    };
-    let waves: Vec<Vec<String>> = vec![
-        p.selected.iter().filter(|n| first(n)).cloned().collect(),
-        p.selected.iter().filter(|n| !first(n)).cloned().collect(),
-    ];
     let rt = runtime(opts.parallel);
-    let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
-    let mut results = Vec::new();
-    for wave in waves.into_iter().filter(|w| !w.is_empty()) {
-        let out: Vec<NodeResult> = rt.block_on(async {
-            let mut tasks = Vec::new();
-            for name in wave {
-                let t = target_for(
-                    c,
-                    &name,
-                    &st.lock().unwrap_or_else(|e| e.into_inner()),
-                    opts,
-                    &p.state_dir,
-                );
-                let system = p.systems[&name].clone();
-                let expected = saved
-                    .and_then(|pl| pl.nodes.iter().find(|n| n.node == name))
-                    .map(|n| n.current.clone());
-                let ctx = p.contexts[&name].clone();
-                let (sem, tx, st, dir, goal, hash) = (
-                    sem.clone(),
-                    tx.clone(),
-                    st.clone(),
-                    p.state_dir.clone(),
-                    opts.goal,
-                    p.topology_hash.clone(),
-                );
-                tasks.push(tokio::spawn(async move {
-                    let _permit = sem.acquire_owned().await;
-                    tokio::task::spawn_blocking(move || {
-                        let r = deploy_node(&name, t, &system, goal, timeout, expected, &tx);
-                        record(&st, &dir, &name, &r, ctx, &hash);
-                        r.0
-                    })
-                    .await
-                    .expect("deploy task")
-                }));
+
+    // 1. Open every node.
+    let targets: Vec<(String, SshTarget, Option<Option<String>>)> = p
+        .selected
+        .iter()
+        .map(|n| {
+            let t = target_for(c, n, &st.lock().unwrap_or_else(|e| e.into_inner()), opts, &p.state_dir);
+            let expected = saved.and_then(|pl| pl.nodes.iter().find(|x| &x.node == n)).map(|x| x.current.clone());
+            (n.clone(), t, expected)
+        })
+        .collect();
+    let opened: Vec<Result<Session, (NodeResult, Option<HostKey>)>> = parallel_map(&rt, opts.parallel, targets, {
+        let (systems, tx, goal) = (p.systems.clone(), tx.clone(), opts.goal);
+        move |(name, t, expected)| open_node(&name, t, &systems[&name], goal, timeout, expected, &tx)
+    });
+    let mut finished: BTreeMap<String, (NodeResult, Option<HostKey>)> = BTreeMap::new();
+    let mut sessions: Vec<Arc<Session>> = Vec::new();
+    for o in opened {
+        match o {
+            Ok(s) => sessions.push(Arc::new(s)),
+            Err(r) => {
+                finished.insert(r.0.node.clone(), r);
             }
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.expect("deploy task"));
-            }
-            out
-        });
-        results.extend(out);
+        }
     }
-    Ok(ApplyReport {
-        goal: opts.goal,
-        nodes: results,
+
+    // 2. Distribute closures to the nodes that need them.
+    let needing: Vec<Arc<Session>> = sessions.iter().filter(|s| !s.unchanged).cloned().collect();
+    let copy_errors = if opts.fanout && needing.len() >= 2 {
+        crate::fanout::distribute(&rt, &needing, c, &p.state_dir, opts.parallel, &tx)
+    } else {
+        let results = parallel_map(&rt, opts.parallel, needing.clone(), {
+            let tx = tx.clone();
+            move |s: Arc<Session>| (s.name.clone(), crate::fanout::copy_from_controller(&s, &tx))
+        });
+        results.into_iter().filter_map(|(n, r)| r.err().map(|e| (n, e))).collect()
+    };
+
+    // 3. Activate, wave by wave.
+    let first = |n: &str| c.node(n).is_some_and(|x| x.is(Role::ZenohRouter) || x.is(Role::RayHead));
+    let waves: [Vec<Arc<Session>>; 2] = [
+        sessions.iter().filter(|s| first(&s.name)).cloned().collect(),
+        sessions.iter().filter(|s| !first(&s.name)).cloned().collect(),
+    ];
+    for wave in waves {
+        let out = parallel_map(&rt, opts.parallel, wave, {
+            let (tx, copy_errors, goal) = (tx.clone(), copy_errors.clone(), opts.goal);
+            move |s: Arc<Session>| {
+                let r = finish_node(&s, goal, timeout, copy_errors.get(&s.name).cloned(), &tx);
+                unlock(&s);
+                (r, s.key.clone())
+            }
+        });
+        for r in out {
+            finished.insert(r.0.node.clone(), r);
+        }
+    }
+    let mut results = Vec::new();
+    for name in &p.selected {
+        if let Some(r) = finished.remove(name) {
+            record(&st, &p.state_dir, name, &r, p.contexts[name].clone(), &p.topology_hash);
+            results.push(r.0);
+        }
+    }
+    Ok(ApplyReport { goal: opts.goal, nodes: results })
+}
+
+/// Runs `f` over `items` on blocking threads, at most `parallel` at once, keeping their order.
+pub(crate) fn parallel_map<I, O, F>(rt: &tokio::runtime::Runtime, parallel: usize, items: Vec<I>, f: F) -> Vec<O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(I) -> O + Send + Sync + Clone + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    rt.block_on(async {
+        let mut handles = Vec::new();
+        for item in items {
+            let (sem, f) = (sem.clone(), f.clone());
+            handles.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                tokio::task::spawn_blocking(move || f(item)).await.expect("worker")
+            }));
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("worker"));
+        }
+        out
     })
+}
+
+/// A node opened for deployment: connected, locked, inspected.
+pub struct Session {
+    pub name: String,
+    pub host: SshHost,
+    pub key: Option<HostKey>,
+    pub system: String,
+    pub current: Option<String>,
+    pub generation: Option<u64>,
+    /// Already on the target (goal switch): nothing to copy or activate.
+    pub unchanged: bool,
+}
+
+fn result(name: &str, system: &str, result: &str, msg: String, generation: Option<u64>) -> NodeResult {
+    NodeResult { node: name.into(), result: result.into(), system: Some(system.into()), generation, message: msg }
+}
+
+fn open_node(
+    name: &str,
+    t: SshTarget,
+    system: &str,
+    goal: Goal,
+    timeout: Duration,
+    expected_current: Option<Option<String>>,
+    tx: &Sender,
+) -> Result<Session, (NodeResult, Option<HostKey>)> {
+    emit(tx, name, Phase::Connect, Ev::Started, format!("{}@{}:{}", t.user, t.host, t.port));
+    let h = match connect(t) {
+        Ok(h) => h,
+        Err(e) => {
+            emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
+            let kind = if matches!(e, HostError::HostKeyChanged { .. }) { "failed" } else { "unreachable" };
+            return Err((result(name, system, kind, e.to_string(), None), None));
+        }
+    };
+    let key = h.host_key();
+    emit(tx, name, Phase::Connect, Ev::Ok, key.as_ref().map(|k| k.fingerprint.clone()).unwrap_or_default());
+    let owner = format!("{}@{} pid {}", whoami(), hostname(), std::process::id());
+    let stale_min = (timeout.as_secs() / 60 + 30).to_string();
+    let mut steal = String::new();
+    loop {
+        match h.run(&argv(["sh", "-c", NODE_LOCK, "edgectl-lock", &owner, &stale_min, &steal]), true) {
+            Ok(o) if o.ok() => break,
+            Ok(o) => {
+                let holder = o.stdout.trim().to_string();
+                if steal.is_empty() && holder_is_dead(&holder) {
+                    emit(tx, name, Phase::Connect, Ev::Progress, format!("taking over the lock of a killed apply ({holder})"));
+                    steal = holder;
+                    continue;
+                }
+                return Err((result(name, system, "failed", format!("node is locked by another apply ({holder})"), None), key));
+            }
+            Err(e) => return Err((result(name, system, "unreachable", e.to_string(), None), key)),
+        }
+    }
+    let fail = |r: NodeResult| {
+        let _ = h.run(&argv(["rm", "-rf", &format!("{STATE_DIR}/lock")]), true);
+        Err((r, key.clone()))
+    };
+    if let Err(e) = wait_for_in_flight(&h, timeout + Duration::from_secs(30), name, tx) {
+        return fail(result(name, system, "failed", e, None));
+    }
+    let (cur, generation) = match activate::current(&h) {
+        Ok(c) => c,
+        Err(e) => return fail(result(name, system, "unreachable", e.to_string(), None)),
+    };
+    if let Some(exp) = expected_current
+        && exp != cur
+    {
+        return fail(result(name, system, "failed", "the node changed since the plan was made; run `edgectl plan` again".into(), generation));
+    }
+    let unchanged = goal == Goal::Switch && cur.as_deref() == Some(system);
+    Ok(Session { name: name.into(), host: h, key, system: system.into(), current: cur, generation, unchanged })
+}
+
+fn unlock(s: &Session) {
+    let _ = s.host.run(&argv(["rm", "-rf", &format!("{STATE_DIR}/lock")]), true);
+}
+
+fn finish_node(s: &Session, goal: Goal, timeout: Duration, copy_error: Option<String>, tx: &Sender) -> NodeResult {
+    let (name, system) = (s.name.as_str(), s.system.as_str());
+    if s.unchanged {
+        emit(tx, name, Phase::Done, Ev::Skipped, "already on this system");
+        return result(name, system, "unchanged", "already on this system".into(), s.generation);
+    }
+    if let Some(e) = copy_error {
+        return result(name, system, "failed", e, s.generation);
+    }
+    if goal == Goal::Push {
+        emit(tx, name, Phase::Done, Ev::Ok, "closure copied");
+        return result(name, system, "pushed", "closure copied".into(), s.generation);
+    }
+    emit(tx, name, Phase::Activate, Ev::Started, goal.verb().unwrap_or_default());
+    let on_state = |x: &str| emit(tx, name, Phase::Activate, Ev::Progress, x);
+    let outcome = activate::activate(&s.host, system, goal, timeout, &on_state).unwrap_or_else(|e| Outcome::Unknown(e.to_string()));
+    let after = s.host.fresh().ok().and_then(|f| activate::current(f.as_ref()).ok());
+    let generation = after.as_ref().and_then(|a| a.1).or(s.generation);
+    let (kind, msg, ev) = match outcome {
+        Outcome::Confirmed => ("confirmed", "activated and confirmed".to_string(), Ev::Ok),
+        Outcome::Failed(m) => ("failed", m, Ev::Failed),
+        Outcome::RolledBack(m) => ("rolled-back", m, Ev::RolledBack),
+        Outcome::Unknown(m) => ("unknown", m, Ev::Failed),
+    };
+    let shown = if kind == "confirmed" { format!("generation {}", generation.map(|g| g.to_string()).unwrap_or("-".into())) } else { msg.clone() };
+    emit(tx, name, Phase::Done, ev, shown);
+    result(name, system, kind, msg, generation)
 }
 
 /// Updates and saves the state after each node, so a controller killed mid-apply leaves a
@@ -540,185 +665,6 @@ if [ -n "$(find "$d/lock" -maxdepth 0 -mmin +"$2" 2>/dev/null)" ]; then
 fi
 cat "$d/lock/owner" 2>/dev/null; exit 1
 "#;
-
-#[allow(clippy::too_many_arguments)]
-fn deploy_node(
-    name: &str,
-    t: SshTarget,
-    system: &str,
-    goal: Goal,
-    timeout: Duration,
-    expected_current: Option<Option<String>>,
-    tx: &Sender,
-) -> (NodeResult, Option<HostKey>) {
-    let res = |result: &str, msg: String, generation: Option<u64>| NodeResult {
-        node: name.into(),
-        result: result.into(),
-        system: Some(system.into()),
-        generation,
-        message: msg,
-    };
-    emit(
-        tx,
-        name,
-        Phase::Connect,
-        Ev::Started,
-        format!("{}@{}:{}", t.user, t.host, t.port),
-    );
-    let h = match connect(t) {
-        Ok(h) => h,
-        Err(e) => {
-            emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
-            let kind = if matches!(e, HostError::HostKeyChanged { .. }) {
-                "failed"
-            } else {
-                "unreachable"
-            };
-            return (res(kind, e.to_string(), None), None);
-        }
-    };
-    let key = h.host_key();
-    emit(
-        tx,
-        name,
-        Phase::Connect,
-        Ev::Ok,
-        key.as_ref()
-            .map(|k| k.fingerprint.clone())
-            .unwrap_or_default(),
-    );
-    let owner = format!("{}@{} pid {}", whoami(), hostname(), std::process::id());
-    let stale_min = (timeout.as_secs() / 60 + 30).to_string();
-    let mut steal = String::new();
-    loop {
-        match h.run(
-            &argv([
-                "sh",
-                "-c",
-                NODE_LOCK,
-                "edgectl-lock",
-                &owner,
-                &stale_min,
-                &steal,
-            ]),
-            true,
-        ) {
-            Ok(o) if o.ok() => break,
-            Ok(o) => {
-                let holder = o.stdout.trim().to_string();
-                if steal.is_empty() && holder_is_dead(&holder) {
-                    emit(
-                        tx,
-                        name,
-                        Phase::Connect,
-                        Ev::Progress,
-                        format!("taking over the lock of a killed apply ({holder})"),
-                    );
-                    steal = holder;
-                    continue;
-                }
-                return (
-                    res(
-                        "failed",
-                        format!("node is locked by another apply ({holder})"),
-                        None,
-                    ),
-                    key,
-                );
-            }
-            Err(e) => return (res("unreachable", e.to_string(), None), key),
-        }
-    }
-    let r = deploy_locked(name, &h, system, goal, timeout, expected_current, tx, &res);
-    let _ = h.run(&argv(["rm", "-rf", &format!("{STATE_DIR}/lock")]), true);
-    (r, key)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn deploy_locked(
-    name: &str,
-    h: &SshHost,
-    system: &str,
-    goal: Goal,
-    timeout: Duration,
-    expected_current: Option<Option<String>>,
-    tx: &Sender,
-    res: &dyn Fn(&str, String, Option<u64>) -> NodeResult,
-) -> NodeResult {
-    if let Err(e) = wait_for_in_flight(h, timeout + Duration::from_secs(30), name, tx) {
-        return res("failed", e, None);
-    }
-    let (cur, generation) = match activate::current(h) {
-        Ok(c) => c,
-        Err(e) => return res("unreachable", e.to_string(), None),
-    };
-    if let Some(exp) = expected_current
-        && exp != cur
-    {
-        return res(
-            "failed",
-            "the node changed since the plan was made; run `edgectl plan` again".into(),
-            generation,
-        );
-    }
-    if goal == Goal::Switch && cur.as_deref() == Some(system) {
-        emit(tx, name, Phase::Done, Ev::Skipped, "already on this system");
-        return res("unchanged", "already on this system".into(), generation);
-    }
-    emit(tx, name, Phase::Copy, Ev::Started, "copying closure");
-    if let Err(e) = h.copy_closure(&[system.to_string()]) {
-        emit(tx, name, Phase::Copy, Ev::Failed, e.clone());
-        return res("failed", e, generation);
-    }
-    emit(tx, name, Phase::Copy, Ev::Ok, "closure copied");
-    if goal == Goal::Push {
-        return res("pushed", "closure copied".into(), generation);
-    }
-    emit(
-        tx,
-        name,
-        Phase::Activate,
-        Ev::Started,
-        goal.verb().unwrap_or_default(),
-    );
-    let on_state = |s: &str| emit(tx, name, Phase::Activate, Ev::Progress, s);
-    let outcome = match activate::activate(h, system, goal, timeout, &on_state) {
-        Ok(o) => o,
-        Err(e) => Outcome::Unknown(e.to_string()),
-    };
-    let after = h
-        .fresh()
-        .ok()
-        .and_then(|f| activate::current(f.as_ref()).ok());
-    let generation = after.as_ref().and_then(|a| a.1).or(generation);
-    match outcome {
-        Outcome::Confirmed => {
-            emit(
-                tx,
-                name,
-                Phase::Done,
-                Ev::Ok,
-                format!(
-                    "generation {}",
-                    generation.map(|g| g.to_string()).unwrap_or("-".into())
-                ),
-            );
-            res("confirmed", "activated and confirmed".into(), generation)
-        }
-        Outcome::Failed(m) => {
-            emit(tx, name, Phase::Done, Ev::Failed, m.clone());
-            res("failed", m, generation)
-        }
-        Outcome::RolledBack(m) => {
-            emit(tx, name, Phase::Done, Ev::RolledBack, m.clone());
-            res("rolled-back", m, generation)
-        }
-        Outcome::Unknown(m) => {
-            emit(tx, name, Phase::Done, Ev::Failed, m.clone());
-            res("unknown", m, generation)
-        }
-    }
-}
 
 /// A lock holder written by this controller host whose process no longer exists.
 fn holder_is_dead(holder: &str) -> bool {

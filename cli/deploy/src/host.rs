@@ -71,7 +71,19 @@ pub trait Host: Send + Sync {
     fn host_key(&self) -> Option<HostKey>;
     /// Copies store paths (with their closure) to the node.
     fn copy_closure(&self, paths: &[String]) -> Result<(), String>;
+    /// Writes `bytes` to `path` as root with `mode`, atomically (temp file, then rename), so
+    /// secrets never pass through argv or the Nix store.
+    fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), HostError>;
 }
+
+/// Runs as root on the node: stdin -> "$1.tmp" (created under umask 077) -> chmod -> rename.
+pub const UPLOAD: &str = r#"set -e
+umask 077
+mkdir -p "$(dirname "$1")"
+cat > "$1.edgectl-tmp"
+chmod "$2" "$1.edgectl-tmp"
+mv -f "$1.edgectl-tmp" "$1"
+"#;
 
 pub fn argv<I: IntoIterator<Item = S>, S: Into<String>>(it: I) -> Vec<String> {
     it.into_iter().map(Into::into).collect()
@@ -245,6 +257,26 @@ impl Host for SshHost {
             stdout,
             stderr,
         })
+    }
+
+    fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), HostError> {
+        let a = argv(["sh", "-c", UPLOAD, "edgectl-upload", path, &format!("{mode:o}")]);
+        let cmd = remote_command(&self.target.user, &a, true).ok_or_else(|| HostError::BadArgument("NUL in path".into()))?;
+        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let io = |e: ssh2::Error| HostError::Unreachable(e.to_string());
+        let mut ch = s.channel_session().map_err(io)?;
+        ch.exec(&cmd).map_err(io)?;
+        std::io::Write::write_all(&mut ch, bytes).map_err(|e| HostError::Unreachable(e.to_string()))?;
+        ch.send_eof().map_err(io)?;
+        let mut err = String::new();
+        let _ = ch.stderr().read_to_string(&mut err);
+        let mut out = String::new();
+        let _ = ch.read_to_string(&mut out);
+        ch.wait_close().map_err(io)?;
+        match ch.exit_status().map_err(io)? {
+            0 => Ok(()),
+            code => Err(HostError::Unreachable(format!("upload to {path} failed ({code}): {}", err.trim()))),
+        }
     }
 
     fn fresh(&self) -> Result<Box<dyn Host>, HostError> {

@@ -5,6 +5,7 @@
 pub mod activate;
 pub mod engine;
 pub mod event;
+pub mod fanout;
 pub mod host;
 pub mod nixcmd;
 pub mod progress;

@@ -123,6 +123,10 @@ enum Command {
         /// topology's confirm_timeout_s).
         #[arg(long, value_name = "S")]
         confirm_timeout: Option<u64>,
+        /// `on`: upload each closure once, to one node, which copies it to the others over the
+        /// cluster LAN; `off`: copy from this machine to every node.
+        #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+        fanout: String,
     },
     /// List the hardware profiles, or show one.
     #[command(after_help = EXIT_CODES)]
@@ -196,7 +200,8 @@ fn main() -> ExitCode {
             deploy,
             goal,
             confirm_timeout,
-        } => cmd::deploy::apply(&ctx, &file, &deploy, &goal, confirm_timeout),
+            fanout,
+        } => cmd::deploy::apply(&ctx, &file, &deploy, &goal, confirm_timeout, fanout == "on"),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

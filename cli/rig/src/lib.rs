@@ -23,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
+pub mod nfdelay;
+
 /// The `NIX_CONFIG` every Nix call of a test should use (TEST-RIG section 2): without
 /// `substituters =` each build waits seconds retrying the unreachable public cache.
 pub const NIX_CONFIG: &str = "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes";
@@ -93,7 +95,8 @@ fn tool_or(name: &str) -> PathBuf {
 
 /// The fixture flake that stands in for nixpkgs in deploy tests (see fixtures/test-nixpkgs/README.md).
 /// An edgectl topology whose nodes are this rig's nodes (root login with the rig's key; the
-/// first node is the Zenoh router), for deploy tests and benchmarks.
+/// first node is the Zenoh router), for deploy tests and benchmarks. The rig's one bridge is
+/// also the nodes' "experiment LAN", so each node's LAN address is its rig address.
 pub fn topology_toml(rig: &Rig, features: &[&str], confirm_timeout_s: u64) -> String {
     let key = std::fs::read_to_string(rig.key.with_extension("pub")).unwrap_or_default();
     let feats: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
@@ -105,11 +108,11 @@ pub fn topology_toml(rig: &Rig, features: &[&str], confirm_timeout_s: u64) -> St
     for (i, n) in rig.nodes.iter().enumerate() {
         let roles = if i == 0 { "[\"zenoh-router\"]" } else { "[]" };
         t.push_str(&format!(
-            "[[node]]\nname = {:?}\nhost = \"{}\"\nroles = {roles}\ntags = [\"{}\"]\nlan = {{ address = \"10.10.1.{}/24\", mac = \"02aabbcc{:04x}\" }}\n\n",
+            "[[node]]\nname = {:?}\nhost = \"{}\"\nroles = {roles}\ntags = [\"{}\"]\nlan = {{ address = \"{}/24\", mac = \"02aabbcc{:04x}\" }}\n\n",
             n.name,
             n.ip,
             if i == 0 { "first" } else { "rest" },
-            i + 1,
+            n.ip,
             i + 1
         ));
     }
@@ -468,6 +471,17 @@ impl Rig {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Lets `public_key` log in as root on every node (what a node's NixOS configuration
+    /// would do for edgectl's cluster key).
+    pub fn authorize(&self, public_key: &str) -> Result<(), String> {
+        use std::io::Write as _;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("keys/authorized_keys"))
+            .map_err(|e| format!("authorized_keys: {e}"))?;
+        writeln!(f, "{}", public_key.trim()).map_err(|e| format!("authorized_keys: {e}"))
     }
 
     pub fn node(&self, i: usize) -> &RigNode {
@@ -904,4 +918,81 @@ fn open_log(path: &Path) -> Result<fs::File, String> {
         .append(true)
         .open(path)
         .map_err(|e| format!("open {}: {e}", path.display()))
+}
+
+/// A running [`Rig::impair`]; dropping it ends the helper (it also ends by itself).
+pub struct Impairment {
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Impairment {
+    /// Ends the helper now and reports how it went.
+    pub fn finish(mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap_or_else(|_| Err("nfdelay thread panicked".into())))
+            .unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for Impairment {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Rig {
+    /// Delays node i's outgoing packets by `delay_ms` and drops `loss_pct` percent of them, for
+    /// `secs` seconds: an iptables NFQUEUE rule in the node (with `--queue-bypass`, so traffic
+    /// flows once the helper ends) and the [`nfdelay`] loop in a thread that joined the node's
+    /// network namespace. The rule stays; the namespace goes with the rig.
+    pub fn impair(&self, i: usize, delay_ms: f64, loss_pct: f64, secs: f64) -> Result<Impairment, String> {
+        let o = self.exec_in(
+            i,
+            &["iptables", "-A", "OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"],
+        );
+        if !o.status.success() {
+            return Err(format!("iptables in {}: {}", self.nodes[i].name, String::from_utf8_lossy(&o.stderr).trim()));
+        }
+        let netns = fs::File::open(format!("/proc/{}/ns/net", self.holder_pid(i)))
+            .map_err(|e| format!("open node netns: {e}"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // setns moves only this thread: the NFQUEUE socket it opens belongs to the node.
+            // SAFETY: a valid namespace fd we own; CLONE_NEWNET matches its type.
+            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let e = format!("setns: {}", std::io::Error::last_os_error());
+                let _ = tx.send(Err(e.clone()));
+                return Err(e);
+            }
+            let tx2 = tx.clone();
+            let r = nfdelay::run(
+                0,
+                Duration::from_secs_f64(delay_ms / 1000.0),
+                loss_pct,
+                Duration::from_secs_f64(secs),
+                &stop2,
+                move || {
+                    let _ = tx2.send(Ok(()));
+                },
+            );
+            if let Err(e) = &r {
+                let _ = tx.send(Err(e.clone()));
+            }
+            r
+        });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => Ok(Impairment { thread: Some(thread), stop }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("nfdelay did not start".into()),
+        }
+    }
 }

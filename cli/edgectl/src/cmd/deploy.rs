@@ -147,6 +147,7 @@ pub fn apply(
     a: &DeployArgs,
     goal: &str,
     confirm_timeout: Option<u64>,
+    fanout: bool,
 ) -> u8 {
     let Some(goal) = Goal::parse(goal) else {
         return fail(
@@ -160,6 +161,7 @@ pub fn apply(
     let mut opts = options(a);
     opts.goal = goal;
     opts.confirm_timeout = confirm_timeout;
+    opts.fanout = fanout;
     let (topology, saved): (PathBuf, Option<Plan>) =
         if file.extension().is_some_and(|e| e == "json") {
             let plan: Plan = match std::fs::read(file)

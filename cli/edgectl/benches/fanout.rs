@@ -1,0 +1,86 @@
+//! `cargo bench -p edgectl --bench fanout`: a 64 MiB closure to 1, 4 and 8 rig nodes, with
+//! fan-out and with `--fanout off`, while the controller's link is limited to 100 Mbit/s
+//! (`tc tbf` on the rig bridge's controller side; node-to-node traffic is not limited). Prints
+//! wall times, ratios and the bytes the controller sent (bridge interface counters).
+//! Aims: with fan-out, 8 nodes take at most 1.5x the time of 1 node and the controller sends at
+//! most 1.2x the closure; at 8 nodes fan-out is at least 4x faster than per-node copying.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 64;
+
+fn tx_bytes(dev: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/tx_bytes")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64) {
+    let rig = edgectl_rig::Rig::up(n).expect("rig");
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    std::fs::write(&topo, edgectl_rig::topology_toml(&rig, &["wasm"], 60)).unwrap();
+    let state = dir.path().join(".edgectl");
+    std::fs::create_dir_all(&state).unwrap();
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(state.join("cluster_key")).status().unwrap().success());
+    rig.authorize(&std::fs::read_to_string(state.join("cluster_key.pub")).unwrap()).unwrap();
+    let st = Command::new("tc")
+        .args(["qdisc", "replace", "dev", &rig.bridge, "root", "tbf", "rate", "100mbit", "burst", "256kbit", "latency", "400ms"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "tc tbf on {}", rig.bridge);
+    let cmd = |goal: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
+        c.args(["apply", "--goal", goal, "--fanout", if fanout { "on" } else { "off" }])
+            .arg(&topo)
+            .args(["--identity", rig.key.to_str().unwrap(), "--parallel", "8"])
+            .args(["--override-input", "nixpkgs", &format!("path:{}", fixture.display())])
+            .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG);
+        c
+    };
+    // Build first (not timed): the bench measures distribution, not evaluation.
+    assert!(cmd("build").output().unwrap().status.success());
+    let before = tx_bytes(&rig.bridge);
+    let t = Instant::now();
+    let o = cmd("push").output().unwrap();
+    let d = t.elapsed();
+    assert!(o.status.success(), "push to {n} nodes: {}", String::from_utf8_lossy(&o.stderr));
+    (d, tx_bytes(&rig.bridge) - before)
+}
+
+fn main() {
+    if let Err(why) = edgectl_rig::available() {
+        println!("fanout bench skipped: {why}");
+        return;
+    }
+    let fixture = tempfile::tempdir().unwrap();
+    std::fs::copy(edgectl_rig::fixture_nixpkgs().join("flake.nix"), fixture.path().join("flake.nix")).unwrap();
+    std::fs::write(fixture.path().join("payload-mib"), MIB.to_string()).unwrap();
+    let closure = (MIB << 20) as f64;
+    let mut rows = Vec::new();
+    for n in [1usize, 4, 8] {
+        let on = run(n, true, fixture.path());
+        let off = run(n, false, fixture.path());
+        rows.push((n, on, off));
+    }
+    let s = |d: Duration| d.as_secs_f64();
+    println!("64 MiB closure, controller link 100 Mbit/s (tbf), nodes on one unshaped bridge\n");
+    println!("{:>5}  {:>11}  {:>9}  {:>12}  {:>11}  {:>12}  {:>8}", "nodes", "fan-out (s)", "x 1 node", "sent/closure", "per-node (s)", "sent/closure", "speedup");
+    let t1 = s(rows[0].1.0);
+    for (n, (ton, bon), (toff, boff)) in &rows {
+        println!(
+            "{n:>5}  {:>11.2}  {:>9.2}  {:>12.2}  {:>11.2}  {:>12.2}  {:>8.2}",
+            s(*ton),
+            s(*ton) / t1,
+            *bon as f64 / closure,
+            s(*toff),
+            *boff as f64 / closure,
+            s(*toff) / s(*ton)
+        );
+    }
+    let (_, (t8, b8), (off8, _)) = rows[2];
+    println!();
+    println!("aim 8 nodes <= 1.5x 1 node:        {:.2}x {}", s(t8) / t1, if s(t8) / t1 <= 1.5 { "met" } else { "NOT met" });
+    println!("aim controller sends <= 1.2x:      {:.2}x {}", b8 as f64 / closure, if b8 as f64 / closure <= 1.2 { "met" } else { "NOT met" });
+    println!("aim fan-out >= 4x faster at 8:     {:.2}x {}", s(off8) / s(t8), if s(off8) / s(t8) >= 4.0 { "met" } else { "NOT met" });
+}
