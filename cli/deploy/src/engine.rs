@@ -68,22 +68,30 @@ fn fnv(bytes: impl IntoIterator<Item = u8>) -> String {
     format!("{h:016x}")
 }
 
-struct Prepared {
-    loaded: Loaded,
-    state_dir: PathBuf,
-    selected: Vec<String>,
-    systems: BTreeMap<String, String>,
-    contexts: BTreeMap<String, Value>,
-    topology_hash: String,
+pub(crate) struct Prepared {
+    pub(crate) loaded: Loaded,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) selected: Vec<String>,
+    pub(crate) systems: BTreeMap<String, String>,
+    pub(crate) contexts: BTreeMap<String, Value>,
+    pub(crate) topology_hash: String,
 }
 
-fn prepare(
+pub(crate) fn prepare(
     topology: &Path,
     opts: &Options,
     tx: &Sender,
     build: bool,
 ) -> Result<Prepared, EngineError> {
-    let loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
+    let mut loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
+    // Facts that `edgectl install` found (boot disk, root file system) shape the system.
+    let state_dir0 = crate::state::dir_for(topology);
+    for n in &mut loaded.cluster.nodes {
+        if let Some(f) = crate::install::InstallState::load(&state_dir0, &n.name).facts {
+            n.boot_disk = Some(f.boot.disk.clone());
+            n.root_device = Some(f.boot.root_device.clone());
+        }
+    }
     let selected = crate::select::select(&loaded.cluster, opts.on.as_deref())?;
     let state_dir = crate::state::dir_for(topology);
     let files = edgectl_render::render(&loaded.cluster).map_err(|e| e.to_string())?;
@@ -129,7 +137,13 @@ fn prepare(
     })
 }
 
-fn target_for(c: &Cluster, node: &str, st: &State, opts: &Options, state_dir: &Path) -> SshTarget {
+pub(crate) fn target_for(
+    c: &Cluster,
+    node: &str,
+    st: &State,
+    opts: &Options,
+    state_dir: &Path,
+) -> SshTarget {
     let n = c.node(node).expect("selected nodes exist");
     let ns = st.nodes.get(node);
     let pinned = ns.and_then(|s| match (&s.host_key, &s.host_key_public) {
@@ -152,7 +166,7 @@ fn target_for(c: &Cluster, node: &str, st: &State, opts: &Options, state_dir: &P
 }
 
 /// Connects and makes the node's key known to OpenSSH too (for `nix copy`).
-fn connect(t: SshTarget) -> Result<SshHost, HostError> {
+pub(crate) fn connect(t: SshTarget) -> Result<SshHost, HostError> {
     let h = SshHost::connect(t.clone())?;
     if let Some(k) = h.host_key() {
         let _ = write_known_hosts(&t.known_hosts, &[(t.host.clone(), t.port, k)]);
@@ -247,7 +261,7 @@ impl Plan {
     }
 }
 
-fn runtime(parallel: usize) -> tokio::runtime::Runtime {
+pub(crate) fn runtime(parallel: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(parallel.clamp(1, 64) + 2)
@@ -406,25 +420,44 @@ impl ApplyReport {
 /// Applies the topology (or a saved plan, which must still match the cluster): open every
 /// selected node (connect, lock, inspect), distribute the closures (fanned out over the
 /// cluster LAN, or copied per node), then activate wave by wave, routers and the Ray head first.
-pub fn apply(topology: &Path, saved: Option<&Plan>, opts: &Options, tx: Sender) -> Result<ApplyReport, EngineError> {
+pub fn apply(
+    topology: &Path,
+    saved: Option<&Plan>,
+    opts: &Options,
+    tx: Sender,
+) -> Result<ApplyReport, EngineError> {
     let state_dir = crate::state::dir_for(topology);
     let _lock = Lock::acquire(&state_dir)?;
     let p = prepare(topology, opts, &tx, true)?;
     if let Some(plan) = saved
         && plan.topology_hash != p.topology_hash
     {
-        return Err(EngineError::Failed("the topology changed since this plan was made; run `edgectl plan` again".into()));
+        return Err(EngineError::Failed(
+            "the topology changed since this plan was made; run `edgectl plan` again".into(),
+        ));
     }
     if opts.goal == Goal::Build {
         let nodes = p
             .selected
             .iter()
-            .map(|n| NodeResult { node: n.clone(), result: "built".into(), system: p.systems.get(n).cloned(), generation: None, message: String::new() })
+            .map(|n| NodeResult {
+                node: n.clone(),
+                result: "built".into(),
+                system: p.systems.get(n).cloned(),
+                generation: None,
+                message: String::new(),
+            })
             .collect();
-        return Ok(ApplyReport { goal: opts.goal, nodes });
+        return Ok(ApplyReport {
+            goal: opts.goal,
+            nodes,
+        });
     }
     let st = Arc::new(Mutex::new(State::load(&p.state_dir)?));
-    let timeout = Duration::from_secs(opts.confirm_timeout.unwrap_or(p.loaded.cluster.confirm_timeout_s));
+    let timeout = Duration::from_secs(
+        opts.confirm_timeout
+            .unwrap_or(p.loaded.cluster.confirm_timeout_s),
+    );
     let c = &p.loaded.cluster;
     let rt = runtime(opts.parallel);
 
@@ -433,15 +466,26 @@ pub fn apply(topology: &Path, saved: Option<&Plan>, opts: &Options, tx: Sender) 
         .selected
         .iter()
         .map(|n| {
-            let t = target_for(c, n, &st.lock().unwrap_or_else(|e| e.into_inner()), opts, &p.state_dir);
-            let expected = saved.and_then(|pl| pl.nodes.iter().find(|x| &x.node == n)).map(|x| x.current.clone());
+            let t = target_for(
+                c,
+                n,
+                &st.lock().unwrap_or_else(|e| e.into_inner()),
+                opts,
+                &p.state_dir,
+            );
+            let expected = saved
+                .and_then(|pl| pl.nodes.iter().find(|x| &x.node == n))
+                .map(|x| x.current.clone());
             (n.clone(), t, expected)
         })
         .collect();
-    let opened: Vec<Result<Session, (NodeResult, Option<HostKey>)>> = parallel_map(&rt, opts.parallel, targets, {
-        let (systems, tx, goal) = (p.systems.clone(), tx.clone(), opts.goal);
-        move |(name, t, expected)| open_node(&name, t, &systems[&name], goal, timeout, expected, &tx)
-    });
+    let opened: Vec<Result<Session, (NodeResult, Option<HostKey>)>> =
+        parallel_map(&rt, opts.parallel, targets, {
+            let (systems, tx, goal) = (p.systems.clone(), tx.clone(), opts.goal);
+            move |(name, t, expected)| {
+                open_node(&name, t, &systems[&name], goal, timeout, expected, &tx)
+            }
+        });
     let mut finished: BTreeMap<String, (NodeResult, Option<HostKey>)> = BTreeMap::new();
     let mut sessions: Vec<Arc<Session>> = Vec::new();
     for o in opened {
@@ -462,14 +506,28 @@ pub fn apply(topology: &Path, saved: Option<&Plan>, opts: &Options, tx: Sender) 
             let tx = tx.clone();
             move |s: Arc<Session>| (s.name.clone(), crate::fanout::copy_from_controller(&s, &tx))
         });
-        results.into_iter().filter_map(|(n, r)| r.err().map(|e| (n, e))).collect()
+        results
+            .into_iter()
+            .filter_map(|(n, r)| r.err().map(|e| (n, e)))
+            .collect()
     };
 
     // 3. Activate, wave by wave.
-    let first = |n: &str| c.node(n).is_some_and(|x| x.is(Role::ZenohRouter) || x.is(Role::RayHead));
+    let first = |n: &str| {
+        c.node(n)
+            .is_some_and(|x| x.is(Role::ZenohRouter) || x.is(Role::RayHead))
+    };
     let waves: [Vec<Arc<Session>>; 2] = [
-        sessions.iter().filter(|s| first(&s.name)).cloned().collect(),
-        sessions.iter().filter(|s| !first(&s.name)).cloned().collect(),
+        sessions
+            .iter()
+            .filter(|s| first(&s.name))
+            .cloned()
+            .collect(),
+        sessions
+            .iter()
+            .filter(|s| !first(&s.name))
+            .cloned()
+            .collect(),
     ];
     for wave in waves {
         let out = parallel_map(&rt, opts.parallel, wave, {
@@ -487,15 +545,30 @@ pub fn apply(topology: &Path, saved: Option<&Plan>, opts: &Options, tx: Sender) 
     let mut results = Vec::new();
     for name in &p.selected {
         if let Some(r) = finished.remove(name) {
-            record(&st, &p.state_dir, name, &r, p.contexts[name].clone(), &p.topology_hash);
+            record(
+                &st,
+                &p.state_dir,
+                name,
+                &r,
+                p.contexts[name].clone(),
+                &p.topology_hash,
+            );
             results.push(r.0);
         }
     }
-    Ok(ApplyReport { goal: opts.goal, nodes: results })
+    Ok(ApplyReport {
+        goal: opts.goal,
+        nodes: results,
+    })
 }
 
 /// Runs `f` over `items` on blocking threads, at most `parallel` at once, keeping their order.
-pub(crate) fn parallel_map<I, O, F>(rt: &tokio::runtime::Runtime, parallel: usize, items: Vec<I>, f: F) -> Vec<O>
+pub(crate) fn parallel_map<I, O, F>(
+    rt: &tokio::runtime::Runtime,
+    parallel: usize,
+    items: Vec<I>,
+    f: F,
+) -> Vec<O>
 where
     I: Send + 'static,
     O: Send + 'static,
@@ -508,7 +581,9 @@ where
             let (sem, f) = (sem.clone(), f.clone());
             handles.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                tokio::task::spawn_blocking(move || f(item)).await.expect("worker")
+                tokio::task::spawn_blocking(move || f(item))
+                    .await
+                    .expect("worker")
             }));
         }
         let mut out = Vec::new();
@@ -531,11 +606,23 @@ pub struct Session {
     pub unchanged: bool,
 }
 
-fn result(name: &str, system: &str, result: &str, msg: String, generation: Option<u64>) -> NodeResult {
-    NodeResult { node: name.into(), result: result.into(), system: Some(system.into()), generation, message: msg }
+fn result(
+    name: &str,
+    system: &str,
+    result: &str,
+    msg: String,
+    generation: Option<u64>,
+) -> NodeResult {
+    NodeResult {
+        node: name.into(),
+        result: result.into(),
+        system: Some(system.into()),
+        generation,
+        message: msg,
+    }
 }
 
-fn open_node(
+pub(crate) fn open_node(
     name: &str,
     t: SshTarget,
     system: &str,
@@ -544,33 +631,82 @@ fn open_node(
     expected_current: Option<Option<String>>,
     tx: &Sender,
 ) -> Result<Session, (NodeResult, Option<HostKey>)> {
-    emit(tx, name, Phase::Connect, Ev::Started, format!("{}@{}:{}", t.user, t.host, t.port));
+    emit(
+        tx,
+        name,
+        Phase::Connect,
+        Ev::Started,
+        format!("{}@{}:{}", t.user, t.host, t.port),
+    );
     let h = match connect(t) {
         Ok(h) => h,
         Err(e) => {
             emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
-            let kind = if matches!(e, HostError::HostKeyChanged { .. }) { "failed" } else { "unreachable" };
+            let kind = if matches!(e, HostError::HostKeyChanged { .. }) {
+                "failed"
+            } else {
+                "unreachable"
+            };
             return Err((result(name, system, kind, e.to_string(), None), None));
         }
     };
     let key = h.host_key();
-    emit(tx, name, Phase::Connect, Ev::Ok, key.as_ref().map(|k| k.fingerprint.clone()).unwrap_or_default());
+    emit(
+        tx,
+        name,
+        Phase::Connect,
+        Ev::Ok,
+        key.as_ref()
+            .map(|k| k.fingerprint.clone())
+            .unwrap_or_default(),
+    );
     let owner = format!("{}@{} pid {}", whoami(), hostname(), std::process::id());
     let stale_min = (timeout.as_secs() / 60 + 30).to_string();
     let mut steal = String::new();
     loop {
-        match h.run(&argv(["sh", "-c", NODE_LOCK, "edgectl-lock", &owner, &stale_min, &steal]), true) {
+        match h.run(
+            &argv([
+                "sh",
+                "-c",
+                NODE_LOCK,
+                "edgectl-lock",
+                &owner,
+                &stale_min,
+                &steal,
+            ]),
+            true,
+        ) {
             Ok(o) if o.ok() => break,
             Ok(o) => {
                 let holder = o.stdout.trim().to_string();
                 if steal.is_empty() && holder_is_dead(&holder) {
-                    emit(tx, name, Phase::Connect, Ev::Progress, format!("taking over the lock of a killed apply ({holder})"));
+                    emit(
+                        tx,
+                        name,
+                        Phase::Connect,
+                        Ev::Progress,
+                        format!("taking over the lock of a killed apply ({holder})"),
+                    );
                     steal = holder;
                     continue;
                 }
-                return Err((result(name, system, "failed", format!("node is locked by another apply ({holder})"), None), key));
+                return Err((
+                    result(
+                        name,
+                        system,
+                        "failed",
+                        format!("node is locked by another apply ({holder})"),
+                        None,
+                    ),
+                    key,
+                ));
             }
-            Err(e) => return Err((result(name, system, "unreachable", e.to_string(), None), key)),
+            Err(e) => {
+                return Err((
+                    result(name, system, "unreachable", e.to_string(), None),
+                    key,
+                ));
+            }
         }
     }
     let fail = |r: NodeResult| {
@@ -587,33 +723,78 @@ fn open_node(
     if let Some(exp) = expected_current
         && exp != cur
     {
-        return fail(result(name, system, "failed", "the node changed since the plan was made; run `edgectl plan` again".into(), generation));
+        return fail(result(
+            name,
+            system,
+            "failed",
+            "the node changed since the plan was made; run `edgectl plan` again".into(),
+            generation,
+        ));
     }
     let unchanged = goal == Goal::Switch && cur.as_deref() == Some(system);
-    Ok(Session { name: name.into(), host: h, key, system: system.into(), current: cur, generation, unchanged })
+    Ok(Session {
+        name: name.into(),
+        host: h,
+        key,
+        system: system.into(),
+        current: cur,
+        generation,
+        unchanged,
+    })
 }
 
-fn unlock(s: &Session) {
-    let _ = s.host.run(&argv(["rm", "-rf", &format!("{STATE_DIR}/lock")]), true);
+pub(crate) fn unlock(s: &Session) {
+    let _ = s
+        .host
+        .run(&argv(["rm", "-rf", &format!("{STATE_DIR}/lock")]), true);
 }
 
-fn finish_node(s: &Session, goal: Goal, timeout: Duration, copy_error: Option<String>, tx: &Sender) -> NodeResult {
+fn finish_node(
+    s: &Session,
+    goal: Goal,
+    timeout: Duration,
+    copy_error: Option<String>,
+    tx: &Sender,
+) -> NodeResult {
     let (name, system) = (s.name.as_str(), s.system.as_str());
     if s.unchanged {
         emit(tx, name, Phase::Done, Ev::Skipped, "already on this system");
-        return result(name, system, "unchanged", "already on this system".into(), s.generation);
+        return result(
+            name,
+            system,
+            "unchanged",
+            "already on this system".into(),
+            s.generation,
+        );
     }
     if let Some(e) = copy_error {
         return result(name, system, "failed", e, s.generation);
     }
     if goal == Goal::Push {
         emit(tx, name, Phase::Done, Ev::Ok, "closure copied");
-        return result(name, system, "pushed", "closure copied".into(), s.generation);
+        return result(
+            name,
+            system,
+            "pushed",
+            "closure copied".into(),
+            s.generation,
+        );
     }
-    emit(tx, name, Phase::Activate, Ev::Started, goal.verb().unwrap_or_default());
+    emit(
+        tx,
+        name,
+        Phase::Activate,
+        Ev::Started,
+        goal.verb().unwrap_or_default(),
+    );
     let on_state = |x: &str| emit(tx, name, Phase::Activate, Ev::Progress, x);
-    let outcome = activate::activate(&s.host, system, goal, timeout, &on_state).unwrap_or_else(|e| Outcome::Unknown(e.to_string()));
-    let after = s.host.fresh().ok().and_then(|f| activate::current(f.as_ref()).ok());
+    let outcome = activate::activate(&s.host, system, goal, timeout, &on_state)
+        .unwrap_or_else(|e| Outcome::Unknown(e.to_string()));
+    let after = s
+        .host
+        .fresh()
+        .ok()
+        .and_then(|f| activate::current(f.as_ref()).ok());
     let generation = after.as_ref().and_then(|a| a.1).or(s.generation);
     let (kind, msg, ev) = match outcome {
         Outcome::Confirmed => ("confirmed", "activated and confirmed".to_string(), Ev::Ok),
@@ -621,7 +802,14 @@ fn finish_node(s: &Session, goal: Goal, timeout: Duration, copy_error: Option<St
         Outcome::RolledBack(m) => ("rolled-back", m, Ev::RolledBack),
         Outcome::Unknown(m) => ("unknown", m, Ev::Failed),
     };
-    let shown = if kind == "confirmed" { format!("generation {}", generation.map(|g| g.to_string()).unwrap_or("-".into())) } else { msg.clone() };
+    let shown = if kind == "confirmed" {
+        format!(
+            "generation {}",
+            generation.map(|g| g.to_string()).unwrap_or("-".into())
+        )
+    } else {
+        msg.clone()
+    };
     emit(tx, name, Phase::Done, ev, shown);
     result(name, system, kind, msg, generation)
 }

@@ -13,6 +13,11 @@ pub enum Phase {
     Activate,
     Confirm,
     Done,
+    // `edgectl install`'s phases.
+    Facts,
+    Nix,
+    Switch,
+    Reboot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -48,17 +48,30 @@ fn closure_bytes(paths: &[String]) -> Option<u64> {
 }
 
 fn emit_bytes(tx: &Sender, node: &str, state: Ev, message: String, bytes: Option<u64>) {
-    let _ = tx.send(Event { node: node.into(), phase: Phase::Copy, state, message, bytes });
+    let _ = tx.send(Event {
+        node: node.into(),
+        phase: Phase::Copy,
+        state,
+        message,
+        bytes,
+    });
 }
 
 fn mib(b: Option<u64>) -> String {
-    b.map(|b| format!(" ({:.1} MiB)", b as f64 / 1048576.0)).unwrap_or_default()
+    b.map(|b| format!(" ({:.1} MiB)", b as f64 / 1048576.0))
+        .unwrap_or_default()
 }
 
 /// The plain per-node copy: controller to node.
 pub fn copy_from_controller(s: &Session, tx: &Sender) -> Result<(), String> {
     let bytes = closure_bytes(std::slice::from_ref(&s.system));
-    emit_bytes(tx, &s.name, Ev::Started, format!("from controller{}", mib(bytes)), bytes);
+    emit_bytes(
+        tx,
+        &s.name,
+        Ev::Started,
+        format!("from controller{}", mib(bytes)),
+        bytes,
+    );
     match s.host.copy_closure(std::slice::from_ref(&s.system)) {
         Ok(()) => {
             emit_bytes(tx, &s.name, Ev::Ok, "copied from controller".into(), bytes);
@@ -77,16 +90,29 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String>
     if !key.exists() {
         std::fs::create_dir_all(state_dir).map_err(|e| e.to_string())?;
         let o = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "edgectl-cluster", "-f"])
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "edgectl-cluster",
+                "-f",
+            ])
             .arg(&key)
             .output()
             .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
         if !o.status.success() {
-            return Err(format!("ssh-keygen: {}", String::from_utf8_lossy(&o.stderr).trim()));
+            return Err(format!(
+                "ssh-keygen: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
         }
     }
     let private = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let public = std::fs::read_to_string(key.with_extension("pub")).map_err(|e| format!("{}.pub: {e}", key.display()))?;
+    let public = std::fs::read_to_string(key.with_extension("pub"))
+        .map_err(|e| format!("{}.pub: {e}", key.display()))?;
     Ok((private, public.trim().to_string()))
 }
 
@@ -101,34 +127,71 @@ pub fn distribute(
 ) -> BTreeMap<String, String> {
     let mut errors = BTreeMap::new();
     let seed = needing[0].clone();
-    let union: Vec<String> = needing.iter().map(|s| s.system.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let union: Vec<String> = needing
+        .iter()
+        .map(|s| s.system.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let bytes = closure_bytes(&union);
-    emit_bytes(tx, &seed.name, Ev::Started, format!("seed: from controller, all {} closures{}", union.len(), mib(bytes)), bytes);
+    emit_bytes(
+        tx,
+        &seed.name,
+        Ev::Started,
+        format!(
+            "seed: from controller, all {} closures{}",
+            union.len(),
+            mib(bytes)
+        ),
+        bytes,
+    );
     let seeded = seed.host.copy_closure(&union).and_then(|()| {
         let (private, public) = ensure_cluster_key(state_dir)?;
-        seed.host.upload(CLUSTER_KEY, &private, 0o600).map_err(|e| e.to_string())?;
+        seed.host
+            .upload(CLUSTER_KEY, &private, 0o600)
+            .map_err(|e| e.to_string())?;
         let mut known = String::new();
         for p in &needing[1..] {
             if let (Some(k), Some(n)) = (&p.key, c.node(&p.name)) {
                 let addr = edgectl_render::host::lan_address(n);
-                let h = if n.port == 22 { addr } else { format!("[{addr}]:{}", n.port) };
+                let h = if n.port == 22 {
+                    addr
+                } else {
+                    format!("[{addr}]:{}", n.port)
+                };
                 known.push_str(&format!("{h} {}\n", k.public));
             }
         }
-        seed.host.upload(KNOWN_HOSTS, known.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        seed.host
+            .upload(KNOWN_HOSTS, known.as_bytes(), 0o644)
+            .map_err(|e| e.to_string())?;
         Ok(public)
     });
     let public = match seeded {
         Ok(p) => {
-            emit_bytes(tx, &seed.name, Ev::Ok, "seed holds every closure".into(), bytes);
+            emit_bytes(
+                tx,
+                &seed.name,
+                Ev::Ok,
+                "seed holds every closure".into(),
+                bytes,
+            );
             p
         }
         Err(e) => {
-            emit(tx, &seed.name, Phase::Copy, Ev::Failed, format!("seeding failed: {e}; falling back to per-node copies"));
+            emit(
+                tx,
+                &seed.name,
+                Phase::Copy,
+                Ev::Failed,
+                format!("seeding failed: {e}; falling back to per-node copies"),
+            );
             errors.insert(seed.name.clone(), e);
             let rest: Vec<Arc<Session>> = needing[1..].to_vec();
             let tx2 = tx.clone();
-            for (n, r) in parallel_map(rt, parallel, rest, move |s: Arc<Session>| (s.name.clone(), copy_from_controller(&s, &tx2))) {
+            for (n, r) in parallel_map(rt, parallel, rest, move |s: Arc<Session>| {
+                (s.name.clone(), copy_from_controller(&s, &tx2))
+            }) {
                 if let Err(e) = r {
                     errors.insert(n, e);
                 }
@@ -138,12 +201,27 @@ pub fn distribute(
     };
     let peers: Vec<(Arc<Session>, String, u16, String)> = needing[1..]
         .iter()
-        .filter_map(|p| c.node(&p.name).map(|n| (p.clone(), edgectl_render::host::lan_address(n), n.port, n.user.clone())))
+        .filter_map(|p| {
+            c.node(&p.name).map(|n| {
+                (
+                    p.clone(),
+                    edgectl_render::host::lan_address(n),
+                    n.port,
+                    n.user.clone(),
+                )
+            })
+        })
         .collect();
     let (seed2, tx2) = (seed.clone(), tx.clone());
     let results = parallel_map(rt, parallel, peers, move |(peer, addr, port, user)| {
         let bytes = closure_bytes(std::slice::from_ref(&peer.system));
-        emit_bytes(&tx2, &peer.name, Ev::Started, format!("from {} over the LAN{}", seed2.name, mib(bytes)), bytes);
+        emit_bytes(
+            &tx2,
+            &peer.name,
+            Ev::Started,
+            format!("from {} over the LAN{}", seed2.name, mib(bytes)),
+            bytes,
+        );
         let via_seed = peer
             .host
             .run(&argv(["sh", "-c", AUTHORIZE, "edgectl-authorize", &public]), false)
@@ -166,11 +244,26 @@ pub fn distribute(
             });
         match via_seed {
             Ok(()) => {
-                emit_bytes(&tx2, &peer.name, Ev::Ok, format!("copied from {}", seed2.name), bytes);
+                emit_bytes(
+                    &tx2,
+                    &peer.name,
+                    Ev::Ok,
+                    format!("copied from {}", seed2.name),
+                    bytes,
+                );
                 (peer.name.clone(), Ok(()))
             }
             Err(e) => {
-                emit(&tx2, &peer.name, Phase::Copy, Ev::Progress, format!("from {} failed ({e}); copying from the controller", seed2.name));
+                emit(
+                    &tx2,
+                    &peer.name,
+                    Phase::Copy,
+                    Ev::Progress,
+                    format!(
+                        "from {} failed ({e}); copying from the controller",
+                        seed2.name
+                    ),
+                );
                 (peer.name.clone(), copy_from_controller(&peer, &tx2))
             }
         }

@@ -260,13 +260,22 @@ impl Host for SshHost {
     }
 
     fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), HostError> {
-        let a = argv(["sh", "-c", UPLOAD, "edgectl-upload", path, &format!("{mode:o}")]);
-        let cmd = remote_command(&self.target.user, &a, true).ok_or_else(|| HostError::BadArgument("NUL in path".into()))?;
+        let a = argv([
+            "sh",
+            "-c",
+            UPLOAD,
+            "edgectl-upload",
+            path,
+            &format!("{mode:o}"),
+        ]);
+        let cmd = remote_command(&self.target.user, &a, true)
+            .ok_or_else(|| HostError::BadArgument("NUL in path".into()))?;
         let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let io = |e: ssh2::Error| HostError::Unreachable(e.to_string());
         let mut ch = s.channel_session().map_err(io)?;
         ch.exec(&cmd).map_err(io)?;
-        std::io::Write::write_all(&mut ch, bytes).map_err(|e| HostError::Unreachable(e.to_string()))?;
+        std::io::Write::write_all(&mut ch, bytes)
+            .map_err(|e| HostError::Unreachable(e.to_string()))?;
         ch.send_eof().map_err(io)?;
         let mut err = String::new();
         let _ = ch.stderr().read_to_string(&mut err);
@@ -275,7 +284,10 @@ impl Host for SshHost {
         ch.wait_close().map_err(io)?;
         match ch.exit_status().map_err(io)? {
             0 => Ok(()),
-            code => Err(HostError::Unreachable(format!("upload to {path} failed ({code}): {}", err.trim()))),
+            code => Err(HostError::Unreachable(format!(
+                "upload to {path} failed ({code}): {}",
+                err.trim()
+            ))),
         }
     }
 

@@ -5,8 +5,10 @@
 pub mod activate;
 pub mod engine;
 pub mod event;
+pub mod facts;
 pub mod fanout;
 pub mod host;
+pub mod install;
 pub mod nixcmd;
 pub mod progress;
 pub mod quote;

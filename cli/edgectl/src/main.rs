@@ -128,6 +128,28 @@ enum Command {
         #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
         fanout: String,
     },
+    /// Turn nodes that run CloudLab's Ubuntu into NixOS: facts, Nix, closure, switch, reboot;
+    /// resumable (a rerun continues from the phase that had not completed).
+    #[command(after_help = EXIT_CODES)]
+    Install {
+        /// The topology file.
+        file: PathBuf,
+        #[command(flatten)]
+        deploy: DeployArgs,
+        /// Read the node and print every command each phase would run; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stop after this phase: facts, nix, copy, switch or reboot.
+        #[arg(long, value_name = "PHASE")]
+        until: Option<String>,
+        /// Reboot with this command instead of `systemctl reboot` (then the node counts as back
+        /// once it answers, with no new boot id required).
+        #[arg(long, value_name = "CMD", num_args = 1.., allow_hyphen_values = true)]
+        reboot_command: Option<Vec<String>>,
+        /// Phase-1 command outputs recorded under DIR/<node>/ instead of reading them live.
+        #[arg(long, value_name = "DIR", hide = true)]
+        facts_from: Option<PathBuf>,
+    },
     /// List the hardware profiles, or show one.
     #[command(after_help = EXIT_CODES)]
     Profiles {
@@ -202,6 +224,22 @@ fn main() -> ExitCode {
             confirm_timeout,
             fanout,
         } => cmd::deploy::apply(&ctx, &file, &deploy, &goal, confirm_timeout, fanout == "on"),
+        Command::Install {
+            file,
+            deploy,
+            dry_run,
+            until,
+            reboot_command,
+            facts_from,
+        } => cmd::deploy::install(
+            &ctx,
+            &file,
+            &deploy,
+            dry_run,
+            until.as_deref(),
+            reboot_command,
+            facts_from,
+        ),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

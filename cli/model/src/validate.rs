@@ -89,6 +89,12 @@ pub struct Node {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_ip: Option<IpAddr>,
     pub interfaces: Vec<Interface>,
+    /// The boot disk and root file system found by `edgectl install` (never in the topology:
+    /// they are facts of the machine, recorded in the state and applied before rendering).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_disk: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_device: Option<String>,
 }
 
 impl Node {
@@ -698,6 +704,8 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 tags: n.tags.clone(),
                 control_ip,
                 interfaces,
+                boot_disk: None,
+                root_device: None,
             }),
             _ => node_ok = false,
         }

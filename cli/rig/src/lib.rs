@@ -185,6 +185,14 @@ pub struct RigNode {
     /// `exec_in` works while sshd is down.
     holder: Mutex<Option<Child>>,
     sshd: Mutex<Option<Child>>,
+    /// With `RigOptions::private_etc`: the host directory seen as `/etc` inside the node.
+    pub etc_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RigOptions {
+    /// Give each node its own copy of `/etc` (see [`RigNode::etc_root`]).
+    pub private_etc: bool,
 }
 
 /// A running rig; dropping it tears everything down.
@@ -208,6 +216,11 @@ pub struct Rig {
 impl Rig {
     /// Brings up `n` nodes and waits until each sshd answers.
     pub fn up(n: usize) -> Result<Rig, String> {
+        Rig::up_with(n, RigOptions::default())
+    }
+
+    /// Like `up`, with options (a private `/etc` per node, for tests that change it).
+    pub fn up_with(n: usize, opts: RigOptions) -> Result<Rig, String> {
         available()?;
         if n == 0 || n > MAX_NODES {
             return Err(format!("a rig has 1..={MAX_NODES} nodes, not {n}"));
@@ -260,7 +273,7 @@ impl Rig {
         ip(&["link", "set", &rig.bridge, "up"])?;
 
         for i in 0..n {
-            let node = rig.create_node(i)?;
+            let node = rig.create_node(i, &opts)?;
             rig.nodes.push(node);
         }
         rig.write_ssh_config()?;
@@ -274,7 +287,7 @@ impl Rig {
         Ok(rig)
     }
 
-    fn create_node(&self, i: usize) -> Result<RigNode, String> {
+    fn create_node(&self, i: usize, opts: &RigOptions) -> Result<RigNode, String> {
         let name = format!("n{}", i + 1);
         let ns = self.namespaces[i].clone();
         let ip_addr = Ipv4Addr::new(10, 233, self.subnet, 11 + i as u8);
@@ -342,6 +355,25 @@ impl Rig {
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
 
+        // A private /etc is a copy of the host's, bind-mounted over /etc inside the node, so a
+        // test may rewrite it (os-release, NIXOS_LUSTRATE) without touching the real machine.
+        let etc_root = if opts.private_etc {
+            let root = dir.join("etc-root");
+            let o = Command::new("cp")
+                .args(["-a", "/etc"])
+                .arg(&root)
+                .output()
+                .map_err(|e| format!("cp /etc: {e}"))?;
+            if !o.status.success() {
+                return Err(format!(
+                    "cp -a /etc: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+            Some(root)
+        } else {
+            None
+        };
         let log = open_log(&dir.join("holder.log"))?;
         let mut holder = Command::new(tool_or("ip"))
             .args(["netns", "exec", &ns])
@@ -354,10 +386,11 @@ impl Rig {
                 "/bin/sh",
                 "-c",
             ])
-            .arg("hostname \"$1\" && mount --bind \"$2\" /nix && echo ready && exec sleep infinity")
+            .arg("hostname \"$1\" && mount --bind \"$2\" /nix && { [ -z \"$3\" ] || mount --bind \"$3\" /etc; } && echo ready && exec sleep infinity")
             .arg("sh")
             .arg(&name)
             .arg(&nix_dir)
+            .arg(etc_root.as_deref().map(|p| p.as_os_str()).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -387,6 +420,7 @@ impl Rig {
             host_key,
             holder: Mutex::new(Some(holder)),
             sshd: Mutex::new(None),
+            etc_root,
         })
     }
 
@@ -932,7 +966,10 @@ impl Impairment {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .take()
-            .map(|t| t.join().unwrap_or_else(|_| Err("nfdelay thread panicked".into())))
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("nfdelay thread panicked".into()))
+            })
             .unwrap_or(Ok(()))
     }
 }
@@ -951,13 +988,34 @@ impl Rig {
     /// `secs` seconds: an iptables NFQUEUE rule in the node (with `--queue-bypass`, so traffic
     /// flows once the helper ends) and the [`nfdelay`] loop in a thread that joined the node's
     /// network namespace. The rule stays; the namespace goes with the rig.
-    pub fn impair(&self, i: usize, delay_ms: f64, loss_pct: f64, secs: f64) -> Result<Impairment, String> {
+    pub fn impair(
+        &self,
+        i: usize,
+        delay_ms: f64,
+        loss_pct: f64,
+        secs: f64,
+    ) -> Result<Impairment, String> {
         let o = self.exec_in(
             i,
-            &["iptables", "-A", "OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"],
+            &[
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-o",
+                "eth0",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "0",
+                "--queue-bypass",
+            ],
         );
         if !o.status.success() {
-            return Err(format!("iptables in {}: {}", self.nodes[i].name, String::from_utf8_lossy(&o.stderr).trim()));
+            return Err(format!(
+                "iptables in {}: {}",
+                self.nodes[i].name,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
         }
         let netns = fs::File::open(format!("/proc/{}/ns/net", self.holder_pid(i)))
             .map_err(|e| format!("open node netns: {e}"))?;
@@ -990,7 +1048,10 @@ impl Rig {
             r
         });
         match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(())) => Ok(Impairment { thread: Some(thread), stop }),
+            Ok(Ok(())) => Ok(Impairment {
+                thread: Some(thread),
+                stop,
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("nfdelay did not start".into()),
         }

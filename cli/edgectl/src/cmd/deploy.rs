@@ -222,3 +222,81 @@ pub fn apply(
         exit::OK
     }
 }
+
+pub fn install(
+    ctx: &Ctx,
+    file: &Path,
+    a: &DeployArgs,
+    dry_run: bool,
+    until: Option<&str>,
+    reboot_command: Option<Vec<String>>,
+    facts_from: Option<PathBuf>,
+) -> u8 {
+    use edgectl_deploy::install::{InstallOptions, Step, install};
+    if a.on.is_none() {
+        return fail(
+            ctx,
+            a.json,
+            EngineError::Failed(
+                "install replaces the operating system: name the nodes with --on".into(),
+            ),
+        );
+    }
+    let until = match until.map(|u| Step::parse(u).ok_or(u)) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(u)) => {
+            return fail(
+                ctx,
+                a.json,
+                EngineError::Failed(format!(
+                    "unknown phase `{u}`; use facts, nix, copy, switch or reboot"
+                )),
+            );
+        }
+    };
+    let io = InstallOptions {
+        dry_run,
+        facts_from,
+        reboot_command,
+        until,
+    };
+    let (tx, r) = progress::start(Mode::detect(a.json));
+    let res = install(file, &options(a), &io, tx);
+    r.finish();
+    let results = match res {
+        Ok(r) => r,
+        Err(e) => return fail(ctx, a.json, e),
+    };
+    let ok = results.iter().all(|r| r.ok);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": ok, "dry_run": dry_run, "nodes": results })
+        );
+    } else {
+        let mut t = Table::new(&["NODE", "RESUMED FROM", "DONE", "RESULT"]);
+        for r in &results {
+            let done: Vec<&str> = r.done.iter().map(|s| s.name()).collect();
+            t.row(vec![
+                r.node.clone(),
+                r.resumed_from
+                    .map(|s| s.name().to_string())
+                    .unwrap_or("-".into()),
+                if done.is_empty() {
+                    "-".into()
+                } else {
+                    done.join(",")
+                },
+                if r.ok { "ok".into() } else { r.message.clone() },
+            ]);
+        }
+        print!("{}", t.render());
+        for r in &results {
+            for c in &r.commands {
+                println!("{}: {c}", r.node);
+            }
+        }
+    }
+    if ok { exit::OK } else { exit::NODES_FAILED }
+}

@@ -1,0 +1,305 @@
+//! Phase 1 of `edgectl install`: what an Ubuntu node is, read from the outputs of a few
+//! read-only commands (live over SSH, or recorded files for tests). Pure functions, so every
+//! layout (SSD boot disk, NVMe, boot disk second in order, already NixOS) is tested offline.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The read-only commands phase 1 runs, by the name of the file a recording keeps them in.
+pub const COMMANDS: &[(&str, &[&str])] = &[
+    ("os-release", &["cat", "/etc/os-release"]),
+    ("uname-m", &["uname", "-m"]),
+    ("meminfo", &["cat", "/proc/meminfo"]),
+    ("df-root", &["df", "-B1", "--output=avail", "/"]),
+    (
+        "lsblk.json",
+        &[
+            "lsblk",
+            "--json",
+            "-b",
+            "-o",
+            "NAME,PATH,TYPE,SIZE,ROTA,MOUNTPOINT,PKNAME",
+        ],
+    ),
+    ("findmnt-root", &["findmnt", "-n", "-o", "SOURCE,UUID", "/"]),
+    (
+        "disk-links",
+        &[
+            "sh",
+            "-c",
+            "find /dev/disk/by-id /dev/disk/by-path -maxdepth 1 -type l -printf '%p %l\\n' 2>/dev/null; true",
+        ],
+    ),
+    ("ip-route.json", &["ip", "-j", "route", "show", "default"]),
+    ("ip-addr.json", &["ip", "-j", "addr"]),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootPlan {
+    /// The disk that holds `/`, by stable name.
+    pub disk: String,
+    /// Where GRUB goes: the boot disk's FIRST partition (Emulab chain-loads its boot sector).
+    pub grub_device: String,
+    /// The existing root file system, kept by NIXOS_LUSTRATE.
+    pub root_device: String,
+    pub rotational: bool,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    pub os_id: String,
+    pub os_version: String,
+    pub arch: String,
+    pub mem_kib: u64,
+    pub free_root_bytes: u64,
+    pub boot: BootPlan,
+    pub control_interface: String,
+    pub control_dhcp: bool,
+    /// Experiment interfaces: MAC (as in the topology, normalised) -> kernel name.
+    pub experiment: BTreeMap<String, String>,
+}
+
+fn kv(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+fn num(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+fn flag(v: &serde_json::Value) -> bool {
+    v.as_bool()
+        .unwrap_or_else(|| v.as_str() == Some("1") || v.as_u64() == Some(1))
+}
+
+struct Dev {
+    name: String,
+    path: String,
+    kind: String,
+    size: u64,
+    rota: bool,
+    mount: Option<String>,
+    parent: Option<String>,
+}
+
+fn flatten(v: &serde_json::Value, parent: Option<&str>, out: &mut Vec<Dev>) {
+    for d in v.as_array().into_iter().flatten() {
+        let name = d["name"].as_str().unwrap_or_default().to_string();
+        out.push(Dev {
+            path: d["path"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| format!("/dev/{name}")),
+            kind: d["type"].as_str().unwrap_or_default().to_string(),
+            size: num(&d["size"]).unwrap_or(0),
+            rota: flag(&d["rota"]),
+            mount: d["mountpoint"].as_str().map(String::from),
+            parent: d["pkname"]
+                .as_str()
+                .map(String::from)
+                .or(parent.map(String::from)),
+            name: name.clone(),
+        });
+        flatten(&d["children"], Some(&name), out);
+    }
+}
+
+/// The stable names of each kernel device (`sda`, `sda1`), from `find ... -printf '%p %l'`.
+fn links(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in text.lines() {
+        if let Some((link, target)) = l.trim().split_once(' ') {
+            let dev = target.rsplit('/').next().unwrap_or(target).to_string();
+            m.entry(dev).or_default().push(link.to_string());
+        }
+    }
+    for v in m.values_mut() {
+        // World-wide names first, then bus ids, then paths: the most stable name wins.
+        v.sort_by_key(|l| {
+            let rank = if l.contains("/by-id/wwn-") {
+                0
+            } else if l.contains("/by-id/nvme-eui") {
+                1
+            } else if l.contains("/by-id/") && !l.contains("/by-id/nvme-nvme.") {
+                2
+            } else if l.contains("/by-id/") {
+                3
+            } else {
+                4
+            };
+            (rank, l.clone())
+        });
+    }
+    m
+}
+
+/// Where GRUB and `/` go, from `lsblk --json`, `findmnt -o SOURCE,UUID /` and the stable links.
+pub fn boot_plan(lsblk: &str, findmnt: &str, disk_links: &str) -> Result<BootPlan, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(lsblk).map_err(|e| format!("lsblk --json: {e}"))?;
+    let mut devs = Vec::new();
+    flatten(&v["blockdevices"], None, &mut devs);
+    let mut f = findmnt.split_whitespace();
+    let source = f
+        .next()
+        .ok_or("findmnt printed no source for /")?
+        .to_string();
+    let uuid = f.next().map(String::from);
+    let root = devs
+        .iter()
+        .find(|d| d.path == source || d.mount.as_deref() == Some("/"))
+        .ok_or_else(|| format!("/ is on {source}, which lsblk does not list"))?;
+    if root.kind != "part" {
+        return Err(format!(
+            "/ is on {} ({}), not on a partition: the Emulab boot loader chain-loads the first partition's boot sector, so this layout cannot boot NixOS; use a standard CloudLab Ubuntu image",
+            root.path, root.kind
+        ));
+    }
+    let disk_name = root
+        .parent
+        .clone()
+        .ok_or_else(|| format!("cannot tell which disk holds {}", root.path))?;
+    let disk = devs
+        .iter()
+        .find(|d| d.name == disk_name && d.kind == "disk")
+        .ok_or_else(|| format!("disk {disk_name} not in lsblk output"))?;
+    let mut parts: Vec<&Dev> = devs
+        .iter()
+        .filter(|d| d.kind == "part" && d.parent.as_deref() == Some(&disk_name))
+        .collect();
+    parts.sort_by_key(|p| {
+        p.name
+            .trim_start_matches(&disk_name)
+            .trim_start_matches('p')
+            .parse::<u32>()
+            .unwrap_or(u32::MAX)
+    });
+    let first = parts
+        .first()
+        .ok_or_else(|| format!("disk {} has no partitions", disk.path))?;
+    let l = links(disk_links);
+    let stable = |dev: &str| l.get(dev).and_then(|v| v.first()).cloned();
+    let disk_stable = stable(&disk.name).ok_or_else(|| {
+        format!("{} has no /dev/disk/by-id or by-path name; refusing to guess a GRUB device from a kernel name that can change between boots", disk.path)
+    })?;
+    let grub_device = stable(&first.name).unwrap_or_else(|| format!("{disk_stable}-part1"));
+    let root_device = match uuid {
+        Some(u) if !u.is_empty() => format!("/dev/disk/by-uuid/{u}"),
+        _ => stable(&root.name).unwrap_or_else(|| root.path.clone()),
+    };
+    Ok(BootPlan {
+        disk: disk_stable,
+        grub_device,
+        root_device,
+        rotational: disk.rota,
+        size_bytes: disk.size,
+    })
+}
+
+fn normalise_mac(m: &str) -> String {
+    m.chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// All facts, from the outputs of `COMMANDS` by name. `macs` are the node's experiment MACs.
+pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<NodeFacts, String> {
+    let get = |k: &str| out.get(k).map(String::as_str).unwrap_or_default();
+    let os = kv(get("os-release"));
+    let os_id = os.get("ID").cloned().unwrap_or_default();
+    if os_id == "nixos" {
+        return Err("already NixOS, use `edgectl apply`".into());
+    }
+    if os_id != "ubuntu" {
+        return Err(format!(
+            "expected Ubuntu (a CloudLab UBUNTU22/24-64-STD image), found {:?}",
+            os.get("PRETTY_NAME").cloned().unwrap_or(os_id)
+        ));
+    }
+    let arch = get("uname-m").trim().to_string();
+    if arch != "x86_64" {
+        return Err(format!(
+            "architecture {arch} is not supported (x86_64 only)"
+        ));
+    }
+    let mem_kib = get("meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let free_root_bytes = get("df-root")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next()
+        .unwrap_or(0);
+    const MIN_FREE: u64 = 8 << 30;
+    if free_root_bytes < MIN_FREE {
+        return Err(format!(
+            "only {} MiB free on /; installing needs at least {} MiB",
+            free_root_bytes >> 20,
+            MIN_FREE >> 20
+        ));
+    }
+    let boot = boot_plan(get("lsblk.json"), get("findmnt-root"), get("disk-links"))?;
+    let route: serde_json::Value =
+        serde_json::from_str(get("ip-route.json")).map_err(|e| format!("ip -j route: {e}"))?;
+    let control_interface = route
+        .as_array()
+        .and_then(|a| a.iter().find_map(|r| r["dev"].as_str()))
+        .ok_or("no default route: cannot tell the control interface")?
+        .to_string();
+    let addrs: serde_json::Value =
+        serde_json::from_str(get("ip-addr.json")).map_err(|e| format!("ip -j addr: {e}"))?;
+    let ifaces = addrs.as_array().cloned().unwrap_or_default();
+    let control_dhcp = ifaces
+        .iter()
+        .find(|i| i["ifname"] == control_interface.as_str())
+        .map(|i| {
+            i["addr_info"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["family"] == "inet" && a["dynamic"].as_bool() == Some(true))
+        })
+        .unwrap_or(false);
+    let mut experiment = BTreeMap::new();
+    for m in macs {
+        let want = normalise_mac(m);
+        let found = ifaces
+            .iter()
+            .find(|i| i["address"].as_str().map(normalise_mac).as_deref() == Some(want.as_str()));
+        match found.and_then(|i| i["ifname"].as_str()) {
+            Some(name) if name == control_interface => {
+                return Err(format!(
+                    "MAC {m} is the control interface {name}; the topology's lan entry must name an experiment interface"
+                ));
+            }
+            Some(name) => {
+                experiment.insert(want, name.to_string());
+            }
+            None => {
+                return Err(format!(
+                    "no interface with MAC {m} (from the topology's lan entries) on this node"
+                ));
+            }
+        }
+    }
+    Ok(NodeFacts {
+        os_id,
+        os_version: os.get("VERSION_ID").cloned().unwrap_or_default(),
+        arch,
+        mem_kib,
+        free_root_bytes,
+        boot,
+        control_interface,
+        control_dhcp,
+        experiment,
+    })
+}

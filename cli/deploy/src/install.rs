@@ -1,0 +1,554 @@
+//! `edgectl install`: Ubuntu (CloudLab's images) to NixOS, as resumable phases per node, each
+//! checked before the next, following the NixOS manual's "Installing from another Linux
+//! distribution" (system profile, /etc/NIXOS, /etc/NIXOS_LUSTRATE, `switch-to-configuration
+//! boot`). Completed phases are recorded in `.edgectl/install/<node>.json`, so an install killed
+//! at any point resumes from the phase that had not completed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{
+    EngineError, Options, Session, open_node, parallel_map, prepare, runtime, target_for, unlock,
+};
+use crate::event::{Phase, Sender, State as Ev, emit};
+use crate::facts::{self, NodeFacts};
+use crate::host::{Host, HostError, HostKey, SshHost, argv};
+use crate::state::{Lock, State, now, write_atomic};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Facts,
+    Nix,
+    Copy,
+    Switch,
+    Reboot,
+}
+
+impl Step {
+    pub const ALL: [Step; 5] = [
+        Step::Facts,
+        Step::Nix,
+        Step::Copy,
+        Step::Switch,
+        Step::Reboot,
+    ];
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|x| x.name() == s)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Facts => "facts",
+            Step::Nix => "nix",
+            Step::Copy => "copy",
+            Step::Switch => "switch",
+            Step::Reboot => "reboot",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InstallState {
+    #[serde(default)]
+    pub done: Vec<Step>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<NodeFacts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+}
+
+impl InstallState {
+    fn path(state_dir: &Path, node: &str) -> PathBuf {
+        state_dir.join("install").join(format!("{node}.json"))
+    }
+    pub fn load(state_dir: &Path, node: &str) -> InstallState {
+        std::fs::read(Self::path(state_dir, node))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+    fn save(&self, state_dir: &Path, node: &str) -> Result<(), String> {
+        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        write_atomic(&Self::path(state_dir, node), &text).map_err(|e| e.to_string())
+    }
+    fn has(&self, s: Step) -> bool {
+        self.done.contains(&s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    pub dry_run: bool,
+    /// Recorded outputs of the phase-1 commands, `DIR/<node>/<name>` (for tests and audits).
+    pub facts_from: Option<PathBuf>,
+    /// How to reboot; the default waits for the boot id to change.
+    pub reboot_command: Option<Vec<String>>,
+    /// Stop after this phase.
+    pub until: Option<Step>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallResult {
+    pub node: String,
+    /// The phase it resumed from (None: nothing left to do).
+    pub resumed_from: Option<Step>,
+    pub done: Vec<Step>,
+    pub ok: bool,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+}
+
+/// Files NIXOS_LUSTRATE keeps: the SSH host keys, so the node's identity (and the fingerprint
+/// edgectl pinned) survive the switch.
+pub const LUSTRATE: &str = "etc/ssh/ssh_host_ed25519_key\netc/ssh/ssh_host_ed25519_key.pub\netc/ssh/ssh_host_rsa_key\netc/ssh/ssh_host_rsa_key.pub\netc/ssh/ssh_host_ecdsa_key\netc/ssh/ssh_host_ecdsa_key.pub\n";
+
+const SWITCH: &str = r#"set -e
+sys=$1
+nix-env -p /nix/var/nix/profiles/system --set "$sys"
+touch /etc/NIXOS
+NIXOS_INSTALL_BOOTLOADER=1 "$sys/bin/switch-to-configuration" boot
+"#;
+
+const REBOOT: &str =
+    r#"setsid -f /bin/sh -c 'sleep 2; exec "$@"' edgectl-reboot "$@" </dev/null >/dev/null 2>&1"#;
+
+fn show(a: &[String]) -> String {
+    crate::quote::command(a).unwrap_or_default()
+}
+
+fn gather(
+    h: Option<&SshHost>,
+    recorded: Option<&Path>,
+    node: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (name, cmd) in facts::COMMANDS {
+        let text = match (recorded, h) {
+            (Some(dir), _) => std::fs::read_to_string(dir.join(node).join(name))
+                .map_err(|e| format!("recorded fact {name}: {e}"))?,
+            (None, Some(h)) => {
+                let o = h
+                    .run(&argv(cmd.iter().copied()), false)
+                    .map_err(|e| e.to_string())?;
+                o.stdout
+            }
+            (None, None) => unreachable!("a live gather needs a connection"),
+        };
+        out.insert(name.to_string(), text);
+    }
+    Ok(out)
+}
+
+pub fn install(
+    topology: &Path,
+    opts: &Options,
+    io: &InstallOptions,
+    tx: Sender,
+) -> Result<Vec<InstallResult>, EngineError> {
+    let state_dir = crate::state::dir_for(topology);
+    let _lock = Lock::acquire(&state_dir)?;
+    let loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
+    let selected = crate::select::select(&loaded.cluster, opts.on.as_deref())?;
+    let c = &loaded.cluster;
+    let mut st = State::load(&state_dir)?;
+    let rt = runtime(opts.parallel);
+    let mut results: BTreeMap<String, InstallResult> = BTreeMap::new();
+    let stop = |s: Step| io.until.is_some_and(|u| s > u);
+
+    // Phase 1: facts (read-only), for every node that has not recorded them.
+    let jobs: Vec<(String, crate::host::SshTarget, Vec<String>, InstallState)> = selected
+        .iter()
+        .map(|n| {
+            let macs = c
+                .node(n)
+                .map(|x| x.interfaces.iter().map(|i| i.mac.to_string()).collect())
+                .unwrap_or_default();
+            (
+                n.clone(),
+                target_for(c, n, &st, opts, &state_dir),
+                macs,
+                InstallState::load(&state_dir, n),
+            )
+        })
+        .collect();
+    let (recorded, tx1, dir1) = (io.facts_from.clone(), tx.clone(), state_dir.clone());
+    let facts_out = parallel_map(&rt, opts.parallel, jobs, move |(name, t, macs, mut is)| {
+        let resumed = Step::ALL.into_iter().find(|s| !is.has(*s));
+        let mut key: Option<HostKey> = None;
+        if !is.has(Step::Facts) {
+            emit(&tx1, &name, Phase::Facts, Ev::Started, "reading the node");
+            let h = if recorded.is_some() {
+                None
+            } else {
+                match crate::engine::connect(t.clone()) {
+                    Ok(h) => Some(h),
+                    Err(e) => return (name, is, resumed, Err(e.to_string()), None),
+                }
+            };
+            if recorded.is_some() {
+                // Recorded facts still require the node to answer, to pin its host key.
+                match crate::engine::connect(t) {
+                    Ok(h2) => key = h2.host_key(),
+                    Err(e) => return (name, is, resumed, Err(e.to_string()), None),
+                }
+            } else {
+                key = h.as_ref().and_then(|h| h.host_key());
+            }
+            let f = gather(h.as_ref(), recorded.as_deref(), &name)
+                .and_then(|out| facts::node_facts(&out, &macs));
+            match f {
+                Ok(f) => {
+                    emit(
+                        &tx1,
+                        &name,
+                        Phase::Facts,
+                        Ev::Ok,
+                        format!(
+                            "{} {}; GRUB -> {}; control {}",
+                            f.os_id, f.os_version, f.boot.grub_device, f.control_interface
+                        ),
+                    );
+                    is.facts = Some(f);
+                    is.done.push(Step::Facts);
+                    if let Err(e) = is.save(&dir1, &name) {
+                        return (name, is, resumed, Err(e), key);
+                    }
+                }
+                Err(e) => {
+                    emit(&tx1, &name, Phase::Facts, Ev::Failed, e.clone());
+                    return (name, is, resumed, Err(e), key);
+                }
+            }
+        }
+        (name, is, resumed, Ok(()), key)
+    });
+    let mut states: BTreeMap<String, InstallState> = BTreeMap::new();
+    for (name, is, resumed, r, key) in facts_out {
+        if let Some(k) = key {
+            let e = st.nodes.entry(name.clone()).or_default();
+            e.host_key.get_or_insert(k.fingerprint);
+            e.host_key_public.get_or_insert(k.public);
+        }
+        let ok = r.is_ok();
+        results.insert(
+            name.clone(),
+            InstallResult {
+                node: name.clone(),
+                resumed_from: resumed,
+                done: is.done.clone(),
+                ok,
+                message: r.err().unwrap_or_default(),
+                commands: vec![],
+            },
+        );
+        if ok {
+            states.insert(name, is);
+        }
+    }
+    st.save(&state_dir)?;
+    let ready: Vec<String> = states
+        .iter()
+        .filter(|(_, s)| !s.has(Step::Reboot))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if ready.is_empty() || stop(Step::Nix) {
+        return Ok(finish(results, &states));
+    }
+
+    // Build every system (with the facts applied) in one evaluation.
+    let mut bopts = opts.clone();
+    bopts.on = Some(ready.join(","));
+    let p = prepare(topology, &bopts, &tx, true)?;
+
+    if io.dry_run {
+        for n in &ready {
+            let sys = &p.systems[n];
+            let f = states[n].facts.as_ref().expect("facts recorded");
+            let reboot = io
+                .reboot_command
+                .clone()
+                .unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]);
+            let cmds = vec![
+                show(&argv(["nix-store", "--version"])),
+                format!(
+                    "nix copy --to ssh://{}@{} {sys}",
+                    c.node(n).map(|x| x.user.as_str()).unwrap_or("root"),
+                    c.node(n).map(|x| x.host.as_str()).unwrap_or("")
+                ),
+                format!(
+                    "write /etc/NIXOS_LUSTRATE (keeps: {})",
+                    LUSTRATE.trim().replace('\n', ", ")
+                ),
+                show(&argv(["sh", "-c", SWITCH, "edgectl-install", sys])),
+                format!(
+                    "# GRUB goes to {} (first partition of {})",
+                    f.boot.grub_device, f.boot.disk
+                ),
+                show(&argv(
+                    ["sh", "-c", REBOOT, "edgectl-reboot"]
+                        .into_iter()
+                        .map(String::from)
+                        .chain(reboot),
+                )),
+            ];
+            if let Some(r) = results.get_mut(n) {
+                r.commands = cmds;
+            }
+        }
+        return Ok(finish(results, &states));
+    }
+
+    // Phases 2 to 4 need a session with the node's lock held.
+    let sess_jobs: Vec<(String, crate::host::SshTarget, String)> = ready
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                target_for(c, n, &st, opts, &state_dir),
+                p.systems[n].clone(),
+            )
+        })
+        .collect();
+    let (tx2, goal) = (tx.clone(), crate::Goal::Boot);
+    let opened = parallel_map(&rt, opts.parallel, sess_jobs, move |(name, t, sys)| {
+        open_node(&name, t, &sys, goal, Duration::from_secs(60), None, &tx2)
+    });
+    let mut sessions: Vec<Arc<Session>> = Vec::new();
+    for o in opened {
+        match o {
+            Ok(s) => sessions.push(Arc::new(s)),
+            Err((r, _)) => {
+                if let Some(x) = results.get_mut(&r.node) {
+                    x.ok = false;
+                    x.message = r.message;
+                }
+            }
+        }
+    }
+
+    // Phase 2: Nix on the node, then the closure (fanned out when several nodes need it).
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    for s in &sessions {
+        let is = states.get_mut(&s.name).expect("state");
+        if is.has(Step::Nix) {
+            continue;
+        }
+        emit(&tx, &s.name, Phase::Nix, Ev::Started, "checking for Nix");
+        let ok = match s.host.run(&argv(["nix-store", "--version"]), false) {
+            Ok(o) if o.ok() => Ok(o.stdout.trim().to_string()),
+            _ => s
+                .host
+                .run(&argv(["sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin && nix-store --version"]), true)
+                .map_err(|e| e.to_string())
+                .and_then(|o| if o.ok() { Ok(o.stdout.trim().to_string()) } else { Err(format!("installing Ubuntu's nix-bin failed: {}", o.stderr.trim())) }),
+        };
+        match ok {
+            Ok(v) => {
+                emit(&tx, &s.name, Phase::Nix, Ev::Ok, v);
+                is.done.push(Step::Nix);
+                let _ = is.save(&state_dir, &s.name);
+            }
+            Err(e) => {
+                emit(&tx, &s.name, Phase::Nix, Ev::Failed, e.clone());
+                failed.insert(s.name.clone(), e);
+            }
+        }
+    }
+    if !stop(Step::Copy) {
+        let needing: Vec<Arc<Session>> = sessions
+            .iter()
+            .filter(|s| !failed.contains_key(&s.name) && !states[&s.name].has(Step::Copy))
+            .cloned()
+            .collect();
+        let errs = if opts.fanout && needing.len() >= 2 {
+            crate::fanout::distribute(&rt, &needing, c, &state_dir, opts.parallel, &tx)
+        } else {
+            let tx3 = tx.clone();
+            parallel_map(
+                &rt,
+                opts.parallel,
+                needing.clone(),
+                move |s: Arc<Session>| {
+                    (
+                        s.name.clone(),
+                        crate::fanout::copy_from_controller(&s, &tx3),
+                    )
+                },
+            )
+            .into_iter()
+            .filter_map(|(n, r)| r.err().map(|e| (n, e)))
+            .collect()
+        };
+        for s in &needing {
+            match errs.get(&s.name) {
+                Some(e) => {
+                    failed.insert(s.name.clone(), e.clone());
+                }
+                None => {
+                    let is = states.get_mut(&s.name).expect("state");
+                    is.done.push(Step::Copy);
+                    is.system = Some(s.system.clone());
+                    let _ = is.save(&state_dir, &s.name);
+                }
+            }
+        }
+    }
+
+    // Phase 3 (switch) and 4 (reboot) per node.
+    if !stop(Step::Switch) {
+        let jobs: Vec<(Arc<Session>, InstallState)> = sessions
+            .iter()
+            .filter(|s| !failed.contains_key(&s.name))
+            .map(|s| (s.clone(), states[&s.name].clone()))
+            .collect();
+        let (tx4, dir4, reboot, until) = (
+            tx.clone(),
+            state_dir.clone(),
+            io.reboot_command.clone(),
+            io.until,
+        );
+        let outs = parallel_map(&rt, opts.parallel, jobs, move |(s, mut is)| {
+            let r = switch_and_reboot(&s, &mut is, &dir4, reboot.as_deref(), until, &tx4);
+            (s.name.clone(), is, r)
+        });
+        for (name, is, r) in outs {
+            if let Err(e) = r {
+                failed.insert(name.clone(), e);
+            } else if is.has(Step::Reboot) {
+                let e = st.nodes.entry(name.clone()).or_default();
+                e.system = is.system.clone();
+                e.applied_at = Some(now());
+                e.last_result = Some("installed".into());
+            }
+            states.insert(name, is);
+        }
+        st.save(&state_dir)?;
+    }
+    for s in &sessions {
+        unlock(s);
+    }
+    for (n, e) in failed {
+        if let Some(r) = results.get_mut(&n) {
+            r.ok = false;
+            r.message = e;
+        }
+    }
+    Ok(finish(results, &states))
+}
+
+fn finish(
+    mut results: BTreeMap<String, InstallResult>,
+    states: &BTreeMap<String, InstallState>,
+) -> Vec<InstallResult> {
+    for (n, r) in results.iter_mut() {
+        if let Some(s) = states.get(n) {
+            r.done = s.done.clone();
+        }
+    }
+    results.into_values().collect()
+}
+
+fn switch_and_reboot(
+    s: &Session,
+    is: &mut InstallState,
+    dir: &Path,
+    reboot: Option<&[String]>,
+    until: Option<crate::install::Step>,
+    tx: &Sender,
+) -> Result<(), String> {
+    let name = s.name.as_str();
+    if !is.has(Step::Switch) {
+        emit(
+            tx,
+            name,
+            Phase::Switch,
+            Ev::Started,
+            "NIXOS_LUSTRATE and switch-to-configuration boot",
+        );
+        s.host
+            .upload("/etc/NIXOS_LUSTRATE", LUSTRATE.as_bytes(), 0o644)
+            .map_err(|e| e.to_string())?;
+        let o = s
+            .host
+            .run(
+                &argv(["sh", "-c", SWITCH, "edgectl-install", &s.system]),
+                true,
+            )
+            .map_err(|e| e.to_string())?;
+        if !o.ok() {
+            let e = format!("switch-to-configuration boot failed: {}", o.stderr.trim());
+            emit(tx, name, Phase::Switch, Ev::Failed, e.clone());
+            return Err(e);
+        }
+        emit(tx, name, Phase::Switch, Ev::Ok, "boots NixOS next");
+        is.done.push(Step::Switch);
+        is.save(dir, name)?;
+    }
+    if until.is_some_and(|u| u < Step::Reboot) || is.has(Step::Reboot) {
+        return Ok(());
+    }
+    emit(tx, name, Phase::Reboot, Ev::Started, "rebooting");
+    let boot_id = |h: &dyn Host| {
+        h.run(&argv(["cat", "/proc/sys/kernel/random/boot_id"]), false)
+            .map(|o| o.stdout.trim().to_string())
+            .unwrap_or_default()
+    };
+    let before = boot_id(&s.host);
+    let default = vec!["systemctl".to_string(), "reboot".to_string()];
+    let cmd = reboot.map(<[String]>::to_vec).unwrap_or(default);
+    let a: Vec<String> = ["sh", "-c", REBOOT, "edgectl-reboot"]
+        .into_iter()
+        .map(String::from)
+        .chain(cmd)
+        .collect();
+    let _ = s.host.run(&a, true);
+    // A real reboot changes the boot id; a custom reboot command (the test rig restarts sshd
+    // instead) is done once the node answers again.
+    let need_new_boot = reboot.is_none();
+    let end = Instant::now() + Duration::from_secs(900);
+    std::thread::sleep(Duration::from_secs(3));
+    loop {
+        match s.host.fresh() {
+            Ok(h) => {
+                if !need_new_boot || boot_id(h.as_ref()) != before {
+                    let cur = h
+                        .run(&argv(["sh", "-c", "if [ -e /run/current-system ]; then readlink -f /run/current-system; else readlink -f /nix/var/nix/profiles/system; fi"]), false)
+                        .map(|o| o.stdout.trim().to_string())
+                        .unwrap_or_default();
+                    if cur != s.system {
+                        let e = format!("after the reboot the node runs {cur:?}, not {}", s.system);
+                        emit(tx, name, Phase::Reboot, Ev::Failed, e.clone());
+                        return Err(e);
+                    }
+                    emit(
+                        tx,
+                        name,
+                        Phase::Reboot,
+                        Ev::Ok,
+                        "NixOS is up, same host key",
+                    );
+                    is.done.push(Step::Reboot);
+                    is.save(dir, name)?;
+                    return Ok(());
+                }
+            }
+            Err(HostError::HostKeyChanged { expected, found }) => {
+                let e = format!(
+                    "the SSH host key changed across the reboot ({expected} -> {found}); NIXOS_LUSTRATE should have kept it: check /etc/ssh on the node"
+                );
+                emit(tx, name, Phase::Reboot, Ev::Failed, e.clone());
+                return Err(e);
+            }
+            Err(_) => {}
+        }
+        if Instant::now() > end {
+            return Err("the node did not come back within 15 minutes; recover it from the CloudLab portal (reload) if it does not boot".into());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}

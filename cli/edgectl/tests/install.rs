@@ -1,0 +1,246 @@
+//! `edgectl install` on the rig: nodes stand in for Ubuntu machines, each with a PRIVATE /etc
+//! (so nothing touches this machine's /etc). Phase 1 reads recorded facts of a c220g5 layout
+//! (the logic is tested on more layouts in cli/deploy/tests/facts.rs); phases 2 to 4 run for
+//! real against the test closure; the reboot is replaced by the node's sshd answering again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use edgectl_rig::{Rig, RigOptions};
+
+const LAYOUT: &str = "c220g5-ssd-boot";
+const WWN: &str = "/dev/disk/by-id/wwn-0x55cd2e414d9a1234";
+
+struct Lab {
+    rig: Rig,
+    dir: tempfile::TempDir,
+}
+
+fn lab(n: usize) -> Option<Lab> {
+    if let Err(why) = edgectl_rig::available() {
+        eprintln!("skipping: {why}");
+        return None;
+    }
+    let rig = Rig::up_with(n, RigOptions { private_etc: true }).expect("rig comes up");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster.toml"),
+        edgectl_rig::topology_toml(&rig, &["wasm"], 30),
+    )
+    .unwrap();
+    // Recorded facts per node: the c220g5 layout, with this node's experiment MAC.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/tests/facts")
+        .join(LAYOUT);
+    for (i, n) in rig.nodes.iter().enumerate() {
+        let d = dir.path().join("facts").join(&n.name);
+        std::fs::create_dir_all(&d).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            let text = std::fs::read_to_string(e.path()).unwrap().replace(
+                "90:e2:ba:24:d1:15",
+                &format!("02:aa:bb:cc:00:{:02x}", i + 1),
+            );
+            std::fs::write(d.join(e.file_name()), text).unwrap();
+        }
+        // The node itself claims to be Ubuntu too (its private /etc).
+        // os-release is a symlink into /usr/lib: replace the link, never write through it.
+        let os = n.etc_root.as_ref().unwrap().join("os-release");
+        let _ = std::fs::remove_file(&os);
+        std::fs::write(os, "ID=ubuntu\nVERSION_ID=\"22.04\"\n").unwrap();
+    }
+    Some(Lab { rig, dir })
+}
+
+impl Lab {
+    fn run(&self, extra: &[&str]) -> Output {
+        let nodes: Vec<&str> = self.rig.nodes.iter().map(|n| n.name.as_str()).collect();
+        Command::new(env!("CARGO_BIN_EXE_edgectl"))
+            .arg("install")
+            .arg(self.dir.path().join("cluster.toml"))
+            .args([
+                "--on",
+                &nodes.join(","),
+                "--json",
+                "--identity",
+                self.rig.key.to_str().unwrap(),
+            ])
+            .args([
+                "--override-input",
+                "nixpkgs",
+                &format!("path:{}", edgectl_rig::fixture_nixpkgs().display()),
+            ])
+            .args([
+                "--facts-from",
+                self.dir.path().join("facts").to_str().unwrap(),
+            ])
+            .args(extra)
+            .args(["--reboot-command", "true"])
+            .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG)
+            .output()
+            .unwrap()
+    }
+    fn etc(&self, i: usize) -> PathBuf {
+        self.rig.node(i).etc_root.clone().unwrap()
+    }
+    fn profile(&self, i: usize) -> Option<String> {
+        let o = self
+            .rig
+            .exec_in(i, &["readlink", "-f", "/nix/var/nix/profiles/system"]);
+        let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        s.starts_with("/nix/store/").then_some(s)
+    }
+}
+
+fn report(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"dry_run\"") || l.contains("\"nodes\""))
+        .unwrap_or_else(|| panic!("no report:\n{out}\n{}", String::from_utf8_lossy(&o.stderr)));
+    serde_json::from_str(line).unwrap()
+}
+
+fn explain(o: &Output) -> String {
+    format!(
+        "exit {:?}\n{}\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn install_runs_every_phase_and_apply_continues_from_there() {
+    let Some(l) = lab(2) else { return };
+    let o = l.run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let r = report(&o);
+    for (i, n) in r["nodes"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(n["ok"], true, "{n}");
+        assert_eq!(
+            n["done"],
+            serde_json::json!(["facts", "nix", "copy", "switch", "reboot"])
+        );
+        let sys = l.profile(i).expect("system profile set");
+        assert!(l.etc(i).join("NIXOS").exists(), "/etc/NIXOS on node {i}");
+        let lustrate = std::fs::read_to_string(l.etc(i).join("NIXOS_LUSTRATE")).unwrap();
+        assert!(
+            lustrate.contains("etc/ssh/ssh_host_ed25519_key"),
+            "host keys are kept: {lustrate}"
+        );
+        let acts =
+            std::fs::read_to_string(l.rig.node(i).nix_dir.join("var/edgectl-test/activations"))
+                .unwrap();
+        assert!(
+            acts.contains(&format!("boot {sys}")),
+            "boot activation of {sys}: {acts}"
+        );
+        // The system was built for the boot disk phase 1 found, by stable name.
+        let edge: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                l.rig
+                    .node(i)
+                    .nix_dir
+                    .join(sys.trim_start_matches("/nix/"))
+                    .join("edge.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(edge["edge"]["cloudlab"]["bootDisk"], WWN, "{edge}");
+        assert_eq!(
+            edge["edge"]["cloudlab"]["rootDevice"],
+            "/dev/disk/by-uuid/5f1c1a5e-1111-4c3b-9d2e-aaaaaaaaaaaa"
+        );
+    }
+    // This machine's own /etc was never touched.
+    assert!(!Path::new("/etc/NIXOS_LUSTRATE").exists());
+    // apply continues from the installed state: nothing to change.
+    let o = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+        .args(["plan"])
+        .arg(l.dir.path().join("cluster.toml"))
+        .args(["--identity", l.rig.key.to_str().unwrap()])
+        .args([
+            "--override-input",
+            "nixpkgs",
+            &format!("path:{}", edgectl_rig::fixture_nixpkgs().display()),
+        ])
+        .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "plan after install: {}",
+        explain(&o)
+    );
+    // A second install has nothing left to do.
+    let o = l.run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    assert!(
+        report(&o)["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["resumed_from"].is_null())
+    );
+}
+
+#[test]
+fn dry_run_prints_every_command_and_changes_nothing() {
+    let Some(l) = lab(1) else { return };
+    let o = l.run(&["--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let r = report(&o);
+    let cmds: Vec<String> = r["nodes"][0]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let all = cmds.join("\n");
+    for want in [
+        "nix-store --version",
+        "nix copy --to",
+        "NIXOS_LUSTRATE",
+        "switch-to-configuration",
+        "NIXOS_INSTALL_BOOTLOADER=1",
+        &format!("{WWN}-part1"),
+        "edgectl-reboot true",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    assert!(l.profile(0).is_none(), "no system profile");
+    assert!(!l.etc(0).join("NIXOS").exists() && !l.etc(0).join("NIXOS_LUSTRATE").exists());
+}
+
+#[test]
+fn an_interrupted_install_resumes_and_a_changed_host_key_fails_the_reboot_check() {
+    let Some(l) = lab(1) else { return };
+    let o = l.run(&["--until", "copy"]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    assert_eq!(
+        report(&o)["nodes"][0]["done"],
+        serde_json::json!(["facts", "nix", "copy"])
+    );
+    assert!(l.profile(0).is_none(), "stopped before the switch");
+    let o = l.run(&["--until", "switch"]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    assert_eq!(
+        report(&o)["nodes"][0]["resumed_from"],
+        "switch",
+        "resumes from the phase that had not completed"
+    );
+    assert!(l.profile(0).is_some());
+    // "Reboot" with a new host key: phase 4 must refuse.
+    l.rig.set_host_key(0);
+    let o = l.run(&[]);
+    assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+    let msg = report(&o)["nodes"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("host key changed"), "{msg}");
+}
