@@ -20,7 +20,7 @@ in
     package = lib.mkOption {
       type = lib.types.nullOr lib.types.package;
       default = null;
-      description = "Package providing bin/edgectl-agent; null declares no unit.";
+      description = "The edgectl package (its `edgectl agent` subcommand is the agent); null declares no unit.";
     };
     stateDir = lib.mkOption {
       type = lib.types.str;
@@ -42,7 +42,7 @@ in
         wants = [ "network-online.target" ];
         after = [ "network-online.target" ];
         serviceConfig = {
-          ExecStart = "${lib.getExe' cfg.package "edgectl-agent"} ${lib.escapeShellArgs (edgeLib.agentArgsFor { port = cfg.port; inherit stateDir; })}";
+          ExecStart = "${lib.getExe' cfg.package "edgectl"} agent ${lib.escapeShellArgs (edgeLib.agentArgsFor { port = cfg.port; inherit stateDir; })}";
           Restart = "on-failure";
           RestartSec = 5;
           # Root: the agent reads root-owned 0600 keys and inspects hardware.

@@ -294,6 +294,8 @@ pub fn parse_doc(
                     );
                     d.field = Some("link/@vlantag".into());
                     d.value = Some(format!("{v:?}"));
+                    d.help =
+                        Some("remove vlantag, or set the switch's VLAN number (1 to 4094)".into());
                     None
                 }
             },
@@ -380,6 +382,8 @@ fn parse_node(p: &mut P<'_>, n: Node<'_, '_>) -> Option<RNode> {
                                     format!("<login> port {s:?} is not a TCP port"),
                                 );
                                 d.field = Some("login/@port".into());
+                                d.value = Some(format!("{s:?}"));
+                                d.help = Some("a <login> port is a number from 1 to 65535 (CloudLab uses 22); re-download the manifest".into());
                                 None
                             }
                         },
@@ -418,6 +422,7 @@ fn parse_iface(p: &mut P<'_>, c: Node<'_, '_>) -> Option<RIface> {
                 );
                 d.field = Some("interface/@mac_address".into());
                 d.value = Some(format!("{m:?}"));
+                d.help = Some("a MAC address is 12 hex digits, e.g. 90e2ba24d115 or 90:e2:ba:24:d1:15; re-download the manifest".into());
                 None
             }
         },

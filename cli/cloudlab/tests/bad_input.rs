@@ -8,7 +8,7 @@ use edgectl_model::{Kind, SourceFile};
 
 /// Imports a file from tests/data and returns the first problem's (kind, line).
 fn first_problem(name: &str, user: Option<&str>) -> (Kind, usize, String) {
-    let d = import_path(&data(name), user).expect_err(name);
+    let d = import_path(&corpus(name), user).expect_err(name);
     let x = &d.0[0];
     // Every problem renders with its source excerpt, like the rest of edgectl.
     let shown = d.render(false, 10);
@@ -19,21 +19,21 @@ fn first_problem(name: &str, user: Option<&str>) -> (Kind, usize, String) {
 #[test]
 fn truncated_xml() {
     let (k, line, msg) = first_problem("truncated.xml", None);
-    assert_eq!((k, line), (Kind::Syntax, 11), "{msg}");
+    assert_eq!((k, line), (Kind::Syntax, 12), "{msg}");
     assert!(msg.contains("XML syntax error"));
 }
 
 #[test]
 fn wrong_root_element() {
-    let (k, line, msg) = first_problem("wrong_root.xml", None);
-    assert_eq!((k, line), (Kind::NotRspec, 2));
+    let (k, line, msg) = first_problem("wrong-root.xml", None);
+    assert_eq!((k, line), (Kind::NotRspec, 3));
     assert!(msg.contains("<experiment>"), "{msg}");
 }
 
 #[test]
 fn wrong_namespace() {
-    let d = import_path(&data("wrong_namespace.xml"), None).unwrap_err();
-    assert_eq!((d.0[0].kind, d.0[0].line), (Kind::NotRspec, 2));
+    let d = import_path(&corpus("wrong-namespace.xml"), None).unwrap_err();
+    assert_eq!((d.0[0].kind, d.0[0].line), (Kind::NotRspec, 3));
     assert!(
         d.0[0]
             .help
@@ -45,28 +45,28 @@ fn wrong_namespace() {
 
 #[test]
 fn duplicate_client_id() {
-    let d = import_path(&data("duplicate_client_id.xml"), None).unwrap_err();
+    let d = import_path(&corpus("duplicate-client-id.xml"), None).unwrap_err();
     assert_eq!(
         d.len(),
         1,
         "no follow-on errors for the duplicate's interfaces: {}",
         d.render(false, 5)
     );
-    assert_eq!((d.0[0].kind, d.0[0].line), (Kind::DuplicateName, 13));
-    assert!(d.0[0].message.contains("line 2"), "{}", d.0[0].message);
+    assert_eq!((d.0[0].kind, d.0[0].line), (Kind::DuplicateName, 14));
+    assert!(d.0[0].message.contains("line 3"), "{}", d.0[0].message);
 }
 
 #[test]
 fn interface_without_mac_in_a_manifest() {
-    let (k, line, msg) = first_problem("no_mac.xml", None);
-    assert_eq!((k, line), (Kind::MissingField, 16));
+    let (k, line, msg) = first_problem("no-mac.xml", None);
+    assert_eq!((k, line), (Kind::MissingField, 17));
     assert!(msg.contains("if2") && msg.contains("mac_address"), "{msg}");
 }
 
 #[test]
 fn link_names_an_unknown_interface() {
-    let d = import_path(&data("unknown_interface.xml"), None).unwrap_err();
-    assert_eq!((d.0[0].kind, d.0[0].line), (Kind::UnknownInterface, 26));
+    let d = import_path(&corpus("unknown-interface.xml"), None).unwrap_err();
+    assert_eq!((d.0[0].kind, d.0[0].line), (Kind::UnknownInterface, 27));
     assert!(d.0[0].message.contains("if9"));
     assert!(
         d.0[0].help.as_deref().unwrap_or_default().contains("if1")
@@ -77,46 +77,46 @@ fn link_names_an_unknown_interface() {
 
 #[test]
 fn address_that_does_not_parse() {
-    let (k, line, msg) = first_problem("bad_address.xml", None);
-    assert_eq!((k, line), (Kind::InvalidAddress, 17));
+    let (k, line, msg) = first_problem("bad-address.xml", None);
+    assert_eq!((k, line), (Kind::InvalidAddress, 18));
     assert!(msg.contains("10.10.1.300"), "{msg}");
 }
 
 #[test]
 fn netmask_that_is_not_a_mask() {
-    let (k, line, msg) = first_problem("bad_netmask.xml", None);
-    assert_eq!((k, line), (Kind::InvalidAddress, 17));
+    let (k, line, msg) = first_problem("bad-netmask.xml", None);
+    assert_eq!((k, line), (Kind::InvalidAddress, 18));
     assert!(msg.contains("255.0.255.0"), "{msg}");
 }
 
 #[test]
 fn mac_that_does_not_parse() {
-    let (k, line, _) = first_problem("bad_mac.xml", None);
-    assert_eq!((k, line), (Kind::InvalidMac, 16));
+    let (k, line, _) = first_problem("bad-mac.xml", None);
+    assert_eq!((k, line), (Kind::InvalidMac, 17));
 }
 
 #[test]
 fn link_members_on_different_subnets() {
-    let (k, line, _) = first_problem("mixed_subnets.xml", None);
-    assert_eq!((k, line), (Kind::InvalidAddress, 16));
+    let (k, line, _) = first_problem("mixed-subnets.xml", None);
+    assert_eq!((k, line), (Kind::InvalidAddress, 17));
 }
 
 #[test]
 fn empty_experiment() {
-    let (k, line, msg) = first_problem("empty_experiment.xml", None);
-    assert_eq!((k, line), (Kind::NoNodes, 1));
+    let (k, line, msg) = first_problem("empty-experiment.xml", None);
+    assert_eq!((k, line), (Kind::NoNodes, 2));
     assert!(msg.contains("1 other node skipped"), "{msg}");
 }
 
 #[test]
 fn several_users_and_no_choice() {
-    let (k, line, msg) = first_problem("two_users.xml", None);
-    assert_eq!((k, line), (Kind::AmbiguousUser, 10));
+    let (k, line, msg) = first_problem("two-users.xml", None);
+    assert_eq!((k, line), (Kind::AmbiguousUser, 11));
     assert!(msg.contains("alice, bob"), "{msg}");
-    let (k, line, _) = first_problem("two_users.xml", Some("alice"));
+    let (k, line, _) = first_problem("two-users.xml", Some("alice"));
     assert_eq!(
         (k, line),
-        (Kind::UnknownUser, 13),
+        (Kind::UnknownUser, 14),
         "bob's node has no login for alice"
     );
 }
@@ -124,7 +124,7 @@ fn several_users_and_no_choice() {
 #[test]
 fn dtd_entities_are_refused() {
     let (k, line, _) = first_problem("entities.xml", None);
-    assert_eq!((k, line), (Kind::Syntax, 2));
+    assert_eq!((k, line), (Kind::Syntax, 3));
 }
 
 #[test]
@@ -192,6 +192,7 @@ fn nothing_is_written_on_error() {
 fn never_panics() {
     let mut texts: Vec<String> = std::fs::read_dir(data(""))
         .unwrap()
+        .chain(std::fs::read_dir(corpus("")).unwrap())
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
     if let Some(dir) = fixtures() {

@@ -411,12 +411,12 @@ fn portal_api_json_map_over_two_sites() {
 
 #[test]
 fn portal_api_json_errors_point_into_the_manifest() {
-    let xml = std::fs::read_to_string(data("bad_address.xml")).unwrap();
+    let xml = std::fs::read_to_string(corpus("bad-address.xml")).unwrap();
     let json = serde_json::json!({ "urn:publicid:IDN+wisc.cloudlab.us+authority+cm": xml });
     let src = SourceFile::new("m.json", json.to_string());
     let d = import_source(&src, &ImportOptions::default()).unwrap_err();
     assert_eq!(d.0[0].kind, Kind::InvalidAddress);
-    assert_eq!(d.0[0].line, 17);
+    assert_eq!(d.0[0].line, 18);
     assert_eq!(
         d.0[0].file,
         "m.json[urn:publicid:IDN+wisc.cloudlab.us+authority+cm]"

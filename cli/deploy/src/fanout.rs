@@ -232,8 +232,10 @@ pub fn distribute(
                 if user != "root" {
                     url.push_str("?remote-program=sudo%20-n%20nix-store");
                 }
+                // AES-GCM first: server CPUs have AES instructions, and the LAN copy is bound by
+                // the cipher, not the wire.
                 let opts = format!(
-                    "NIX_SSHOPTS=-p {port} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10"
+                    "NIX_SSHOPTS=-p {port} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com"
                 );
                 let cmd = argv(["env", &opts, "nix", "--extra-experimental-features", "nix-command", "copy", "--to", &url, &peer.system]);
                 match seed2.host.run(&cmd, true) {

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 const MIB: u64 = 64;
 
 fn tx_bytes(dev: &str) -> u64 {
-    std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/tx_bytes")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/tx_bytes"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64) {
@@ -22,20 +25,51 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64) {
     std::fs::write(&topo, edgectl_rig::topology_toml(&rig, &["wasm"], 60)).unwrap();
     let state = dir.path().join(".edgectl");
     std::fs::create_dir_all(&state).unwrap();
-    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(state.join("cluster_key")).status().unwrap().success());
-    rig.authorize(&std::fs::read_to_string(state.join("cluster_key.pub")).unwrap()).unwrap();
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(state.join("cluster_key"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    rig.authorize(&std::fs::read_to_string(state.join("cluster_key.pub")).unwrap())
+        .unwrap();
     let st = Command::new("tc")
-        .args(["qdisc", "replace", "dev", &rig.bridge, "root", "tbf", "rate", "100mbit", "burst", "256kbit", "latency", "400ms"])
+        .args([
+            "qdisc",
+            "replace",
+            "dev",
+            &rig.bridge,
+            "root",
+            "tbf",
+            "rate",
+            "100mbit",
+            "burst",
+            "256kbit",
+            "latency",
+            "400ms",
+        ])
         .status()
         .unwrap();
     assert!(st.success(), "tc tbf on {}", rig.bridge);
     let cmd = |goal: &str| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
-        c.args(["apply", "--goal", goal, "--fanout", if fanout { "on" } else { "off" }])
-            .arg(&topo)
-            .args(["--identity", rig.key.to_str().unwrap(), "--parallel", "8"])
-            .args(["--override-input", "nixpkgs", &format!("path:{}", fixture.display())])
-            .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG);
+        c.args([
+            "apply",
+            "--goal",
+            goal,
+            "--fanout",
+            if fanout { "on" } else { "off" },
+        ])
+        .arg(&topo)
+        .args(["--identity", rig.key.to_str().unwrap(), "--parallel", "8"])
+        .args([
+            "--override-input",
+            "nixpkgs",
+            &format!("path:{}", fixture.display()),
+        ])
+        .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG);
         c
     };
     // Build first (not timed): the bench measures distribution, not evaluation.
@@ -44,7 +78,11 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64) {
     let t = Instant::now();
     let o = cmd("push").output().unwrap();
     let d = t.elapsed();
-    assert!(o.status.success(), "push to {n} nodes: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "push to {n} nodes: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     (d, tx_bytes(&rig.bridge) - before)
 }
 
@@ -54,7 +92,11 @@ fn main() {
         return;
     }
     let fixture = tempfile::tempdir().unwrap();
-    std::fs::copy(edgectl_rig::fixture_nixpkgs().join("flake.nix"), fixture.path().join("flake.nix")).unwrap();
+    std::fs::copy(
+        edgectl_rig::fixture_nixpkgs().join("flake.nix"),
+        fixture.path().join("flake.nix"),
+    )
+    .unwrap();
     std::fs::write(fixture.path().join("payload-mib"), MIB.to_string()).unwrap();
     let closure = (MIB << 20) as f64;
     let mut rows = Vec::new();
@@ -65,7 +107,16 @@ fn main() {
     }
     let s = |d: Duration| d.as_secs_f64();
     println!("64 MiB closure, controller link 100 Mbit/s (tbf), nodes on one unshaped bridge\n");
-    println!("{:>5}  {:>11}  {:>9}  {:>12}  {:>11}  {:>12}  {:>8}", "nodes", "fan-out (s)", "x 1 node", "sent/closure", "per-node (s)", "sent/closure", "speedup");
+    println!(
+        "{:>5}  {:>11}  {:>9}  {:>12}  {:>11}  {:>12}  {:>8}",
+        "nodes",
+        "fan-out (s)",
+        "x 1 node",
+        "sent/closure",
+        "per-node (s)",
+        "sent/closure",
+        "speedup"
+    );
     let t1 = s(rows[0].1.0);
     for (n, (ton, bon), (toff, boff)) in &rows {
         println!(
@@ -80,7 +131,27 @@ fn main() {
     }
     let (_, (t8, b8), (off8, _)) = rows[2];
     println!();
-    println!("aim 8 nodes <= 1.5x 1 node:        {:.2}x {}", s(t8) / t1, if s(t8) / t1 <= 1.5 { "met" } else { "NOT met" });
-    println!("aim controller sends <= 1.2x:      {:.2}x {}", b8 as f64 / closure, if b8 as f64 / closure <= 1.2 { "met" } else { "NOT met" });
-    println!("aim fan-out >= 4x faster at 8:     {:.2}x {}", s(off8) / s(t8), if s(off8) / s(t8) >= 4.0 { "met" } else { "NOT met" });
+    println!(
+        "aim 8 nodes <= 1.5x 1 node:        {:.2}x {}",
+        s(t8) / t1,
+        if s(t8) / t1 <= 1.5 { "met" } else { "NOT met" }
+    );
+    println!(
+        "aim controller sends <= 1.2x:      {:.2}x {}",
+        b8 as f64 / closure,
+        if b8 as f64 / closure <= 1.2 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "aim fan-out >= 4x faster at 8:     {:.2}x {}",
+        s(off8) / s(t8),
+        if s(off8) / s(t8) >= 4.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
 }

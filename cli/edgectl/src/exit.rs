@@ -3,5 +3,4 @@ pub const OK: u8 = 0;
 pub const ERROR: u8 = 1;
 pub const CHANGES: u8 = 2;
 pub const NODES_FAILED: u8 = 3;
-#[allow(dead_code)]
 pub const CHECKS_FAILED: u8 = 4;

@@ -128,6 +128,16 @@ enum Command {
         #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
         fanout: String,
     },
+    /// Check every node against its profile, the topology and the targets, through the agents.
+    #[command(after_help = EXIT_CODES)]
+    Verify {
+        /// The topology file.
+        file: PathBuf,
+        #[command(flatten)]
+        args: cmd::verify::VerifyArgs,
+    },
+    /// Run the node agent (QUIC with mutual TLS); normally started by NixOS or by `verify`.
+    Agent(cmd::verify::AgentArgs),
     /// Turn nodes that run CloudLab's Ubuntu into NixOS: facts, Nix, closure, switch, reboot;
     /// resumable (a rerun continues from the phase that had not completed).
     #[command(after_help = EXIT_CODES)]
@@ -224,6 +234,8 @@ fn main() -> ExitCode {
             confirm_timeout,
             fanout,
         } => cmd::deploy::apply(&ctx, &file, &deploy, &goal, confirm_timeout, fanout == "on"),
+        Command::Verify { file, args } => cmd::verify::run(&ctx, &file, &args),
+        Command::Agent(a) => cmd::verify::agent(&a),
         Command::Install {
             file,
             deploy,

@@ -23,7 +23,11 @@ fn lab(n: usize) -> Option<Lab> {
     }
     let rig = Rig::up(n).expect("rig comes up");
     let dir = tempfile::tempdir().unwrap();
-    let l = Lab { rig, dir, fixture: edgectl_rig::fixture_nixpkgs() };
+    let l = Lab {
+        rig,
+        dir,
+        fixture: edgectl_rig::fixture_nixpkgs(),
+    };
     l.write_topology(&["wasm", "agent"]);
     Some(l)
 }
@@ -58,16 +62,26 @@ impl Lab {
     fn authorize_cluster_key(&self) {
         let d = self.dir.path().join(".edgectl");
         std::fs::create_dir_all(&d).unwrap();
-        let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join("cluster_key")).status().unwrap();
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("cluster_key"))
+            .status()
+            .unwrap();
         assert!(st.success());
-        self.rig.authorize(&std::fs::read_to_string(d.join("cluster_key.pub")).unwrap()).unwrap();
+        self.rig
+            .authorize(&std::fs::read_to_string(d.join("cluster_key.pub")).unwrap())
+            .unwrap();
     }
 
     /// Uses a copy of the fixture whose every closure carries a shared `mib` MiB payload.
     fn with_payload(&mut self, mib: u32) {
         let f = self.dir.path().join("fixture");
         std::fs::create_dir_all(&f).unwrap();
-        std::fs::copy(edgectl_rig::fixture_nixpkgs().join("flake.nix"), f.join("flake.nix")).unwrap();
+        std::fs::copy(
+            edgectl_rig::fixture_nixpkgs().join("flake.nix"),
+            f.join("flake.nix"),
+        )
+        .unwrap();
         std::fs::write(f.join("payload-mib"), mib.to_string()).unwrap();
         self.fixture = f;
     }
@@ -201,7 +215,11 @@ fn kill_sessions(rig: &Rig, i: usize) {
 }
 
 fn events(o: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v.get("phase").is_some()).collect()
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("phase").is_some())
+        .collect()
 }
 
 fn copied_from(evs: &[serde_json::Value], node: &str) -> Option<String> {
@@ -217,14 +235,32 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
     let o = l.run(&["apply", "--json"]);
     assert_eq!(code(&o), 0, "{}", explain(&o));
     let evs = events(&o);
-    assert_eq!(copied_from(&evs, "n1").as_deref(), Some("seed holds every closure"), "{evs:?}");
-    assert_eq!(copied_from(&evs, "n2").as_deref(), Some("copied from n1"), "{evs:?}");
-    assert_eq!(copied_from(&evs, "n3").as_deref(), Some("copied from n1"), "{evs:?}");
+    assert_eq!(
+        copied_from(&evs, "n1").as_deref(),
+        Some("seed holds every closure"),
+        "{evs:?}"
+    );
+    assert_eq!(
+        copied_from(&evs, "n2").as_deref(),
+        Some("copied from n1"),
+        "{evs:?}"
+    );
+    assert_eq!(
+        copied_from(&evs, "n3").as_deref(),
+        Some("copied from n1"),
+        "{evs:?}"
+    );
     for i in 0..3 {
-        assert_eq!(l.current(i).as_deref(), Some(l.target(i).as_str()), "node {i}");
+        assert_eq!(
+            l.current(i).as_deref(),
+            Some(l.target(i).as_str()),
+            "node {i}"
+        );
     }
     // The seed's key is a secret: root-only on the node, never in the store.
-    let o = l.rig.exec_in(0, &["stat", "-c", "%a %U", "/nix/var/edgectl/cluster_key"]);
+    let o = l
+        .rig
+        .exec_in(0, &["stat", "-c", "%a %U", "/nix/var/edgectl/cluster_key"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "600 root");
     // --fanout off: every node from the controller.
     l.write_topology(&["agent"]);
@@ -232,7 +268,11 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
     assert_eq!(code(&o), 0, "{}", explain(&o));
     let evs = events(&o);
     for n in ["n1", "n2", "n3"] {
-        assert_eq!(copied_from(&evs, n).as_deref(), Some("copied from controller"), "{n}: {evs:?}");
+        assert_eq!(
+            copied_from(&evs, n).as_deref(),
+            Some("copied from controller"),
+            "{n}: {evs:?}"
+        );
     }
 }
 
@@ -242,13 +282,31 @@ fn fanout_survives_the_seed_dying_mid_transfer() {
     l.authorize_cluster_key();
     l.with_payload(48);
     let mut child = l.spawn_json(&["apply"]);
-    let hit = wait_for_event(&mut child, |e| e["phase"] == "copy" && e["state"] == "started" && e["message"].as_str().is_some_and(|m| m.contains("over the LAN")), Duration::from_secs(120));
+    let hit = wait_for_event(
+        &mut child,
+        |e| {
+            e["phase"] == "copy"
+                && e["state"] == "started"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("over the LAN"))
+        },
+        Duration::from_secs(120),
+    );
     assert!(hit, "saw a copy over the LAN start");
     l.rig.kill_sshd(0);
     kill_sessions(&l.rig, 0);
-    assert_eq!(child.wait().unwrap().code(), Some(3), "the seed failed, so apply reports it");
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(3),
+        "the seed failed, so apply reports it"
+    );
     for i in 1..3 {
-        assert_eq!(l.current(i).as_deref(), Some(l.target(i).as_str()), "node {i} converged without the seed");
+        assert_eq!(
+            l.current(i).as_deref(),
+            Some(l.target(i).as_str()),
+            "node {i} converged without the seed"
+        );
     }
     l.rig.start_sshd(0);
     let o = l.run(&["apply", "--json"]);

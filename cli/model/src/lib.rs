@@ -109,6 +109,9 @@ pub fn check_source(
     let cluster = file
         .as_ref()
         .and_then(|f| validate::validate(f, &mut r, &mut profiles));
+    if let Some(f) = &file {
+        check_user_checks(f, &mut r, &src, base);
+    }
     diags.extend(r.diags);
     diags.sort();
     match (cluster, file) {
@@ -123,6 +126,36 @@ pub fn check_source(
                 ));
             }
             Err(diags)
+        }
+    }
+}
+
+/// `[[check]]` modules must exist now, not when `verify` is half-way through a cluster.
+fn check_user_checks(f: &TopologyFile, r: &mut read::Reader, src: &Arc<SourceFile>, base: &Path) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in f.checks.iter().enumerate() {
+        let span = |key: &str| r.spans.get(&format!("check[{i}].{key}")).unwrap_or(0..0);
+        if !c.name.is_empty() && !seen.insert(c.name.as_str()) {
+            let d = Diagnostic::at(
+                Kind::DuplicateName,
+                src,
+                span("name"),
+                format!("duplicate check name `{}`", c.name),
+            )
+            .field(format!("check[{i}].name"))
+            .help("give every [[check]] its own name");
+            r.diags.push(d);
+        }
+        if c.wasm.is_empty() {
+            continue;
+        }
+        let p = base.join(&c.wasm);
+        if !p.is_file() {
+            let d = Diagnostic::at(Kind::Io, src, span("wasm"), format!("check module `{}` not found", p.display()))
+                .field(format!("check[{i}].wasm"))
+                .value(format!("{:?}", c.wasm))
+                .help("`wasm` is relative to the topology file; point it at a WASI module (.wasm, or .wat text)");
+            r.diags.push(d);
         }
     }
 }

@@ -33,6 +33,18 @@ pub struct TopologyFile {
     pub nodes: Vec<NodeSpec>,
     #[serde(default, skip_serializing_if = "TargetsSpec::is_empty")]
     pub targets: TargetsSpec,
+    /// User checks for `edgectl verify`: WASI modules the agents run sandboxed.
+    #[serde(rename = "check", default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    pub name: String,
+    /// A WASI module (`.wasm`, or `.wat` text), relative to the topology file.
+    pub wasm: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,8 +151,9 @@ impl TargetsSpec {
 }
 
 pub const TOP_KEYS: &[&str] = &[
-    "cluster", "defaults", "network", "profile", "node", "targets",
+    "cluster", "defaults", "network", "profile", "node", "targets", "check",
 ];
+pub const CHECK_KEYS: &[&str] = &["name", "wasm", "args"];
 pub const CLUSTER_KEYS: &[&str] = &[
     "name",
     "nixpkgs",
@@ -262,6 +275,16 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
         targets.unikernel_boot_ms = target(r, &t, "unikernel_boot_ms");
     }
 
+    let mut checks = Vec::new();
+    for t in r.tables(root, "check") {
+        r.check_keys(&t, CHECK_KEYS);
+        checks.push(CheckSpec {
+            name: r.string(&t, "name", true).unwrap_or_default(),
+            wasm: r.string(&t, "wasm", true).unwrap_or_default(),
+            args: r.strings(&t, "args").unwrap_or_default(),
+        });
+    }
+
     Some(TopologyFile {
         cluster: cluster?,
         defaults,
@@ -269,6 +292,7 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
         profiles,
         nodes,
         targets,
+        checks,
     })
 }
 

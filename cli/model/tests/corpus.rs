@@ -18,13 +18,14 @@ fn every_invalid_topology_reports_its_kind_on_its_line() {
         .collect();
     files.sort();
     assert!(
-        files.len() >= 30,
-        "the corpus must hold at least 30 files, has {}",
+        files.len() >= 80,
+        "the corpus must hold at least 80 files, has {}",
         files.len()
     );
     let mut failures = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).unwrap();
+        // Lossy: the corpus holds files that are not UTF-8 on purpose, with ASCII headers.
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
         let kind_name = text
             .lines()
             .next()

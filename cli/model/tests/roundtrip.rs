@@ -112,6 +112,7 @@ fn topology() -> impl Strategy<Value = TopologyFile> {
                     wasm_cold_start_ms: None,
                     unikernel_boot_ms: boot.map(|b| b as f64 / 7.0),
                 },
+                checks: Vec::new(),
             }
         })
 }

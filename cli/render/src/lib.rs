@@ -138,12 +138,32 @@ pub fn host_file(c: &Cluster, n: &edgectl_model::Node) -> Result<String, RenderE
     )
 }
 
+/// The first string (value or key) in `v` holding a NUL.
+fn first_nul(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => s.contains('\0').then_some(s.as_str()),
+        Value::Array(a) => a.iter().find_map(first_nul),
+        Value::Object(o) => o.iter().find_map(|(k, v)| {
+            k.contains('\0')
+                .then_some(k.as_str())
+                .or_else(|| first_nul(v))
+        }),
+        _ => None,
+    }
+}
+
 /// Every file of the generated flake.
 pub fn render(c: &Cluster) -> Result<Files, RenderError> {
     if c.ssh_keys.is_empty() {
         // Under NixOS the testbed's account agent no longer installs keys: without ours, the
         // first switch would lock everyone out of every node.
         return Err(RenderError::NoLogin);
+    }
+    // The flake reads topology.json with builtins.fromJSON, and a Nix string ends at a NUL:
+    // a NUL in any value (a TOML "\u0000" passes as free text) would silently cut it short.
+    let whole = serde_json::to_value(c).map_err(|e| RenderError::Template(e.to_string()))?;
+    if let Some(s) = first_nul(&whole) {
+        return Err(RenderError::Unrepresentable(format!("{s:?}")));
     }
     let t = tera()?;
     let mut files = Files::new();

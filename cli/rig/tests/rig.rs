@@ -407,7 +407,13 @@ fn fixture_builds_with_payload() {
         .args(["-qR", &top])
         .output()
         .unwrap();
-    assert_eq!(ok(&q, "nix-store -qR").lines().count(), 2);
+    // The system, its etc, and the payload that every node's closure shares.
+    let paths = ok(&q, "nix-store -qR");
+    assert_eq!(paths.lines().count(), 3, "{paths}");
+    assert!(
+        paths.lines().any(|p| p.ends_with("-edge-payload-1mib")),
+        "{paths}"
+    );
     // An unknown goal is refused without touching any state.
     let o = Command::new(format!("{top}/bin/switch-to-configuration"))
         .arg("bogus")

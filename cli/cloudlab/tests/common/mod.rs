@@ -25,6 +25,13 @@ pub fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Bad RSpecs, each with its expected problem in a header comment (see tests/corpus.rs).
+pub fn corpus(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(name)
+}
+
 pub fn source(path: &Path) -> Arc<SourceFile> {
     edgectl_model::load::read_source(path).unwrap_or_else(|d| panic!("{}", d.message))
 }

@@ -3,6 +3,7 @@ pub mod cloudlab;
 pub mod deploy;
 pub mod generate;
 pub mod profiles;
+pub mod verify;
 
 use edgectl_model::Diagnostics;
 

@@ -1,0 +1,469 @@
+//! What a node is and how it is set up, read from /proc, /sys and a few commands. Parsers take
+//! text so they can be tested on recordings from other machines.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuFacts {
+    pub model: String,
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskFact {
+    pub name: String,
+    pub size_bytes: u64,
+    pub rotational: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NicFact {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Link speed in Mbit/s, when the driver reports one (virtual links do not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed_mbps: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// A physical device (not veth, bridge, tun...).
+    pub physical: bool,
+    /// IPv4 addresses with prefix, in this node's network namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuFact {
+    pub model: String,
+    pub memory_mib: u64,
+    pub driver_version: String,
+    pub compute_capability: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    pub hostname: String,
+    pub cpu: CpuFacts,
+    pub memory_bytes: u64,
+    pub disks: Vec<DiskFact>,
+    pub nics: Vec<NicFact>,
+    pub gpus: Vec<GpuFact>,
+    /// Why GPU facts are missing or partial (no nvidia-smi, or it failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_note: Option<String>,
+    pub kernel: String,
+    pub sysctl: BTreeMap<String, String>,
+    pub modules: Vec<String>,
+    /// `systemctl is-active` per unit, or "unknown" without systemd.
+    pub units: BTreeMap<String, String>,
+    pub kvm_present: bool,
+    pub kvm_usable: bool,
+    /// Tools looked up on PATH: name to path, absent when not found.
+    pub tools: BTreeMap<String, String>,
+}
+
+pub const SYSCTLS: &[&str] = &[
+    "net.core.default_qdisc",
+    "net.ipv4.tcp_congestion_control",
+    "net.ipv4.tcp_available_congestion_control",
+    "net.core.rmem_max",
+    "net.core.wmem_max",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+    "net.ipv4.tcp_mtu_probing",
+    "net.core.netdev_max_backlog",
+];
+pub const UNITS: &[&str] = &["zenohd", "ray-head", "ray-worker", "edgectl-agent"];
+pub const TOOLS: &[&str] = &["wasmtime", "wasmedge", "ops", "ray", "nvidia-smi", "zenohd"];
+pub const NVIDIA_SMI_ARGS: &[&str] = &[
+    "--query-gpu=name,memory.total,driver_version,compute_cap",
+    "--format=csv,noheader,nounits",
+];
+
+pub fn parse_cpuinfo(text: &str) -> CpuFacts {
+    let mut model = String::new();
+    let mut threads = 0u32;
+    let mut sockets = std::collections::BTreeSet::new();
+    let mut cores = std::collections::BTreeSet::new();
+    let mut cpu_cores = 0u32;
+    let (mut phys, mut core) = (None::<String>, None::<String>);
+    let mut flush = |phys: &mut Option<String>, core: &mut Option<String>| {
+        if let Some(p) = phys.take() {
+            sockets.insert(p.clone());
+            if let Some(c) = core.take() {
+                cores.insert((p, c));
+            }
+        }
+        *core = None;
+    };
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            if line.trim().is_empty() {
+                flush(&mut phys, &mut core);
+            }
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        match k {
+            "processor" => threads += 1,
+            "model name" if model.is_empty() => model = v.to_string(),
+            "physical id" => phys = Some(v.to_string()),
+            "core id" => core = Some(v.to_string()),
+            "cpu cores" => cpu_cores = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    flush(&mut phys, &mut core);
+    let s = (sockets.len() as u32).max(1);
+    let c = if !cores.is_empty() {
+        cores.len() as u32
+    } else if cpu_cores > 0 {
+        cpu_cores * s
+    } else {
+        threads
+    };
+    CpuFacts {
+        model,
+        sockets: s,
+        cores: c,
+        threads,
+    }
+}
+
+pub fn parse_meminfo(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// `nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap
+/// --format=csv,noheader,nounits`: one line per GPU, fields separated by ", ".
+pub fn parse_nvidia_smi(text: &str) -> Result<Vec<GpuFact>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if f.len() != 4 {
+            return Err(format!("unexpected nvidia-smi line: {line}"));
+        }
+        let memory_mib = f[1]
+            .trim_end_matches("MiB")
+            .trim()
+            .parse()
+            .map_err(|_| format!("unexpected memory.total `{}` in: {line}", f[1]))?;
+        out.push(GpuFact {
+            model: f[0].to_string(),
+            memory_mib,
+            driver_version: f[2].to_string(),
+            compute_capability: f[3].to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// `ip -o -4 addr show`: interface name to its addresses.
+pub fn parse_ip_addr(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in text.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() >= 4 && w[2] == "inet" {
+            let name = w[1].split('@').next().unwrap_or(w[1]).to_string();
+            m.entry(name).or_default().push(w[3].to_string());
+        }
+    }
+    m
+}
+
+fn read(p: impl AsRef<Path>) -> Option<String> {
+    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+}
+
+/// `name` on PATH, or where NixOS and a Nix install on another distribution put tools (an
+/// agent often runs with a service's or an SSH session's minimal PATH).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            [
+                "/run/current-system/sw/bin",
+                "/nix/var/nix/profiles/default/bin",
+                "/usr/local/bin",
+                "/usr/bin",
+                "/bin",
+                "/usr/sbin",
+                "/sbin",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn disks() -> Vec<DiskFact> {
+    let mut v = Vec::new();
+    let Ok(rd) = fs::read_dir("/sys/block") else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ["loop", "ram", "zram", "dm-", "sr", "md", "nbd"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let d = e.path();
+        let sectors: u64 = read(d.join("size"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if sectors == 0 {
+            continue;
+        }
+        v.push(DiskFact {
+            name,
+            size_bytes: sectors * 512,
+            rotational: read(d.join("queue/rotational")).as_deref() == Some("1"),
+            model: read(d.join("device/model")).filter(|s| !s.is_empty()),
+        });
+    }
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+fn nics() -> Vec<NicFact> {
+    let addrs = Command::new(which("ip").unwrap_or_else(|| "ip".into()))
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .map(|o| parse_ip_addr(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default();
+    let mut m: BTreeMap<String, NicFact> = BTreeMap::new();
+    if let Ok(rd) = fs::read_dir("/sys/class/net") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "lo" {
+                continue;
+            }
+            let d = e.path();
+            let driver = fs::read_link(d.join("device/driver"))
+                .ok()
+                .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()));
+            m.insert(
+                name.clone(),
+                NicFact {
+                    name,
+                    mac: read(d.join("address")),
+                    // -1 (or an error) when the link is down or has no fixed speed.
+                    speed_mbps: read(d.join("speed"))
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .filter(|s| *s > 0)
+                        .map(|s| s as u64),
+                    physical: d.join("device").exists(),
+                    driver,
+                    addresses: Vec::new(),
+                },
+            );
+        }
+    }
+    // sysfs may belong to another network namespace than ours (containers, the test rig), so
+    // interfaces seen only by `ip` are facts too.
+    for (name, a) in addrs {
+        if name == "lo" {
+            continue;
+        }
+        m.entry(name.clone())
+            .or_insert_with(|| NicFact {
+                name,
+                ..Default::default()
+            })
+            .addresses = a;
+    }
+    m.into_values().collect()
+}
+
+fn gpus() -> (Vec<GpuFact>, Option<String>) {
+    let Some(smi) = which("nvidia-smi") else {
+        return (Vec::new(), Some("nvidia-smi not found".into()));
+    };
+    match Command::new(smi).args(NVIDIA_SMI_ARGS).output() {
+        Ok(o) if o.status.success() => {
+            match parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)) {
+                Ok(g) => (g, None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
+        }
+        Ok(o) => (
+            Vec::new(),
+            Some(format!(
+                "nvidia-smi failed: {}{}",
+                String::from_utf8_lossy(&o.stdout).trim(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+        ),
+        Err(e) => (Vec::new(), Some(format!("cannot run nvidia-smi: {e}"))),
+    }
+}
+
+fn units() -> BTreeMap<String, String> {
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let ctl = which("systemctl");
+    UNITS
+        .iter()
+        .map(|u| {
+            let state = match (&ctl, systemd) {
+                (Some(c), true) => Command::new(c)
+                    .args(["is-active", u])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_else(|_| "unknown".into()),
+                _ => "unknown".into(),
+            };
+            (u.to_string(), state)
+        })
+        .collect()
+}
+
+pub fn gather() -> Facts {
+    let (gpus, gpu_note) = gpus();
+    let kvm = Path::new("/dev/kvm");
+    Facts {
+        hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
+        cpu: parse_cpuinfo(&read("/proc/cpuinfo").unwrap_or_default()),
+        memory_bytes: parse_meminfo(&read("/proc/meminfo").unwrap_or_default()),
+        disks: disks(),
+        nics: nics(),
+        gpus,
+        gpu_note,
+        kernel: read("/proc/sys/kernel/osrelease").unwrap_or_default(),
+        sysctl: SYSCTLS
+            .iter()
+            .filter_map(|k| {
+                let p = format!("/proc/sys/{}", k.replace('.', "/"));
+                // Tabs separate the fields of the triples; the topology writes spaces.
+                read(p).map(|v| {
+                    (
+                        k.to_string(),
+                        v.split_whitespace().collect::<Vec<_>>().join(" "),
+                    )
+                })
+            })
+            .collect(),
+        modules: read("/proc/modules")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect(),
+        units: units(),
+        kvm_present: kvm.exists(),
+        kvm_usable: fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(kvm)
+            .is_ok(),
+        tools: TOOLS
+            .iter()
+            .filter_map(|t| which(t).map(|p| (t.to_string(), p.display().to_string())))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Recordings in NVIDIA's documented `--format=csv,noheader,nounits` layout for the GPUs
+    // CloudLab nodes carry (c240g5: P100, c4130-class: P4, d7525: A30) and an H100.
+    const P100: &str = "Tesla P100-PCIE-12GB, 12288, 535.183.01, 6.0\n";
+    const P4: &str = "Tesla P4, 7680, 535.183.01, 6.1\nTesla P4, 7680, 535.183.01, 6.1\n";
+    const A30: &str = "NVIDIA A30, 24576, 550.54.15, 8.0\n";
+    const H100: &str = "NVIDIA H100 80GB HBM3, 81559, 550.90.07, 9.0\n";
+
+    #[test]
+    fn nvidia_smi_recordings() {
+        let g = parse_nvidia_smi(P100).unwrap();
+        assert_eq!(
+            g,
+            vec![GpuFact {
+                model: "Tesla P100-PCIE-12GB".into(),
+                memory_mib: 12288,
+                driver_version: "535.183.01".into(),
+                compute_capability: "6.0".into()
+            }]
+        );
+        let g = parse_nvidia_smi(P4).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            (g[1].model.as_str(), g[1].compute_capability.as_str()),
+            ("Tesla P4", "6.1")
+        );
+        let g = parse_nvidia_smi(A30).unwrap();
+        assert_eq!(
+            (g[0].memory_mib, g[0].compute_capability.as_str()),
+            (24576, "8.0")
+        );
+        let g = parse_nvidia_smi(H100).unwrap();
+        assert_eq!(g[0].model, "NVIDIA H100 80GB HBM3");
+        assert_eq!(
+            (g[0].memory_mib, g[0].driver_version.as_str()),
+            (81559, "550.90.07")
+        );
+        // With units (a format without `nounits`) the memory still parses.
+        assert_eq!(
+            parse_nvidia_smi("Tesla P4, 7680 MiB, 535.183.01, 6.1").unwrap()[0].memory_mib,
+            7680
+        );
+        assert!(
+            parse_nvidia_smi(
+                "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+            )
+            .is_err()
+        );
+        assert!(parse_nvidia_smi("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn cpuinfo_counts_sockets_cores_threads() {
+        let mut t = String::new();
+        for (p, s, c) in [
+            (0, 0, 0),
+            (1, 0, 1),
+            (2, 1, 0),
+            (3, 1, 1),
+            (4, 0, 0),
+            (5, 0, 1),
+            (6, 1, 0),
+            (7, 1, 1),
+        ] {
+            t.push_str(&format!("processor\t: {p}\nmodel name\t: Intel(R) Xeon(R) Silver 4114 CPU @ 2.20GHz\nphysical id\t: {s}\ncore id\t\t: {c}\ncpu cores\t: 2\n\n"));
+        }
+        let c = parse_cpuinfo(&t);
+        assert_eq!((c.sockets, c.cores, c.threads), (2, 4, 8));
+        assert!(c.model.contains("Silver 4114"));
+        // No topology fields (some VMs): one socket, one core per thread.
+        let c = parse_cpuinfo("processor : 0\nmodel name : X\n\nprocessor : 1\nmodel name : X\n");
+        assert_eq!((c.sockets, c.cores, c.threads), (1, 2, 2));
+    }
+
+    #[test]
+    fn meminfo_and_ip() {
+        assert_eq!(
+            parse_meminfo("MemTotal:       196608000 kB\nMemFree: 1 kB\n"),
+            196608000 * 1024
+        );
+        let m = parse_ip_addr(
+            "2: eth0    inet 10.233.1.11/24 brd 10.233.1.255 scope global eth0\\       valid_lft forever\n5: eth1@if6    inet 10.10.1.2/24 scope global eth1\n",
+        );
+        assert_eq!(m["eth0"], vec!["10.233.1.11/24"]);
+        assert_eq!(m["eth1"], vec!["10.10.1.2/24"]);
+    }
+}

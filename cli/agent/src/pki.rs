@@ -1,0 +1,170 @@
+//! The cluster's CA and certificates, kept in `.edgectl/pki/` beside the topology. The CA key
+//! never leaves the controller; a node gets its own key and certificate (uploaded 0600), and the
+//! controller has a client certificate of its own. Names are `<node>.edgectl` and
+//! `controller.edgectl`, so a certificate says which party holds it.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+pub const CONTROLLER: &str = "controller";
+
+/// The DNS name in a party's certificate.
+pub fn dns_name(party: &str) -> String {
+    format!("{party}.edgectl")
+}
+
+/// A certificate and its key, PEM.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_pem: String,
+    ca_key: KeyPair,
+    cluster: String,
+}
+
+fn ca_params(cluster: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("edgectl CA {cluster}"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    p
+}
+
+/// Writes a file that only its owner may read, created with that mode (never widened later).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(tmp, path)
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Pki {
+    /// Loads the CA from `dir`, or creates it there.
+    pub fn open(dir: &Path, cluster: &str) -> Result<Pki, String> {
+        let ca_cert = dir.join("ca.pem");
+        let ca_key = dir.join("ca.key");
+        if ca_cert.exists() && ca_key.exists() {
+            let key_pem =
+                fs::read_to_string(&ca_key).map_err(|e| format!("{}: {e}", ca_key.display()))?;
+            let ca_pem =
+                fs::read_to_string(&ca_cert).map_err(|e| format!("{}: {e}", ca_cert.display()))?;
+            let ca_key =
+                KeyPair::from_pem(&key_pem).map_err(|e| format!("{}: {e}", ca_key.display()))?;
+            return Ok(Pki {
+                dir: dir.to_path_buf(),
+                ca_pem,
+                ca_key,
+                cluster: cluster.to_string(),
+            });
+        }
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = ca_params(cluster).self_signed(&key).map_err(err)?;
+        write_private(&ca_key, key.serialize_pem().as_bytes())
+            .map_err(|e| format!("{}: {e}", ca_key.display()))?;
+        write_private(&ca_cert, cert.pem().as_bytes())
+            .map_err(|e| format!("{}: {e}", ca_cert.display()))?;
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            ca_pem: cert.pem(),
+            ca_key: key,
+            cluster: cluster.to_string(),
+        })
+    }
+
+    /// The identity of `party` (a node name or [`CONTROLLER`]), issued on first use and kept.
+    pub fn identity(&self, party: &str) -> Result<Identity, String> {
+        let cert_p = self.dir.join(format!("{party}.pem"));
+        let key_p = self.dir.join(format!("{party}.key"));
+        if let (Ok(cert_pem), Ok(key_pem)) =
+            (fs::read_to_string(&cert_p), fs::read_to_string(&key_p))
+        {
+            return Ok(Identity { cert_pem, key_pem });
+        }
+        let id = issue(&self.ca_key, &self.cluster, party)?;
+        write_private(&key_p, id.key_pem.as_bytes())
+            .map_err(|e| format!("{}: {e}", key_p.display()))?;
+        write_private(&cert_p, id.cert_pem.as_bytes())
+            .map_err(|e| format!("{}: {e}", cert_p.display()))?;
+        Ok(id)
+    }
+}
+
+/// A certificate for `party` signed by the CA whose key is `ca_key`; valid as client and server.
+pub fn issue(ca_key: &KeyPair, cluster: &str, party: &str) -> Result<Identity, String> {
+    let key = KeyPair::generate().map_err(err)?;
+    let mut p = CertificateParams::new(vec![dns_name(party)]).map_err(err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, dns_name(party));
+    p.distinguished_name = dn;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let issuer = Issuer::new(ca_params(cluster), ca_key);
+    let cert = p.signed_by(&key, &issuer).map_err(err)?;
+    Ok(Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A throwaway CA and an identity under it: what an outsider would present (tests, probes).
+pub fn foreign_identity(party: &str) -> Result<(String, Identity), String> {
+    let key = KeyPair::generate().map_err(err)?;
+    let ca = ca_params("foreign").self_signed(&key).map_err(err)?;
+    Ok((ca.pem(), issue(&key, "foreign", party)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn ca_and_identities_persist_with_private_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Pki::open(d.path(), "c").unwrap();
+        let id = a.identity("n1").unwrap();
+        let b = Pki::open(d.path(), "c").unwrap();
+        assert_eq!(a.ca_pem, b.ca_pem);
+        assert_eq!(b.identity("n1").unwrap().cert_pem, id.cert_pem);
+        for f in ["ca.key", "n1.key", "ca.pem"] {
+            let m = fs::metadata(d.path().join(f)).unwrap().permissions().mode();
+            assert_eq!(m & 0o777, 0o600, "{f}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! What the controller and agents say to each other. Every exchange is one QUIC bidirectional
+//! stream whose first byte says what follows: `J` one JSON request (the sender finishes its
+//! side; the answer is the whole of the other side), `P` one echo. Latency samples are QUIC
+//! datagrams starting with `S`, which an agent sends straight back.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::facts::Facts;
+
+pub const ALPN: &[u8] = b"edgectl-agent/1";
+pub const KIND_PING: u8 = b'P';
+pub const KIND_JSON: u8 = b'J';
+pub const KIND_ECHO_DATAGRAM: u8 = b'S';
+/// Largest request the agent reads: a user Wasm module fits, a flood does not.
+pub const MAX_REQUEST: usize = 64 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    /// The peer agent's QUIC address.
+    pub quic: SocketAddr,
+    /// The peer's Zenoh endpoint, e.g. `tcp/10.0.0.2:7447`.
+    pub zenoh: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    Facts,
+    /// Runs the built-in Wasm module and times its cold start.
+    WasmColdStart,
+    /// Runs a user's WASI module sandboxed (no network, read-only /proc and /sys).
+    RunWasi {
+        name: String,
+        /// The module (binary or WAT text), base64.
+        module_b64: String,
+        args: Vec<String>,
+        timeout_ms: u64,
+    },
+    /// Opens this agent's Zenoh session (peer mode, no scouting) and answers pings on it.
+    ZenohOpen {
+        me: String,
+        listen: String,
+        connect: Vec<String>,
+    },
+    /// Measures round trips to every peer, over QUIC and (when a session is open) Zenoh.
+    Matrix {
+        me: String,
+        peers: Vec<Peer>,
+        samples: u32,
+        zenoh: bool,
+    },
+    /// `ray status` on this node, against the head's GCS address when given.
+    RayStatus {
+        #[serde(default)]
+        address: Option<String>,
+    },
+    /// Ends the agent (one started by `verify` for the run).
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Response {
+    Facts(Box<Facts>),
+    ColdStart(ColdStart),
+    Wasi(WasiOutcome),
+    Matrix {
+        quic: Vec<PairStat>,
+        zenoh: Vec<PairStat>,
+    },
+    Ray(RayFacts),
+    Ok,
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColdStart {
+    /// Compiling the module (not part of the cold start the target is about).
+    pub compile_ms: f64,
+    /// Instantiating it and making the first call.
+    pub cold_start_ms: f64,
+    pub result: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WasiOutcome {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// A trap or a load error, when the module did not run to an exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PairStat {
+    pub from: String,
+    pub to: String,
+    pub samples: u32,
+    pub lost: u32,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RayFacts {
+    /// False when `ray` is not on PATH.
+    pub present: bool,
+    pub ok: bool,
+    pub alive_nodes: u32,
+    pub gpus: f64,
+    pub output: String,
+}
+
+/// Nearest-rank percentile of samples in milliseconds (0 for none).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}

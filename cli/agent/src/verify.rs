@@ -1,0 +1,787 @@
+//! `edgectl verify`: make sure every selected node runs an agent (the NixOS service, or one
+//! uploaded and started for this run), ask each for facts and runtime results, have them
+//! measure latency to each other, stop what was started, and judge it all.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use edgectl_deploy::EngineError;
+use edgectl_deploy::host::{Host, HostKey, SshHost, SshTarget, argv};
+use edgectl_deploy::state::State;
+use edgectl_model::{Feature, LoadOptions, Node};
+use quinn::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{self, Check, Verdict};
+use crate::facts::Facts;
+use crate::pki::{CONTROLLER, Pki};
+use crate::proto::{ColdStart, PairStat, Peer, RayFacts, Request, Response, WasiOutcome};
+use crate::server::{CA_FILE, CERT_FILE, KEY_FILE};
+use crate::{client, tls};
+
+pub const DEFAULT_AGENT_DIR: &str = "/var/lib/edgectl-agent";
+pub const DEFAULT_AGENT_PORT: u16 = 7443;
+/// Not zenohd's 7447: a Zenoh router on the node may hold that one.
+pub const DEFAULT_ZENOH_PORT: u16 = 7448;
+pub const RAY_GCS_PORT: u16 = 6379;
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub on: Option<String>,
+    pub identity: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub load: LoadOptions,
+    /// Where keys (and an uploaded agent) live on the nodes.
+    pub agent_dir: String,
+    pub agent_port: u16,
+    pub zenoh_port: u16,
+    /// An agent binary already on the nodes at this path: nothing is uploaded.
+    pub agent_bin: Option<String>,
+    /// Round trips per pair and transport.
+    pub samples: u32,
+    /// Skip the Zenoh matrix (QUIC only).
+    pub no_zenoh: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            on: None,
+            identity: None,
+            connect_timeout: Duration::from_secs(10),
+            load: LoadOptions::default(),
+            agent_dir: DEFAULT_AGENT_DIR.into(),
+            agent_port: DEFAULT_AGENT_PORT,
+            zenoh_port: DEFAULT_ZENOH_PORT,
+            agent_bin: None,
+            samples: 100,
+            no_zenoh: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub name: String,
+    /// "service" (already running), "started" (uploaded for this run) or "unreachable".
+    pub agent: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Facts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm_cold_start: Option<ColdStart>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ray: Option<RayFacts>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user_checks: BTreeMap<String, WasiOutcome>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub pass: usize,
+    pub fail: usize,
+    pub skip: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub total_ms: f64,
+    pub agents_ms: f64,
+    pub matrix_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub cluster: String,
+    pub topology: String,
+    pub ok: bool,
+    pub summary: Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<f64>,
+    pub nodes: Vec<NodeReport>,
+    pub checks: Vec<Check>,
+    pub quic: Vec<PairStat>,
+    pub zenoh: Vec<PairStat>,
+    pub timings: Timings,
+}
+
+impl Report {
+    pub fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.verdict == Verdict::Fail)
+    }
+}
+
+struct Prepared {
+    ssh: Option<SshHost>,
+    started: bool,
+    error: Option<String>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Runs `argv` as root and wants exit 0.
+fn run_ok(h: &SshHost, a: Vec<String>) -> Result<String, String> {
+    let o = h.run(&a, true).map_err(|e| e.to_string())?;
+    if o.ok() {
+        Ok(o.stdout)
+    } else {
+        Err(format!(
+            "`{}` failed ({}): {}",
+            a.join(" "),
+            o.status,
+            o.stderr.trim()
+        ))
+    }
+}
+
+// Constant scripts: every value reaches them as a positional argument, never as shell text.
+const STOP_OLD: &str = r#"[ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null; rm -f "$1"; true"#;
+const DETACH: &str = r#"exec "$@" >"$0" 2>&1 </dev/null"#;
+
+fn prepare(
+    node: &Node,
+    target: SshTarget,
+    pki: &Pki,
+    opts: &VerifyOptions,
+    exe: &[u8],
+) -> Prepared {
+    let fail = |e: String| Prepared {
+        ssh: None,
+        started: false,
+        error: Some(e),
+    };
+    let h = match SshHost::connect(target) {
+        Ok(h) => h,
+        Err(e) => return fail(e.to_string()),
+    };
+    let go = || -> Result<bool, String> {
+        let id = pki.identity(&node.name)?;
+        let dir = opts.agent_dir.trim_end_matches('/');
+        run_ok(&h, argv(["mkdir", "-p", "-m", "0700", dir]))?;
+        let up = |name: &str, bytes: &[u8], mode: u32| {
+            h.upload(&format!("{dir}/{name}"), bytes, mode)
+                .map_err(|e| format!("upload {name}: {e}"))
+        };
+        up(CA_FILE, pki.ca_pem.as_bytes(), 0o644)?;
+        up(CERT_FILE, id.cert_pem.as_bytes(), 0o644)?;
+        up(KEY_FILE, id.key_pem.as_bytes(), 0o600)?;
+        let service = h
+            .run(&argv(["systemctl", "is-active", "edgectl-agent"]), false)
+            .map(|o| o.stdout.trim() == "active")
+            .unwrap_or(false);
+        if service {
+            return Ok(false);
+        }
+        let bin = match &opts.agent_bin {
+            Some(b) => b.clone(),
+            None => {
+                let bin = format!("{dir}/edgectl");
+                let have = h
+                    .run(&argv(["sha256sum", &bin]), true)
+                    .map(|o| o.stdout.split_whitespace().next().unwrap_or("").to_string())
+                    .unwrap_or_default();
+                if have != sha256_hex(exe) {
+                    up("edgectl", exe, 0o755)?;
+                }
+                bin
+            }
+        };
+        let pid = format!("{dir}/agent.pid");
+        run_ok(&h, argv(["sh", "-c", STOP_OLD, "edgectl-stop", &pid]))?;
+        run_ok(
+            &h,
+            argv([
+                "setsid".to_string(),
+                "-f".into(),
+                // Probes should measure the network, not a busy node's scheduler.
+                "nice".into(),
+                "-n".into(),
+                "-10".into(),
+                "sh".into(),
+                "-c".into(),
+                DETACH.into(),
+                format!("{dir}/agent.log"),
+                bin,
+                "agent".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{}", opts.agent_port),
+                "--state-dir".into(),
+                dir.to_string(),
+                // A safety net: the controller stops it at the end of the run.
+                "--exit-after".into(),
+                "900".into(),
+            ]),
+        )?;
+        Ok(true)
+    };
+    match go() {
+        Ok(started) => Prepared {
+            ssh: Some(h),
+            started,
+            error: None,
+        },
+        Err(e) => Prepared {
+            ssh: Some(h),
+            started: false,
+            error: Some(e),
+        },
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    (host, port).to_socket_addrs().ok()?.find(|a| a.is_ipv4())
+}
+
+/// The address peers should use: the node's first LAN address when the node really has it,
+/// else its SSH host.
+fn peer_ip(node: &Node, facts: Option<&Facts>, host: IpAddr) -> IpAddr {
+    if let Some(f) = facts {
+        for i in &node.interfaces {
+            let a = i.address.to_string();
+            let ip = a.split('/').next().unwrap_or("");
+            if f.nics
+                .iter()
+                .any(|n| n.addresses.iter().any(|x| x.split('/').next() == Some(ip)))
+                && let Ok(ip) = ip.parse()
+            {
+                return ip;
+            }
+        }
+    }
+    host
+}
+
+pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineError> {
+    let t0 = Instant::now();
+    let loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
+    let cluster = &loaded.cluster;
+    let selected = edgectl_deploy::select::select(cluster, opts.on.as_deref())?;
+    let state_dir = edgectl_deploy::state::dir_for(topology);
+    let st = State::load(&state_dir)?;
+    let pki = Pki::open(&state_dir.join("pki"), &cluster.name)?;
+    let controller = pki.identity(CONTROLLER)?;
+    let base = topology.parent().unwrap_or(Path::new("."));
+    let mut user_modules = Vec::new();
+    for c in &loaded.file.checks {
+        let p = base.join(&c.wasm);
+        let b = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        user_modules.push((
+            c.name.clone(),
+            base64::engine::general_purpose::STANDARD.encode(b),
+            c.args.clone(),
+        ));
+    }
+    let exe = if opts.agent_bin.is_none() {
+        let p = std::env::current_exe()
+            .map_err(|e| format!("cannot find edgectl's own binary: {e}"))?;
+        std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?
+    } else {
+        Vec::new()
+    };
+    let nodes: Vec<&Node> = selected.iter().filter_map(|n| cluster.node(n)).collect();
+
+    let prepared: Vec<Prepared> = std::thread::scope(|s| {
+        let hs: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let ns = st.nodes.get(&n.name);
+                let pinned = ns.and_then(|s| match (&s.host_key, &s.host_key_public) {
+                    (Some(f), Some(p)) => Some(HostKey {
+                        fingerprint: f.clone(),
+                        public: p.clone(),
+                    }),
+                    _ => None,
+                });
+                let target = SshTarget {
+                    node: n.name.clone(),
+                    host: n.host.clone(),
+                    port: n.port,
+                    user: n.user.clone(),
+                    identity: opts.identity.clone(),
+                    connect_timeout: opts.connect_timeout,
+                    pinned,
+                    known_hosts: state_dir.join("known_hosts").join(&n.name),
+                };
+                let (pki, exe) = (&pki, &exe);
+                s.spawn(move || prepare(n, target, pki, opts, exe))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join().unwrap_or(Prepared {
+                    ssh: None,
+                    started: false,
+                    error: Some("worker panicked".into()),
+                })
+            })
+            .collect()
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut report = rt.block_on(collect(
+        cluster,
+        &nodes,
+        &prepared,
+        &pki.ca_pem,
+        &controller,
+        opts,
+        &user_modules,
+    ))?;
+
+    // An agent started here that never answered says why in its log.
+    for (r, p) in report.nodes.iter_mut().zip(&prepared) {
+        if p.started
+            && r.agent == "unreachable"
+            && let Some(h) = &p.ssh
+        {
+            let log = format!("{}/agent.log", opts.agent_dir.trim_end_matches('/'));
+            if let Ok(o) = h.run(&argv(["tail", "-n", "5", &log]), true)
+                && !o.stdout.trim().is_empty()
+            {
+                let e = r.error.get_or_insert_with(String::new);
+                e.push_str(&format!(
+                    "; {log}: {}",
+                    o.stdout.trim().replace('\n', " | ")
+                ));
+            }
+        }
+    }
+    // Stop what this run started, whatever happened above.
+    for p in &prepared {
+        if p.started
+            && let Some(h) = &p.ssh
+        {
+            let pid = format!("{}/agent.pid", opts.agent_dir.trim_end_matches('/'));
+            let _ = h.run(&argv(["sh", "-c", STOP_OLD, "edgectl-stop", &pid]), true);
+        }
+    }
+    report.cluster = cluster.name.clone();
+    report.topology = topology.display().to_string();
+    report.latency_p99_ms = cluster.targets.latency_p99_ms;
+    for c in &report.checks {
+        match c.verdict {
+            Verdict::Pass => report.summary.pass += 1,
+            Verdict::Fail => report.summary.fail += 1,
+            Verdict::Skip => report.summary.skip += 1,
+        }
+    }
+    report.ok = !report.failed();
+    report.timings.total_ms = ms(t0.elapsed());
+    Ok(report)
+}
+
+async fn connect_agent(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    name: &str,
+    wait: Duration,
+) -> Result<Connection, String> {
+    let end = Instant::now() + wait;
+    loop {
+        match client::connect(ep, None, addr, name, Duration::from_millis(500)).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > end => return Err(format!("agent on {addr}: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+const REQ_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[allow(clippy::too_many_arguments)]
+async fn collect(
+    cluster: &edgectl_model::Cluster,
+    nodes: &[&Node],
+    prepared: &[Prepared],
+    ca_pem: &str,
+    controller: &crate::pki::Identity,
+    opts: &VerifyOptions,
+    user_modules: &[(String, String, Vec<String>)],
+) -> Result<Report, String> {
+    let t_agents = Instant::now();
+    let ep = client::endpoint(tls::client(ca_pem, Some(controller))?)?;
+    let mut reports: Vec<NodeReport> = nodes
+        .iter()
+        .zip(prepared)
+        .map(|(n, p)| NodeReport {
+            name: n.name.clone(),
+            agent: if p.error.is_some() {
+                "unreachable".into()
+            } else if p.started {
+                "started".into()
+            } else {
+                "service".into()
+            },
+            error: p.error.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let mut checks = Vec::new();
+    let ray_wanted = cluster.nodes.iter().any(|n| n.has(Feature::Ray));
+
+    // Every agent answers its own questions concurrently.
+    let per_node = nodes.iter().zip(prepared).map(|(n, p)| {
+        let ep = ep.clone();
+        let host_addr = resolve(&n.host, opts.agent_port);
+        let has_ray_head = n.is(edgectl_model::Role::RayHead) && ray_wanted;
+        let wasm = n.has(Feature::Wasm);
+        let failed = p.error.clone();
+        async move {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let addr = host_addr.ok_or_else(|| format!("cannot resolve {}", n.host))?;
+            let conn = connect_agent(&ep, addr, &n.name, Duration::from_secs(15)).await?;
+            let facts = match client::request(&conn, &Request::Facts, REQ_TIMEOUT).await? {
+                Response::Facts(f) => *f,
+                Response::Error { message } => return Err(message),
+                other => return Err(format!("unexpected answer {other:?}")),
+            };
+            let cold = if wasm {
+                Some(
+                    match client::request(&conn, &Request::WasmColdStart, REQ_TIMEOUT).await {
+                        Ok(Response::ColdStart(c)) => Ok(c),
+                        Ok(Response::Error { message }) => Err(message),
+                        Ok(o) => Err(format!("unexpected answer {o:?}")),
+                        Err(e) => Err(e),
+                    },
+                )
+            } else {
+                None
+            };
+            let mut user = Vec::new();
+            for (name, module_b64, args) in user_modules {
+                let req = Request::RunWasi {
+                    name: name.clone(),
+                    module_b64: module_b64.clone(),
+                    args: args.clone(),
+                    timeout_ms: 30_000,
+                };
+                user.push((
+                    name.clone(),
+                    match client::request(&conn, &req, REQ_TIMEOUT).await {
+                        Ok(Response::Wasi(o)) => Ok(o),
+                        Ok(Response::Error { message }) => Err(message),
+                        Ok(o) => Err(format!("unexpected answer {o:?}")),
+                        Err(e) => Err(e),
+                    },
+                ));
+            }
+            let ray = if has_ray_head {
+                // The head's GCS listens on the node's cluster address (modules/lib/ray.nix).
+                let req = Request::RayStatus {
+                    address: Some(format!(
+                        "{}:{}",
+                        peer_ip(n, Some(&facts), addr.ip()),
+                        RAY_GCS_PORT
+                    )),
+                };
+                Some(match client::request(&conn, &req, REQ_TIMEOUT).await {
+                    Ok(Response::Ray(r)) => Ok(r),
+                    Ok(Response::Error { message }) => Err(message),
+                    Ok(o) => Err(format!("unexpected answer {o:?}")),
+                    Err(e) => Err(e),
+                })
+            } else {
+                None
+            };
+            Ok((conn, addr, facts, cold, user, ray))
+        }
+    });
+    let results = join_vec(per_node.collect()).await;
+    let mut conns: Vec<Option<(Connection, SocketAddr)>> = Vec::new();
+    for ((n, r), res) in nodes.iter().zip(reports.iter_mut()).zip(results) {
+        match res {
+            Err(e) => {
+                r.agent = "unreachable".into();
+                r.error = Some(e.clone());
+                checks.push(Check {
+                    node: n.name.clone(),
+                    category: "agent".into(),
+                    name: "agent reachable".into(),
+                    expected: "answers over QUIC with mutual TLS".into(),
+                    actual: e,
+                    verdict: Verdict::Fail,
+                    reason: None,
+                });
+                conns.push(None);
+            }
+            Ok((conn, addr, facts, cold, user, ray)) => {
+                checks.extend(checks::hardware(n, &facts));
+                checks.extend(checks::config(n, &facts));
+                if let Some(c) = &cold {
+                    checks.extend(checks::wasm(
+                        n,
+                        &facts,
+                        c.as_ref().map_err(String::as_str),
+                        cluster.targets.wasm_cold_start_ms,
+                    ));
+                    r.wasm_cold_start = c.as_ref().ok().cloned();
+                }
+                for (name, o) in &user {
+                    checks.push(checks::user(
+                        &n.name,
+                        name,
+                        o.as_ref().map_err(String::as_str),
+                    ));
+                    if let Ok(o) = o {
+                        r.user_checks.insert(name.clone(), o.clone());
+                    }
+                }
+                if let Some(ray) = &ray {
+                    checks.extend(checks::ray(
+                        cluster,
+                        n,
+                        ray.as_ref().map_err(String::as_str),
+                    ));
+                    r.ray = ray.as_ref().ok().cloned();
+                }
+                let ip = peer_ip(n, Some(&facts), addr.ip());
+                r.address = Some(ip.to_string());
+                r.facts = Some(facts);
+                conns.push(Some((conn, SocketAddr::new(ip, opts.agent_port))));
+            }
+        }
+    }
+    let agents_ms = ms(t_agents.elapsed());
+
+    // The matrix, between the agents that answered.
+    let t_matrix = Instant::now();
+    let live: Vec<(usize, &Connection, SocketAddr)> = conns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().map(|(c, a)| (i, c, *a)))
+        .collect();
+    let mut quic = Vec::new();
+    let mut zenoh = Vec::new();
+    if live.len() >= 2 {
+        let zep = |a: &SocketAddr| format!("tcp/{}:{}", a.ip(), opts.zenoh_port);
+        let mut zenoh_ok = cfg!(feature = "zenoh") && !opts.no_zenoh;
+        if zenoh_ok {
+            // In order, each connecting to those before it: every pair gets one direct link,
+            // and every endpoint it dials is already listening.
+            for (k, (i, conn, addr)) in live.iter().enumerate() {
+                let req = Request::ZenohOpen {
+                    me: nodes[*i].name.clone(),
+                    listen: zep(addr),
+                    connect: live[..k].iter().map(|(_, _, a)| zep(a)).collect(),
+                };
+                match client::request(conn, &req, Duration::from_secs(20)).await {
+                    Ok(Response::Ok) => {}
+                    Ok(Response::Error { message }) | Err(message) => {
+                        checks.push(Check {
+                            node: nodes[*i].name.clone(),
+                            category: "network".into(),
+                            name: "zenoh session".into(),
+                            expected: format!("peer session on {}", zep(addr)),
+                            actual: message,
+                            verdict: Verdict::Fail,
+                            reason: None,
+                        });
+                        zenoh_ok = false;
+                        break;
+                    }
+                    Ok(o) => return Err(format!("unexpected answer {o:?}")),
+                }
+            }
+        }
+        // Rounds in which every node is in at most one probe, as sender or as echo: probes
+        // never compete for a node's CPU, and n nodes take 2(n-1) (or 2n) rounds, not n(n-1).
+        let directed = pair_rounds(live.len()).into_iter().flat_map(|r| {
+            let back: Vec<(usize, usize)> = r.iter().map(|&(a, b)| (b, a)).collect();
+            [r, back]
+        });
+        for round in directed {
+            let reqs: Vec<_> = round
+                .iter()
+                .map(|&(x, y)| {
+                    let (i, conn, _) = live[x];
+                    let (j, _, addr) = live[y];
+                    let req = Request::Matrix {
+                        me: nodes[i].name.clone(),
+                        peers: vec![Peer {
+                            name: nodes[j].name.clone(),
+                            quic: addr,
+                            zenoh: zep(&addr),
+                        }],
+                        samples: opts.samples,
+                        zenoh: zenoh_ok,
+                    };
+                    async move {
+                        (
+                            i,
+                            client::request(conn, &req, Duration::from_secs(300)).await,
+                        )
+                    }
+                })
+                .collect();
+            for (i, res) in join_vec(reqs).await {
+                match res {
+                    Ok(Response::Matrix { quic: q, zenoh: z }) => {
+                        quic.extend(q);
+                        zenoh.extend(z);
+                    }
+                    Ok(Response::Error { message }) | Err(message) => checks.push(Check {
+                        node: nodes[i].name.clone(),
+                        category: "network".into(),
+                        name: "latency matrix".into(),
+                        expected: "measured".into(),
+                        actual: message,
+                        verdict: Verdict::Fail,
+                        reason: None,
+                    }),
+                    Ok(o) => return Err(format!("unexpected answer {o:?}")),
+                }
+            }
+        }
+    }
+    let order: BTreeMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let key = |s: &PairStat| {
+        (
+            order.get(s.from.as_str()).copied(),
+            order.get(s.to.as_str()).copied(),
+        )
+    };
+    quic.sort_by_key(key);
+    zenoh.sort_by_key(key);
+    let t = cluster.targets.latency_p99_ms;
+    checks.extend(quic.iter().map(|s| checks::latency("quic", s, t)));
+    checks.extend(zenoh.iter().map(|s| checks::latency("zenoh", s, t)));
+    let matrix_ms = ms(t_matrix.elapsed());
+
+    // Agents this run started go now; a service stays.
+    for ((_, p), c) in nodes.iter().zip(prepared).zip(&conns) {
+        if let Some((conn, _)) = c {
+            if p.started {
+                let _ = client::request(conn, &Request::Shutdown, Duration::from_secs(2)).await;
+            }
+            conn.close(0u32.into(), b"done");
+        }
+    }
+    ep.wait_idle().await;
+    // Order: per node as the topology lists them, then category.
+    let order: BTreeMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    checks.sort_by_key(|c| {
+        (
+            order.get(c.node.as_str()).copied().unwrap_or(usize::MAX),
+            category_rank(&c.category),
+        )
+    });
+    Ok(Report {
+        nodes: reports,
+        checks,
+        quic,
+        zenoh,
+        timings: Timings {
+            total_ms: 0.0,
+            agents_ms,
+            matrix_ms,
+        },
+        ..Default::default()
+    })
+}
+
+/// Round-robin (circle method) schedule of all unordered pairs of `n` items.
+pub fn pair_rounds(n: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut idx: Vec<Option<usize>> = (0..n).map(Some).collect();
+    if n % 2 == 1 {
+        idx.push(None);
+    }
+    let m = idx.len();
+    let mut rounds = Vec::new();
+    for _ in 0..m.saturating_sub(1) {
+        let round: Vec<(usize, usize)> = (0..m / 2)
+            .filter_map(|k| match (idx[k], idx[m - 1 - k]) {
+                (Some(a), Some(b)) => Some((a.min(b), a.max(b))),
+                _ => None,
+            })
+            .collect();
+        rounds.push(round);
+        idx[1..].rotate_right(1);
+    }
+    rounds
+}
+
+fn category_rank(c: &str) -> usize {
+    [
+        "agent", "hardware", "config", "runtime", "user", "ray", "network",
+    ]
+    .iter()
+    .position(|x| *x == c)
+    .unwrap_or(99)
+}
+
+/// Awaits all futures concurrently on this task, results in order (no futures crate).
+async fn join_vec<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pair_rounds;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn rounds_cover_every_pair_once_and_no_node_twice_per_round() {
+        for n in 0..9 {
+            let rounds = pair_rounds(n);
+            let mut all = BTreeSet::new();
+            for r in &rounds {
+                let mut seen = BTreeSet::new();
+                for &(a, b) in r {
+                    assert!(seen.insert(a) && seen.insert(b), "n={n} {r:?}");
+                    assert!(all.insert((a, b)), "pair twice, n={n}");
+                }
+            }
+            assert_eq!(all.len(), n * n.saturating_sub(1) / 2, "n={n}");
+        }
+    }
+}

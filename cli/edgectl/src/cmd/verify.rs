@@ -1,0 +1,220 @@
+//! `edgectl verify` and `edgectl agent`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use edgectl_agent::checks::Verdict;
+use edgectl_agent::server::AgentOptions;
+use edgectl_agent::verify::{self, VerifyOptions};
+use edgectl_deploy::engine::EngineError;
+use edgectl_model::LoadOptions;
+
+use crate::table::Table;
+use crate::{Ctx, ProfileArgs, exit};
+
+#[derive(Args, Clone)]
+pub struct VerifyArgs {
+    /// Nodes to verify: names, globs (worker*) and tags (@gpu), comma-separated.
+    #[arg(long, value_name = "SEL")]
+    pub on: Option<String>,
+    /// Every fact and check as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write index.html, latency.svg and report.json into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// SSH private key (default: ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// SSH connect timeout in seconds.
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    pub connect_timeout: u64,
+    /// Directory on the nodes for the agent's keys (and an agent uploaded for the run).
+    #[arg(long, default_value = verify::DEFAULT_AGENT_DIR, value_name = "DIR")]
+    pub agent_dir: String,
+    /// The agents' QUIC port.
+    #[arg(long, default_value_t = verify::DEFAULT_AGENT_PORT, value_name = "PORT")]
+    pub agent_port: u16,
+    /// The port the agents' Zenoh sessions listen on.
+    #[arg(long, default_value_t = verify::DEFAULT_ZENOH_PORT, value_name = "PORT")]
+    pub zenoh_port: u16,
+    /// Use the agent binary already at PATH on the nodes instead of uploading this edgectl.
+    #[arg(long, value_name = "PATH")]
+    pub agent_bin: Option<String>,
+    /// Round trips per node pair and transport.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub samples: u32,
+    /// Measure latency over QUIC only.
+    #[arg(long)]
+    pub no_zenoh: bool,
+    #[command(flatten)]
+    pub profiles: ProfileArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct AgentArgs {
+    /// Address and UDP port to serve QUIC on.
+    #[arg(long, default_value = "0.0.0.0:7443", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Holds ca.pem, node.pem and node.key (uploaded by `edgectl verify`, mode 0600).
+    #[arg(long, default_value = verify::DEFAULT_AGENT_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Exit after S seconds (for an agent started only for one `verify`).
+    #[arg(long, value_name = "S")]
+    pub exit_after: Option<u64>,
+    /// Print this machine's facts as JSON and exit.
+    #[arg(long)]
+    pub print_facts: bool,
+}
+
+pub fn agent(a: &AgentArgs) -> u8 {
+    if a.print_facts {
+        let f = edgectl_agent::facts::gather();
+        println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+        return exit::OK;
+    }
+    match edgectl_agent::server::run(AgentOptions {
+        listen: a.listen,
+        state_dir: a.state_dir.clone(),
+        exit_after: a.exit_after.map(Duration::from_secs),
+    }) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("edgectl agent: {e}");
+            exit::ERROR
+        }
+    }
+}
+
+fn fail(ctx: &Ctx, json: bool, e: EngineError) -> u8 {
+    match e {
+        EngineError::Invalid(d) => super::report(ctx, &d, json),
+        EngineError::Failed(m) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "error": m }));
+            } else {
+                eprintln!("error: {m}");
+            }
+        }
+    }
+    exit::ERROR
+}
+
+fn paint(ctx: &Ctx, v: Verdict) -> String {
+    let s = v.as_str();
+    if !ctx.color {
+        return s.to_string();
+    }
+    let c = match v {
+        Verdict::Pass => "32",
+        Verdict::Fail => "1;31",
+        Verdict::Skip => "2",
+    };
+    format!("\x1b[{c}m{s}\x1b[0m")
+}
+
+pub fn run(ctx: &Ctx, file: &Path, a: &VerifyArgs) -> u8 {
+    let opts = VerifyOptions {
+        on: a.on.clone(),
+        identity: a.identity.clone(),
+        connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
+        load: LoadOptions {
+            profile_dirs: a.profiles.profile_dirs.clone(),
+        },
+        agent_dir: a.agent_dir.clone(),
+        agent_port: a.agent_port,
+        zenoh_port: a.zenoh_port,
+        agent_bin: a.agent_bin.clone(),
+        samples: a.samples.max(1),
+        no_zenoh: a.no_zenoh,
+    };
+    let r = match verify::verify(file, &opts) {
+        Ok(r) => r,
+        Err(e) => return fail(ctx, a.json, e),
+    };
+    if let Some(dir) = &a.report
+        && let Err(e) = edgectl_agent::report::write(&r, dir)
+    {
+        return fail(ctx, a.json, EngineError::Failed(e));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        let mut t = Table::new(&["NODE", "CATEGORY", "CHECK", "EXPECTED", "ACTUAL", "VERDICT"]);
+        for c in &r.checks {
+            let actual = match &c.reason {
+                Some(why) => format!("{} ({why})", c.actual),
+                None => c.actual.clone(),
+            };
+            t.row(vec![
+                c.node.clone(),
+                c.category.clone(),
+                c.name.clone(),
+                c.expected.clone(),
+                actual,
+                c.verdict.as_str().to_string(),
+            ]);
+        }
+        // Colour after layout, so escape codes do not skew the column widths.
+        let text = t.render();
+        let text = if ctx.color {
+            text.lines()
+                .map(|l| {
+                    for v in [Verdict::Fail, Verdict::Pass, Verdict::Skip] {
+                        if let Some(head) = l.strip_suffix(v.as_str()) {
+                            return format!("{head}{}\n", paint(ctx, v));
+                        }
+                    }
+                    format!("{l}\n")
+                })
+                .collect()
+        } else {
+            text
+        };
+        print!("{text}");
+        for (kind, stats) in [("QUIC", &r.quic), ("Zenoh", &r.zenoh)] {
+            if stats.is_empty() {
+                continue;
+            }
+            println!("\n{kind} round trips, p50/p99 ms (rows send, columns answer):");
+            let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
+            let mut head = vec![""];
+            head.extend(names.iter().copied());
+            let mut m = Table::new(&head);
+            for from in &names {
+                let mut row = vec![from.to_string()];
+                for to in &names {
+                    row.push(
+                        match stats.iter().find(|s| s.from == *from && s.to == *to) {
+                            _ if from == to => "-".into(),
+                            Some(s) if s.error.is_some() => "error".into(),
+                            Some(s) => format!("{:.2}/{:.2}", s.p50_ms, s.p99_ms),
+                            None => "n/a".into(),
+                        },
+                    );
+                }
+                m.row(row);
+            }
+            print!("{}", m.render());
+        }
+        println!(
+            "\n{} passed, {} failed, {} skipped in {:.1} s (latency matrix {:.1} s){}",
+            r.summary.pass,
+            r.summary.fail,
+            r.summary.skip,
+            r.timings.total_ms / 1000.0,
+            r.timings.matrix_ms / 1000.0,
+            a.report
+                .as_ref()
+                .map(|d| format!("; report in {}", d.join("index.html").display()))
+                .unwrap_or_default()
+        );
+    }
+    if r.failed() {
+        exit::CHECKS_FAILED
+    } else {
+        exit::OK
+    }
+}
