@@ -7,6 +7,7 @@ use edgectl_deploy::progress::{self, Mode};
 use edgectl_deploy::{Goal, Options, Plan};
 use edgectl_model::LoadOptions;
 
+use super::fail;
 use crate::table::Table;
 use crate::{Ctx, DeployArgs, exit};
 
@@ -29,20 +30,6 @@ fn options(a: &DeployArgs) -> Options {
         },
         ..Options::default()
     }
-}
-
-fn fail(ctx: &Ctx, json: bool, e: EngineError) -> u8 {
-    match e {
-        EngineError::Invalid(d) => super::report(ctx, &d, json),
-        EngineError::Failed(m) => {
-            if json {
-                println!("{}", serde_json::json!({ "ok": false, "error": m }));
-            } else {
-                eprintln!("error: {m}");
-            }
-        }
-    }
-    exit::ERROR
 }
 
 fn short(p: &Option<String>) -> String {

@@ -18,3 +18,18 @@ pub fn report(ctx: &Ctx, diags: &Diagnostics, json: bool) {
         eprint!("{}", diags.render(ctx.color, 50));
     }
 }
+
+/// Reports an engine error (diagnostics or a message) and returns exit code 1.
+pub fn fail(ctx: &Ctx, json: bool, e: edgectl_deploy::EngineError) -> u8 {
+    match e {
+        edgectl_deploy::EngineError::Invalid(d) => report(ctx, &d, json),
+        edgectl_deploy::EngineError::Failed(m) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "error": m }));
+            } else {
+                eprintln!("error: {m}");
+            }
+        }
+    }
+    crate::exit::ERROR
+}

@@ -11,6 +11,7 @@ use edgectl_agent::verify::{self, VerifyOptions};
 use edgectl_deploy::engine::EngineError;
 use edgectl_model::LoadOptions;
 
+use super::fail;
 use crate::table::Table;
 use crate::{Ctx, ProfileArgs, exit};
 
@@ -86,20 +87,6 @@ pub fn agent(a: &AgentArgs) -> u8 {
             exit::ERROR
         }
     }
-}
-
-fn fail(ctx: &Ctx, json: bool, e: EngineError) -> u8 {
-    match e {
-        EngineError::Invalid(d) => super::report(ctx, &d, json),
-        EngineError::Failed(m) => {
-            if json {
-                println!("{}", serde_json::json!({ "ok": false, "error": m }));
-            } else {
-                eprintln!("error: {m}");
-            }
-        }
-    }
-    exit::ERROR
 }
 
 fn paint(ctx: &Ctx, v: Verdict) -> String {
