@@ -54,9 +54,14 @@ fn lab(n: usize) -> Option<Lab> {
 
 impl Lab {
     fn run(&self, extra: &[&str]) -> Output {
+        self.run_with(extra, true)
+    }
+
+    fn run_with(&self, extra: &[&str], recorded: bool) -> Output {
         let nodes: Vec<&str> = self.rig.nodes.iter().map(|n| n.name.as_str()).collect();
-        Command::new(env!("CARGO_BIN_EXE_edgectl"))
-            .arg("install")
+        let facts = self.dir.path().join("facts");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
+        c.arg("install")
             .arg(self.dir.path().join("cluster.toml"))
             .args([
                 "--on",
@@ -69,12 +74,11 @@ impl Lab {
                 "--override-input",
                 "nixpkgs",
                 &format!("path:{}", edgectl_rig::fixture_nixpkgs().display()),
-            ])
-            .args([
-                "--facts-from",
-                self.dir.path().join("facts").to_str().unwrap(),
-            ])
-            .args(extra)
+            ]);
+        if recorded {
+            c.args(["--facts-from", facts.to_str().unwrap()]);
+        }
+        c.args(extra)
             .args(["--reboot-command", "true"])
             .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG)
             .output()
@@ -243,4 +247,37 @@ fn an_interrupted_install_resumes_and_a_changed_host_key_fails_the_reboot_check(
         .unwrap()
         .to_string();
     assert!(msg.contains("host key changed"), "{msg}");
+}
+
+#[test]
+fn live_facts_read_the_node_and_refuse_or_accept_clearly() {
+    let Some(l) = lab(1) else { return };
+    // Phase 1 for real over SSH, read-only: this machine's disks decide the outcome (a VM
+    // whose / is a whole disk is refused; a partitioned disk with stable names passes).
+    let o = l.run_with(&["--dry-run"], false);
+    let r = report(&o);
+    let node = &r["nodes"][0];
+    match o.status.code() {
+        Some(0) => assert_eq!(node["done"], serde_json::json!(["facts"]), "{node}"),
+        Some(3) => {
+            let msg = node["message"].as_str().unwrap();
+            let known = [
+                "not on a partition",
+                "refusing to guess",
+                "no interface with MAC",
+                "free on /",
+                "has no partitions",
+            ];
+            assert!(
+                known.iter().any(|k| msg.contains(k)),
+                "an unclear refusal: {msg}"
+            );
+            eprintln!("live phase 1 refused this machine, as it should: {msg}");
+        }
+        _ => panic!("{}", explain(&o)),
+    }
+    assert!(
+        l.profile(0).is_none() && !l.etc(0).join("NIXOS").exists(),
+        "a dry run changes nothing"
+    );
 }
