@@ -187,18 +187,7 @@ pub fn hardware(node: &Node, f: &Facts) -> Vec<Check> {
                     "non-rotational"
                 }
             ),
-            if found.is_empty() {
-                format!(
-                    "none ({})",
-                    if all.is_empty() {
-                        "no disks".into()
-                    } else {
-                        all.join(", ")
-                    }
-                )
-            } else {
-                found.join(", ")
-            },
+            found_or_none(&found, &all, "no disks"),
             found.len() as u32 >= d.count,
         ));
     }
@@ -253,18 +242,7 @@ pub fn hardware(node: &Node, f: &Facts) -> Vec<Check> {
                     .map(|d| format!(" ({d})"))
                     .unwrap_or_default()
             ),
-            if found.is_empty() {
-                format!(
-                    "none ({})",
-                    if phys.is_empty() {
-                        "no physical NICs".into()
-                    } else {
-                        phys.join(", ")
-                    }
-                )
-            } else {
-                found.join(", ")
-            },
+            found_or_none(&found, &phys, "no physical NICs"),
             found.len() as u32 >= nic.ports,
         ));
     }
@@ -634,5 +612,16 @@ mod tests {
         assert_eq!(latency("quic", &s, Some(2.0)).verdict, Verdict::Fail);
         assert_eq!(latency("quic", &s, Some(5.0)).verdict, Verdict::Pass);
         assert_eq!(latency("quic", &s, None).verdict, Verdict::Pass);
+    }
+}
+
+/// What matched, or what there was instead ("none (sda 480 GB ssd, ...)").
+fn found_or_none(found: &[String], all: &[String], nothing: &str) -> String {
+    if !found.is_empty() {
+        found.join(", ")
+    } else if all.is_empty() {
+        format!("none ({nothing})")
+    } else {
+        format!("none ({})", all.join(", "))
     }
 }
