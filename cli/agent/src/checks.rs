@@ -566,6 +566,17 @@ pub fn user(node: &str, name: &str, o: Result<&WasiOutcome, &str>) -> Check {
     }
 }
 
+/// What matched, or what there was instead ("none (sda 480 GB ssd, ...)").
+fn found_or_none(found: &[String], all: &[String], nothing: &str) -> String {
+    if !found.is_empty() {
+        found.join(", ")
+    } else if all.is_empty() {
+        format!("none ({nothing})")
+    } else {
+        format!("none ({})", all.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,16 +623,5 @@ mod tests {
         assert_eq!(latency("quic", &s, Some(2.0)).verdict, Verdict::Fail);
         assert_eq!(latency("quic", &s, Some(5.0)).verdict, Verdict::Pass);
         assert_eq!(latency("quic", &s, None).verdict, Verdict::Pass);
-    }
-}
-
-/// What matched, or what there was instead ("none (sda 480 GB ssd, ...)").
-fn found_or_none(found: &[String], all: &[String], nothing: &str) -> String {
-    if !found.is_empty() {
-        found.join(", ")
-    } else if all.is_empty() {
-        format!("none ({nothing})")
-    } else {
-        format!("none ({})", all.join(", "))
     }
 }
