@@ -463,15 +463,8 @@ impl Rig {
         let log = open_log(&node.dir.join("sshd.log"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         // nsenter execs sshd itself (no fork without --pid), so the child is the listener.
-        let child = Command::new(tool_or("nsenter"))
-            .args([
-                "-t",
-                &self.holder_pid(i).to_string(),
-                "-n",
-                "-m",
-                "-u",
-                "--",
-            ])
+        let child = self
+            .nsenter(i)
             .arg(tool_or("sshd"))
             .args(["-D", "-e", "-f"])
             .arg(&node.sshd_config)
@@ -581,18 +574,24 @@ impl Rig {
             .expect("cannot run nix")
     }
 
+    /// `nsenter` into node i's network, mount and UTS namespaces (its holder process's).
+    fn nsenter(&self, i: usize) -> Command {
+        let mut c = Command::new(tool_or("nsenter"));
+        c.args([
+            "-t",
+            &self.holder_pid(i).to_string(),
+            "-n",
+            "-m",
+            "-u",
+            "--",
+        ]);
+        c
+    }
+
     /// Runs `argv` inside node i's network, mount and UTS namespaces (so it sees the node's
     /// private /nix), whether or not its sshd is running.
     pub fn exec_in(&self, i: usize, argv: &[&str]) -> Output {
-        Command::new(tool_or("nsenter"))
-            .args([
-                "-t",
-                &self.holder_pid(i).to_string(),
-                "-n",
-                "-m",
-                "-u",
-                "--",
-            ])
+        self.nsenter(i)
             .args(argv)
             .stdin(Stdio::null())
             .output()

@@ -1,20 +1,11 @@
 use std::path::Path;
 
-use edgectl_model::{LoadOptions, load};
-
 use crate::table::Table;
 use crate::{Ctx, ProfileArgs, exit};
 
 pub fn run(ctx: &Ctx, file: &Path, json: bool, p: &ProfileArgs) -> u8 {
-    let opts = LoadOptions {
-        profile_dirs: p.profile_dirs.clone(),
-    };
-    let loaded = match load(file, &opts) {
-        Ok(l) => l,
-        Err(diags) => {
-            super::report(ctx, &diags, json);
-            return exit::ERROR;
-        }
+    let Some(loaded) = super::load_or_report(ctx, file, p, json) else {
+        return exit::ERROR;
     };
     let c = &loaded.cluster;
     if json {

@@ -1,28 +1,12 @@
 use std::path::Path;
 
-use edgectl_model::{LoadOptions, load};
-
 use crate::{Ctx, ProfileArgs, exit};
 
 pub fn run(ctx: &Ctx, file: &Path, out: &Path, force: bool, json: bool, p: &ProfileArgs) -> u8 {
-    let opts = LoadOptions {
-        profile_dirs: p.profile_dirs.clone(),
+    let Some(loaded) = super::load_or_report(ctx, file, p, json) else {
+        return exit::ERROR;
     };
-    let loaded = match load(file, &opts) {
-        Ok(l) => l,
-        Err(diags) => {
-            super::report(ctx, &diags, json);
-            return exit::ERROR;
-        }
-    };
-    let fail = |msg: String| {
-        if json {
-            println!("{}", serde_json::json!({ "ok": false, "error": msg }));
-        } else {
-            eprintln!("error: {msg}");
-        }
-        exit::ERROR
-    };
+    let fail = |msg: String| super::fail(ctx, json, edgectl_deploy::EngineError::Failed(msg));
     let files = match edgectl_render::render(&loaded.cluster) {
         Ok(f) => f,
         Err(e) => return fail(e.to_string()),

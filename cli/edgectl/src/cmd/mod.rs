@@ -33,3 +33,22 @@ pub fn fail(ctx: &Ctx, json: bool, e: edgectl_deploy::EngineError) -> u8 {
     }
     crate::exit::ERROR
 }
+
+/// Loads and validates a topology; on failure prints every problem and returns `None`.
+pub fn load_or_report(
+    ctx: &Ctx,
+    file: &std::path::Path,
+    p: &crate::ProfileArgs,
+    json: bool,
+) -> Option<edgectl_model::Loaded> {
+    let opts = edgectl_model::LoadOptions {
+        profile_dirs: p.profile_dirs.clone(),
+    };
+    match edgectl_model::load(file, &opts) {
+        Ok(l) => Some(l),
+        Err(diags) => {
+            report(ctx, &diags, json);
+            None
+        }
+    }
+}
