@@ -327,15 +327,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The delay the latency test puts on n3's packets and the p99 target it sets. Both sit far
+/// from the undisturbed round trips on this rig (p99 from under 1 ms to about 4 ms when the two
+/// CPUs are busy), so the verdict depends on the injected delay, not on how loaded the machine
+/// running the tests is.
+const DELAY_MS: f64 = 20.0;
+const TARGET_P99_MS: f64 = 10.0;
+
 #[test]
 fn delayed_node_shows_in_the_matrix_and_fails_the_target() {
     let Some(l) = lab(3) else { return };
-    l.write(&["agent"], true, "[targets]\nlatency_p99_ms = 2.0\n");
-    // 3 ms on n3's outgoing packets, 1% of them lost, for long enough to cover the run.
-    let imp = l.rig.impair(2, 3.0, 1.0, 60.0).expect("nfdelay");
-    // The rig's nodes share this machine's CPUs with whatever else runs on it, and a burst of
-    // foreign load can push one fast pair's p99 over 2 ms: a disturbed run is measured again,
-    // three runs at most, and one must meet every expectation below.
+    l.write(
+        &["agent"],
+        true,
+        &format!("[targets]\nlatency_p99_ms = {TARGET_P99_MS:.1}\n"),
+    );
+    // The delay on n3's outgoing packets, 1% of them lost, for long enough to cover the run.
+    let imp = l.rig.impair(2, DELAY_MS, 1.0, 90.0).expect("nfdelay");
+    // A burst of foreign load can still stall one run for longer than the margins allow: a
+    // disturbed run is measured again, three runs at most, and one must meet every expectation.
     let mut attempts = Vec::new();
     for _ in 0..3 {
         let o = l.verify_shared_bin(&["--json", "--samples", "200"]);
@@ -351,8 +361,8 @@ fn delayed_node_shows_in_the_matrix_and_fails_the_target() {
     panic!("every attempt failed:\n{}", attempts.join("\n---\n"));
 }
 
-/// The delayed test's verdict on one run: pairs with n3 ~3 ms slower (p50, within 1 ms) over
-/// QUIC, exactly those failing the 2 ms p99 target, and Zenoh seeing the delay too.
+/// The delayed test's verdict on one run: pairs with n3 about [`DELAY_MS`] slower (p50, within
+/// a quarter) over QUIC, exactly those failing the p99 target, and Zenoh seeing the delay too.
 fn judge_delay(v: &Value) -> Result<(), String> {
     let quic = v["quic"].as_array().unwrap();
     assert_eq!(quic.len(), 6);
@@ -366,9 +376,9 @@ fn judge_delay(v: &Value) -> Result<(), String> {
     };
     let (slow, fast) = (p50s(quic, true), p50s(quic, false));
     let extra = median(slow.clone()) - median(fast.clone());
-    if (extra - 3.0).abs() > 1.0 {
+    if (extra - DELAY_MS).abs() > DELAY_MS / 4.0 {
         return Err(format!(
-            "pairs with n3 should be ~3 ms slower: slow {slow:?} fast {fast:?}"
+            "pairs with n3 should be ~{DELAY_MS} ms slower: slow {slow:?} fast {fast:?}"
         ));
     }
     let mut got: Vec<String> = checks(v, "fail")
@@ -390,7 +400,7 @@ fn judge_delay(v: &Value) -> Result<(), String> {
     }
     let zn = v["zenoh"].as_array().unwrap();
     let (zslow, zfast) = (p50s(zn, true), p50s(zn, false));
-    if median(zslow.clone()) - median(zfast.clone()) <= 2.0 {
+    if median(zslow.clone()) - median(zfast.clone()) <= DELAY_MS / 2.0 {
         return Err(format!("zenoh: slow {zslow:?} fast {zfast:?}"));
     }
     Ok(())
