@@ -228,7 +228,16 @@ fn profiles_lists_builtins_and_user_dirs() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    for n in ["c220g5", "c240g5", "c220g1", "c220g2", "c4130", "d7525"] {
+    for n in [
+        "c220g5",
+        "c240g5",
+        "c220g1",
+        "c220g2",
+        "c4130",
+        "d7525",
+        "c6525-100g",
+        "m510",
+    ] {
         assert!(names.contains(&n), "{names:?}");
     }
     let dir = repo().join("examples/profiles");

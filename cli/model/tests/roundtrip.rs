@@ -8,7 +8,16 @@ use edgectl_model::topology::{
 use edgectl_model::{LoadOptions, SourceFile, check_source};
 use proptest::prelude::*;
 
-const PROFILES: &[&str] = &["c220g5", "c220g1", "c220g2", "c240g5", "c4130", "d7525"];
+const PROFILES: &[&str] = &[
+    "c220g5",
+    "c220g1",
+    "c220g2",
+    "c240g5",
+    "c4130",
+    "d7525",
+    "c6525-100g",
+    "m510",
+];
 const FEATURES: &[&str] = &["net-tuning", "wasm", "unikernel", "zenoh", "ray", "agent"];
 
 fn node(
