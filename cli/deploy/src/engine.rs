@@ -109,32 +109,42 @@ pub(crate) fn prepare(
             )
         })
         .collect();
-    let mut systems = BTreeMap::new();
-    if build {
-        emit(
-            tx,
-            "",
-            Phase::Evaluate,
-            Ev::Started,
-            format!("evaluating and building {} host(s)", selected.len()),
-        );
-        systems = nixcmd::build_toplevels(&flake, &selected, &opts.nix)?;
-        emit(
-            tx,
-            "",
-            Phase::Evaluate,
-            Ev::Ok,
-            format!("built {} system(s)", systems.len()),
-        );
-    }
-    Ok(Prepared {
+    let mut p = Prepared {
         loaded,
         state_dir,
         selected,
-        systems,
+        systems: BTreeMap::new(),
         contexts,
         topology_hash,
-    })
+    };
+    if build {
+        p.systems = build_systems(&p, opts, tx)?;
+    }
+    Ok(p)
+}
+
+/// Evaluates and builds the selected hosts' systems from the flake `prepare` wrote.
+fn build_systems(
+    p: &Prepared,
+    opts: &Options,
+    tx: &Sender,
+) -> Result<BTreeMap<String, String>, EngineError> {
+    emit(
+        tx,
+        "",
+        Phase::Evaluate,
+        Ev::Started,
+        format!("evaluating and building {} host(s)", p.selected.len()),
+    );
+    let systems = nixcmd::build_toplevels(&p.state_dir.join("flake"), &p.selected, &opts.nix)?;
+    emit(
+        tx,
+        "",
+        Phase::Evaluate,
+        Ev::Ok,
+        format!("built {} system(s)", systems.len()),
+    );
+    Ok(systems)
 }
 
 pub(crate) fn target_for(
@@ -271,22 +281,48 @@ pub(crate) fn runtime(parallel: usize) -> tokio::runtime::Runtime {
 }
 
 pub fn plan(topology: &Path, opts: &Options, tx: Sender) -> Result<Plan, EngineError> {
-    let p = prepare(topology, opts, &tx, true)?;
+    let mut p = prepare(topology, opts, &tx, false)?;
     let st = State::load(&p.state_dir)?;
     let rt = runtime(opts.parallel);
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
+    // Reaching a node and reading its current system need nothing from the new systems, so
+    // they run while Nix evaluates and builds: a plan costs about the longer of the two, not
+    // their sum, and the handshakes of a large cluster hide behind the evaluation.
+    let probes: Vec<_> = p
+        .selected
+        .iter()
+        .map(|name| {
+            let t = target_for(&p.loaded.cluster, name, &st, opts, &p.state_dir);
+            let (sem, tx, name) = (sem.clone(), tx.clone(), name.clone());
+            rt.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                tokio::task::spawn_blocking(move || inspect(&name, t, &tx))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("inspect task: {e}")))
+            })
+        })
+        .collect();
+    p.systems = match build_systems(&p, opts, &tx) {
+        Ok(s) => s,
+        Err(e) => {
+            // Unreachable nodes may still be timing out; the plan has failed anyway.
+            rt.shutdown_background();
+            return Err(e);
+        }
+    };
     let nodes = rt.block_on(async {
         let mut tasks = Vec::new();
-        for name in &p.selected {
-            let t = target_for(&p.loaded.cluster, name, &st, opts, &p.state_dir);
+        for (name, probe) in p.selected.iter().zip(probes) {
             let target = p.systems[name].clone();
             let old_opts = st.nodes.get(name).and_then(|s| s.options.clone());
             let new_opts = p.contexts[name].clone();
-            let (sem, tx, name) = (sem.clone(), tx.clone(), name.clone());
+            let (tx, name) = (tx.clone(), name.clone());
             tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
+                let probe = probe
+                    .await
+                    .unwrap_or_else(|e| Err(format!("inspect task: {e}")));
                 tokio::task::spawn_blocking(move || {
-                    plan_node(&name, t, &target, old_opts.as_ref(), &new_opts, &tx)
+                    judge(&name, probe, &target, old_opts.as_ref(), &new_opts, &tx)
                 })
                 .await
                 .expect("plan task")
@@ -305,24 +341,8 @@ pub fn plan(topology: &Path, opts: &Options, tx: Sender) -> Result<Plan, EngineE
     })
 }
 
-fn plan_node(
-    name: &str,
-    t: SshTarget,
-    target: &str,
-    old: Option<&Value>,
-    new: &Value,
-    tx: &Sender,
-) -> NodePlan {
-    let option_changes = option_changes(old, new);
-    let mut np = NodePlan {
-        node: name.into(),
-        change: Change::Unreachable,
-        current: None,
-        target: target.into(),
-        option_changes,
-        closure: None,
-        error: None,
-    };
+/// Connects to a node and reads the system it runs now (None: never deployed by us).
+fn inspect(name: &str, t: SshTarget, tx: &Sender) -> Result<(SshHost, Option<String>), String> {
     emit(
         tx,
         name,
@@ -330,18 +350,36 @@ fn plan_node(
         Ev::Started,
         format!("{}@{}", t.user, t.host),
     );
-    let h = match connect(t) {
-        Ok(h) => h,
-        Err(e) => {
-            emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
-            np.error = Some(e.to_string());
-            return np;
-        }
+    let h = connect(t).map_err(|e| {
+        emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
+        e.to_string()
+    })?;
+    let (cur, _) = activate::current(&h).map_err(|e| e.to_string())?;
+    Ok((h, cur))
+}
+
+/// One node's plan from what [`inspect`] found and the system built for it.
+fn judge(
+    name: &str,
+    probe: Result<(SshHost, Option<String>), String>,
+    target: &str,
+    old: Option<&Value>,
+    new: &Value,
+    tx: &Sender,
+) -> NodePlan {
+    let mut np = NodePlan {
+        node: name.into(),
+        change: Change::Unreachable,
+        current: None,
+        target: target.into(),
+        option_changes: option_changes(old, new),
+        closure: None,
+        error: None,
     };
-    let (cur, _) = match activate::current(&h) {
-        Ok(c) => c,
+    let (h, cur) = match probe {
+        Ok(x) => x,
         Err(e) => {
-            np.error = Some(e.to_string());
+            np.error = Some(e);
             return np;
         }
     };
