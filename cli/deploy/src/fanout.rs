@@ -1,17 +1,22 @@
 //! Fan-out: the controller (often a laptop far from the cluster) uploads each closure once, to
-//! one node (the seed: the first in rollout order that needs it); the seed then copies to the
-//! other nodes over the cluster LAN.
+//! one node (the seed: the first in rollout order that needs it), and the cluster LAN carries
+//! it on to the other nodes.
 //!
-//! Why Nix over SSH between nodes (with a cluster key edgectl generates) rather than a signed
-//! binary cache on the seed: it needs no extra service, port or signing key on the nodes, works
-//! with the legacy `ssh://` store that already carries the controller's copies (no signatures
-//! needed when pushing as root), and every node already runs sshd. The seed pushes
-//! (`nix copy --to ssh://peer`) so paths a peer already has are never sent.
+//! The upload is a `nix-store --export` stream of every path some node lacks. The seed imports
+//! it and, while it is still arriving, tees it over SSH into the `nix-store --import` of up to
+//! `--parallel` peers, so the LAN copies overlap the controller's upload instead of following
+//! it: on a slow controller link the whole cluster is served in about the time one node takes.
+//! Nodes past that bound copy from the seed afterwards (`nix copy --to ssh://peer`, which never
+//! sends a path the peer has). Why Nix over SSH with a cluster key edgectl generates rather than
+//! a signed binary cache on the seed: no extra service, port or signing key on the nodes, and
+//! every node already runs sshd.
 //!
-//! Each node's system closure is mostly shared packages plus a few per-host paths, so the seed
-//! receives the union of all closures and serves every peer itself; peers do not serve each
-//! other (a peer lacks the others' per-host paths). If the seed fails, each remaining node gets
-//! its closure from the controller instead.
+//! Each node's system closure is mostly shared packages plus a few per-host paths, so the
+//! stream holds the union of all closures, restricted to what some node lacks, and every
+//! receiver imports all of it: a path's references are then always valid before it (a peer
+//! holds a few other hosts' paths, which the next garbage collection removes). Whether a node
+//! got its closure is read back from the node, not inferred from the stream: a node without
+//! it is copied from the seed, and without a seed, from the controller.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,7 +26,7 @@ use edgectl_model::Cluster;
 
 use crate::engine::{Session, parallel_map};
 use crate::event::{Event, Phase, Sender, State as Ev, emit};
-use crate::host::{Host, argv};
+use crate::host::{Host, SshHost, argv, remote_command};
 use crate::nixcmd;
 
 pub const CLUSTER_KEY: &str = "/nix/var/edgectl/cluster_key";
@@ -116,6 +121,136 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String>
     Ok((private, public.trim().to_string()))
 }
 
+/// Runs as root on the seed with the export stream on stdin: imports it and, through `tee`,
+/// streams it into each peer's import over SSH at the same time. Arguments: for each peer,
+/// DEST PORT COMMAND (COMMAND runs on the peer). Prints "peer N STATUS ERROR" per peer and
+/// exits with the seed's own import status. `tee -p` keeps feeding the others when one
+/// consumer dies.
+const RELAY: &str = r#"set -u
+d=$(mktemp -d) || exit 1
+trap 'rm -rf "$d"' EXIT
+mkfifo "$d/seed" || exit 1
+nix-store --import < "$d/seed" > /dev/null 2> "$d/seed.err" &
+seed=$!
+outs="$d/seed"; pids=""; n=0
+while [ $# -ge 3 ]; do
+  n=$((n+1))
+  mkfifo "$d/$n" || exit 1
+  ssh -p "$2" -i /nix/var/edgectl/cluster_key -o IdentitiesOnly=yes \
+    -o UserKnownHostsFile=/nix/var/edgectl/known_hosts -o StrictHostKeyChecking=yes \
+    -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 \
+    -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com \
+    -- "$1" "$3" < "$d/$n" > /dev/null 2> "$d/$n.err" &
+  pids="$pids $!"; outs="$outs $d/$n"
+  shift 3
+done
+tee -p $outs > /dev/null
+wait "$seed"; rc=$?
+n=0
+for p in $pids; do
+  n=$((n+1)); wait "$p"; s=$?
+  printf 'peer %s %s %s\n' "$n" "$s" "$(tr '\n' ' ' < "$d/$n.err")"
+done
+[ "$rc" = 0 ] || cat "$d/seed.err" >&2
+exit "$rc"
+"#;
+
+/// Reads a list of store paths from stdin and prints those that are not valid on the node.
+const INVALID: &str = "xargs -r nix-store --check-validity --print-invalid";
+
+/// The paths of `closure` that this node lacks; all of them when it cannot say.
+fn lacking(h: &SshHost, closure: &[String]) -> Vec<String> {
+    let list = closure.join("\n") + "\n";
+    match h.run_with_stdin(&argv(["sh", "-c", INVALID]), true, &mut list.as_bytes()) {
+        Ok(o) if o.ok() => o.stdout.lines().map(String::from).collect(),
+        _ => closure.to_vec(),
+    }
+}
+
+fn holds(h: &SshHost, paths: &[String]) -> bool {
+    let mut a = argv(["nix-store", "--check-validity"]);
+    a.extend(paths.iter().cloned());
+    h.run(&a, true).is_ok_and(|o| o.ok())
+}
+
+/// The controller's view of each system's closure, read once (every `nix path-info` costs tens
+/// of milliseconds of the CPU the copies need).
+struct Closures(BTreeMap<String, Vec<nixcmd::PathInfo>>);
+
+impl Closures {
+    fn read(rt: &tokio::runtime::Runtime, parallel: usize, systems: &[String]) -> Closures {
+        let got = parallel_map(rt, parallel, systems.to_vec(), |s: String| {
+            let c = nixcmd::local_closure(&s);
+            (s, c)
+        });
+        Closures(
+            got.into_iter()
+                .filter_map(|(s, c)| c.ok().map(|c| (s, c)))
+                .collect(),
+        )
+    }
+
+    fn complete(&self, systems: &[String]) -> bool {
+        systems.iter().all(|s| self.0.contains_key(s))
+    }
+
+    fn paths(&self, systems: &[String]) -> BTreeMap<&str, u64> {
+        systems
+            .iter()
+            .filter_map(|s| self.0.get(s))
+            .flatten()
+            .map(|i| (i.path.as_str(), i.nar_size))
+            .collect()
+    }
+
+    fn bytes(&self, systems: &[String]) -> Option<u64> {
+        self.complete(systems)
+            .then(|| self.paths(systems).values().sum())
+    }
+}
+
+/// A peer as the seed reaches it over the LAN.
+struct Peer {
+    s: Arc<Session>,
+    addr: String,
+    port: u16,
+    user: String,
+}
+
+/// Streams `paths` from the controller through the seed into `live`; returns the relay's
+/// report (stdout and stderr) or why it broke.
+fn relay(seed: &Session, live: &[Peer], paths: &[String]) -> Result<String, String> {
+    let mut a = argv(["sh", "-c", RELAY, "edgectl-relay"]);
+    for p in live {
+        let cmd = remote_command(&p.user, &argv(["nix-store", "--import"]), true)
+            .ok_or("a NUL in a user name")?;
+        a.extend([format!("{}@{}", p.user, p.addr), p.port.to_string(), cmd]);
+    }
+    let mut export = std::process::Command::new("nix-store")
+        .arg("--export")
+        .args(paths)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nix-store --export: {e}"))?;
+    let out = export.stdout.take().expect("piped");
+    let r = seed.host.run_piped(&a, true, out.into());
+    let ex = export.wait_with_output();
+    // The seed's side first: when it broke off, the export only saw a closed pipe.
+    match r {
+        Err(e) => Err(e.to_string()),
+        Ok(o) if !o.ok() => Err(format!("import on the seed: {}", o.stderr.trim())),
+        Ok(o) => match ex {
+            Ok(x) if x.status.success() => Ok(o.stdout),
+            Ok(x) => Err(format!(
+                "nix-store --export: {}",
+                String::from_utf8_lossy(&x.stderr).trim()
+            )),
+            Err(e) => Err(format!("nix-store --export: {e}")),
+        },
+    }
+}
+
 /// Distributes every needing node's system; returns the nodes whose copy failed, with why.
 pub fn distribute(
     rt: &tokio::runtime::Runtime,
@@ -133,31 +268,39 @@ pub fn distribute(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let bytes = closure_bytes(&union);
-    emit_bytes(
-        tx,
-        &seed.name,
-        Ev::Started,
-        format!(
-            "seed: from controller, all {} closures{}",
-            union.len(),
-            mib(bytes)
-        ),
-        bytes,
-    );
-    let seeded = seed.host.copy_closure(&union).and_then(|()| {
+    let peers: Vec<Peer> = needing[1..]
+        .iter()
+        .filter_map(|p| {
+            c.node(&p.name).map(|n| Peer {
+                s: p.clone(),
+                addr: edgectl_render::host::lan_address(n),
+                port: n.port,
+                user: n.user.clone(),
+            })
+        })
+        .collect();
+    let closures = Closures::read(rt, parallel, &union);
+    let bytes = closures.bytes(&union);
+    let closure: Vec<String> = closures
+        .paths(&union)
+        .keys()
+        .map(|p| p.to_string())
+        .collect();
+    let seeded = (|| {
+        if !closures.complete(&union) {
+            return Err("cannot read the closures on the controller".to_string());
+        }
         let (private, public) = ensure_cluster_key(state_dir)?;
         seed.host
             .upload(CLUSTER_KEY, &private, 0o600)
             .map_err(|e| e.to_string())?;
         let mut known = String::new();
-        for p in &needing[1..] {
-            if let (Some(k), Some(n)) = (&p.key, c.node(&p.name)) {
-                let addr = edgectl_render::host::lan_address(n);
-                let h = if n.port == 22 {
-                    addr
+        for p in &peers {
+            if let Some(k) = &p.s.key {
+                let h = if p.port == 22 {
+                    p.addr.clone()
                 } else {
-                    format!("[{addr}]:{}", n.port)
+                    format!("[{}]:{}", p.addr, p.port)
                 };
                 known.push_str(&format!("{h} {}\n", k.public));
             }
@@ -166,18 +309,9 @@ pub fn distribute(
             .upload(KNOWN_HOSTS, known.as_bytes(), 0o644)
             .map_err(|e| e.to_string())?;
         Ok(public)
-    });
+    })();
     let public = match seeded {
-        Ok(p) => {
-            emit_bytes(
-                tx,
-                &seed.name,
-                Ev::Ok,
-                "seed holds every closure".into(),
-                bytes,
-            );
-            p
-        }
+        Ok(p) => p,
         Err(e) => {
             emit(
                 tx,
@@ -187,93 +321,255 @@ pub fn distribute(
                 format!("seeding failed: {e}; falling back to per-node copies"),
             );
             errors.insert(seed.name.clone(), e);
-            let rest: Vec<Arc<Session>> = needing[1..].to_vec();
-            let tx2 = tx.clone();
-            for (n, r) in parallel_map(rt, parallel, rest, move |s: Arc<Session>| {
-                (s.name.clone(), copy_from_controller(&s, &tx2))
-            }) {
-                if let Err(e) = r {
-                    errors.insert(n, e);
-                }
-            }
+            from_controller(rt, parallel, peers, tx, &mut errors);
             return errors;
         }
     };
-    let peers: Vec<(Arc<Session>, String, u16, String)> = needing[1..]
-        .iter()
-        .filter_map(|p| {
-            c.node(&p.name).map(|n| {
-                (
-                    p.clone(),
-                    edgectl_render::host::lan_address(n),
-                    n.port,
-                    n.user.clone(),
-                )
-            })
-        })
-        .collect();
-    let (seed2, tx2) = (seed.clone(), tx.clone());
-    let results = parallel_map(rt, parallel, peers, move |(peer, addr, port, user)| {
-        let bytes = closure_bytes(std::slice::from_ref(&peer.system));
-        emit_bytes(
-            &tx2,
-            &peer.name,
-            Ev::Started,
-            format!("from {} over the LAN{}", seed2.name, mib(bytes)),
-            bytes,
-        );
-        let via_seed = peer
-            .host
-            .run(&argv(["sh", "-c", AUTHORIZE, "edgectl-authorize", &public]), false)
-            .map_err(|e| e.to_string())
-            .and_then(|o| if o.ok() { Ok(()) } else { Err(o.stderr) })
-            .and_then(|()| {
-                let mut url = format!("ssh://{user}@{addr}");
-                if user != "root" {
-                    url.push_str("?remote-program=sudo%20-n%20nix-store");
-                }
-                // AES-GCM first: server CPUs have AES instructions, and the LAN copy is bound by
-                // the cipher, not the wire.
-                let opts = format!(
-                    "NIX_SSHOPTS=-p {port} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com"
-                );
-                let cmd = argv(["env", &opts, "nix", "--extra-experimental-features", "nix-command", "copy", "--to", &url, &peer.system]);
-                match seed2.host.run(&cmd, true) {
-                    Ok(o) if o.ok() => Ok(()),
-                    Ok(o) => Err(o.stderr.trim().to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            });
-        match via_seed {
-            Ok(()) => {
-                emit_bytes(
-                    &tx2,
-                    &peer.name,
-                    Ev::Ok,
-                    format!("copied from {}", seed2.name),
-                    bytes,
-                );
-                (peer.name.clone(), Ok(()))
-            }
-            Err(e) => {
-                emit(
-                    &tx2,
-                    &peer.name,
-                    Phase::Copy,
-                    Ev::Progress,
-                    format!(
-                        "from {} failed ({e}); copying from the controller",
-                        seed2.name
-                    ),
-                );
-                (peer.name.clone(), copy_from_controller(&peer, &tx2))
-            }
+    // Every node says what it lacks and lets the seed in, all at once.
+    let asked = parallel_map(rt, parallel, needing.to_vec(), {
+        let (closure, public, seed_name) = (closure.clone(), public.clone(), seed.name.clone());
+        move |s: Arc<Session>| {
+            let lacks = lacking(&s.host, &closure);
+            let authorized = s.name == seed_name || authorize(&s.host, &public).is_ok();
+            (s.name.clone(), lacks, authorized)
         }
     });
-    for (n, r) in results {
+    let mut stream = BTreeSet::new();
+    let mut unauthorized = BTreeSet::new();
+    for (name, lacks, ok) in asked {
+        stream.extend(lacks);
+        if !ok {
+            unauthorized.insert(name);
+        }
+    }
+    let stream: Vec<String> = stream.into_iter().collect();
+    let (live, late): (Vec<Peer>, Vec<Peer>) = {
+        let mut live = Vec::new();
+        let mut late = Vec::new();
+        for p in peers {
+            if live.len() < parallel.max(1) && !unauthorized.contains(&p.s.name) {
+                live.push(p);
+            } else {
+                late.push(p);
+            }
+        }
+        (live, late)
+    };
+    emit_bytes(
+        tx,
+        &seed.name,
+        Ev::Started,
+        format!(
+            "seed: from controller, all {} closures{}, relayed to {} peer(s) as it arrives",
+            union.len(),
+            mib(bytes),
+            live.len()
+        ),
+        bytes,
+    );
+    for p in &live {
+        let b = closures.bytes(std::slice::from_ref(&p.s.system));
+        emit_bytes(
+            tx,
+            &p.s.name,
+            Ev::Started,
+            format!("from {} over the LAN{}", seed.name, mib(b)),
+            b,
+        );
+    }
+    let report = if stream.is_empty() {
+        Ok(String::new())
+    } else {
+        relay(&seed, &live, &stream)
+    };
+    if holds(&seed.host, &union) {
+        emit_bytes(
+            tx,
+            &seed.name,
+            Ev::Ok,
+            "seed holds every closure".into(),
+            bytes,
+        );
+    } else {
+        let e = report
+            .clone()
+            .err()
+            .unwrap_or_else(|| "the seed lacks closures after the upload".into());
+        emit(
+            tx,
+            &seed.name,
+            Phase::Copy,
+            Ev::Failed,
+            format!("seeding failed: {e}; falling back to per-node copies"),
+        );
+        errors.insert(seed.name.clone(), e);
+        let rest: Vec<Peer> = live.into_iter().chain(late).collect();
+        let (got, missing): (Vec<Peer>, Vec<Peer>) = rest
+            .into_iter()
+            .partition(|p| holds(&p.s.host, std::slice::from_ref(&p.s.system)));
+        for p in got {
+            copied_from_seed(&seed, &p, &closures, tx);
+        }
+        from_controller(rt, parallel, missing, tx, &mut errors);
+        return errors;
+    }
+    // The relay's word on each peer: "peer N STATUS ERROR".
+    let said = |i: usize| -> (Option<i32>, String) {
+        let tag = format!("peer {} ", i + 1);
+        match report
+            .as_ref()
+            .map(|r| r.lines().find_map(|l| l.strip_prefix(&tag)))
+        {
+            Ok(Some(l)) => {
+                let (code, err) = l.split_once(' ').unwrap_or((l, ""));
+                (code.parse().ok(), err.trim().to_string())
+            }
+            Ok(None) => (None, "no report".into()),
+            Err(e) => (None, e.clone()),
+        }
+    };
+    let mut again = Vec::new();
+    let mut direct = Vec::new();
+    for (i, p) in live.into_iter().enumerate() {
+        if holds(&p.s.host, std::slice::from_ref(&p.s.system)) {
+            copied_from_seed(&seed, &p, &closures, tx);
+            continue;
+        }
+        let (code, err) = said(i);
+        // 255: the seed's SSH could not reach or log in to the peer, which a `nix copy` from
+        // the seed would only repeat.
+        let next = if code == Some(255) {
+            "copying from the controller"
+        } else {
+            "copying again"
+        };
+        emit(
+            tx,
+            &p.s.name,
+            Phase::Copy,
+            Ev::Progress,
+            format!("the relay did not reach it ({err}); {next}"),
+        );
+        if code == Some(255) {
+            direct.push(p);
+        } else {
+            again.push(p);
+        }
+    }
+    again.extend(late);
+    from_controller(rt, parallel, direct, tx, &mut errors);
+    let (seed2, tx2, closures) = (seed.clone(), tx.clone(), Arc::new(closures));
+    for (n, r) in parallel_map(rt, parallel, again, move |p: Peer| {
+        (
+            p.s.name.clone(),
+            copy_via_seed(&seed2, &p, &public, &closures, &tx2),
+        )
+    }) {
         if let Err(e) = r {
             errors.insert(n, e);
         }
     }
     errors
+}
+
+fn authorize(h: &SshHost, public: &str) -> Result<(), String> {
+    h.run(
+        &argv(["sh", "-c", AUTHORIZE, "edgectl-authorize", public]),
+        false,
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|o| if o.ok() { Ok(()) } else { Err(o.stderr) })
+}
+
+fn copied_from_seed(seed: &Session, p: &Peer, closures: &Closures, tx: &Sender) {
+    let b = closures.bytes(std::slice::from_ref(&p.s.system));
+    emit_bytes(
+        tx,
+        &p.s.name,
+        Ev::Ok,
+        format!("copied from {}", seed.name),
+        b,
+    );
+}
+
+fn from_controller(
+    rt: &tokio::runtime::Runtime,
+    parallel: usize,
+    peers: Vec<Peer>,
+    tx: &Sender,
+    errors: &mut BTreeMap<String, String>,
+) {
+    let tx2 = tx.clone();
+    for (n, r) in parallel_map(rt, parallel, peers, move |p: Peer| {
+        (p.s.name.clone(), copy_from_controller(&p.s, &tx2))
+    }) {
+        if let Err(e) = r {
+            errors.insert(n, e);
+        }
+    }
+}
+
+/// One peer from the seed with `nix copy` (only what it lacks), else from the controller.
+fn copy_via_seed(
+    seed: &Session,
+    p: &Peer,
+    public: &str,
+    closures: &Closures,
+    tx: &Sender,
+) -> Result<(), String> {
+    let bytes = closures.bytes(std::slice::from_ref(&p.s.system));
+    emit_bytes(
+        tx,
+        &p.s.name,
+        Ev::Started,
+        format!("from {} over the LAN{}", seed.name, mib(bytes)),
+        bytes,
+    );
+    let via_seed = authorize(&p.s.host, public).and_then(|()| {
+        let mut url = format!("ssh://{}@{}", p.user, p.addr);
+        if p.user != "root" {
+            url.push_str("?remote-program=sudo%20-n%20nix-store");
+        }
+        // AES-GCM first: server CPUs have AES instructions, and the LAN copy is bound by the
+        // cipher, not the wire.
+        let opts = format!(
+            "NIX_SSHOPTS=-p {} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com",
+            p.port
+        );
+        let cmd = argv([
+            "env",
+            &opts,
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+            &url,
+            &p.s.system,
+        ]);
+        match seed.host.run(&cmd, true) {
+            Ok(o) if o.ok() => Ok(()),
+            Ok(o) => Err(o.stderr.trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    match via_seed {
+        Ok(()) => {
+            copied_from_seed(seed, p, closures, tx);
+            Ok(())
+        }
+        Err(e) => {
+            emit(
+                tx,
+                &p.s.name,
+                Phase::Copy,
+                Ev::Progress,
+                format!(
+                    "from {} failed ({e}); copying from the controller",
+                    seed.name
+                ),
+            );
+            copy_from_controller(&p.s, tx)
+        }
+    }
 }

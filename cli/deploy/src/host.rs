@@ -200,9 +200,9 @@ impl SshHost {
         &self.target
     }
 
-    /// The `NIX_SSHOPTS` that make OpenSSH (used by `nix copy`) reach this node the same way,
-    /// with its host key pinned.
-    pub fn nix_sshopts(&self) -> String {
+    /// The options that make OpenSSH reach this node the way this session did, with its host
+    /// key pinned.
+    pub fn openssh_options(&self) -> Vec<String> {
         let mut o = vec![
             "-p".to_string(),
             self.target.port.to_string(),
@@ -217,6 +217,11 @@ impl SshHost {
                 "ConnectTimeout={}",
                 self.target.connect_timeout.as_secs().max(1)
             ),
+            // A node that vanishes mid-copy ends the copy in 30 s, not at TCP's timeout.
+            "-o".into(),
+            "ServerAliveInterval=5".into(),
+            "-o".into(),
+            "ServerAliveCountMax=6".into(),
         ];
         if let Some(id) = &self.target.identity {
             o.extend([
@@ -226,8 +231,72 @@ impl SshHost {
                 "IdentitiesOnly=yes".into(),
             ]);
         }
-        // NIX_SSHOPTS is split on spaces by Nix, so paths with spaces cannot be passed.
-        o.join(" ")
+        o
+    }
+
+    /// [`Self::openssh_options`] as `NIX_SSHOPTS` for `nix copy`.
+    pub fn nix_sshopts(&self) -> String {
+        // Nix splits NIX_SSHOPTS on spaces, so paths with spaces cannot be passed.
+        self.openssh_options().join(" ")
+    }
+
+    /// Runs argv on the node through OpenSSH with `stdin` as its input, so a stream from
+    /// another process (`nix-store --export`) goes to the node without passing through us,
+    /// and OpenSSH's flow control, not libssh2's, sets the pace on a slow link.
+    pub fn run_piped(
+        &self,
+        argv: &[String],
+        root: bool,
+        stdin: std::process::Stdio,
+    ) -> Result<Output, HostError> {
+        let cmd = remote_command(&self.target.user, argv, root)
+            .ok_or_else(|| HostError::BadArgument("an argument contains a NUL byte".into()))?;
+        let o = std::process::Command::new("ssh")
+            .args(self.openssh_options())
+            .arg("--")
+            .arg(format!("{}@{}", self.target.user, self.target.host))
+            .arg(cmd)
+            .stdin(stdin)
+            .output()
+            .map_err(|e| HostError::Unreachable(format!("cannot run ssh: {e}")))?;
+        Ok(Output {
+            // 255 is OpenSSH's own failure (connection, authentication), not the command's.
+            status: o.status.code().unwrap_or(255),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        })
+    }
+}
+
+impl SshHost {
+    /// Runs argv on the node with `input` as its standard input, streamed: the input may be
+    /// far larger than memory. The command's output is collected once the input is sent, so
+    /// it must not write much before reading all of it.
+    pub fn run_with_stdin(
+        &self,
+        argv: &[String],
+        root: bool,
+        input: &mut dyn Read,
+    ) -> Result<Output, HostError> {
+        let cmd = remote_command(&self.target.user, argv, root)
+            .ok_or_else(|| HostError::BadArgument("an argument contains a NUL byte".into()))?;
+        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let io = |e: ssh2::Error| HostError::Unreachable(e.to_string());
+        let mut ch = s.channel_session().map_err(io)?;
+        ch.exec(&cmd).map_err(io)?;
+        std::io::copy(input, &mut ch).map_err(|e| HostError::Unreachable(e.to_string()))?;
+        ch.send_eof().map_err(io)?;
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let _ = ch.read_to_string(&mut stdout);
+        let _ = ch.stderr().read_to_string(&mut stderr);
+        ch.wait_close().map_err(io)?;
+        let status = ch.exit_status().map_err(io)?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -268,25 +337,12 @@ impl Host for SshHost {
             path,
             &format!("{mode:o}"),
         ]);
-        let cmd = remote_command(&self.target.user, &a, true)
-            .ok_or_else(|| HostError::BadArgument("NUL in path".into()))?;
-        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let io = |e: ssh2::Error| HostError::Unreachable(e.to_string());
-        let mut ch = s.channel_session().map_err(io)?;
-        ch.exec(&cmd).map_err(io)?;
-        std::io::Write::write_all(&mut ch, bytes)
-            .map_err(|e| HostError::Unreachable(e.to_string()))?;
-        ch.send_eof().map_err(io)?;
-        let mut err = String::new();
-        let _ = ch.stderr().read_to_string(&mut err);
-        let mut out = String::new();
-        let _ = ch.read_to_string(&mut out);
-        ch.wait_close().map_err(io)?;
-        match ch.exit_status().map_err(io)? {
+        let o = self.run_with_stdin(&a, true, &mut &bytes[..])?;
+        match o.status {
             0 => Ok(()),
             code => Err(HostError::Unreachable(format!(
                 "upload to {path} failed ({code}): {}",
-                err.trim()
+                o.stderr.trim()
             ))),
         }
     }

@@ -33,6 +33,20 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let topo = dir.path().join("cluster.toml");
         std::fs::write(&topo, edgectl_rig::topology_toml(&rig, &["wasm"], 30)).unwrap();
+        // The rig's sshd reads one key file per rig, not ~/.ssh: let the cluster key in, as a
+        // node's own authorized_keys would, so apply fans out as on a real cluster.
+        let state = dir.path().join(".edgectl");
+        std::fs::create_dir_all(&state).unwrap();
+        assert!(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(state.join("cluster_key"))
+                .status()
+                .unwrap()
+                .success()
+        );
+        rig.authorize(&std::fs::read_to_string(state.join("cluster_key.pub")).unwrap())
+            .unwrap();
         // Warm the evaluation cache the same way for every size.
         let _ = edgectl(&topo, &rig.key, &["apply", "--goal", "build"]);
         let (apply, rc) = edgectl(&topo, &rig.key, &["apply"]);

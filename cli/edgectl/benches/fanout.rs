@@ -18,7 +18,24 @@ fn tx_bytes(dev: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64) {
+/// (busy, total) jiffies of all CPUs, from /proc/stat: how loaded the machine was during a push
+/// (the rig's nodes share its CPUs, so a CPU-bound push cannot go faster here).
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
     let rig = edgectl_rig::Rig::up(n).expect("rig");
     let dir = tempfile::tempdir().unwrap();
     let topo = dir.path().join("cluster.toml");
@@ -75,15 +92,18 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64) {
     // Build first (not timed): the bench measures distribution, not evaluation.
     assert!(cmd("build").output().unwrap().status.success());
     let before = tx_bytes(&rig.bridge);
+    let cpu0 = cpu_jiffies();
     let t = Instant::now();
     let o = cmd("push").output().unwrap();
     let d = t.elapsed();
+    let cpu1 = cpu_jiffies();
+    let busy = (cpu1.0 - cpu0.0) as f64 / (cpu1.1 - cpu0.1).max(1) as f64;
     assert!(
         o.status.success(),
         "push to {n} nodes: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    (d, tx_bytes(&rig.bridge) - before)
+    (d, tx_bytes(&rig.bridge) - before, busy)
 }
 
 fn main() {
@@ -108,28 +128,30 @@ fn main() {
     let s = |d: Duration| d.as_secs_f64();
     println!("64 MiB closure, controller link 100 Mbit/s (tbf), nodes on one unshaped bridge\n");
     println!(
-        "{:>5}  {:>11}  {:>9}  {:>12}  {:>11}  {:>12}  {:>8}",
+        "{:>5}  {:>11}  {:>9}  {:>12}  {:>9}  {:>11}  {:>12}  {:>8}",
         "nodes",
         "fan-out (s)",
         "x 1 node",
         "sent/closure",
+        "CPU busy",
         "per-node (s)",
         "sent/closure",
         "speedup"
     );
     let t1 = s(rows[0].1.0);
-    for (n, (ton, bon), (toff, boff)) in &rows {
+    for (n, (ton, bon, busy), (toff, boff, _)) in &rows {
         println!(
-            "{n:>5}  {:>11.2}  {:>9.2}  {:>12.2}  {:>11.2}  {:>12.2}  {:>8.2}",
+            "{n:>5}  {:>11.2}  {:>9.2}  {:>12.2}  {:>8.0}%  {:>11.2}  {:>12.2}  {:>8.2}",
             s(*ton),
             s(*ton) / t1,
             *bon as f64 / closure,
+            busy * 100.0,
             s(*toff),
             *boff as f64 / closure,
             s(*toff) / s(*ton)
         );
     }
-    let (_, (t8, b8), (off8, _)) = rows[2];
+    let (_, (t8, b8, _), (off8, _, _)) = rows[2];
     println!();
     println!(
         "aim 8 nodes <= 1.5x 1 node:        {:.2}x {}",

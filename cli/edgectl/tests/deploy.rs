@@ -250,6 +250,16 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
         Some("copied from n1"),
         "{evs:?}"
     );
+    // The peers' copies start before the seed has everything: the LAN copy overlaps the upload.
+    let at = |f: &dyn Fn(&serde_json::Value) -> bool| evs.iter().position(f).unwrap();
+    let seed_done = at(&|e| e["node"] == "n1" && e["phase"] == "copy" && e["state"] == "ok");
+    for n in ["n2", "n3"] {
+        let started = at(&|e| e["node"] == n && e["phase"] == "copy" && e["state"] == "started");
+        assert!(
+            started < seed_done,
+            "{n} started after the seed finished: {evs:?}"
+        );
+    }
     for i in 0..3 {
         assert_eq!(
             l.current(i).as_deref(),
@@ -312,6 +322,46 @@ fn fanout_survives_the_seed_dying_mid_transfer() {
     let o = l.run(&["apply", "--json"]);
     assert_eq!(code(&o), 0, "{}", explain(&o));
     assert_eq!(l.current(0).as_deref(), Some(l.target(0).as_str()));
+}
+
+#[test]
+fn fanout_survives_a_peer_dying_mid_relay() {
+    let Some(mut l) = lab(3) else { return };
+    l.authorize_cluster_key();
+    l.with_payload(48);
+    let mut child = l.spawn_json(&["apply"]);
+    let hit = wait_for_event(
+        &mut child,
+        |e| {
+            e["node"] == "n3"
+                && e["phase"] == "copy"
+                && e["state"] == "started"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("over the LAN"))
+        },
+        Duration::from_secs(120),
+    );
+    assert!(hit, "saw n3's copy over the LAN start");
+    l.rig.kill_sshd(2);
+    kill_sessions(&l.rig, 2);
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(3),
+        "n3 failed, so apply reports it"
+    );
+    // The relay kept feeding the others.
+    for i in 0..2 {
+        assert_eq!(
+            l.current(i).as_deref(),
+            Some(l.target(i).as_str()),
+            "node {i} converged although a peer died"
+        );
+    }
+    l.rig.start_sshd(2);
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    assert_eq!(l.current(2).as_deref(), Some(l.target(2).as_str()));
 }
 
 #[test]
