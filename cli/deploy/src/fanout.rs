@@ -382,7 +382,8 @@ pub fn distribute(
     } else {
         relay(&seed, &live, &stream)
     };
-    if holds(&seed.host, &union) {
+    // A relay that exited 0 imported the whole stream on the seed; otherwise ask the seed.
+    if report.is_ok() || holds(&seed.host, &union) {
         emit_bytes(
             tx,
             &seed.name,
@@ -431,11 +432,15 @@ pub fn distribute(
     let mut again = Vec::new();
     let mut direct = Vec::new();
     for (i, p) in live.into_iter().enumerate() {
-        if holds(&p.s.host, std::slice::from_ref(&p.s.system)) {
+        // Status 0: the peer's import took the whole stream, which holds all it lacked.
+        let (code, err) = said(i);
+        if code == Some(0)
+            || stream.is_empty()
+            || holds(&p.s.host, std::slice::from_ref(&p.s.system))
+        {
             copied_from_seed(&seed, &p, &closures, tx);
             continue;
         }
-        let (code, err) = said(i);
         // 255: the seed's SSH could not reach or log in to the peer, which a `nix copy` from
         // the seed would only repeat.
         let next = if code == Some(255) {

@@ -89,6 +89,9 @@ pub struct InstallOptions {
     pub reboot_command: Option<Vec<String>>,
     /// Stop after this phase.
     pub until: Option<Step>,
+    /// The Nix store path to ship to nodes without a usable Nix (default: the controller's own,
+    /// when it lives in /nix/store).
+    pub nix_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -273,8 +276,9 @@ pub fn install(
                 .reboot_command
                 .clone()
                 .unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]);
-            let cmds = vec![
-                show(&argv(["nix-store", "--version"])),
+            let ship = crate::nodenix::controller_nix(io.nix_from.as_deref()).ok();
+            let mut cmds = crate::nodenix::planned_commands(ship.as_deref());
+            cmds.extend([
                 format!(
                     "nix copy --to ssh://{}@{} {sys}",
                     c.node(n).map(|x| x.user.as_str()).unwrap_or("root"),
@@ -295,7 +299,7 @@ pub fn install(
                         .map(String::from)
                         .chain(reboot),
                 )),
-            ];
+            ]);
             if let Some(r) = results.get_mut(n) {
                 r.commands = cmds;
             }
@@ -333,20 +337,14 @@ pub fn install(
 
     // Phase 2: Nix on the node, then the closure (fanned out when several nodes need it).
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let ship = crate::nodenix::controller_nix(io.nix_from.as_deref());
     for s in &sessions {
         let is = states.get_mut(&s.name).expect("state");
         if is.has(Step::Nix) {
             continue;
         }
         emit(&tx, &s.name, Phase::Nix, Ev::Started, "checking for Nix");
-        let ok = match s.host.run(&argv(["nix-store", "--version"]), false) {
-            Ok(o) if o.ok() => Ok(o.stdout.trim().to_string()),
-            _ => s
-                .host
-                .run(&argv(["sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin && nix-store --version"]), true)
-                .map_err(|e| e.to_string())
-                .and_then(|o| if o.ok() { Ok(o.stdout.trim().to_string()) } else { Err(format!("installing Ubuntu's nix-bin failed: {}", o.stderr.trim())) }),
-        };
+        let ok = crate::nodenix::ensure(&s.host, &ship);
         match ok {
             Ok(v) => {
                 emit(&tx, &s.name, Phase::Nix, Ev::Ok, v);

@@ -14,6 +14,7 @@ pub mod fanout;
 pub mod host;
 pub mod install;
 pub mod nixcmd;
+pub mod nodenix;
 pub mod progress;
 pub mod quote;
 pub mod select;

@@ -146,19 +146,8 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         deploy: DeployArgs,
-        /// Read the node and print every command each phase would run; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Stop after this phase: facts, nix, copy, switch or reboot.
-        #[arg(long, value_name = "PHASE")]
-        until: Option<String>,
-        /// Reboot with this command instead of `systemctl reboot` (then the node counts as back
-        /// once it answers, with no new boot id required).
-        #[arg(long, value_name = "CMD", num_args = 1.., allow_hyphen_values = true)]
-        reboot_command: Option<Vec<String>>,
-        /// Phase-1 command outputs recorded under DIR/<node>/ instead of reading them live.
-        #[arg(long, value_name = "DIR", hide = true)]
-        facts_from: Option<PathBuf>,
+        #[command(flatten)]
+        install: cmd::deploy::InstallArgs,
     },
     /// List the hardware profiles, or show one.
     #[command(after_help = EXIT_CODES)]
@@ -239,19 +228,8 @@ fn main() -> ExitCode {
         Command::Install {
             file,
             deploy,
-            dry_run,
-            until,
-            reboot_command,
-            facts_from,
-        } => cmd::deploy::install(
-            &ctx,
-            &file,
-            &deploy,
-            dry_run,
-            until.as_deref(),
-            reboot_command,
-            facts_from,
-        ),
+            install,
+        } => cmd::deploy::install(&ctx, &file, &deploy, install),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

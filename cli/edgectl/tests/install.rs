@@ -281,3 +281,88 @@ fn live_facts_read_the_node_and_refuse_or_accept_clearly() {
         "a dry run changes nothing"
     );
 }
+
+/// A Nix that lives in the store, as one from the Nix installer does: this machine's `nix`
+/// binary (its libraries are on every rig node) added with `nix-store --add`.
+fn store_nix(dir: &Path) -> String {
+    let d = dir.join("edgectl-test-nix");
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    let nix = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|p| p.join("nix"))
+        .find(|p| p.is_file())
+        .expect("nix on PATH")
+        .canonicalize()
+        .unwrap();
+    std::fs::copy(nix, d.join("bin/nix")).unwrap();
+    for l in ["nix-store", "nix-env"] {
+        std::os::unix::fs::symlink("nix", d.join("bin").join(l)).unwrap();
+    }
+    let o = Command::new("nix-store")
+        .arg("--add")
+        .arg(&d)
+        .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn a_node_without_nix_gets_the_controllers() {
+    let Some(l) = lab(1) else { return };
+    // The node stands in for Ubuntu 20.04: no Nix, and no nix-bin to install. Only its own
+    // mount namespace sees these mounts.
+    for m in [
+        vec!["mount", "--bind", "/bin/false", "/usr/bin/nix"],
+        vec!["mount", "--bind", "/bin/false", "/usr/bin/apt-get"],
+        vec!["mount", "-t", "tmpfs", "tmpfs", "/usr/local/bin"],
+    ] {
+        let o = l.rig.exec_in(0, &m);
+        assert!(o.status.success(), "{m:?}: {}", explain(&o));
+    }
+    let nix = store_nix(l.dir.path());
+
+    // This machine's own Nix is Debian's, outside the store: nothing to ship, and the node
+    // fails its Nix phase saying how to fix it.
+    let own = edgectl_deploy::nodenix::controller_nix(None);
+    if own.is_err() {
+        let o = l.run(&["--until", "nix"]);
+        assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+        let msg = report(&o)["nodes"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("no usable Nix") && msg.contains("--nix-from"),
+            "{msg}"
+        );
+    } else {
+        eprintln!("this machine's Nix lives in the store: the refusal is not exercised");
+    }
+
+    // With --nix-from the node gets that Nix, registered in its store, and the install goes
+    // on from the Nix phase through the copy.
+    let o = l.run(&["--until", "copy", "--nix-from", &nix]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let node = &report(&o)["nodes"][0];
+    assert_eq!(
+        node["done"],
+        serde_json::json!(["facts", "nix", "copy"]),
+        "{node}"
+    );
+    let said = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["phase"] == "nix" && e["state"] == "ok")
+        .and_then(|e| e["message"].as_str().map(String::from))
+        .unwrap_or_default();
+    assert!(said.contains(&format!("(from {nix})")), "{said}");
+    let link = l.rig.exec_in(0, &["readlink", "/usr/local/bin/nix-store"]);
+    assert_eq!(
+        String::from_utf8_lossy(&link.stdout).trim(),
+        format!("{nix}/bin/nix-store")
+    );
+    let store = format!("{nix}/bin/nix-store");
+    let valid = l.rig.exec_in(0, &[&store, "--check-validity", &nix]);
+    assert!(valid.status.success(), "{}", explain(&valid));
+}

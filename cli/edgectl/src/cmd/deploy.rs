@@ -210,15 +210,38 @@ pub fn apply(
     }
 }
 
-pub fn install(
-    ctx: &Ctx,
-    file: &Path,
-    a: &DeployArgs,
+/// The options only `install` has.
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    /// Read the node and print every command each phase would run; change nothing.
+    #[arg(long)]
     dry_run: bool,
-    until: Option<&str>,
+    /// Stop after this phase: facts, nix, copy, switch or reboot.
+    #[arg(long, value_name = "PHASE")]
+    until: Option<String>,
+    /// Reboot with this command instead of `systemctl reboot` (then the node counts as back
+    /// once it answers, with no new boot id required).
+    #[arg(long, value_name = "CMD", num_args = 1.., allow_hyphen_values = true)]
     reboot_command: Option<Vec<String>>,
+    /// The Nix to copy to nodes that have none (or one older than 2.4) when Ubuntu's nix-bin
+    /// cannot help (Ubuntu 20.04 has none): a store path such as /nix/store/...-nix-2.24.9.
+    /// Default: this machine's own Nix, when it lives in /nix/store.
+    #[arg(long, value_name = "STORE_PATH")]
+    nix_from: Option<PathBuf>,
+    /// Phase-1 command outputs recorded under DIR/<node>/ instead of reading them live.
+    #[arg(long, value_name = "DIR", hide = true)]
     facts_from: Option<PathBuf>,
-) -> u8 {
+}
+
+pub fn install(ctx: &Ctx, file: &Path, a: &DeployArgs, i: InstallArgs) -> u8 {
+    let InstallArgs {
+        dry_run,
+        until,
+        reboot_command,
+        nix_from,
+        facts_from,
+    } = i;
+    let until = until.as_deref();
     use edgectl_deploy::install::{InstallOptions, Step, install};
     if a.on.is_none() {
         return fail(
@@ -242,11 +265,17 @@ pub fn install(
             );
         }
     };
+    if let Some(p) = &nix_from
+        && let Err(e) = edgectl_deploy::nodenix::controller_nix(Some(p))
+    {
+        return fail(ctx, a.json, EngineError::Failed(e));
+    }
     let io = InstallOptions {
         dry_run,
         facts_from,
         reboot_command,
         until,
+        nix_from,
     };
     let (tx, r) = progress::start(Mode::detect(a.json));
     let res = install(file, &options(a), &io, tx);

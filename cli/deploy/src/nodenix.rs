@@ -1,0 +1,231 @@
+//! A usable Nix on a node before `edgectl install` copies its system there. In order: the Nix
+//! the node already has, Ubuntu's `nix-bin` (22.04 ships 2.6, 24.04 2.18.1; 20.04 has none),
+//! else the controller's own Nix, shipped the way the Nix installer tarball works: the store
+//! paths of its closure as a tar, registered with that Nix's `nix-store --load-db`, linked into
+//! `/usr/local/bin` (which Ubuntu's sshd and sudo both put on PATH). After the switch the
+//! node runs NixOS's own Nix on the same store.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::host::{Host, SshHost, argv};
+
+/// The oldest Nix a node may run: edgectl passes `--extra-experimental-features nix-command`
+/// to `nix path-info` (plan's closure diff) and `nix copy` (fan-out), which Nix 2.4 introduced.
+pub const MIN: (u32, u32) = (2, 4);
+
+/// Where the registration of a shipped Nix goes on the node.
+const REGINFO: &str = "/nix/var/edgectl/nix.reginfo";
+
+/// Runs as root on the node with a tar of the store paths on stdin. $1: the Nix store path.
+const UNPACK: &str = r#"set -e
+p=$1
+mkdir -p -m 0755 /nix/store /nix/var/nix /usr/local/bin
+tar -C / -xf -
+"$p/bin/nix-store" --load-db < /nix/var/edgectl/nix.reginfo
+for f in "$p"/bin/*; do ln -sfn "$f" /usr/local/bin/; done
+"#;
+
+const APT: &str =
+    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin";
+
+/// `nix-store (Nix) 2.18.1` -> (2, 18).
+pub fn parse_version(s: &str) -> Option<(u32, u32)> {
+    let v = s.split_whitespace().last()?;
+    let mut it = v.split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some((major, minor))
+}
+
+/// The store path that holds `nix-store` (`/nix/store/<hash>-nix-2.24.9`), or why it is none.
+pub fn store_path_of(bin: &Path) -> Result<PathBuf, String> {
+    let real = bin
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let parts: Vec<_> = real.components().take(4).collect();
+    let p: PathBuf = parts.iter().collect();
+    if p.starts_with("/nix/store") && parts.len() == 4 && p.join("bin/nix-store").exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} is not inside a Nix store path with bin/nix-store",
+            real.display()
+        ))
+    }
+}
+
+/// The Nix to ship to nodes: `explicit` (`--nix-from`), else the controller's own `nix-store`
+/// when it lives in /nix/store (the Nix installer, NixOS), else why there is none.
+pub fn controller_nix(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return store_path_of(&p.join("bin/nix-store"))
+            .map_err(|e| format!("--nix-from {}: {e}", p.display()));
+    }
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("nix-store"))
+        .find(|p| p.is_file())
+        .ok_or("no nix-store on this machine's PATH")?;
+    store_path_of(&found).map_err(|e| format!("this machine's Nix cannot be shipped: {e}"))
+}
+
+fn node_version(h: &SshHost) -> Option<(String, (u32, u32))> {
+    let o = h.run(&argv(["nix-store", "--version"]), false).ok()?;
+    let line = o.stdout.trim().to_string();
+    (o.ok()).then(|| parse_version(&line).map(|v| (line, v)))?
+}
+
+fn too_old(v: Option<&(String, (u32, u32))>) -> String {
+    match v {
+        Some((line, _)) => format!("{line} (older than {}.{})", MIN.0, MIN.1),
+        None => "none".into(),
+    }
+}
+
+/// What [`ensure`] may run, for `--dry-run`.
+pub fn planned_commands(ship: Option<&Path>) -> Vec<String> {
+    let show = |a: Vec<String>| crate::quote::command(&a).unwrap_or_default();
+    let mut v = vec![
+        show(argv(["nix-store", "--version"])),
+        format!(
+            "# if missing or older than {}.{}: {}",
+            MIN.0,
+            MIN.1,
+            show(argv(["sh", "-c", APT]))
+        ),
+    ];
+    v.push(match ship {
+        Some(p) => format!(
+            "# if still missing: ship {} (tar of its closure, nix-store --load-db, links in /usr/local/bin)",
+            p.display()
+        ),
+        None => "# if still missing: fail (no Nix on this machine to ship; see --nix-from)".into(),
+    });
+    v
+}
+
+/// Makes sure the node has Nix >= [`MIN`]; returns its version line and how it got there.
+pub fn ensure(h: &SshHost, ship: &Result<PathBuf, String>) -> Result<String, String> {
+    let had = node_version(h);
+    if let Some((line, v)) = &had
+        && *v >= MIN
+    {
+        return Ok(line.clone());
+    }
+    let apt = h.run(&argv(["sh", "-c", APT]), true);
+    let after = node_version(h);
+    if let Some((line, v)) = &after
+        && *v >= MIN
+    {
+        return Ok(format!("{line} (Ubuntu's nix-bin)"));
+    }
+    let apt_said = match apt {
+        Ok(o) if o.ok() => format!("nix-bin gave {}", too_old(after.as_ref())),
+        Ok(o) => format!(
+            "apt-get: {}",
+            o.stderr.lines().last().unwrap_or("failed").trim()
+        ),
+        Err(e) => e.to_string(),
+    };
+    let p = ship.as_ref().map_err(|why| {
+        format!(
+            "the node has no usable Nix (found {}; {apt_said}) and {why}; install Nix >= {}.{} on the node, or pass --nix-from /nix/store/...-nix-<version>",
+            too_old(had.as_ref()),
+            MIN.0,
+            MIN.1
+        )
+    })?;
+    ship_nix(h, p)?;
+    match node_version(h) {
+        Some((line, v)) if v >= MIN => Ok(format!("{line} (from {})", p.display())),
+        other => Err(format!(
+            "shipped {} but the node runs {}",
+            p.display(),
+            too_old(other.as_ref())
+        )),
+    }
+}
+
+fn ship_nix(h: &SshHost, p: &Path) -> Result<(), String> {
+    let out = |c: &mut Command, what: &str| -> Result<Vec<u8>, String> {
+        let o = c.output().map_err(|e| format!("cannot run {what}: {e}"))?;
+        if o.status.success() {
+            Ok(o.stdout)
+        } else {
+            Err(format!(
+                "{what}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    };
+    let closure = out(Command::new("nix-store").arg("-qR").arg(p), "nix-store -qR")?;
+    let paths: Vec<String> = String::from_utf8_lossy(&closure)
+        .lines()
+        .map(String::from)
+        .collect();
+    let reginfo = out(
+        Command::new("nix-store").arg("--dump-db").args(&paths),
+        "nix-store --dump-db",
+    )?;
+    h.upload(REGINFO, &reginfo, 0o644)
+        .map_err(|e| e.to_string())?;
+    let mut tar = Command::new("tar")
+        .args(["-C", "/", "-cf", "-", "--"])
+        .args(paths.iter().map(|p| p.trim_start_matches('/')))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    let stdout = tar.stdout.take().expect("piped");
+    let p_str = p.display().to_string();
+    let r = h.run_piped(
+        &argv(["sh", "-c", UNPACK, "edgectl-nix", &p_str]),
+        true,
+        stdout.into(),
+    );
+    let t = tar.wait_with_output();
+    match r {
+        Err(e) => Err(e.to_string()),
+        Ok(o) if !o.ok() => Err(format!("unpacking Nix on the node: {}", o.stderr.trim())),
+        Ok(_) => match t {
+            Ok(t) if t.status.success() => Ok(()),
+            Ok(t) => Err(format!(
+                "tar: {}",
+                String::from_utf8_lossy(&t.stderr).trim()
+            )),
+            Err(e) => Err(format!("tar: {e}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("nix-store (Nix) 2.18.1"), Some((2, 18)));
+        assert_eq!(parse_version("nix-store (Nix) 2.6.0"), Some((2, 6)));
+        assert_eq!(parse_version("nix-store (Nix) 2.3"), Some((2, 3)));
+        assert_eq!(
+            parse_version("nix-store (Nix) 2.25pre20241010_abc"),
+            Some((2, 25))
+        );
+        assert_eq!(parse_version(""), None);
+        assert_eq!(parse_version("command not found"), None);
+        assert!((2, 3) < MIN && (2, 6) >= MIN && (3, 0) >= MIN);
+    }
+
+    #[test]
+    fn only_store_paths_ship() {
+        let e = store_path_of(Path::new("/bin/sh")).unwrap_err();
+        assert!(e.contains("not inside a Nix store path"), "{e}");
+        assert!(controller_nix(Some(Path::new("/tmp"))).is_err());
+    }
+}
