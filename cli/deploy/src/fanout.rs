@@ -313,14 +313,7 @@ pub fn distribute(
     let public = match seeded {
         Ok(p) => p,
         Err(e) => {
-            emit(
-                tx,
-                &seed.name,
-                Phase::Copy,
-                Ev::Failed,
-                format!("seeding failed: {e}; falling back to per-node copies"),
-            );
-            errors.insert(seed.name.clone(), e);
+            seed_failed(&seed, e, tx, &mut errors);
             from_controller(rt, parallel, peers, tx, &mut errors);
             return errors;
         }
@@ -396,14 +389,7 @@ pub fn distribute(
             .clone()
             .err()
             .unwrap_or_else(|| "the seed lacks closures after the upload".into());
-        emit(
-            tx,
-            &seed.name,
-            Phase::Copy,
-            Ev::Failed,
-            format!("seeding failed: {e}; falling back to per-node copies"),
-        );
-        errors.insert(seed.name.clone(), e);
+        seed_failed(&seed, e, tx, &mut errors);
         let rest: Vec<Peer> = live.into_iter().chain(late).collect();
         let (got, missing): (Vec<Peer>, Vec<Peer>) = rest
             .into_iter()
@@ -475,6 +461,17 @@ pub fn distribute(
         }
     }
     errors
+}
+
+fn seed_failed(seed: &Session, e: String, tx: &Sender, errors: &mut BTreeMap<String, String>) {
+    emit(
+        tx,
+        &seed.name,
+        Phase::Copy,
+        Ev::Failed,
+        format!("seeding failed: {e}; falling back to per-node copies"),
+    );
+    errors.insert(seed.name.clone(), e);
 }
 
 fn authorize(h: &SshHost, public: &str) -> Result<(), String> {

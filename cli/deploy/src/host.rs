@@ -288,8 +288,11 @@ impl SshHost {
         ch.send_eof().map_err(io)?;
         let mut stdout = String::new();
         let mut stderr = String::new();
-        let _ = ch.read_to_string(&mut stdout);
-        let _ = ch.stderr().read_to_string(&mut stderr);
+        ch.read_to_string(&mut stdout)
+            .map_err(|e| HostError::Unreachable(e.to_string()))?;
+        ch.stderr()
+            .read_to_string(&mut stderr)
+            .map_err(|e| HostError::Unreachable(e.to_string()))?;
         ch.wait_close().map_err(io)?;
         let status = ch.exit_status().map_err(io)?;
         Ok(Output {
@@ -306,26 +309,8 @@ impl Host for SshHost {
     }
 
     fn run(&self, argv: &[String], root: bool) -> Result<Output, HostError> {
-        let cmd = remote_command(&self.target.user, argv, root)
-            .ok_or_else(|| HostError::BadArgument("an argument contains a NUL byte".into()))?;
-        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let io = |e: ssh2::Error| HostError::Unreachable(e.to_string());
-        let mut ch = s.channel_session().map_err(io)?;
-        ch.exec(&cmd).map_err(io)?;
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        ch.read_to_string(&mut stdout)
-            .map_err(|e| HostError::Unreachable(e.to_string()))?;
-        ch.stderr()
-            .read_to_string(&mut stderr)
-            .map_err(|e| HostError::Unreachable(e.to_string()))?;
-        ch.wait_close().map_err(io)?;
-        let status = ch.exit_status().map_err(io)?;
-        Ok(Output {
-            status,
-            stdout,
-            stderr,
-        })
+        // Stdin at end of file at once: a command that reads it cannot wait forever.
+        self.run_with_stdin(argv, root, &mut std::io::empty())
     }
 
     fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), HostError> {

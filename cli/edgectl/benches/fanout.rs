@@ -40,18 +40,7 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let topo = dir.path().join("cluster.toml");
     std::fs::write(&topo, edgectl_rig::topology_toml(&rig, &["wasm"], 60)).unwrap();
-    let state = dir.path().join(".edgectl");
-    std::fs::create_dir_all(&state).unwrap();
-    assert!(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(state.join("cluster_key"))
-            .status()
-            .unwrap()
-            .success()
-    );
-    rig.authorize(&std::fs::read_to_string(state.join("cluster_key.pub")).unwrap())
-        .unwrap();
+    rig.trust_cluster_key(&dir.path().join(".edgectl")).unwrap();
     let st = Command::new("tc")
         .args([
             "qdisc",
