@@ -127,7 +127,7 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String>
 /// exits with the seed's own import status. `tee -p` keeps feeding the others when one
 /// consumer dies.
 const RELAY: &str = r#"set -u
-d=$(mktemp -d) || exit 1
+d=$(mktemp -d /tmp/edgectl-relay.XXXXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
 mkfifo "$d/seed" || exit 1
 nix-store --import < "$d/seed" > /dev/null 2> "$d/seed.err" &
@@ -144,7 +144,7 @@ while [ $# -ge 3 ]; do
   pids="$pids $!"; outs="$outs $d/$n"
   shift 3
 done
-tee -p $outs > /dev/null
+tee -p $outs > /dev/null  # unquoted on purpose: fixed paths without spaces
 wait "$seed"; rc=$?
 n=0
 for p in $pids; do
