@@ -337,23 +337,33 @@ pub fn install(
 
     // Phase 2: Nix on the node, then the closure (fanned out when several nodes need it).
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
-    let ship = crate::nodenix::controller_nix(io.nix_from.as_deref());
-    for s in &sessions {
-        let is = states.get_mut(&s.name).expect("state");
-        if is.has(Step::Nix) {
-            continue;
+    let ship = Arc::new(crate::nodenix::controller_nix(io.nix_from.as_deref()));
+    let lacking_nix: Vec<Arc<Session>> = sessions
+        .iter()
+        .filter(|s| !states[&s.name].has(Step::Nix))
+        .cloned()
+        .collect();
+    let got = parallel_map(&rt, opts.parallel, lacking_nix, {
+        let tx = tx.clone();
+        move |s: Arc<Session>| {
+            emit(&tx, &s.name, Phase::Nix, Ev::Started, "checking for Nix");
+            let r = crate::nodenix::ensure(&s.host, &ship);
+            match &r {
+                Ok(v) => emit(&tx, &s.name, Phase::Nix, Ev::Ok, v.clone()),
+                Err(e) => emit(&tx, &s.name, Phase::Nix, Ev::Failed, e.clone()),
+            }
+            (s.name.clone(), r)
         }
-        emit(&tx, &s.name, Phase::Nix, Ev::Started, "checking for Nix");
-        let ok = crate::nodenix::ensure(&s.host, &ship);
-        match ok {
-            Ok(v) => {
-                emit(&tx, &s.name, Phase::Nix, Ev::Ok, v);
+    });
+    for (name, r) in got {
+        match r {
+            Ok(_) => {
+                let is = states.get_mut(&name).expect("state");
                 is.done.push(Step::Nix);
-                let _ = is.save(&state_dir, &s.name);
+                let _ = is.save(&state_dir, &name);
             }
             Err(e) => {
-                emit(&tx, &s.name, Phase::Nix, Ev::Failed, e.clone());
-                failed.insert(s.name.clone(), e);
+                failed.insert(name, e);
             }
         }
     }

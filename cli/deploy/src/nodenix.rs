@@ -77,8 +77,11 @@ pub fn controller_nix(explicit: Option<&Path>) -> Result<PathBuf, String> {
 
 fn node_version(h: &SshHost) -> Option<(String, (u32, u32))> {
     let o = h.run(&argv(["nix-store", "--version"]), false).ok()?;
+    if !o.ok() {
+        return None;
+    }
     let line = o.stdout.trim().to_string();
-    (o.ok()).then(|| parse_version(&line).map(|v| (line, v)))?
+    parse_version(&line).map(|v| (line, v))
 }
 
 fn too_old(v: Option<&(String, (u32, u32))>) -> String {
