@@ -85,15 +85,7 @@ pub async fn quic_pair(
     addr: SocketAddr,
     samples: u32,
 ) -> PairStat {
-    let mut st = PairStat {
-        from: me.to_string(),
-        to: peer.to_string(),
-        samples: 0,
-        lost: 0,
-        p50_ms: 0.0,
-        p99_ms: 0.0,
-        error: None,
-    };
+    let mut st = PairStat::new(me, peer);
     let conn = match connect(ep, cfg, addr, peer, Duration::from_secs(5)).await {
         Ok(c) => c,
         Err(e) => {

@@ -110,6 +110,21 @@ pub struct PairStat {
     pub error: Option<String>,
 }
 
+impl PairStat {
+    /// A pair not measured yet: no samples, no error.
+    pub fn new(from: &str, to: &str) -> PairStat {
+        PairStat {
+            from: from.to_string(),
+            to: to.to_string(),
+            samples: 0,
+            lost: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RayFacts {
     /// False when `ray` is not on PATH.

@@ -58,15 +58,7 @@ impl Zn {
     }
 
     pub async fn pair(&self, peer: &str, samples: u32) -> PairStat {
-        let mut st = PairStat {
-            from: self.me.clone(),
-            to: peer.to_string(),
-            samples: 0,
-            lost: 0,
-            p50_ms: 0.0,
-            p99_ms: 0.0,
-            error: None,
-        };
+        let mut st = PairStat::new(&self.me, peer);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
         let sub = match self
             .session

@@ -40,16 +40,11 @@ chmod 600 "$f"
 "#;
 
 fn closure_bytes(paths: &[String]) -> Option<u64> {
-    let mut seen = BTreeSet::new();
-    let mut total = 0;
-    for p in paths {
-        for i in nixcmd::local_closure(p).ok()? {
-            if seen.insert(i.path.clone()) {
-                total += i.nar_size;
-            }
-        }
-    }
-    Some(total)
+    let read: Result<BTreeMap<_, _>, String> = paths
+        .iter()
+        .map(|p| nixcmd::local_closure(p).map(|c| (p.clone(), c)))
+        .collect();
+    Closures(read.ok()?).bytes(paths)
 }
 
 fn emit_bytes(tx: &Sender, node: &str, state: Ev, message: String, bytes: Option<u64>) {
