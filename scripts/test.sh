@@ -1,21 +1,77 @@
 #!/usr/bin/env bash
-# The one command that sets up and runs every test: formatting, lints, unit, property,
-# corpus and end-to-end tests. `.ci/run` calls exactly this.
+# The one command that sets up and runs every test: formatting, lints, the fuzz targets' build,
+# and unit, property, corpus and end-to-end tests. `.ci/run` calls exactly this.
+#
+# The verdict is cargo's exit status, never the log's text. Tests that lack a prerequisite (the
+# rig, Nix, ../shared, ...) are skipped visibly: each skip is recorded with its reason, listed at
+# the end, and counted apart from the passes. With EDGECTL_REQUIRE (CI sets it) a missing
+# prerequisite fails its test instead. EDGECTL_TEST_TIMEOUT (seconds, default 3300) bounds the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ -z ${EDGECTL_TEST_TIMED:-} ]]; then
+  export EDGECTL_TEST_TIMED=1
+  rc=0
+  timeout --kill-after=30 "${EDGECTL_TEST_TIMEOUT:-3300}" "$0" "$@" || rc=$?
+  [[ $rc -eq 124 ]] && echo "tests FAILED: the run passed EDGECTL_TEST_TIMEOUT=${EDGECTL_TEST_TIMEOUT:-3300} s"
+  exit "$rc"
+fi
+
 ./scripts/setup.sh
 . scripts/env.sh
+# An inherited CARGO_TERM_COLOR=always would wrap `error:` in escape codes.
+export CARGO_TERM_COLOR=never
+
+log=$(mktemp -t edgectl-test.XXXXXX.log)
+EDGECTL_SKIP_LOG=$(mktemp -t edgectl-skips.XXXXXX.tsv)
+export EDGECTL_SKIP_LOG
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== cargo test"
-cargo test --workspace 2>&1 | tee /tmp/edgectl-test.log | grep -E "^(test result|running|error|failures:|---- )|panicked|FAILED" || true
-if grep -qE "^test result: FAILED|^error(\[|:)" /tmp/edgectl-test.log || ! grep -q "^test result:" /tmp/edgectl-test.log; then
-  echo "tests FAILED; full log in /tmp/edgectl-test.log"
-  grep -B5 -A30 "^failures:" /tmp/edgectl-test.log | head -200 || true
-  exit 1
+echo "== fuzz targets build"
+# Their own workspace (so the main one never builds libFuzzer); built here so they cannot rot.
+cargo build --quiet --locked --manifest-path fuzz/Cargo.toml --bins
+echo "== cargo test (log: $log)"
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" |
+  grep --line-buffered -E "^(test result|     Running|   Doc-tests|error|failures:|---- )|panicked|FAILED|SIGSEGV|SIGABRT|SIGKILL|signal:"
+status=${PIPESTATUS[0]}
+set -e
+
+sum() { grep -E "^test result:" "$log" | grep -oE "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
+passed=$(sum passed)
+failed=$(sum failed)
+ignored=$(sum ignored)
+skipped=$(wc -l <"$EDGECTL_SKIP_LOG")
+binaries=$(grep -cE "^ +(Running|Doc-tests) " "$log" || true)
+results=$(grep -cE "^test result:" "$log" || true)
+
+echo "== skipped tests ($skipped)"
+if [[ $skipped -gt 0 ]]; then
+  sort "$EDGECTL_SKIP_LOG" | awk -F'\t' '{printf "  %s: %s: %s\n", $1, $2, $3}'
 fi
-passed=$(grep -E "^test result:" /tmp/edgectl-test.log | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' | awk '{p+=$1; f+=$2} END {print p" "f}')
-echo "$(echo "$passed" | cut -d' ' -f1) passed, $(echo "$passed" | cut -d' ' -f2) failed"
+
+verdict=ok
+if [[ $status -ne 0 ]]; then
+  echo "cargo test exited $status"
+  verdict=FAILED
+fi
+if [[ $binaries -ne $results ]]; then
+  # A binary killed by a signal prints no result line of its own.
+  echo "$binaries test binaries ran but only $results reported a result"
+  verdict=FAILED
+fi
+if [[ $ignored -gt 0 ]]; then
+  echo "$ignored tests are #[ignore]d: nothing may be ignored to get green"
+  verdict=FAILED
+fi
+if [[ $verdict != ok ]]; then
+  [[ $failed -gt 0 ]] || failed=1
+  grep -A40 -E "^failures:|^---- " "$log" | head -200 || true
+  echo "tests FAILED; full log in $log"
+fi
+# Skipped tests returned early, so libtest counted them among the passes.
+echo "$((passed - skipped)) passed, $failed failed, $skipped skipped"
+[[ $verdict == ok ]]

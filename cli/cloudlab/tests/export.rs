@@ -200,13 +200,11 @@ fn extended_profiles_request_their_base_type() {
 
 fn python() -> Option<String> {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    match Command::new(&py).arg("--version").output() {
-        Ok(o) if o.status.success() => Some(py),
-        _ => {
-            eprintln!("skipping: no {py} to compile profile.py with");
-            None
-        }
-    }
+    let found = match Command::new(&py).arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(py.clone()),
+        _ => Err(format!("no {py} to compile profile.py with")),
+    };
+    edgectl_testkit::require("python3", found)
 }
 
 #[test]
@@ -254,10 +252,12 @@ fn genilib_python() -> Option<String> {
             return Some(py.clone());
         }
     }
-    eprintln!(
-        "skipping: geni-lib does not import in {candidates:?} (PyPI's geni-lib 0.9.9.4 is Python 2 code; set GENILIB_PYTHON)"
-    );
-    None
+    edgectl_testkit::require(
+        "genilib",
+        Err(format!(
+            "geni-lib does not import in {candidates:?} (PyPI's geni-lib 0.9.9.4 is Python 2 code; set GENILIB_PYTHON)"
+        )),
+    )
 }
 
 #[test]

@@ -269,13 +269,6 @@ fn manifest(hostname: &str, user: &str) -> String {
     )
 }
 
-fn nix_available() -> bool {
-    Command::new("nix-instantiate")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn nix_eval(dir: &Path, expr: &str) -> serde_json::Value {
     let o = Command::new("nix-instantiate")
         .env(
@@ -358,7 +351,7 @@ fn free_text_reaches_generated_files_only_escaped() {
     assert_eq!(topo["site"], ps[2].as_str());
     assert_eq!(topo["expires"], ps[3].as_str());
     assert_eq!(topo["nodes"][0]["profile"]["name"], ps[4].as_str());
-    if nix_available() {
+    if edgectl_testkit::nix().is_some() {
         let v = nix_eval(
             &out,
             "(import ./hosts/head.nix {}).edge.access.sshKeys ++ [ (builtins.fromJSON (builtins.readFile ./topology.json)).site ]",
@@ -366,8 +359,6 @@ fn free_text_reaches_generated_files_only_escaped() {
         let mut want = keys.clone();
         want.push(ps[2].clone());
         assert_eq!(v, serde_json::json!(want));
-    } else {
-        eprintln!("nix-instantiate is not installed: checked with rnix only");
     }
 
     // The export quotes the topology's path in a comment: a file name with a newline must not
@@ -396,10 +387,11 @@ import ast, sys
 tree = ast.parse(open(sys.argv[1]).read())
 print(" ".join(a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names))
 "#;
-    if let Ok(o) = Command::new("python3")
+    let python = Command::new("python3")
         .args(["-c", check, py.to_str().unwrap()])
         .output()
-    {
+        .map_err(|e| format!("cannot run python3: {e}"));
+    if let Some(o) = edgectl_testkit::require("python3", python) {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(
             String::from_utf8_lossy(&o.stdout).trim(),

@@ -23,13 +23,6 @@ fn example() -> Cluster {
     .cluster
 }
 
-fn nix_available() -> bool {
-    Command::new("nix-instantiate")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn nix_cmd() -> Command {
     let mut c = Command::new("nix-instantiate");
     c.env("NIX_CONFIG", "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes");
@@ -120,8 +113,7 @@ fn refuses_foreign_directories_and_fails_without_touching_them() {
 
 #[test]
 fn every_generated_nix_file_parses_with_real_nix() {
-    if !nix_available() {
-        eprintln!("skipping: nix-instantiate is not installed (CI installs nix-bin)");
+    if edgectl_testkit::nix().is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -161,8 +153,8 @@ fn every_generated_nix_file_parses_with_real_nix() {
 }
 
 fn option_tree() -> Option<OptionTree> {
-    let tsv = repo().join("../shared/data/nixos-options.tsv");
-    let text = std::fs::read_to_string(&tsv).ok()?;
+    let tsv = edgectl_testkit::shared(env!("CARGO_MANIFEST_DIR"), "data/nixos-options.tsv")?;
+    let text = std::fs::read_to_string(&tsv).unwrap();
     let mut tree = OptionTree::from_tsv(&text);
     let supplement =
         std::fs::read_to_string(repo().join("checks/nixos-options-supplement.tsv")).unwrap();
@@ -178,10 +170,7 @@ fn option_tree() -> Option<OptionTree> {
 
 #[test]
 fn every_option_set_by_modules_and_hosts_exists() {
-    let Some(nixos) = option_tree() else {
-        eprintln!("skipping: ../shared/data/nixos-options.tsv is not beside the repository");
-        return;
-    };
+    let Some(nixos) = option_tree() else { return };
     // Our own options, as the modules declare them.
     let mut edge = OptionTree::default();
     let mut sets = Vec::new();

@@ -7,17 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use edgectl_rig::{NIX_CONFIG, Rig, available, build_fixture_toplevel, reap, tool};
+use edgectl_rig::{NIX_CONFIG, Rig, build_fixture_toplevel, reap, tool};
 use serde_json::Value;
 
 fn skip() -> bool {
-    match available() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            true
-        }
-    }
+    !edgectl_rig::ready()
 }
 
 fn text(b: &[u8]) -> String {
@@ -369,14 +363,17 @@ fn reap_removes_rig_of_killed_process() {
 /// The fixture alone (needs only nix): edge.json, the switch script, two paths, the payload.
 #[test]
 fn fixture_builds_with_payload() {
-    if tool("nix").is_none() {
-        eprintln!("skipping: nix is not installed");
+    if edgectl_testkit::nix().is_none() {
         return;
     }
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let root = if unsafe { libc::geteuid() } == 0 {
+        Ok(())
+    } else {
         // Debian's nix-bin runs without a daemon: only root can write /nix/store.
-        eprintln!("skipping: building the fixture needs root");
+        Err("building the fixture needs root (Debian's nix-bin has no daemon)".to_string())
+    };
+    if edgectl_testkit::require("nix", root).is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

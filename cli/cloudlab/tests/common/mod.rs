@@ -10,13 +10,7 @@ use edgectl_model::{
 
 /// The shared CloudLab samples (a sibling of the repository checkout), or `None` with a reason.
 pub fn fixtures() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/cloudlab");
-    if d.is_dir() {
-        Some(d)
-    } else {
-        eprintln!("skipping: CloudLab fixtures not found at {}", d.display());
-        None
-    }
+    edgectl_testkit::shared(env!("CARGO_MANIFEST_DIR"), "fixtures/cloudlab")
 }
 
 pub fn data(name: &str) -> PathBuf {
