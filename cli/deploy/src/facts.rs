@@ -145,7 +145,12 @@ pub fn boot_plan(lsblk: &str, findmnt: &str, disk_links: &str) -> Result<BootPla
         serde_json::from_str(lsblk).map_err(|e| format!("lsblk --json: {e}"))?;
     let mut devs = Vec::new();
     flatten(&v["blockdevices"], None, &mut devs);
-    let mut f = findmnt.split_whitespace();
+    // findmnt lists every mount stacked on /; the last one is the one in effect.
+    let mut f = findmnt
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .split_whitespace();
     let source = f
         .next()
         .ok_or("findmnt printed no source for /")?
@@ -153,7 +158,8 @@ pub fn boot_plan(lsblk: &str, findmnt: &str, disk_links: &str) -> Result<BootPla
     let uuid = f.next().map(String::from);
     let root = devs
         .iter()
-        .find(|d| d.path == source || d.mount.as_deref() == Some("/"))
+        .find(|d| d.path == source)
+        .or_else(|| devs.iter().find(|d| d.mount.as_deref() == Some("/")))
         .ok_or_else(|| format!("/ is on {source}, which lsblk does not list"))?;
     if root.kind != "part" {
         return Err(format!(
@@ -167,7 +173,8 @@ pub fn boot_plan(lsblk: &str, findmnt: &str, disk_links: &str) -> Result<BootPla
         .ok_or_else(|| format!("cannot tell which disk holds {}", root.path))?;
     let disk = devs
         .iter()
-        .find(|d| d.name == disk_name && d.kind == "disk")
+        // A disk, or a loop device backed by an image file, as on a test machine.
+        .find(|d| d.name == disk_name && (d.kind == "disk" || d.kind == "loop"))
         .ok_or_else(|| format!("disk {disk_name} not in lsblk output"))?;
     let mut parts: Vec<&Dev> = devs
         .iter()

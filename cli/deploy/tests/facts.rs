@@ -83,3 +83,25 @@ fn refusals_are_clear() {
     let e = node_facts(&recorded("c220g5-ssd-boot"), &["ac1f6b2d0010".into()]).unwrap_err();
     assert!(e.contains("control interface"), "{e}");
 }
+
+/// A root file system mounted over another (as on a test machine that mounts an image on /):
+/// findmnt lists both, the last is in effect, and a loop device can hold the partition.
+#[test]
+fn the_topmost_root_mount_on_a_loop_device_counts() {
+    let lsblk = r#"{"blockdevices":[
+      {"name":"vda","path":"/dev/vda","type":"disk","size":274877906944,"rota":true,"mountpoint":"/","pkname":null},
+      {"name":"loop3","path":"/dev/loop3","type":"loop","size":209715200,"rota":true,"mountpoint":null,"pkname":null,
+       "children":[{"name":"loop3p1","path":"/dev/loop3p1","type":"part","size":104857600,"rota":true,"mountpoint":"/","pkname":"loop3"}]}]}"#;
+    let findmnt = "/dev/vda     \n/dev/loop3p1 bdefb1c7-391b-4f94-b91b-bf819e7cd70c\n";
+    let links = "/dev/disk/by-id/edgectl-test-disk ../../loop3\n/dev/disk/by-id/edgectl-test-disk-part1 ../../loop3p1\n";
+    let b = edgectl_deploy::facts::boot_plan(lsblk, findmnt, links).unwrap();
+    assert_eq!(b.disk, "/dev/disk/by-id/edgectl-test-disk");
+    assert_eq!(b.grub_device, "/dev/disk/by-id/edgectl-test-disk-part1");
+    assert_eq!(
+        b.root_device,
+        "/dev/disk/by-uuid/bdefb1c7-391b-4f94-b91b-bf819e7cd70c"
+    );
+    // The same machine without the image: / is the whole disk, and that is refused.
+    let e = edgectl_deploy::facts::boot_plan(lsblk, "/dev/vda\n", links).unwrap_err();
+    assert!(e.contains("not on a partition"), "{e}");
+}

@@ -17,8 +17,7 @@ struct Lab {
 }
 
 fn lab(n: usize) -> Option<Lab> {
-    if let Err(why) = edgectl_rig::available() {
-        eprintln!("skipping: {why}");
+    if !edgectl_rig::ready() {
         return None;
     }
     let rig = Rig::up_with(n, RigOptions { private_etc: true }).expect("rig comes up");
@@ -37,10 +36,9 @@ fn lab(n: usize) -> Option<Lab> {
         std::fs::create_dir_all(&d).unwrap();
         for e in std::fs::read_dir(&src).unwrap() {
             let e = e.unwrap();
-            let text = std::fs::read_to_string(e.path()).unwrap().replace(
-                "90:e2:ba:24:d1:15",
-                &format!("02:aa:bb:cc:00:{:02x}", i + 1),
-            );
+            let text = std::fs::read_to_string(e.path())
+                .unwrap()
+                .replace("90:e2:ba:24:d1:15", &edgectl_rig::lan_mac(i));
             std::fs::write(d.join(e.file_name()), text).unwrap();
         }
         // The node itself claims to be Ubuntu too (its private /etc).
@@ -249,36 +247,201 @@ fn an_interrupted_install_resumes_and_a_changed_host_key_fails_the_reboot_check(
     assert!(msg.contains("host key changed"), "{msg}");
 }
 
+/// What live phase 1 must say of this machine, worked out from its layout independently of
+/// edgectl: the refusal it must name, or `None` for an accept.
+fn predicted_refusal() -> Option<&'static str> {
+    let sh = |c: &str| {
+        let o = Command::new("sh").args(["-c", c]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let source = sh("findmnt -n -o SOURCE / | tail -n 1");
+    let source = source.trim();
+    let kind = sh(&format!(
+        "lsblk -n -o TYPE {source} 2>/dev/null | head -n 1"
+    ));
+    if kind.trim() != "part" {
+        return Some("not on a partition");
+    }
+    let parent = sh(&format!("lsblk -n -o PKNAME {source}"));
+    let stable = sh(&format!(
+        "find /dev/disk/by-id /dev/disk/by-path -maxdepth 1 -type l -lname '*/{}' 2>/dev/null",
+        parent.trim()
+    ));
+    if stable.trim().is_empty() {
+        return Some("refusing to guess");
+    }
+    let free: u64 = sh("df -B1 --output=avail / | tail -n 1")
+        .trim()
+        .parse()
+        .unwrap();
+    (free < 8 << 30).then_some("free on /")
+}
+
+/// A loop device with an MBR and one ext4 partition, detached again on drop.
+struct LoopDisk {
+    dev: String,
+    part: String,
+}
+
+impl LoopDisk {
+    fn new(dir: &Path) -> LoopDisk {
+        let img = dir.join("disk.img");
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(256 << 20).unwrap();
+        // One Linux partition from sector 2048 over 128 MiB: the entry at 446, the signature at 510.
+        let mut mbr = [0u8; 512];
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&(128u32 * 2048).to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).unwrap();
+        let o = Command::new("losetup")
+            .args(["--find", "--show", "--partscan"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "losetup: {}", explain(&o));
+        let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let disk = LoopDisk {
+            part: format!("{dev}p1"),
+            dev,
+        };
+        // Without udev the kernel's partition scan may not run: partx adds it by ioctl.
+        let _ = Command::new("partx").args(["-a", &disk.dev]).output();
+        for _ in 0..100 {
+            if Path::new(&disk.part).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let o = Command::new("mkfs.ext4")
+            .args(["-q", "-F", &disk.part])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mkfs: {}", explain(&o));
+        disk
+    }
+
+    fn uuid(&self) -> String {
+        let o = Command::new("blkid")
+            .args(["-s", "UUID", "-o", "value", &self.part])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).output();
+    }
+}
+
+/// Whether loop devices can be made here (root, /dev/loop-control, util-linux, e2fsprogs).
+fn loop_devices() -> Result<(), String> {
+    if !Path::new("/dev/loop-control").exists() {
+        return Err("/dev/loop-control is absent".into());
+    }
+    for t in ["losetup", "partx", "mkfs.ext4", "blkid"] {
+        edgectl_testkit::tool(t)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn live_facts_read_the_node_and_refuse_or_accept_clearly() {
     let Some(l) = lab(1) else { return };
-    // Phase 1 for real over SSH, read-only: this machine's disks decide the outcome (a VM
-    // whose / is a whole disk is refused; a partitioned disk with stable names passes).
+    // Phase 1 for real over SSH, read-only: this machine's own disks decide the outcome.
     let o = l.run_with(&["--dry-run"], false);
-    let r = report(&o);
-    let node = &r["nodes"][0];
-    match o.status.code() {
-        Some(0) => assert_eq!(node["done"], serde_json::json!(["facts"]), "{node}"),
-        Some(3) => {
-            let msg = node["message"].as_str().unwrap();
-            let known = [
-                "not on a partition",
-                "refusing to guess",
-                "no interface with MAC",
-                "free on /",
-                "has no partitions",
-            ];
-            assert!(
-                known.iter().any(|k| msg.contains(k)),
-                "an unclear refusal: {msg}"
-            );
-            eprintln!("live phase 1 refused this machine, as it should: {msg}");
+    let node = &report(&o)["nodes"][0];
+    match predicted_refusal() {
+        None => {
+            assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+            assert_eq!(node["done"], serde_json::json!(["facts"]), "{node}");
         }
-        _ => panic!("{}", explain(&o)),
+        Some(why) => {
+            assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+            let msg = node["message"].as_str().unwrap();
+            assert!(
+                msg.contains(why),
+                "expected a refusal naming {why:?}: {msg}"
+            );
+        }
     }
     assert!(
         l.profile(0).is_none() && !l.etc(0).join("NIXOS").exists(),
         "a dry run changes nothing"
+    );
+    let _ = std::fs::remove_file(l.dir.path().join(".edgectl/install/n1.json"));
+
+    // The accept path on any machine: inside the node, / is an ext4 partition of a loop
+    // device whose stable names udev would have made.
+    if edgectl_testkit::require("loop", loop_devices()).is_none() {
+        return;
+    }
+    let disk = LoopDisk::new(l.dir.path());
+    let made_dev_disk = !Path::new("/dev/disk").exists();
+    if made_dev_disk {
+        // Only a mount point: the node mounts its own tmpfs there.
+        std::fs::create_dir("/dev/disk").unwrap();
+    }
+    let name = disk.dev.trim_start_matches("/dev/");
+    let setup = format!(
+        "mount -t tmpfs edgerig-dev-disk /dev/disk && mkdir /dev/disk/by-id && \
+         ln -s ../../{name} /dev/disk/by-id/edgectl-test-disk && \
+         ln -s ../../{name}p1 /dev/disk/by-id/edgectl-test-disk-part1 && mount {} /",
+        disk.part
+    );
+    let o = l.rig.exec_in(0, &["sh", "-c", &setup]);
+    let o2 = l.run_with(&["--dry-run"], false);
+    drop(l.rig.exec_in(0, &["umount", "/"]));
+    if made_dev_disk {
+        let _ = std::fs::remove_dir("/dev/disk");
+    }
+    assert!(o.status.success(), "node setup: {}", explain(&o));
+    let free: u64 = String::from_utf8_lossy(
+        &Command::new("sh")
+            .args(["-c", "df -B1 --output=avail / | tail -n 1"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    if free < 8 << 30 {
+        assert_eq!(o2.status.code(), Some(3), "{}", explain(&o2));
+        return;
+    }
+    assert_eq!(o2.status.code(), Some(0), "{}", explain(&o2));
+    assert_eq!(
+        report(&o2)["nodes"][0]["done"],
+        serde_json::json!(["facts"])
+    );
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(l.dir.path().join(".edgectl/install/n1.json")).unwrap(),
+    )
+    .unwrap();
+    let f = &saved["facts"];
+    assert_eq!(
+        f["boot"]["disk"], "/dev/disk/by-id/edgectl-test-disk",
+        "{f}"
+    );
+    assert_eq!(
+        f["boot"]["grub_device"],
+        "/dev/disk/by-id/edgectl-test-disk-part1"
+    );
+    assert_eq!(
+        f["boot"]["root_device"],
+        format!("/dev/disk/by-uuid/{}", disk.uuid())
+    );
+    // The rig's default route and LAN MAC make the control and experiment interfaces real.
+    assert_eq!(f["control_interface"], "eth0");
+    assert_eq!(
+        f["experiment"][edgectl_rig::lan_mac(0).replace(':', "")],
+        "eth1",
+        "{f}"
     );
 }
 

@@ -2,8 +2,13 @@
 //!
 //! Every node is a network namespace joined to a per-rig bridge, with its own `sshd` running in a
 //! private mount + UTS namespace where an (initially empty) host directory is bind-mounted over
-//! `/nix`. Only `/nix` and the host name are private: `/etc`, `/tmp`, `/var` and `/run` are the
-//! host's, so anything a test wants to observe on a node must live under `/nix`.
+//! `/nix`. `/run` (a fresh tmpfs) and `/var` (a per-node directory) are private too, as on a
+//! real machine: a node never sees the host's systemd, and its agent's files never collide with
+//! another node's. `/etc` is the host's unless [`RigOptions::private_etc`]; `/tmp` is shared.
+//!
+//! Each node has a default route (via the rig's bridge address, so the control interface is
+//! `eth0` as on a CloudLab node) and an experiment interface `eth1` on a second bridge, carrying
+//! the MAC that [`topology_toml`] declares for its LAN, so that install's MAC matching runs.
 //!
 //! Several rigs can exist at once (threads of one test binary, or separate processes): each gets a
 //! unique tag derived from the pid and a counter, and its own `10.233.<k>.0/24` claimed through a
@@ -15,6 +20,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -79,6 +85,12 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a test may use a rig here: `true`, or a recorded skip (a failure where
+/// `EDGECTL_REQUIRE` names `rig`), through [`edgectl_testkit::require`].
+pub fn ready() -> bool {
+    edgectl_testkit::require("rig", available()).is_some()
+}
+
 /// Absolute path of a system tool. sbin is searched even when it is not in PATH, because `cargo
 /// test` is often run with a user PATH.
 pub fn tool(name: &str) -> Option<PathBuf> {
@@ -93,7 +105,11 @@ fn tool_or(name: &str) -> PathBuf {
     tool(name).unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// The fixture flake that stands in for nixpkgs in deploy tests (see fixtures/test-nixpkgs/README.md).
+/// The MAC [`topology_toml`] declares for node `i`'s LAN, and the rig gives its `eth1`.
+pub fn lan_mac(i: usize) -> String {
+    format!("02:aa:bb:cc:{:02x}:{:02x}", (i + 1) >> 8, (i + 1) & 0xff)
+}
+
 /// An edgectl topology whose nodes are this rig's nodes (root login with the rig's key; the
 /// first node is the Zenoh router), for deploy tests and benchmarks. The rig's one bridge is
 /// also the nodes' "experiment LAN", so each node's LAN address is its rig address.
@@ -108,17 +124,18 @@ pub fn topology_toml(rig: &Rig, features: &[&str], confirm_timeout_s: u64) -> St
     for (i, n) in rig.nodes.iter().enumerate() {
         let roles = if i == 0 { "[\"zenoh-router\"]" } else { "[]" };
         t.push_str(&format!(
-            "[[node]]\nname = {:?}\nhost = \"{}\"\nroles = {roles}\ntags = [\"{}\"]\nlan = {{ address = \"{}/24\", mac = \"02aabbcc{:04x}\" }}\n\n",
+            "[[node]]\nname = {:?}\nhost = \"{}\"\nroles = {roles}\ntags = [\"{}\"]\nlan = {{ address = \"{}/24\", mac = \"{}\" }}\n\n",
             n.name,
             n.ip,
             if i == 0 { "first" } else { "rest" },
             n.ip,
-            i + 1
+            lan_mac(i).replace(':', "")
         ));
     }
     t
 }
 
+/// The fixture flake that stands in for nixpkgs in deploy tests (see fixtures/test-nixpkgs/README.md).
 pub fn fixture_nixpkgs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-nixpkgs")
 }
@@ -177,6 +194,8 @@ pub struct RigNode {
     pub host_key_pub: String,
     /// The node's veth end in the root namespace (attached to the bridge).
     pub veth: String,
+    /// The root-side end of the node's experiment interface `eth1` (on the LAN bridge).
+    pub lan_veth: String,
     /// Per-node state directory on the host (sshd config and log, host key, nix.conf).
     pub dir: PathBuf,
     pub sshd_config: PathBuf,
@@ -206,6 +225,8 @@ pub struct Rig {
     /// Private key that logs in as root on every node.
     pub key: PathBuf,
     pub bridge: String,
+    /// The bridge of the nodes' experiment interfaces (`eth1`), which carry no address.
+    pub lan_bridge: String,
     pub controller_ip: Ipv4Addr,
     /// k of this rig's 10.233.k.0/24.
     pub subnet: u8,
@@ -247,6 +268,7 @@ impl Rig {
             key: dir.join("keys/id_ed25519"),
             dir,
             nodes: Vec::new(),
+            lan_bridge: lan_bridge_of(&bridge),
             bridge,
             controller_ip: Ipv4Addr::new(10, 233, subnet, 1),
             subnet,
@@ -271,6 +293,8 @@ impl Rig {
             &rig.bridge,
         ])?;
         ip(&["link", "set", &rig.bridge, "up"])?;
+        ip(&["link", "add", &rig.lan_bridge, "type", "bridge"])?;
+        ip(&["link", "set", &rig.lan_bridge, "up"])?;
 
         for i in 0..n {
             let node = rig.create_node(i, &opts)?;
@@ -292,7 +316,8 @@ impl Rig {
         let ns = self.namespaces[i].clone();
         let ip_addr = Ipv4Addr::new(10, 233, self.subnet, 11 + i as u8);
         let veth = veth_of(&ns).unwrap();
-        debug_assert!(veth.len() <= 15 && self.bridge.len() <= 15);
+        let lan_veth = lan_veth_of(&ns).unwrap();
+        debug_assert!(veth.len() <= 15 && lan_veth.len() <= 15 && self.bridge.len() <= 15);
         let dir = self.dir.join(&name);
         let nix_dir = dir.join("nix");
         let etc = dir.join("etc");
@@ -327,7 +352,7 @@ impl Rig {
              PrintLastLog no\n\
              MaxStartups 100\n\
              MaxSessions 100\n\
-             AuthorizedKeysFile {ak}\n\
+             AuthorizedKeysFile {ak} {home}/.ssh/authorized_keys\n\
              Subsystem sftp internal-sftp\n\
              SetEnv HOME={home} NIX_CONF_DIR={nc} NIX_CONFIG=\"experimental-features = nix-command flakes\"\n",
             hk = host_key.display(),
@@ -354,6 +379,35 @@ impl Rig {
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        // The control network's gateway, as on a CloudLab node: install reads the control
+        // interface off the default route.
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.controller_ip.to_string(),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "link", "add", &lan_veth, "type", "veth", "peer", "name", "eth1", "netns", &ns,
+        ])?;
+        ip(&["link", "set", &lan_veth, "master", &self.lan_bridge, "up"])?;
+        ip(&["-n", &ns, "link", "set", "eth1", "address", &lan_mac(i)])?;
+        ip(&["-n", &ns, "link", "set", "eth1", "up"])?;
+        // The node's own /var, laid out as a fresh system's.
+        let var = dir.join("var");
+        for d in ["lib", "log", "cache", "tmp"] {
+            fs::create_dir_all(var.join(d)).map_err(|e| format!("mkdir var/{d}: {e}"))?;
+        }
+        fs::set_permissions(var.join("tmp"), fs::Permissions::from_mode(0o1777))
+            .map_err(|e| format!("chmod var/tmp: {e}"))?;
+        for (l, t) in [("run", "/run"), ("lock", "/run/lock")] {
+            std::os::unix::fs::symlink(t, var.join(l)).map_err(|e| format!("var/{l}: {e}"))?;
+        }
 
         // A private /etc is a copy of the host's, bind-mounted over /etc inside the node, so a
         // test may rewrite it (os-release, NIXOS_LUSTRATE) without touching the real machine.
@@ -386,11 +440,18 @@ impl Rig {
                 "/bin/sh",
                 "-c",
             ])
-            .arg("hostname \"$1\" && mount --bind \"$2\" /nix && { [ -z \"$3\" ] || mount --bind \"$3\" /etc; } && echo ready && exec sleep infinity")
+            .arg(concat!(
+                "hostname \"$1\" && mount --bind \"$2\" /nix && { [ -z \"$3\" ] || mount --bind \"$3\" /etc; } && ",
+                // A fresh /run, as after boot: the host's systemd, sockets and pid files stay
+                // out of sight. sshd needs its privilege-separation directory there.
+                "mount -t tmpfs -o mode=0755,nosuid,nodev edgerig-run /run && mkdir -p /run/sshd /run/lock && ",
+                "mount --bind \"$4\" /var && echo ready && exec sleep infinity"
+            ))
             .arg("sh")
             .arg(&name)
             .arg(&nix_dir)
             .arg(etc_root.as_deref().map(|p| p.as_os_str()).unwrap_or_default())
+            .arg(&var)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -415,6 +476,7 @@ impl Rig {
             nix_dir,
             host_key_pub,
             veth,
+            lan_veth,
             dir,
             sshd_config,
             host_key,
@@ -815,7 +877,7 @@ pub fn reap() -> Vec<String> {
     {
         if let Some(pid) = br
             .strip_prefix(IF_PREFIX)
-            .and_then(|r| r.strip_suffix('b'))
+            .and_then(|r| r.strip_suffix('b').or_else(|| r.strip_suffix('e')))
             .and_then(tag_pid)
             && !pid_alive(pid)
         {
@@ -841,6 +903,17 @@ pub fn reap() -> Vec<String> {
 fn veth_of(ns: &str) -> Option<String> {
     let (tag, i) = ns.strip_prefix(NS_PREFIX)?.rsplit_once("-n")?;
     Some(format!("{IF_PREFIX}{tag}v{i}"))
+}
+
+/// Root-side name of node `edgerig-<tag>-n<i>`'s experiment interface.
+fn lan_veth_of(ns: &str) -> Option<String> {
+    let (tag, i) = ns.strip_prefix(NS_PREFIX)?.rsplit_once("-n")?;
+    Some(format!("{IF_PREFIX}{tag}w{i}"))
+}
+
+/// The experiment LAN's bridge beside a rig's bridge `er<tag>b`.
+fn lan_bridge_of(bridge: &str) -> String {
+    format!("{}e", bridge.strip_suffix('b').unwrap_or(bridge))
 }
 
 /// The owner pid of a tag `<pid hex>x<counter hex>...`.
@@ -882,7 +955,7 @@ fn teardown_named(namespaces: &[String], bridge: &str, dir: &Path) {
     for ns in namespaces.iter().filter(|ns| existing.contains(ns)) {
         // Deleting the root-side veth removes the pair now; via `netns del` alone the kernel
         // removes it asynchronously, and it lingers for a moment after teardown.
-        if let Some(veth) = veth_of(ns) {
+        for veth in [veth_of(ns), lan_veth_of(ns)].into_iter().flatten() {
             let _ = Command::new(tool_or("ip"))
                 .args(["link", "del", &veth])
                 .stderr(Stdio::null())
@@ -908,10 +981,12 @@ fn teardown_named(namespaces: &[String], bridge: &str, dir: &Path) {
         let _ = ip(&["netns", "del", ns]);
     }
     if !bridge.is_empty() {
-        let _ = Command::new(tool_or("ip"))
-            .args(["link", "del", bridge])
-            .stderr(Stdio::null())
-            .status();
+        for br in [bridge.to_string(), lan_bridge_of(bridge)] {
+            let _ = Command::new(tool_or("ip"))
+                .args(["link", "del", &br])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
     if !dir.as_os_str().is_empty() {
         let _ = fs::remove_dir_all(dir);
