@@ -121,6 +121,26 @@ fn key_type_name(t: ssh2::HostKeyType) -> &'static str {
     }
 }
 
+/// How long a silent connection waits before the kernel probes the peer, and how it gives up:
+/// a node that vanished is reported after about IDLE + INTERVAL * PROBES (40 s), and one that
+/// stops acknowledging what we send after USER_TIMEOUT. A live node answers probes from its
+/// kernel however long its command stays silent.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 6;
+const USER_TIMEOUT: Duration = Duration::from_secs(40);
+
+fn detect_dead_peer(tcp: &TcpStream) -> std::io::Result<()> {
+    let s = socket2::SockRef::from(tcp);
+    s.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    s.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
 impl SshHost {
     pub fn connect(target: SshTarget) -> Result<SshHost, HostError> {
         let addr = (target.host.as_str(), target.port)
@@ -130,6 +150,7 @@ impl SshHost {
             .ok_or_else(|| HostError::Unreachable(format!("{}: no address", target.host)))?;
         let tcp = TcpStream::connect_timeout(&addr, target.connect_timeout)
             .map_err(|e| HostError::Unreachable(format!("{addr}: {e}")))?;
+        detect_dead_peer(&tcp).map_err(|e| HostError::Unreachable(format!("{addr}: {e}")))?;
         let mut s = ssh2::Session::new().map_err(|e| HostError::Unreachable(e.to_string()))?;
         s.set_tcp_stream(tcp);
         s.set_timeout(target.connect_timeout.as_millis() as u32);
@@ -186,9 +207,12 @@ impl SshHost {
                 tried.join(", ")
             )));
         }
-        // Commands may run long (closure queries); a dead peer is still caught by keepalives.
-        s.set_timeout(120_000);
-        s.set_keepalive(true, 5);
+        // No session timeout and no libssh2 keepalive: libssh2 caps every socket wait at the
+        // keepalive interval and then fails the read ("Timed out waiting on socket"), so any
+        // command silent for 5 s (grub-install, apt-get -qq, nix path-info) died. Commands may
+        // be silent for as long as they like; a node that is gone is caught by the kernel's TCP
+        // keepalive and user timeout set in `detect_dead_peer`.
+        s.set_timeout(0);
         Ok(SshHost {
             target,
             session: Mutex::new(s),
