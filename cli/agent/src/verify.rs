@@ -273,6 +273,7 @@ pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineErr
     let cluster = &loaded.cluster;
     let selected = edgectl_deploy::select::select(cluster, opts.on.as_deref())?;
     let state_dir = edgectl_deploy::state::dir_for(topology);
+    edgectl_deploy::state::ensure(&state_dir)?;
     let st = State::load(&state_dir)?;
     let pki = Pki::open(&state_dir.join("pki"), &cluster.name)?;
     let controller = pki.identity(CONTROLLER)?;

@@ -94,6 +94,7 @@ pub(crate) fn prepare(
     }
     let selected = crate::select::select(&loaded.cluster, opts.on.as_deref())?;
     let state_dir = crate::state::dir_for(topology);
+    crate::state::ensure(&state_dir)?;
     let files = edgectl_render::render(&loaded.cluster).map_err(|e| e.to_string())?;
     let topology_hash = fnv(files.iter().flat_map(|(k, v)| k.bytes().chain(v.bytes())));
     let flake = state_dir.join("flake");
@@ -977,9 +978,11 @@ mod tests {
     }
 
     #[test]
-    fn hashes_are_stable() {
-        assert_eq!(fnv(*b"edgectl"), fnv(*b"edgectl"));
-        assert_ne!(fnv(*b"a"), fnv(*b"b"));
+    fn hashes_are_fnv1a_64() {
+        // The published FNV-1a 64-bit test vectors (Fowler, Noll and Vo's test suite).
         assert_eq!(fnv(*b""), "cbf29ce484222325");
+        assert_eq!(fnv(*b"a"), "af63dc4c8601ec8c");
+        assert_eq!(fnv(*b"foobar"), "85944171f73967e8");
+        assert_eq!(fnv(*b"chongo was here!\n"), "46810940eff5f915");
     }
 }

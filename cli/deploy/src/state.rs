@@ -53,6 +53,34 @@ pub fn dir_for(topology: &Path) -> PathBuf {
         .join(".edgectl")
 }
 
+/// What `.edgectl/.gitignore` says: the folder holds the CA and cluster keys, known hosts and
+/// state, none of which belongs in the user's repository.
+const GITIGNORE: &str =
+    "# Written by edgectl: keys, known hosts and state stay out of version control.\n*\n";
+
+/// Creates the state folder readable by its owner only (it holds private keys), tightens one
+/// an older edgectl created world-readable, and keeps it out of the user's repository.
+pub fn ensure(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
+    if !dir.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    let mode = fs::metadata(dir).map_err(err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700)).map_err(err)?;
+    }
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        write_atomic(&ignore, GITIGNORE.as_bytes()).map_err(err)?;
+    }
+    Ok(())
+}
+
 impl State {
     pub fn load(dir: &Path) -> Result<State, String> {
         let p = dir.join("state.json");
@@ -100,7 +128,7 @@ pub struct Lock {
 
 impl Lock {
     pub fn acquire(dir: &Path) -> Result<Lock, String> {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        ensure(dir)?;
         let p = dir.join("apply.lock");
         let f = fs::OpenOptions::new()
             .create(true)
@@ -131,4 +159,31 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_state_folder_is_private_and_ignored_by_git() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join(".edgectl");
+        ensure(&d).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        let ignore = fs::read_to_string(d.join(".gitignore")).unwrap();
+        assert!(ignore.lines().any(|l| l == "*"), "{ignore}");
+        // One an older edgectl left world-readable is tightened; a user's .gitignore is kept.
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(d.join(".gitignore"), "mine\n").unwrap();
+        ensure(&d).unwrap();
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(fs::read_to_string(d.join(".gitignore")).unwrap(), "mine\n");
+        // And a lock takes the same path.
+        let d2 = t.path().join("other/.edgectl");
+        drop(Lock::acquire(&d2).unwrap());
+        assert_eq!(mode(&d2), 0o700);
+    }
 }
