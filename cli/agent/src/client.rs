@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use quinn::{ClientConfig, Connection, Endpoint};
 
-use crate::pki::dns_name;
+use crate::pki::Party;
 use crate::proto::{
     KIND_ECHO_DATAGRAM, KIND_JSON, KIND_PING, MAX_REQUEST, PairStat, Request, Response, percentile,
 };
@@ -21,10 +21,10 @@ pub async fn connect(
     ep: &Endpoint,
     cfg: Option<&ClientConfig>,
     addr: SocketAddr,
-    party: &str,
+    node: &str,
     timeout: Duration,
 ) -> Result<Connection, String> {
-    let name = dns_name(party);
+    let name = Party::Node(node).dns_name();
     let connecting = match cfg {
         Some(c) => ep.connect_with(c.clone(), addr, &name),
         None => ep.connect(addr, &name),

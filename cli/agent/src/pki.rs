@@ -1,7 +1,9 @@
 //! The cluster's CA and certificates, kept in `.edgectl/pki/` beside the topology. The CA key
 //! never leaves the controller; a node gets its own key and certificate (uploaded 0600), and the
-//! controller has a client certificate of its own. Names are `<node>.edgectl` and
-//! `controller.edgectl`, so a certificate says which party holds it.
+//! controller has a client certificate of its own. Names are `<node>.node.edgectl` and
+//! `controller.edgectl`, so a certificate says which party holds it, and no node name (not even
+//! `controller` or `ca`) can stand for the controller. For the same reason each party's files
+//! live in a folder of their kind: `ca/`, `controller/`, `nodes/<node>/`.
 
 use std::fs;
 use std::io::Write;
@@ -13,11 +15,30 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 
-pub const CONTROLLER: &str = "controller";
+/// Who holds a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party<'a> {
+    Controller,
+    Node(&'a str),
+}
 
-/// The DNS name in a party's certificate.
-pub fn dns_name(party: &str) -> String {
-    format!("{party}.edgectl")
+pub const CONTROLLER: Party<'static> = Party::Controller;
+
+impl Party<'_> {
+    /// The DNS name in the party's certificate.
+    pub fn dns_name(self) -> String {
+        match self {
+            Party::Controller => "controller.edgectl".into(),
+            Party::Node(n) => format!("{n}.node.edgectl"),
+        }
+    }
+
+    fn dir(self) -> PathBuf {
+        match self {
+            Party::Controller => PathBuf::from("controller"),
+            Party::Node(n) => Path::new("nodes").join(n),
+        }
+    }
 }
 
 /// A certificate and its key, PEM.
@@ -72,8 +93,8 @@ fn err(e: impl std::fmt::Display) -> String {
 impl Pki {
     /// Loads the CA from `dir`, or creates it there.
     pub fn open(dir: &Path, cluster: &str) -> Result<Pki, String> {
-        let ca_cert = dir.join("ca.pem");
-        let ca_key = dir.join("ca.key");
+        let ca_cert = dir.join("ca/cert.pem");
+        let ca_key = dir.join("ca/key.pem");
         if ca_cert.exists() && ca_key.exists() {
             let key_pem =
                 fs::read_to_string(&ca_key).map_err(|e| format!("{}: {e}", ca_key.display()))?;
@@ -102,10 +123,11 @@ impl Pki {
         })
     }
 
-    /// The identity of `party` (a node name or [`CONTROLLER`]), issued on first use and kept.
-    pub fn identity(&self, party: &str) -> Result<Identity, String> {
-        let cert_p = self.dir.join(format!("{party}.pem"));
-        let key_p = self.dir.join(format!("{party}.key"));
+    /// The identity of `party`, issued on first use and kept.
+    pub fn identity(&self, party: Party) -> Result<Identity, String> {
+        let d = self.dir.join(party.dir());
+        let cert_p = d.join("cert.pem");
+        let key_p = d.join("key.pem");
         if let (Ok(cert_pem), Ok(key_pem)) =
             (fs::read_to_string(&cert_p), fs::read_to_string(&key_p))
         {
@@ -121,11 +143,11 @@ impl Pki {
 }
 
 /// A certificate for `party` signed by the CA whose key is `ca_key`; valid as client and server.
-pub fn issue(ca_key: &KeyPair, cluster: &str, party: &str) -> Result<Identity, String> {
+pub fn issue(ca_key: &KeyPair, cluster: &str, party: Party) -> Result<Identity, String> {
     let key = KeyPair::generate().map_err(err)?;
-    let mut p = CertificateParams::new(vec![dns_name(party)]).map_err(err)?;
+    let mut p = CertificateParams::new(vec![party.dns_name()]).map_err(err)?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, dns_name(party));
+    dn.push(DnType::CommonName, party.dns_name());
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![
@@ -143,7 +165,7 @@ pub fn issue(ca_key: &KeyPair, cluster: &str, party: &str) -> Result<Identity, S
 }
 
 /// A throwaway CA and an identity under it: what an outsider would present (tests, probes).
-pub fn foreign_identity(party: &str) -> Result<(String, Identity), String> {
+pub fn foreign_identity(party: Party) -> Result<(String, Identity), String> {
     let key = KeyPair::generate().map_err(err)?;
     let ca = ca_params("foreign").self_signed(&key).map_err(err)?;
     Ok((ca.pem(), issue(&key, "foreign", party)?))
@@ -158,13 +180,30 @@ mod tests {
     fn ca_and_identities_persist_with_private_modes() {
         let d = tempfile::tempdir().unwrap();
         let a = Pki::open(d.path(), "c").unwrap();
-        let id = a.identity("n1").unwrap();
+        let id = a.identity(Party::Node("n1")).unwrap();
         let b = Pki::open(d.path(), "c").unwrap();
         assert_eq!(a.ca_pem, b.ca_pem);
-        assert_eq!(b.identity("n1").unwrap().cert_pem, id.cert_pem);
-        for f in ["ca.key", "n1.key", "ca.pem"] {
+        assert_eq!(b.identity(Party::Node("n1")).unwrap().cert_pem, id.cert_pem);
+        for f in ["ca/key.pem", "nodes/n1/key.pem", "ca/cert.pem"] {
             let m = fs::metadata(d.path().join(f)).unwrap().permissions().mode();
             assert_eq!(m & 0o777, 0o600, "{f}");
         }
+    }
+
+    /// Nodes named like the CA or the controller get files and names of their own.
+    #[test]
+    fn node_names_never_reach_the_ca_or_the_controller() {
+        let d = tempfile::tempdir().unwrap();
+        let pki = Pki::open(d.path(), "c").unwrap();
+        let ctrl = pki.identity(CONTROLLER).unwrap();
+        for name in ["controller", "ca", "cert", "key"] {
+            let node = pki.identity(Party::Node(name)).unwrap();
+            assert_ne!(node.key_pem, ctrl.key_pem, "{name}");
+            assert_ne!(node.key_pem, pki.ca_key.serialize_pem(), "{name}");
+            assert_ne!(Party::Node(name).dns_name(), CONTROLLER.dns_name());
+        }
+        assert_eq!(pki.identity(CONTROLLER).unwrap().key_pem, ctrl.key_pem);
+        let reopened = Pki::open(d.path(), "c").unwrap();
+        assert_eq!(reopened.ca_pem, pki.ca_pem);
     }
 }

@@ -7,7 +7,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::pki::{Identity, dns_name};
+use crate::pki::{Identity, Party};
 use crate::proto::ALPN;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -78,7 +78,7 @@ pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<quinn::ClientConfig
 }
 
 /// Whether the verified peer certificate of `conn` names `party`.
-pub fn peer_is(conn: &quinn::Connection, party: &str) -> bool {
+pub fn peer_is(conn: &quinn::Connection, party: Party) -> bool {
     let Some(any) = conn.peer_identity() else {
         return false;
     };
@@ -91,7 +91,7 @@ pub fn peer_is(conn: &quinn::Connection, party: &str) -> bool {
     let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
         return false;
     };
-    let Ok(name) = ServerName::try_from(dns_name(party)) else {
+    let Ok(name) = ServerName::try_from(party.dns_name()) else {
         return false;
     };
     cert.verify_is_valid_for_subject_name(&name).is_ok()

@@ -171,7 +171,7 @@ fn prepare(
         Err(e) => return fail(e.to_string()),
     };
     let go = || -> Result<bool, String> {
-        let id = pki.identity(&node.name)?;
+        let id = pki.identity(crate::pki::Party::Node(&node.name))?;
         let dir = opts.agent_dir.trim_end_matches('/');
         run_ok(&h, argv(["mkdir", "-p", "-m", "0700", dir]))?;
         let up = |name: &str, bytes: &[u8], mode: u32| {

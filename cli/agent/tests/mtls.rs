@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use edgectl_agent::pki::{self, CONTROLLER, Pki};
+use edgectl_agent::pki::{self, CONTROLLER, Party, Pki};
 use edgectl_agent::proto::{Request, Response};
 use edgectl_agent::server::{self, AgentOptions, CA_FILE, CERT_FILE, KEY_FILE};
 use edgectl_agent::{client, tls};
@@ -22,7 +22,7 @@ fn free_udp_port() -> u16 {
 fn only_cluster_certificates_get_in() {
     let d = tempfile::tempdir().unwrap();
     let pki = Pki::open(&d.path().join("pki"), "lab").unwrap();
-    let node = pki.identity("n1").unwrap();
+    let node = pki.identity(Party::Node("n1")).unwrap();
     let state = d.path().join("agent");
     pki::write_private(&state.join(CA_FILE), pki.ca_pem.as_bytes()).unwrap();
     pki::write_private(&state.join(CERT_FILE), node.cert_pem.as_bytes()).unwrap();
@@ -57,7 +57,7 @@ fn only_cluster_certificates_get_in() {
         }
 
         // Another node of the cluster: pings (latency) yes, requests no.
-        let n2 = pki.identity("n2").unwrap();
+        let n2 = pki.identity(Party::Node("n2")).unwrap();
         let ep2 = client::endpoint(tls::client(&pki.ca_pem, Some(&n2)).unwrap()).unwrap();
         let c2 = client::connect(&ep2, None, addr, "n1", t).await.unwrap();
         client::ping(&c2, 7).await.expect("a peer node may ping");
@@ -81,7 +81,7 @@ fn only_cluster_certificates_get_in() {
         }
 
         // A client that does not trust the cluster CA refuses the agent, too.
-        let (fca, fid) = pki::foreign_identity("n1").unwrap();
+        let (fca, fid) = pki::foreign_identity(Party::Node("n1")).unwrap();
         let ep4 = client::endpoint(tls::client(&fca, Some(&fid)).unwrap()).unwrap();
         assert!(client::connect(&ep4, None, addr, "n1", t).await.is_err());
 
