@@ -1,10 +1,11 @@
 //! Facts against expectations: the node's hardware profile, the topology's features and roles,
 //! and the targets. Every check carries both values, so a failure explains itself.
 
+use edgectl_model::profile::{CpuVendor, DiskKind, Profile};
 use edgectl_model::{Cluster, Feature, Node, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::facts::Facts;
+use crate::facts::{DiskFact, Facts, GpuFact, NicFact};
 use crate::proto::{ColdStart, PairStat, RayFacts, WasiOutcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,224 +76,569 @@ fn skip(
     }
 }
 
-/// "Intel(R) Xeon(R) Silver 4114 CPU @ 2.20GHz" and "Intel Xeon Silver 4114" are the same CPU.
-pub fn normalize_model(s: &str) -> String {
-    let s = s.split(" @ ").next().unwrap_or(s);
-    let s = s
-        .replace("(R)", " ")
-        .replace("(r)", " ")
-        .replace("(TM)", " ")
-        .replace("(tm)", " ");
-    s.split_whitespace()
-        .filter(|w| !["cpu", "processor"].contains(&w.to_lowercase().as_str()))
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A CPU brand string taken apart: "Intel(R) Xeon(R) Silver 4114 CPU @ 2.20GHz" is Intel,
+/// family "xeon silver", model number "4114"; "Intel(R) Xeon(R) CPU E5-2630 v3 @ 2.40GHz" is
+/// Intel, "xeon e5", "2630 v3"; "AMD EPYC 7302P 16-Core Processor" is AMD, "epyc", "7302p". A
+/// generic name a hypervisor gives ("Intel Xeon Processor (Skylake, IBRS)", "AMD EPYC", "QEMU
+/// Virtual CPU version 2.5+", "Common KVM processor") has no model number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuName {
+    pub vendor: CpuVendor,
+    /// Lower case, space separated: "xeon silver", "xeon e5", "epyc", "core i7", "ryzen 9".
+    pub family: String,
+    /// Lower case, with a generation suffix where the brand has one ("2630 v3").
+    pub number: Option<String>,
 }
 
-pub fn same_model(expected: &str, actual: &str) -> bool {
-    let (e, a) = (normalize_model(expected), normalize_model(actual));
-    !e.is_empty() && (a.contains(&e) || e.contains(&a) && !a.is_empty())
+impl std::fmt::Display for CpuName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = match self.vendor {
+            CpuVendor::Intel => "intel",
+            CpuVendor::Amd => "amd",
+            CpuVendor::Other => "unknown vendor",
+        };
+        write!(f, "{v} {}", self.family)?;
+        match &self.number {
+            Some(n) => write!(f, " {n}"),
+            None => write!(f, " (no model number)"),
+        }
+    }
+}
+
+fn vendor_word(w: &str) -> Option<CpuVendor> {
+    match w {
+        "intel" | "genuineintel" => Some(CpuVendor::Intel),
+        "amd" | "authenticamd" => Some(CpuVendor::Amd),
+        _ => None,
+    }
+}
+
+/// CPUID's vendor string (`vendor_id`) as a profile vendor; `None` when unknown or empty.
+pub fn vendor_from_id(vendor_id: &str) -> Option<CpuVendor> {
+    vendor_word(&vendor_id.trim().to_lowercase())
+}
+
+pub fn vendor_name(v: CpuVendor) -> &'static str {
+    match v {
+        CpuVendor::Intel => "intel",
+        CpuVendor::Amd => "amd",
+        CpuVendor::Other => "other",
+    }
+}
+
+pub fn parse_cpu_name(s: &str) -> CpuName {
+    let s = s.split('@').next().unwrap_or(s).to_lowercase();
+    let s = ["(r)", "(tm)", "®", "™"]
+        .iter()
+        .fold(s, |s, m| s.replace(m, " "));
+    // Parentheses hold a hypervisor's microarchitecture ("(Skylake, IBRS)"), never the model.
+    let mut depth = 0u32;
+    let s: String = s
+        .chars()
+        .filter_map(|c| match c {
+            '(' => {
+                depth += 1;
+                None
+            }
+            ')' => {
+                depth = depth.saturating_sub(1);
+                Some(' ')
+            }
+            _ if depth > 0 => None,
+            c if c.is_alphanumeric() || c == '+' || c == '.' => Some(c),
+            _ => Some(' '),
+        })
+        .collect();
+    let raw: Vec<&str> = s.split_whitespace().collect();
+    let ordinal = |w: &str| {
+        let d = w.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        !d.is_empty()
+            && d.chars().all(|c| c.is_ascii_digit())
+            && ["st", "nd", "rd", "th"].contains(&&w[d.len()..])
+    };
+    let count_word = |w: &str| {
+        w.chars().all(|c| c.is_ascii_digit())
+            || [
+                "dual", "quad", "six", "eight", "ten", "twelve", "sixteen", "multi",
+            ]
+            .contains(&w)
+    };
+    let mut vendor = None;
+    let mut words: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        let w = raw[i];
+        i += 1;
+        // "QEMU Virtual CPU version 2.5+", "AMD Ryzen 7 5800H with Radeon Graphics".
+        if w == "version" || w == "with" {
+            break;
+        }
+        if let Some(v) = vendor_word(w) {
+            vendor = vendor.or(Some(v));
+            continue;
+        }
+        // "13th Gen Intel(R) Core(TM) i7-13700K".
+        if ordinal(w) {
+            if raw.get(i) == Some(&"gen") {
+                i += 1;
+            }
+            continue;
+        }
+        // "16-Core", "Eight-Core", "64-Cores", "Dual Core": a count, not the brand "Core".
+        if (w == "core" || w == "cores") && words.last().is_some_and(|p| count_word(p)) {
+            words.pop();
+            continue;
+        }
+        if ["cpu", "processor", "gen"].contains(&w) || w.contains('.') {
+            continue;
+        }
+        words.push(w);
+    }
+    let is_number = |w: &str| {
+        w.len() >= 3 && w.chars().any(|c| c.is_ascii_digit()) && !w.contains("xx") && !ordinal(w)
+    };
+    let at = words.iter().position(|w| is_number(w));
+    let family: Vec<&str> = words[..at.unwrap_or(words.len())]
+        .iter()
+        .copied()
+        .filter(|w| !w.contains("xx"))
+        .collect();
+    let number = at.map(|at| {
+        let mut n = words[at].to_string();
+        // "E5-2630 v3"; "E5-2630 0" is the first generation, written without a suffix.
+        if let Some(v) = words.get(at + 1).filter(|v| {
+            v.len() >= 2 && v.starts_with('v') && v[1..].chars().all(|c| c.is_ascii_digit())
+        }) {
+            n.push(' ');
+            n.push_str(v);
+        }
+        n
+    });
+    let vendor = vendor.unwrap_or_else(|| match family.first().copied() {
+        Some("xeon" | "core" | "pentium" | "celeron" | "atom") => CpuVendor::Intel,
+        Some("epyc" | "ryzen" | "opteron" | "athlon" | "threadripper" | "phenom") => CpuVendor::Amd,
+        _ => CpuVendor::Other,
+    });
+    CpuName {
+        vendor,
+        family: family.join(" "),
+        number,
+    }
+}
+
+/// Whether a machine's CPU is the profile's: vendor (CPUID's `vendor_id` where the machine
+/// reports one), family and model number must all be equal. A brand string without a model
+/// number proves nothing and fails, on either side.
+pub fn compare_cpu(
+    expected: &str,
+    expected_vendor: CpuVendor,
+    actual: &str,
+    actual_vendor_id: &str,
+) -> Result<(), String> {
+    let a = parse_cpu_name(actual);
+    let Some(a_number) = &a.number else {
+        return Err(if actual.trim().is_empty() {
+            "model not reported by this machine (no model name in /proc/cpuinfo)".into()
+        } else {
+            format!(
+                "model not reported by this machine: {actual:?} names no model number \
+                 (a virtual machine's generic CPU?), so it cannot be the profile's CPU"
+            )
+        });
+    };
+    let e = parse_cpu_name(expected);
+    let Some(e_number) = &e.number else {
+        return Err(format!(
+            "the profile's model {expected:?} names no model number to compare against"
+        ));
+    };
+    let want_vendor = if expected_vendor == CpuVendor::Other {
+        e.vendor
+    } else {
+        expected_vendor
+    };
+    let got_vendor = vendor_from_id(actual_vendor_id).unwrap_or(a.vendor);
+    if want_vendor != got_vendor {
+        return Err(format!(
+            "vendor differs: expected {}, got {}",
+            vendor_name(want_vendor),
+            vendor_name(got_vendor)
+        ));
+    }
+    if e.family != a.family {
+        return Err(format!(
+            "family differs: expected {:?}, got {:?}",
+            e.family, a.family
+        ));
+    }
+    if e_number != a_number {
+        return Err(format!(
+            "model number differs: expected {e_number}, got {a_number}"
+        ));
+    }
+    Ok(())
+}
+
+/// MemTotal, as a share of the profile's nominal size, that passes: the kernel keeps 1-5% for
+/// itself (c220g5: about 187.5 of 192 GiB), and MemTotal can never exceed what is installed.
+pub const MEMORY_BAND: (f64, f64) = (0.92, 1.00);
+/// A disk's size, as a share of the profile's nominal decimal GB, that passes: drives hold a
+/// little more than their label (a "480 GB" S3500 is 480.1 GB), 500 GB is not 480 GB.
+pub const DISK_BAND: (f64, f64) = (0.98, 1.03);
+/// `memory.total` of a GPU, as a share of the profile's GiB, that passes: the driver reserves
+/// some (an A100 40GB reports 40536 MiB) and ECC takes up to 1/16 of GDDR memory.
+pub const GPU_MEMORY_BAND: (f64, f64) = (0.90, 1.02);
+
+fn in_band(actual: f64, nominal: f64, (lo, hi): (f64, f64)) -> bool {
+    nominal > 0.0 && actual >= nominal * lo && actual <= nominal * hi
+}
+
+fn pct((lo, hi): (f64, f64)) -> String {
+    format!("{:.0}-{:.0}%", lo * 100.0, hi * 100.0)
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// A check whose fail says why.
+fn judged(
+    node: &str,
+    name: &str,
+    expected: impl Into<String>,
+    actual: impl Into<String>,
+    result: Result<(), String>,
+) -> Check {
+    let mut c = check(node, "hardware", name, expected, actual, result.is_ok());
+    c.reason = result.err();
+    c
+}
+
+fn exact(node: &str, name: &str, what: &str, want: u32, got: u32) -> Check {
+    judged(
+        node,
+        name,
+        want.to_string(),
+        got.to_string(),
+        if want == got {
+            Ok(())
+        } else {
+            Err(format!("{what}: expected exactly {want}, found {got}"))
+        },
+    )
+}
+
+/// Hands out each of `items` at most once: group `g` in turn takes up to `counts[g]` of the
+/// unassigned items it accepts (`fit(g, item)` is `Some`), best first (lowest fit). Returns the
+/// items each group got.
+fn assign<T>(
+    items: &[T],
+    counts: &[u32],
+    fit: impl Fn(usize, &T) -> Option<f64>,
+) -> Vec<Vec<usize>> {
+    let mut used = vec![false; items.len()];
+    counts
+        .iter()
+        .enumerate()
+        .map(|(g, count)| {
+            let mut c: Vec<(f64, usize)> = items
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !used[*i])
+                .filter_map(|(i, x)| fit(g, x).map(|f| (f, i)))
+                .collect();
+            c.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let got: Vec<usize> = c
+                .into_iter()
+                .take(*count as usize)
+                .map(|(_, i)| i)
+                .collect();
+            for i in &got {
+                used[*i] = true;
+            }
+            got
+        })
+        .collect()
+}
+
+fn disk_label(x: &DiskFact) -> String {
+    format!(
+        "{} {:.1} GB {}",
+        x.name,
+        x.size_bytes as f64 / 1e9,
+        x.kind()
+    )
+}
+
+fn nic_label(x: &NicFact) -> String {
+    let speed = match (x.speed_mbps, x.supported_mbps) {
+        (Some(s), _) => format!("{s} Mb/s"),
+        (None, Some(s)) => format!("link down, supports {s} Mb/s"),
+        (None, None) => "no link speed".into(),
+    };
+    format!(
+        "{} {} {speed}",
+        x.name,
+        x.driver.as_deref().unwrap_or("no driver")
+    )
+}
+
+/// A GPU name as words, without the brand words drivers add or drop between releases
+/// ("NVIDIA", "Tesla"): "Tesla P100-PCIE-12GB" is ["p100", "pcie", "12gb"].
+fn gpu_words(s: &str) -> Vec<String> {
+    s.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty() && *w != "nvidia" && *w != "tesla")
+        .map(String::from)
+        .collect()
+}
+
+/// The profile's GPU name is the machine's, or a leading part of it ("NVIDIA A100" names an
+/// "NVIDIA A100-SXM4-40GB"; never "A10", never "V100S" for "V100").
+pub fn same_gpu(expected: &str, actual: &str) -> bool {
+    let (e, a) = (gpu_words(expected), gpu_words(actual));
+    !e.is_empty() && a.starts_with(&e)
+}
+
+fn found_list(items: Vec<String>) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
 pub fn hardware(node: &Node, f: &Facts) -> Vec<Check> {
-    let n = node.name.as_str();
-    let p = &node.profile;
-    let h = "hardware";
+    hardware_checks(&node.name, &node.profile, f)
+}
+
+/// The hardware checks of one node: `f` (the machine's facts) against profile `p`. Every check
+/// carries what the profile says and what the machine has, and a failed one the reason.
+pub fn hardware_checks(n: &str, p: &Profile, f: &Facts) -> Vec<Check> {
     let mut v = vec![
-        check(
+        judged(
             n,
-            h,
             "cpu model",
             &p.cpu.model,
             &f.cpu.model,
-            same_model(&p.cpu.model, &f.cpu.model),
+            compare_cpu(&p.cpu.model, p.cpu.vendor, &f.cpu.model, &f.cpu.vendor_id),
         ),
-        check(
+        exact(n, "cpu sockets", "sockets", p.cpu.sockets, f.cpu.sockets),
+        exact(n, "cpu cores", "physical cores", p.cpu.cores, f.cpu.cores),
+        exact(
             n,
-            h,
-            "cpu sockets",
-            p.cpu.sockets.to_string(),
-            f.cpu.sockets.to_string(),
-            p.cpu.sockets == f.cpu.sockets,
-        ),
-        check(
-            n,
-            h,
-            "cpu cores",
-            p.cpu.cores.to_string(),
-            f.cpu.cores.to_string(),
-            p.cpu.cores == f.cpu.cores,
-        ),
-        check(
-            n,
-            h,
             "cpu threads",
-            p.cpu.threads.to_string(),
-            f.cpu.threads.to_string(),
-            p.cpu.threads == f.cpu.threads,
+            "hardware threads",
+            p.cpu.threads,
+            f.cpu.threads,
         ),
     ];
+
     let want = f64::from(p.memory_gib);
     let got = f.memory_bytes as f64 / GIB;
-    v.push(check(
+    let share = if want > 0.0 { got / want * 100.0 } else { 0.0 };
+    v.push(judged(
         n,
-        h,
         "memory",
-        format!("{want} GiB ±5%"),
-        format!("{got:.1} GiB"),
-        want > 0.0 && ((got - want) / want).abs() <= 0.05,
+        format!("{} GiB (MemTotal {} of it)", p.memory_gib, pct(MEMORY_BAND)),
+        format!("{got:.2} GiB MemTotal ({share:.1}%)"),
+        if in_band(got, want, MEMORY_BAND) {
+            Ok(())
+        } else if f.memory_bytes == 0 {
+            Err("MemTotal not reported by this machine".into())
+        } else {
+            Err(format!(
+                "MemTotal is {share:.1}% of {} GiB, outside {}",
+                p.memory_gib,
+                pct(MEMORY_BAND)
+            ))
+        },
     ));
+
+    // Disks: one check per size and kind, each device counted for one entry only.
+    let mut disk_groups: Vec<(u64, DiskKind, u32)> = Vec::new();
     for d in &p.disks {
-        let kind = format!("{:?}", d.kind).to_lowercase();
-        let want_b = d.size_gb as f64 * 1e9;
-        let found: Vec<String> = f
-            .disks
-            .iter()
-            .filter(|x| {
-                x.rotational == d.kind.rotational()
-                    && ((x.size_bytes as f64 - want_b) / want_b).abs() <= 0.10
-            })
-            .map(|x| format!("{} {:.0} GB", x.name, x.size_bytes as f64 / 1e9))
-            .collect();
-        let all: Vec<String> = f
-            .disks
-            .iter()
-            .map(|x| {
-                format!(
-                    "{} {:.0} GB {}",
-                    x.name,
-                    x.size_bytes as f64 / 1e9,
-                    if x.rotational {
-                        "rotational"
-                    } else {
-                        "non-rotational"
-                    }
-                )
-            })
-            .collect();
-        v.push(check(
-            n,
-            h,
-            &format!("disk {} GB {kind}", d.size_gb),
-            format!(
-                "{}x {} GB {}",
-                d.count,
-                d.size_gb,
-                if d.kind.rotational() {
-                    "rotational"
+        match disk_groups
+            .iter_mut()
+            .find(|(s, k, _)| *s == d.size_gb && *k == d.kind)
+        {
+            Some(g) => g.2 += d.count,
+            None => disk_groups.push((d.size_gb, d.kind, d.count)),
+        }
+    }
+    let counts: Vec<u32> = disk_groups.iter().map(|g| g.2).collect();
+    let got = assign(&f.disks, &counts, |g, x| {
+        let (size, kind, _) = disk_groups[g];
+        let nominal = size as f64 * 1e9;
+        let s = x.size_bytes as f64;
+        (x.kind() == kind_name(kind) && in_band(s, nominal, DISK_BAND))
+            .then(|| (s / nominal - 1.0).abs())
+    });
+    for ((size, kind, count), got) in disk_groups.iter().zip(got) {
+        let kind = kind_name(*kind);
+        let kind_says = match kind {
+            "hdd" => "rotational",
+            "nvme" => "NVMe",
+            _ => "non-rotational, not NVMe",
+        };
+        let found: Vec<String> = got.iter().map(|i| disk_label(&f.disks[*i])).collect();
+        let result = if found.len() as u32 == *count {
+            Ok(())
+        } else {
+            let all: Vec<String> = f.disks.iter().map(disk_label).collect();
+            Err(format!(
+                "found {} of {count} {kind} disks of {size} GB ({} of it); this machine has: {}",
+                found.len(),
+                pct(DISK_BAND),
+                if all.is_empty() {
+                    "no disks".into()
                 } else {
-                    "non-rotational"
+                    all.join(", ")
                 }
+            ))
+        };
+        v.push(judged(
+            n,
+            &format!("disk {size} GB {kind}"),
+            format!(
+                "{count}x {size} GB {kind} ({kind_says}; size {} of {size} GB)",
+                pct(DISK_BAND)
             ),
-            found_or_none(&found, &all, "no disks"),
-            found.len() as u32 >= d.count,
+            found_list(found),
+            result,
         ));
     }
-    for nic in &p.nics {
-        let found: Vec<String> = f
-            .nics
-            .iter()
-            .filter(|x| {
-                x.physical
-                    && x.speed_mbps
-                        .is_some_and(|s| s >= u64::from(nic.speed_gbps) * 1000)
-            })
-            .filter(|x| {
-                nic.driver
+
+    // NICs: one check per speed and driver; a port counts for one entry only. It counts when
+    // its driver is the profile's and its link runs at exactly the nominal speed, or, with the
+    // link down, the fastest mode it supports is the nominal speed.
+    let mut nic_groups: Vec<(u32, Option<String>, u32)> = Vec::new();
+    for x in &p.nics {
+        match nic_groups
+            .iter_mut()
+            .find(|(s, d, _)| *s == x.speed_gbps && *d == x.driver)
+        {
+            Some(g) => g.2 += x.ports,
+            None => nic_groups.push((x.speed_gbps, x.driver.clone(), x.ports)),
+        }
+    }
+    // Entries that name a driver pick their ports first.
+    nic_groups.sort_by_key(|g| g.1.is_none());
+    let phys: Vec<&NicFact> = f.nics.iter().filter(|x| x.physical).collect();
+    let counts: Vec<u32> = nic_groups.iter().map(|g| g.2).collect();
+    let got = assign(&phys, &counts, |g, x| {
+        let (gbps, driver, _) = &nic_groups[g];
+        let mbps = u64::from(*gbps) * 1000;
+        let driver_ok = driver.is_none() || x.driver == *driver;
+        let up = x.speed_mbps == Some(mbps);
+        let down = x.speed_mbps.is_none() && x.supported_mbps == Some(mbps);
+        // A running link at the speed is better evidence than an idle port.
+        (driver_ok && (up || down)).then_some(if up { 0.0 } else { 1.0 })
+    });
+    for ((gbps, driver, ports), got) in nic_groups.iter().zip(got) {
+        let mbps = u64::from(*gbps) * 1000;
+        let found: Vec<String> = got.iter().map(|i| nic_label(phys[*i])).collect();
+        let result = if found.len() as u32 == *ports {
+            Ok(())
+        } else {
+            let all: Vec<String> = phys.iter().map(|x| nic_label(x)).collect();
+            Err(format!(
+                "found {} of {ports} ports{} at {mbps} Mb/s; physical ports here: {}",
+                found.len(),
+                driver
                     .as_ref()
-                    .is_none_or(|d| x.driver.as_ref() == Some(d))
-            })
-            .map(|x| {
-                format!(
-                    "{} {} Mb/s {}",
-                    x.name,
-                    x.speed_mbps.unwrap_or(0),
-                    x.driver.as_deref().unwrap_or("?")
-                )
-            })
-            .collect();
-        let phys: Vec<String> = f
-            .nics
-            .iter()
-            .filter(|x| x.physical)
-            .map(|x| {
-                format!(
-                    "{} {} {}",
-                    x.name,
-                    x.speed_mbps
-                        .map(|s| format!("{s} Mb/s"))
-                        .unwrap_or("speed unknown".into()),
-                    x.driver.as_deref().unwrap_or("?")
-                )
-            })
-            .collect();
-        v.push(check(
+                    .map(|d| format!(" driven by {d}"))
+                    .unwrap_or_default(),
+                if all.is_empty() {
+                    "none".into()
+                } else {
+                    all.join(", ")
+                }
+            ))
+        };
+        v.push(judged(
             n,
-            h,
-            &format!("nic {} Gb/s", nic.speed_gbps),
+            &match driver {
+                Some(d) => format!("nic {gbps} Gb/s {d}"),
+                None => format!("nic {gbps} Gb/s"),
+            },
             format!(
-                "{}x >= {} Gb/s{}",
-                nic.ports,
-                nic.speed_gbps,
-                nic.driver
+                "{ports}x {mbps} Mb/s{}",
+                driver
                     .as_ref()
                     .map(|d| format!(" ({d})"))
                     .unwrap_or_default()
             ),
-            found_or_none(&found, &phys, "no physical NICs"),
-            found.len() as u32 >= nic.ports,
+            found_list(found),
+            result,
         ));
     }
-    for g in &p.gpus {
-        let matching: Vec<_> = f
-            .gpus
-            .iter()
-            .filter(|x| same_model(&g.model, &x.model))
-            .collect();
-        let actual = if f.gpus.is_empty() {
-            format!(
-                "none{}",
+
+    // GPUs: name, memory and compute capability; each GPU counts for one entry only.
+    let gpu_label = |x: &GpuFact| {
+        format!(
+            "{} {} MiB cc {}",
+            x.model, x.memory_mib, x.compute_capability
+        )
+    };
+    let counts: Vec<u32> = p.gpus.iter().map(|g| g.count).collect();
+    let got = assign(&f.gpus, &counts, |i, x| {
+        let g = &p.gpus[i];
+        (same_gpu(&g.model, &x.model)
+            && x.compute_capability == g.compute_capability
+            && in_band(
+                x.memory_mib as f64,
+                f64::from(g.memory_gib) * 1024.0,
+                GPU_MEMORY_BAND,
+            ))
+        .then_some(0.0)
+    });
+    for (g, got) in p.gpus.iter().zip(got) {
+        let found: Vec<String> = got.iter().map(|i| gpu_label(&f.gpus[*i])).collect();
+        let result = if found.len() as u32 == g.count {
+            Ok(())
+        } else if f.gpus.is_empty() {
+            Err(format!(
+                "no GPUs reported{}",
                 f.gpu_note
                     .as_ref()
                     .map(|m| format!(" ({m})"))
                     .unwrap_or_default()
-            )
+            ))
         } else {
-            f.gpus
-                .iter()
-                .map(|x| {
-                    format!(
-                        "{} {} MiB cc {} driver {}",
-                        x.model, x.memory_mib, x.compute_capability, x.driver_version
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+            Err(format!(
+                "found {} of {} (name {:?}, {} of {} GiB, cc {}); GPUs here: {}",
+                found.len(),
+                g.count,
+                g.model,
+                pct(GPU_MEMORY_BAND),
+                g.memory_gib,
+                g.compute_capability,
+                f.gpus.iter().map(gpu_label).collect::<Vec<_>>().join(", ")
+            ))
         };
-        let ok = matching.len() as u32 >= g.count
-            && matching.iter().all(|x| {
-                x.compute_capability == g.compute_capability
-                    && ((x.memory_mib as f64 / 1024.0 - f64::from(g.memory_gib))
-                        / f64::from(g.memory_gib).max(1.0))
-                    .abs()
-                        <= 0.10
-            });
-        v.push(check(
+        v.push(judged(
             n,
-            h,
             &format!("gpu {}", g.model),
             format!(
-                "{}x {} {} GiB cc {}",
-                g.count, g.model, g.memory_gib, g.compute_capability
+                "{}x {} {} GiB ({} of it) cc {}",
+                g.count,
+                g.model,
+                g.memory_gib,
+                pct(GPU_MEMORY_BAND),
+                g.compute_capability
             ),
-            actual,
-            ok,
+            found_list(found),
+            result,
         ));
     }
     v
+}
+
+fn kind_name(k: DiskKind) -> &'static str {
+    match k {
+        DiskKind::Ssd => "ssd",
+        DiskKind::Hdd => "hdd",
+        DiskKind::Nvme => "nvme",
+    }
 }
 
 /// The sysctl values `modules/lib/sysctl.nix` sets for a NIC speed.
@@ -566,47 +912,140 @@ pub fn user(node: &str, name: &str, o: Result<&WasiOutcome, &str>) -> Check {
     }
 }
 
-/// What matched, or what there was instead ("none (sda 480 GB ssd, ...)").
-fn found_or_none(found: &[String], all: &[String], nothing: &str) -> String {
-    if !found.is_empty() {
-        found.join(", ")
-    } else if all.is_empty() {
-        format!("none ({nothing})")
-    } else {
-        format!("none ({})", all.join(", "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn cpu_models_compare_loosely_but_not_wrongly() {
-        assert!(same_model(
-            "Intel Xeon Silver 4114",
-            "Intel(R) Xeon(R) Silver 4114 CPU @ 2.20GHz"
-        ));
-        assert!(same_model(
-            "AMD EPYC 7302",
-            "AMD EPYC 7302 16-Core Processor"
-        ));
-        assert!(!same_model(
-            "Intel Xeon Silver 4114",
-            "AMD EPYC 7302 16-Core Processor"
-        ));
-        assert!(!same_model(
-            "Intel Xeon Silver 4114",
-            "Intel(R) Xeon(R) Gold 6142 CPU @ 2.60GHz"
-        ));
+    fn name(s: &str) -> (CpuVendor, String, Option<String>) {
+        let c = parse_cpu_name(s);
+        (c.vendor, c.family, c.number)
     }
 
     #[test]
-    fn sysctl_rows_follow_the_nix_table() {
-        let ten = expected_sysctls(10);
-        assert!(ten.contains(&("net.core.rmem_max", "134217728".into())));
-        let forty = expected_sysctls(25);
-        assert!(forty.contains(&("net.ipv4.tcp_wmem", "4096 65536 134217728".into())));
+    fn cpu_names_come_apart() {
+        use CpuVendor::*;
+        let n = |v, f: &str, m: Option<&str>| (v, f.to_string(), m.map(String::from));
+        assert_eq!(
+            name("Intel(R) Xeon(R) Silver 4114 CPU @ 2.20GHz"),
+            n(Intel, "xeon silver", Some("4114"))
+        );
+        assert_eq!(
+            name("Intel Xeon Silver 4114"),
+            n(Intel, "xeon silver", Some("4114"))
+        );
+        assert_eq!(
+            name("Intel(R) Xeon(R) CPU E5-2630 v3 @ 2.40GHz"),
+            n(Intel, "xeon e5", Some("2630 v3"))
+        );
+        assert_eq!(
+            name("Intel(R) Xeon(R) CPU E5-2630 0 @ 2.30GHz"),
+            n(Intel, "xeon e5", Some("2630"))
+        );
+        assert_eq!(
+            name("AMD EPYC 7302P 16-Core Processor"),
+            n(Amd, "epyc", Some("7302p"))
+        );
+        assert_eq!(
+            name("13th Gen Intel(R) Core(TM) i7-13700K"),
+            n(Intel, "core i7", Some("13700k"))
+        );
+        assert_eq!(
+            name("AMD Ryzen 9 5950X 16-Core Processor"),
+            n(Amd, "ryzen 9", Some("5950x"))
+        );
+        assert_eq!(
+            name("AMD Ryzen 7 5800H with Radeon Graphics"),
+            n(Amd, "ryzen 7", Some("5800h"))
+        );
+        assert_eq!(
+            name("Intel(R) Core(TM)2 Duo CPU     E8400  @ 3.00GHz"),
+            n(Intel, "core 2 duo", Some("e8400"))
+        );
+        assert_eq!(name("AMD EPYC"), n(Amd, "epyc", None));
+        assert_eq!(
+            name("Intel Xeon Processor (Skylake, IBRS)"),
+            n(Intel, "xeon", None)
+        );
+        assert_eq!(
+            name("QEMU Virtual CPU version 2.5+"),
+            n(Other, "qemu virtual", None)
+        );
+        assert_eq!(
+            name("Intel Core i7 9xx (Nehalem Class Core i7)"),
+            n(Intel, "core i7", None)
+        );
+        assert_eq!(name(""), n(Other, "", None));
+    }
+
+    #[test]
+    fn cpu_models_compare_exactly() {
+        use CpuVendor::*;
+        let silver = "Intel(R) Xeon(R) Silver 4114 CPU @ 2.20GHz";
+        assert_eq!(compare_cpu(silver, Intel, silver, "GenuineIntel"), Ok(()));
+        assert_eq!(
+            compare_cpu("Intel Xeon Silver 4114", Intel, silver, ""),
+            Ok(())
+        );
+        let gold = compare_cpu(
+            silver,
+            Intel,
+            "Intel(R) Xeon(R) Gold 6136 CPU @ 3.00GHz",
+            "",
+        );
+        assert!(gold.unwrap_err().contains("family differs"));
+        let other = compare_cpu(
+            silver,
+            Intel,
+            "Intel(R) Xeon(R) Silver 4116 CPU @ 2.10GHz",
+            "",
+        );
+        assert!(other.unwrap_err().contains("expected 4114, got 4116"));
+        // A VM's generic name passes for nothing, and says so.
+        for vm in [
+            "Intel(R) Xeon(R) Processor @ 2.80GHz",
+            "Intel Xeon Processor (Skylake, IBRS)",
+            "QEMU Virtual CPU version 2.5+",
+            "",
+        ] {
+            let e = compare_cpu(silver, Intel, vm, "GenuineIntel").unwrap_err();
+            assert!(
+                e.starts_with("model not reported by this machine"),
+                "{vm}: {e}"
+            );
+        }
+        let e = compare_cpu(
+            "AMD EPYC 7302 16-Core Processor",
+            Amd,
+            "AMD EPYC",
+            "AuthenticAMD",
+        );
+        assert!(e.unwrap_err().starts_with("model not reported"));
+        // 7302P is a different part from 7302.
+        let e = compare_cpu(
+            "AMD EPYC 7302 16-Core Processor",
+            Amd,
+            "AMD EPYC 7302P 16-Core Processor",
+            "AuthenticAMD",
+        );
+        assert!(e.unwrap_err().contains("expected 7302, got 7302p"));
+        // CPUID's vendor outranks the name.
+        let e = compare_cpu(silver, Intel, silver, "AuthenticAMD");
+        assert!(e.unwrap_err().contains("vendor differs"));
+        // A profile without a model number cannot pass anything.
+        let e = compare_cpu("AMD EPYC", Amd, "AMD EPYC 7302 16-Core Processor", "");
+        assert!(e.unwrap_err().contains("profile's model"));
+    }
+
+    #[test]
+    fn gpu_names() {
+        assert!(same_gpu("Tesla P100-PCIE-12GB", "Tesla P100-PCIE-12GB"));
+        assert!(same_gpu("NVIDIA A100", "NVIDIA A100-SXM4-40GB"));
+        assert!(same_gpu("A100-SXM4-40GB", "NVIDIA A100-SXM4-40GB"));
+        assert!(!same_gpu("NVIDIA A10", "NVIDIA A100-SXM4-40GB"));
+        assert!(!same_gpu("Tesla V100-SXM2-16GB", "Tesla V100S-PCIE-32GB"));
+        assert!(!same_gpu("Tesla P100-PCIE-12GB", "Tesla P100-PCIE-16GB"));
+        assert!(!same_gpu("", "Tesla P4"));
+        assert!(!same_gpu("NVIDIA", "Tesla P4"));
     }
 
     #[test]

@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuFacts {
+    /// The brand string (`model name` in /proc/cpuinfo), as the CPU reports it.
     pub model: String,
+    /// CPUID's vendor (`vendor_id`: GenuineIntel, AuthenticAMD), empty when not reported.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vendor_id: String,
     pub sockets: u32,
     pub cores: u32,
     pub threads: u32,
@@ -25,6 +29,20 @@ pub struct DiskFact {
     pub model: Option<String>,
 }
 
+impl DiskFact {
+    /// The profile's disk kind this device is: "nvme" (an `nvme*` device), "hdd" (rotational)
+    /// or "ssd" (any other non-rotational device).
+    pub fn kind(&self) -> &'static str {
+        if self.name.starts_with("nvme") {
+            "nvme"
+        } else if self.rotational {
+            "hdd"
+        } else {
+            "ssd"
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NicFact {
     pub name: String,
@@ -33,8 +51,14 @@ pub struct NicFact {
     /// Link speed in Mbit/s, when the driver reports one (virtual links do not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speed_mbps: Option<u64>,
+    /// The kernel driver bound to the device (`/sys/class/net/NAME/device/driver`), e.g.
+    /// ixgbe, igb, mlx5_core, mlx4_core, virtio_net.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// The fastest link mode the port supports (`ethtool NAME`), read only when the link reports
+    /// no speed (down, or no cable), so a port that is there but idle can still be recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supported_mbps: Option<u64>,
     /// A physical device (not veth, bridge, tun...).
     pub physical: bool,
     /// IPv4 addresses with prefix, in this node's network namespace.
@@ -92,6 +116,7 @@ pub const NVIDIA_SMI_ARGS: &[&str] = &[
 
 pub fn parse_cpuinfo(text: &str) -> CpuFacts {
     let mut model = String::new();
+    let mut vendor_id = String::new();
     let mut threads = 0u32;
     let mut sockets = std::collections::BTreeSet::new();
     let mut cores = std::collections::BTreeSet::new();
@@ -117,6 +142,7 @@ pub fn parse_cpuinfo(text: &str) -> CpuFacts {
         match k {
             "processor" => threads += 1,
             "model name" if model.is_empty() => model = v.to_string(),
+            "vendor_id" if vendor_id.is_empty() => vendor_id = v.to_string(),
             "physical id" => phys = Some(v.to_string()),
             "core id" => core = Some(v.to_string()),
             "cpu cores" => cpu_cores = v.parse().unwrap_or(0),
@@ -134,10 +160,44 @@ pub fn parse_cpuinfo(text: &str) -> CpuFacts {
     };
     CpuFacts {
         model,
+        vendor_id,
         sockets: s,
         cores: c,
         threads,
     }
+}
+
+/// `lscpu -J`, flat (util-linux before 2.38) or nested under `children` (newer): model, vendor,
+/// sockets, cores (sockets x cores per socket) and threads (`CPU(s)`). `None` when the text is
+/// not lscpu's JSON or names no CPUs.
+pub fn parse_lscpu_json(text: &str) -> Option<CpuFacts> {
+    fn walk(v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+        for e in v.as_array().into_iter().flatten() {
+            if let (Some(k), Some(d)) = (e["field"].as_str(), e["data"].as_str()) {
+                out.entry(k.trim().trim_end_matches(':').to_string())
+                    .or_insert_with(|| d.trim().to_string());
+            }
+            walk(&e["children"], out);
+        }
+    }
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let mut m = BTreeMap::new();
+    walk(&v["lscpu"], &mut m);
+    let num = |k: &str| m.get(k).and_then(|s| s.parse::<u32>().ok());
+    let threads = num("CPU(s)").filter(|t| *t > 0)?;
+    let sockets = num("Socket(s)").filter(|s| *s > 0).unwrap_or(1);
+    let per_socket = num("Core(s) per socket").or_else(|| num("Core(s) per cluster"));
+    let cores = per_socket
+        .and_then(|c| c.checked_mul(sockets))
+        .filter(|c| *c > 0)
+        .unwrap_or(threads);
+    Some(CpuFacts {
+        model: m.get("Model name").cloned().unwrap_or_default(),
+        vendor_id: m.get("Vendor ID").cloned().unwrap_or_default(),
+        sockets,
+        cores,
+        threads,
+    })
 }
 
 pub fn parse_meminfo(text: &str) -> u64 {
@@ -185,6 +245,79 @@ pub fn parse_ip_addr(text: &str) -> BTreeMap<String, Vec<String>> {
     m
 }
 
+/// `/sys/class/net/NAME/speed` in Mbit/s: `None` for -1 (link down, or no fixed speed), the
+/// unsigned forms of "unknown" some kernels print, and anything that is not a number.
+pub fn parse_sysfs_speed(text: &str) -> Option<u64> {
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|s| *s > 0 && *s != 0xffff && *s != 0xffff_ffff)
+        .map(|s| s as u64)
+}
+
+/// The driver's name from where `device/driver` points
+/// (`../../../../bus/pci/drivers/ixgbe` is "ixgbe").
+pub fn driver_from_link(target: &Path) -> Option<String> {
+    target
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// What `ethtool NAME` says about a port's link.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ethtool {
+    /// `Speed:` in Mbit/s, when the link has one.
+    pub speed_mbps: Option<u64>,
+    /// The fastest of `Supported link modes:` ("10000baseT/Full" is 10000).
+    pub supported_max_mbps: Option<u64>,
+    /// `Link detected:`.
+    pub link_detected: Option<bool>,
+}
+
+/// `ethtool NAME` (the settings report): speed, supported link modes (which may continue on
+/// the following lines) and whether a link is detected. Anything else is ignored.
+pub fn parse_ethtool(text: &str) -> Ethtool {
+    fn modes(v: &str, max: &mut Option<u64>) {
+        for m in v.split_whitespace() {
+            let Some((speed, _)) = m.split_once("base") else {
+                continue;
+            };
+            if let Ok(s) = speed.parse::<u64>() {
+                *max = Some(max.map_or(s, |x| x.max(s)));
+            }
+        }
+    }
+    let mut e = Ethtool::default();
+    let mut in_supported = false;
+    for line in text.lines() {
+        let t = line.trim();
+        match t.split_once(':') {
+            Some((k, v)) => {
+                let k = k.trim();
+                in_supported = k == "Supported link modes";
+                match k {
+                    "Supported link modes" => modes(v, &mut e.supported_max_mbps),
+                    "Speed" => {
+                        e.speed_mbps = v.trim().strip_suffix("Mb/s").and_then(parse_sysfs_speed)
+                    }
+                    "Link detected" => {
+                        e.link_detected = match v.trim() {
+                            "yes" => Some(true),
+                            "no" => Some(false),
+                            _ => None,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None if in_supported => modes(t, &mut e.supported_max_mbps),
+            None => {}
+        }
+    }
+    e
+}
+
 fn read(p: impl AsRef<Path>) -> Option<String> {
     fs::read_to_string(p).ok().map(|s| s.trim().to_string())
 }
@@ -210,9 +343,12 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn disks() -> Vec<DiskFact> {
+/// Block devices under `SYS/block` (`sys` is `/sys` on a node, a recorded tree in tests):
+/// size from `size` (512-byte sectors), `queue/rotational`, `device/model`. Loop, RAM, zram,
+/// device-mapper, optical, md and nbd devices and empty devices are left out.
+pub fn disks_at(sys: &Path) -> Vec<DiskFact> {
     let mut v = Vec::new();
-    let Ok(rd) = fs::read_dir("/sys/block") else {
+    let Ok(rd) = fs::read_dir(sys.join("block")) else {
         return v;
     };
     for e in rd.flatten() {
@@ -232,7 +368,7 @@ fn disks() -> Vec<DiskFact> {
         }
         v.push(DiskFact {
             name,
-            size_bytes: sectors * 512,
+            size_bytes: sectors.saturating_mul(512),
             rotational: read(d.join("queue/rotational")).as_deref() == Some("1"),
             model: read(d.join("device/model")).filter(|s| !s.is_empty()),
         });
@@ -241,40 +377,63 @@ fn disks() -> Vec<DiskFact> {
     v
 }
 
+/// Interfaces under `SYS/class/net` (`sys` is `/sys` on a node, a recorded tree in tests):
+/// MAC, link speed, the driver bound to the device and whether there is a device at all. For a
+/// physical port without a speed, `ethtool(name)` (the text of `ethtool NAME`, when it can be
+/// had) gives the fastest link mode it supports.
+pub fn nics_at(sys: &Path, ethtool: &dyn Fn(&str) -> Option<String>) -> BTreeMap<String, NicFact> {
+    let mut m: BTreeMap<String, NicFact> = BTreeMap::new();
+    let Ok(rd) = fs::read_dir(sys.join("class/net")) else {
+        return m;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lo" {
+            continue;
+        }
+        let d = e.path();
+        let driver = fs::read_link(d.join("device/driver"))
+            .ok()
+            .and_then(|p| driver_from_link(&p));
+        let physical = d.join("device").exists();
+        // -1 (or an error) when the link is down or has no fixed speed.
+        let speed_mbps = read(d.join("speed")).and_then(|s| parse_sysfs_speed(&s));
+        let supported_mbps = if physical && speed_mbps.is_none() {
+            ethtool(&name).and_then(|t| parse_ethtool(&t).supported_max_mbps)
+        } else {
+            None
+        };
+        m.insert(
+            name.clone(),
+            NicFact {
+                name,
+                mac: read(d.join("address")),
+                speed_mbps,
+                physical,
+                driver,
+                supported_mbps,
+                addresses: Vec::new(),
+            },
+        );
+    }
+    m
+}
+
 fn nics() -> Vec<NicFact> {
     let addrs = Command::new(which("ip").unwrap_or_else(|| "ip".into()))
         .args(["-o", "-4", "addr", "show"])
         .output()
         .map(|o| parse_ip_addr(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or_default();
-    let mut m: BTreeMap<String, NicFact> = BTreeMap::new();
-    if let Ok(rd) = fs::read_dir("/sys/class/net") {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == "lo" {
-                continue;
-            }
-            let d = e.path();
-            let driver = fs::read_link(d.join("device/driver"))
-                .ok()
-                .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()));
-            m.insert(
-                name.clone(),
-                NicFact {
-                    name,
-                    mac: read(d.join("address")),
-                    // -1 (or an error) when the link is down or has no fixed speed.
-                    speed_mbps: read(d.join("speed"))
-                        .and_then(|s| s.parse::<i64>().ok())
-                        .filter(|s| *s > 0)
-                        .map(|s| s as u64),
-                    physical: d.join("device").exists(),
-                    driver,
-                    addresses: Vec::new(),
-                },
-            );
-        }
-    }
+    let ethtool_bin = which("ethtool");
+    let ethtool = |name: &str| {
+        let o = Command::new(ethtool_bin.as_ref()?)
+            .arg(name)
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let mut m = nics_at(Path::new("/sys"), &ethtool);
     // sysfs may belong to another network namespace than ours (containers, the test rig), so
     // interfaces seen only by `ip` are facts too.
     for (name, a) in addrs {
@@ -333,14 +492,31 @@ fn units() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// /proc/cpuinfo; where it names no model (some ARM kernels), `lscpu -J` fills in the model
+/// and vendor.
+fn cpu() -> CpuFacts {
+    let mut c = parse_cpuinfo(&read("/proc/cpuinfo").unwrap_or_default());
+    if c.model.is_empty()
+        && let Some(l) = which("lscpu")
+            .and_then(|l| Command::new(l).arg("-J").output().ok())
+            .and_then(|o| parse_lscpu_json(&String::from_utf8_lossy(&o.stdout)))
+    {
+        c.model = l.model;
+        if c.vendor_id.is_empty() {
+            c.vendor_id = l.vendor_id;
+        }
+    }
+    c
+}
+
 pub fn gather() -> Facts {
     let (gpus, gpu_note) = gpus();
     let kvm = Path::new("/dev/kvm");
     Facts {
         hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
-        cpu: parse_cpuinfo(&read("/proc/cpuinfo").unwrap_or_default()),
+        cpu: cpu(),
         memory_bytes: parse_meminfo(&read("/proc/meminfo").unwrap_or_default()),
-        disks: disks(),
+        disks: disks_at(Path::new("/sys")),
         nics: nics(),
         gpus,
         gpu_note,
