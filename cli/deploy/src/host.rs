@@ -273,7 +273,7 @@ impl SshHost {
         root: bool,
         stdin: std::process::Stdio,
     ) -> Result<Output, HostError> {
-        let cmd = remote_command(&self.target.user, argv, root)
+        let cmd = wire_command(&self.target.user, argv, root)
             .ok_or_else(|| HostError::BadArgument("an argument contains a NUL byte".into()))?;
         let o = std::process::Command::new("ssh")
             .args(self.openssh_options())
@@ -302,7 +302,7 @@ impl SshHost {
         root: bool,
         input: &mut dyn Read,
     ) -> Result<Output, HostError> {
-        let cmd = remote_command(&self.target.user, argv, root)
+        let cmd = wire_command(&self.target.user, argv, root)
             .ok_or_else(|| HostError::BadArgument("an argument contains a NUL byte".into()))?;
         let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let io = |e: ssh2::Error| HostError::Unreachable(e.to_string());
@@ -399,6 +399,21 @@ pub fn remote_command(user: &str, argv: &[String], root: bool) -> Option<String>
     }
     full.extend_from_slice(argv);
     quote::command(&full)
+}
+
+/// What SSH sends for argv: [`remote_command`]'s POSIX line, made to run the same under any
+/// login shell. SSH hands the line to the user's login shell, which CloudLab lets users set to
+/// tcsh; csh-family shells reject a newline inside quotes (every multi-line script) and expand
+/// `!` even there. So the line travels base64-encoded, inside single quotes that no shell
+/// reads into, and /bin/sh decodes and runs it.
+pub fn wire_command(user: &str, argv: &[String], root: bool) -> Option<String> {
+    remote_command(user, argv, root).map(|line| any_shell(&line))
+}
+
+/// A POSIX shell line wrapped so that sh, bash, zsh, tcsh and fish all run it through /bin/sh.
+pub fn any_shell(line: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(line);
+    format!("/bin/sh -c 'eval \"$(printf %s {b64} | base64 -d)\"'")
 }
 
 /// Writes the known_hosts file OpenSSH reads for `nix copy`: one line per node.

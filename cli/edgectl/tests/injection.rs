@@ -443,6 +443,46 @@ fn remote_commands_pass_payloads_as_data() {
     assert!(!marker.exists(), "a payload ran");
 }
 
+/// What goes over the wire runs the same under every login shell a node may give its user
+/// (CloudLab offers tcsh): each payload, and a multi-line script, arrive unchanged.
+#[test]
+fn wire_commands_run_the_same_under_any_login_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let mut shells = vec!["sh".to_string(), "bash".to_string()];
+    if let Some(t) = edgectl_testkit::require("tcsh", edgectl_testkit::tool("tcsh")) {
+        shells.push(t.display().to_string());
+    }
+    let script = "set -u\nx='two\nlines'\nprintf '%s|%s' \"$x\" \"$1\"\n";
+    for p in payloads(&marker).iter().chain([&"!$ !! !-1".to_string()]) {
+        for a in [
+            argv(["printf", "%s", p.as_str()]),
+            argv(["sh", "-c", script, "edgectl-test", p.as_str()]),
+        ] {
+            let want = if a[0] == "printf" {
+                p.clone()
+            } else {
+                format!("two\nlines|{p}")
+            };
+            let line = edgectl_deploy::host::wire_command("root", &a, true).unwrap();
+            assert!(
+                line.is_ascii() && !line.contains('\n') && !line.contains('!'),
+                "{line}"
+            );
+            for sh in &shells {
+                let o = Command::new(sh).arg("-c").arg(&line).output().unwrap();
+                assert!(
+                    o.status.success(),
+                    "{sh}: {line}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                assert_eq!(String::from_utf8_lossy(&o.stdout), want, "{sh}: {p:?}");
+            }
+        }
+    }
+    assert!(!marker.exists(), "a payload ran");
+}
+
 /// Uploads (keys, activation scripts) run a fixed script with the path as `$1`: a hostile path
 /// is one file name, and the payload in it never runs.
 #[test]
