@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -419,18 +420,67 @@ pub fn nics_at(sys: &Path, ethtool: &dyn Fn(&str) -> Option<String>) -> BTreeMap
     m
 }
 
+/// How long one external probe (ip, ethtool, nvidia-smi, systemctl, lscpu) may take. A GPU
+/// driver in a bad state can hang nvidia-smi for minutes; a hung probe fails its own check,
+/// never the whole node.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs a probe with no input, killed (with its process group) after `timeout`.
+pub fn probe(program: &Path, args: &[&str], timeout: Duration) -> Result<Output, String> {
+    use std::os::unix::process::CommandExt;
+    let name = program.display();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
+    // Drained while we wait, so a chatty probe cannot block on a full pipe.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let end = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) | Err(_) => {
+                // SAFETY: kill(2) on the process group the child leads.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(format!(
+                    "{name} did not answer within {} s",
+                    timeout.as_secs_f64()
+                ));
+            }
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
 fn nics() -> Vec<NicFact> {
-    let addrs = Command::new(which("ip").unwrap_or_else(|| "ip".into()))
-        .args(["-o", "-4", "addr", "show"])
-        .output()
+    let addrs = which("ip")
+        .ok_or_else(|| "ip not found".to_string())
+        .and_then(|ip| probe(&ip, &["-o", "-4", "addr", "show"], PROBE_TIMEOUT))
         .map(|o| parse_ip_addr(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or_default();
     let ethtool_bin = which("ethtool");
     let ethtool = |name: &str| {
-        let o = Command::new(ethtool_bin.as_ref()?)
-            .arg(name)
-            .output()
-            .ok()?;
+        let o = probe(ethtool_bin.as_ref()?, &[name], PROBE_TIMEOUT).ok()?;
         Some(String::from_utf8_lossy(&o.stdout).into_owned())
     };
     let mut m = nics_at(Path::new("/sys"), &ethtool);
@@ -454,7 +504,12 @@ fn gpus() -> (Vec<GpuFact>, Option<String>) {
     let Some(smi) = which("nvidia-smi") else {
         return (Vec::new(), Some("nvidia-smi not found".into()));
     };
-    match Command::new(smi).args(NVIDIA_SMI_ARGS).output() {
+    gpus_from(&smi, PROBE_TIMEOUT)
+}
+
+/// GPU facts from the `nvidia-smi` at `smi`, or why there are none.
+pub fn gpus_from(smi: &Path, timeout: Duration) -> (Vec<GpuFact>, Option<String>) {
+    match probe(smi, NVIDIA_SMI_ARGS, timeout) {
         Ok(o) if o.status.success() => {
             match parse_nvidia_smi(&String::from_utf8_lossy(&o.stdout)) {
                 Ok(g) => (g, None),
@@ -469,7 +524,7 @@ fn gpus() -> (Vec<GpuFact>, Option<String>) {
                 String::from_utf8_lossy(&o.stderr).trim()
             )),
         ),
-        Err(e) => (Vec::new(), Some(format!("cannot run nvidia-smi: {e}"))),
+        Err(e) => (Vec::new(), Some(e)),
     }
 }
 
@@ -480,11 +535,11 @@ fn units() -> BTreeMap<String, String> {
         .iter()
         .map(|u| {
             let state = match (&ctl, systemd) {
-                (Some(c), true) => Command::new(c)
-                    .args(["is-active", u])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                    .unwrap_or_else(|_| "unknown".into()),
+                (Some(c), true) => match probe(c, &["is-active", u], PROBE_TIMEOUT) {
+                    Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                    Err(e) if e.contains("did not answer") => "timed out".into(),
+                    Err(_) => "unknown".into(),
+                },
                 _ => "unknown".into(),
             };
             (u.to_string(), state)
@@ -498,7 +553,7 @@ fn cpu() -> CpuFacts {
     let mut c = parse_cpuinfo(&read("/proc/cpuinfo").unwrap_or_default());
     if c.model.is_empty()
         && let Some(l) = which("lscpu")
-            .and_then(|l| Command::new(l).arg("-J").output().ok())
+            .and_then(|l| probe(&l, &["-J"], PROBE_TIMEOUT).ok())
             .and_then(|o| parse_lscpu_json(&String::from_utf8_lossy(&o.stdout)))
     {
         c.model = l.model;
@@ -556,6 +611,39 @@ pub fn gather() -> Facts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GPU driver that hangs nvidia-smi costs its own check, within the probe's limit, and
+    /// the rest of the facts are still gathered.
+    #[test]
+    fn a_hung_probe_fails_alone_and_in_time() {
+        let d = tempfile::tempdir().unwrap();
+        let smi = d.path().join("nvidia-smi");
+        std::fs::write(&smi, "#!/bin/sh\nsleep 600 & wait\n").unwrap();
+        std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let t0 = Instant::now();
+        let (gpus, why) = gpus_from(&smi, Duration::from_millis(300));
+        assert!(gpus.is_empty());
+        let why = why.unwrap();
+        assert!(why.contains("did not answer within 0.3 s"), "{why}");
+        // The probe's whole process group is gone, its sleep included.
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        let o = probe(
+            Path::new("/bin/sh"),
+            &["-c", "echo out; echo err >&2; exit 3"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.status.code(), o.stdout.as_slice(), o.stderr.as_slice()),
+            (Some(3), &b"out\n"[..], &b"err\n"[..])
+        );
+        assert!(
+            probe(Path::new("/nonexistent/probe"), &[], Duration::from_secs(1))
+                .unwrap_err()
+                .contains("cannot run")
+        );
+    }
 
     // Recordings in NVIDIA's documented `--format=csv,noheader,nounits` layout for the GPUs
     // CloudLab nodes carry (c240g5: P100, c4130-class: P4, d7525: A30) and an H100.
