@@ -118,9 +118,9 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String>
 
 /// Runs as root on the seed with the export stream on stdin: imports it and, through `tee`,
 /// streams it into each peer's import over SSH at the same time. Arguments: for each peer,
-/// DEST PORT COMMAND (COMMAND runs on the peer). Prints "peer N STATUS ERROR" per peer and
-/// exits with the seed's own import status. `tee -p` keeps feeding the others when one
-/// consumer dies.
+/// DEST PORT COMMAND (COMMAND runs on the peer). Prints "peer N STATUS PATHS ERROR" per peer
+/// (PATHS: how many store paths the peer's import says it took from the stream) and exits with
+/// the seed's own import status. `tee -p` keeps feeding the others when one consumer dies.
 const RELAY: &str = r#"set -u
 d=$(mktemp -d /tmp/edgectl-relay.XXXXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
@@ -135,7 +135,7 @@ while [ $# -ge 3 ]; do
     -o UserKnownHostsFile=/nix/var/edgectl/known_hosts -o StrictHostKeyChecking=yes \
     -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 \
     -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com \
-    -- "$1" "$3" < "$d/$n" > /dev/null 2> "$d/$n.err" &
+    -- "$1" "$3" < "$d/$n" > "$d/$n.out" 2> "$d/$n.err" &
   pids="$pids $!"; outs="$outs $d/$n"
   shift 3
 done
@@ -144,7 +144,7 @@ wait "$seed"; rc=$?
 n=0
 for p in $pids; do
   n=$((n+1)); wait "$p"; s=$?
-  printf 'peer %s %s %s\n' "$n" "$s" "$(tr '\n' ' ' < "$d/$n.err")"
+  printf 'peer %s %s %s %s\n' "$n" "$s" "$(grep -c . "$d/$n.out")" "$(tr '\n' ' ' < "$d/$n.err")"
 done
 [ "$rc" = 0 ] || cat "$d/seed.err" >&2
 exit "$rc"
@@ -390,36 +390,66 @@ pub fn distribute(
             .into_iter()
             .partition(|p| holds(&p.s.host, std::slice::from_ref(&p.s.system)));
         for p in got {
-            copied_from_seed(&seed, &p, &closures, tx);
+            holds_after_relay(&p, tx);
         }
         from_controller(rt, parallel, missing, tx, &mut errors);
         return errors;
     }
-    // The relay's word on each peer: "peer N STATUS ERROR".
-    let said = |i: usize| -> (Option<i32>, String) {
+    // The relay's word on each peer: "peer N STATUS PATHS ERROR".
+    let said = |i: usize| -> (Option<i32>, Option<usize>, String) {
         let tag = format!("peer {} ", i + 1);
         match report
             .as_ref()
             .map(|r| r.lines().find_map(|l| l.strip_prefix(&tag)))
         {
             Ok(Some(l)) => {
-                let (code, err) = l.split_once(' ').unwrap_or((l, ""));
-                (code.parse().ok(), err.trim().to_string())
+                let (code, rest) = l.split_once(' ').unwrap_or((l, ""));
+                let (paths, err) = rest.split_once(' ').unwrap_or((rest, ""));
+                (
+                    code.parse().ok(),
+                    paths.parse().ok(),
+                    err.trim().to_string(),
+                )
             }
-            Ok(None) => (None, "no report".into()),
-            Err(e) => (None, e.clone()),
+            Ok(None) => (None, None, "no report".into()),
+            Err(e) => (None, None, e.clone()),
         }
     };
+    let sizes = closures.paths(&union);
+    let stream_bytes: u64 = stream.iter().filter_map(|p| sizes.get(p.as_str())).sum();
     let mut again = Vec::new();
     let mut direct = Vec::new();
     for (i, p) in live.into_iter().enumerate() {
-        // Status 0: the peer's import took the whole stream, which holds all it lacked.
-        let (code, err) = said(i);
-        if code == Some(0)
-            || stream.is_empty()
-            || holds(&p.s.host, std::slice::from_ref(&p.s.system))
-        {
-            copied_from_seed(&seed, &p, &closures, tx);
+        // Status 0 and every path imported: the peer's import took the whole stream, which
+        // holds all it lacked, while the seed was receiving it.
+        let (code, paths, err) = said(i);
+        if code == Some(0) && paths == Some(stream.len()) {
+            emit_bytes(
+                tx,
+                &p.s.name,
+                Ev::Ok,
+                format!(
+                    "streamed from {} during the upload: {} paths{}",
+                    seed.name,
+                    stream.len(),
+                    mib(Some(stream_bytes))
+                ),
+                Some(stream_bytes),
+            );
+            continue;
+        }
+        if stream.is_empty() {
+            emit(
+                tx,
+                &p.s.name,
+                Phase::Copy,
+                Ev::Ok,
+                "already held every path",
+            );
+            continue;
+        }
+        if holds(&p.s.host, std::slice::from_ref(&p.s.system)) {
+            holds_after_relay(&p, tx);
             continue;
         }
         // 255: the seed's SSH could not reach or log in to the peer, which a `nix copy` from
@@ -478,14 +508,15 @@ fn authorize(h: &SshHost, public: &str) -> Result<(), String> {
     .and_then(|o| if o.ok() { Ok(()) } else { Err(o.stderr) })
 }
 
-fn copied_from_seed(seed: &Session, p: &Peer, closures: &Closures, tx: &Sender) {
-    let b = closures.bytes(std::slice::from_ref(&p.s.system));
-    emit_bytes(
+/// A peer the relay did not (fully) report on that holds its system anyway: nothing was sent
+/// to it after the stream, and how much of the stream it took is unknown.
+fn holds_after_relay(p: &Peer, tx: &Sender) {
+    emit(
         tx,
         &p.s.name,
+        Phase::Copy,
         Ev::Ok,
-        format!("copied from {}", seed.name),
-        b,
+        "holds its system after the relay",
     );
 }
 
@@ -552,7 +583,13 @@ fn copy_via_seed(
     });
     match via_seed {
         Ok(()) => {
-            copied_from_seed(seed, p, closures, tx);
+            emit_bytes(
+                tx,
+                &p.s.name,
+                Ev::Ok,
+                format!("copied from {} after the upload", seed.name),
+                bytes,
+            );
             Ok(())
         }
         Err(e) => {

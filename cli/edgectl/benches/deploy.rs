@@ -1,6 +1,9 @@
 //! `cargo bench -p edgectl --bench deploy`: `apply` (first deploy) and no-op `plan` wall times on
-//! 1, 2, 4 and 8 rig nodes in one run, with ratios to 1 node. Aim: a no-op plan on 8 nodes
-//! within 2x of 1 node. Needs root (network namespaces); otherwise it says why and exits.
+//! 1, 2, 4 and 8 rig nodes in one run, with ratios to 1 node, and how long an `apply` whose
+//! activation fails on one of 2 nodes takes to report it. Aims: a no-op plan on 8 nodes within
+//! 2x of 1 node; a failed activation reported well within the confirm timeout (the tests check
+//! that it is detected from the node's status, not how fast). Needs root (network namespaces);
+//! otherwise it says why and exits.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -97,5 +100,42 @@ fn main() {
         "the controller's own CPU for it (edgectl and Nix): {:.2}x; the rest of the wall time is \
          the nodes' sshd, which shares this machine's cores on the rig",
         rows[3].2.1 / c1
+    );
+    failed_activation();
+}
+
+/// A second apply whose activation fails on n2 (the fixture's `fail` behaviour): the time until
+/// apply reports it, against the topology's confirm timeout.
+fn failed_activation() {
+    const CONFIRM_TIMEOUT_S: u64 = 30;
+    let rig = edgectl_rig::Rig::up(2).expect("rig");
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("cluster.toml");
+    let write = |features: &[&str]| {
+        std::fs::write(
+            &topo,
+            edgectl_rig::topology_toml(&rig, features, CONFIRM_TIMEOUT_S),
+        )
+        .unwrap()
+    };
+    write(&["wasm"]);
+    let (_, rc, _) = edgectl(&topo, &rig.key, &["apply", "--fanout", "off"]);
+    assert_eq!(rc, 0, "first apply");
+    write(&["agent"]);
+    // Build first (not timed): the row is about detecting the failure.
+    let _ = edgectl(&topo, &rig.key, &["apply", "--goal", "build"]);
+    let state = rig.node(1).nix_dir.join("var/edgectl-test");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("behaviour"), "fail").unwrap();
+    let (d, rc, _) = edgectl(&topo, &rig.key, &["apply", "--fanout", "off"]);
+    assert_eq!(rc, 3, "apply reports the failed node");
+    println!(
+        "failed activation on 1 of 2 nodes: apply reported it in {:.2} s (confirm timeout {CONFIRM_TIMEOUT_S} s): {}",
+        d.as_secs_f64(),
+        if d.as_secs() < CONFIRM_TIMEOUT_S / 2 {
+            "well within"
+        } else {
+            "NOT well within"
+        }
     );
 }

@@ -17,8 +17,7 @@ struct Lab {
 }
 
 fn lab(n: usize) -> Option<Lab> {
-    if let Err(why) = edgectl_rig::available() {
-        eprintln!("skipping: {why}");
+    if !edgectl_rig::ready() {
         return None;
     }
     let rig = Rig::up(n).expect("rig comes up");
@@ -220,10 +219,35 @@ fn copied_from(evs: &[serde_json::Value], node: &str) -> Option<String> {
         .and_then(|e| e["message"].as_str().map(String::from))
 }
 
+/// The `copy` phase's `ok` event for `node`.
+fn copy_ok<'a>(evs: &'a [serde_json::Value], node: &str) -> &'a serde_json::Value {
+    evs.iter()
+        .find(|e| e["node"] == node && e["phase"] == "copy" && e["state"] == "ok")
+        .unwrap_or_else(|| panic!("no copy ok event for {node}: {evs:?}"))
+}
+
+/// When the store path named `*-<name>` finished arriving on node i: its change time, set
+/// when Nix canonicalised it as the last step of importing it, read from the node's /nix.
+fn imported_at(l: &Lab, i: usize, name: &str) -> std::time::SystemTime {
+    use std::os::unix::fs::MetadataExt;
+    let store = l.rig.node(i).nix_dir.join("store");
+    let suffix = format!("-{name}");
+    let entry = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(&suffix))
+        .unwrap_or_else(|| panic!("node {i} has no *{suffix} in {}", store.display()));
+    let m = std::fs::symlink_metadata(&entry).unwrap();
+    std::time::UNIX_EPOCH + Duration::new(m.ctime() as u64, m.ctime_nsec() as u32)
+}
+
 #[test]
 fn fanout_copies_once_from_the_controller_then_over_the_lan() {
-    let Some(l) = lab(3) else { return };
+    let Some(mut l) = lab(3) else { return };
     l.authorize_cluster_key();
+    // A shared payload big enough that the stream takes a while; the fixture puts a tiny
+    // marker path before it in every export stream.
+    l.with_payload(32);
     let o = l.run(&["apply", "--json"]);
     assert_eq!(code(&o), 0, "{}", explain(&o));
     let evs = events(&o);
@@ -232,39 +256,50 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
         Some("seed holds every closure"),
         "{evs:?}"
     );
-    assert_eq!(
-        copied_from(&evs, "n2").as_deref(),
-        Some("copied from n1"),
-        "{evs:?}"
-    );
-    assert_eq!(
-        copied_from(&evs, "n3").as_deref(),
-        Some("copied from n1"),
-        "{evs:?}"
-    );
-    // The peers' copies start before the seed has everything: the LAN copy overlaps the upload.
-    let at = |f: &dyn Fn(&serde_json::Value) -> bool| evs.iter().position(f).unwrap();
-    let seed_done = at(&|e| e["node"] == "n1" && e["phase"] == "copy" && e["state"] == "ok");
-    for n in ["n2", "n3"] {
-        let started = at(&|e| e["node"] == n && e["phase"] == "copy" && e["state"] == "started");
+    let systems: Vec<String> = (0..3)
+        .map(|i| l.current(i).expect("node has a system"))
+        .collect();
+    for (i, n) in [(1, "n2"), (2, "n3")] {
+        // What the relay says: the peer's own import took the whole stream through the seed's
+        // tee, not a copy made afterwards.
+        let e = copy_ok(&evs, n);
+        let msg = e["message"].as_str().unwrap();
         assert!(
-            started < seed_done,
-            "{n} started after the seed finished: {evs:?}"
+            msg.starts_with("streamed from n1 during the upload: "),
+            "{n}: {e}"
+        );
+        assert!(
+            e["bytes"].as_u64().unwrap() >= 32 << 20,
+            "{n} took the payload from the stream: {e}"
+        );
+        // What the node says: it holds every host's system, which only the stream (the union of
+        // all closures) carries; a copy of its own system would not.
+        for s in &systems {
+            let v = l.rig.exec_in(i, &["nix-store", "--check-validity", s]);
+            assert!(
+                v.status.success(),
+                "{n} lacks {s}: the stream did not reach it"
+            );
+        }
+        // And when: the peer had imported the stream's first path (the marker) before the
+        // seed had finished importing the payload that follows it. A copy made after the
+        // seed's import could not.
+        let peer_first = imported_at(&l, i, "edge-payload-marker");
+        let seed_payload = imported_at(&l, 0, "edge-payload-32mib");
+        assert!(
+            peer_first < seed_payload,
+            "{n} imported its first path at {peer_first:?}, after the seed had the payload ({seed_payload:?})"
         );
     }
-    for i in 0..3 {
-        assert_eq!(
-            l.current(i).as_deref(),
-            Some(l.target(i).as_str()),
-            "node {i}"
-        );
+    for (i, s) in systems.iter().enumerate() {
+        assert_eq!(s, &l.target(i), "node {i}");
     }
     // The seed's key is a secret: root-only on the node, never in the store.
     let o = l
         .rig
         .exec_in(0, &["stat", "-c", "%a %U", "/nix/var/edgectl/cluster_key"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "600 root");
-    // --fanout off: every node from the controller.
+    // --fanout off: every node from the controller, and nothing of another host's new system.
     l.write_topology(&["agent"]);
     let o = l.run(&["apply", "--json", "--fanout", "off"]);
     assert_eq!(code(&o), 0, "{}", explain(&o));
@@ -276,6 +311,9 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
             "{n}: {evs:?}"
         );
     }
+    let n3 = l.current(2).unwrap();
+    let v = l.rig.exec_in(1, &["nix-store", "--check-validity", &n3]);
+    assert!(!v.status.success(), "n2 holds n3's system without fan-out");
 }
 
 /// Three nodes fan out a 48 MiB closure; node `victim` (0: the seed) loses sshd and its
@@ -424,7 +462,6 @@ fn a_failing_activation_rolls_back_at_once() {
     let before = l.current(1).unwrap();
     l.write_topology(&["agent"]);
     l.behaviour(1, "fail");
-    let t0 = Instant::now();
     let o = l.run(&["apply", "--json"]);
     assert_eq!(code(&o), 3, "{}", explain(&o));
     assert!(
@@ -432,9 +469,42 @@ fn a_failing_activation_rolls_back_at_once() {
         "{:?}",
         results(&o)
     );
+    // The failure was read from the node's status file, which the activation script wrote
+    // when switch-to-configuration exited 1, with the switch's own error from the node's log:
+    // not a confirm timeout (that would be "rolled-back", "not confirmed in time").
+    let v = last_json(&o);
+    let n2 = v["report"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "n2")
+        .unwrap();
+    let msg = n2["message"].as_str().unwrap();
     assert!(
-        t0.elapsed() < Duration::from_secs(6),
-        "a failed activation must not wait for the confirm timeout"
+        msg.starts_with("activation failed 1; rolled back: ")
+            && msg.contains("failed (test behaviour 'fail')"),
+        "{n2}"
+    );
+    let runs = std::fs::read_dir(l.rig.node(1).nix_dir.join("var/edgectl/run")).unwrap();
+    let statuses: Vec<String> = runs
+        .map(|r| std::fs::read_to_string(r.unwrap().path().join("status")).unwrap_or_default())
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert!(
+        statuses.iter().any(|s| s == "failed 1"),
+        "n2's activation runs: {statuses:?}"
+    );
+    assert!(
+        !statuses.iter().any(|s| s.starts_with("rolled")),
+        "n2's watcher never had to roll back: {statuses:?}"
+    );
+    // On the node: the failed switch, then at once the switch back to the old generation.
+    let acts = std::fs::read_to_string(l.rig.node(1).nix_dir.join("var/edgectl-test/activations"))
+        .unwrap();
+    let tail: Vec<&str> = acts.lines().rev().take(2).collect();
+    assert!(
+        tail[1].ends_with(" FAILED") && tail[0].starts_with(&format!("switch {before} ")),
+        "n2 activations: {acts}"
     );
     assert_eq!(
         l.current(1).as_deref(),
@@ -467,6 +537,170 @@ fn an_activation_that_cuts_the_network_reverts_by_itself() {
         l.current(1).as_deref(),
         Some(before.as_str()),
         "n2 is on its old generation"
+    );
+}
+
+/// One run of the fixture's switch-to-configuration on a node, from the `timeline` it keeps
+/// under the node's /nix: start and end in nanoseconds since the epoch.
+#[derive(Debug)]
+struct Run {
+    node: usize,
+    system: String,
+    start: u128,
+    end: u128,
+}
+
+impl Lab {
+    /// Every activation node i ran, in order.
+    fn runs(&self, i: usize) -> Vec<Run> {
+        let path = self.rig.node(i).nix_dir.join("var/edgectl-test/timeline");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let ns = |t: &str| -> u128 {
+            let (s, n) = t.split_once('.').unwrap_or_else(|| panic!("time {t:?}"));
+            assert_eq!(n.len(), 9, "date +%N gives nanoseconds: {t:?}");
+            s.parse::<u128>().unwrap() * 1_000_000_000 + n.parse::<u128>().unwrap()
+        };
+        let mut runs = Vec::new();
+        let mut open: Option<(String, u128)> = None;
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [kind, _goal, system, t] = f[..] else {
+                panic!("node {i}: timeline line {line:?}")
+            };
+            match (kind, open.take()) {
+                ("start", None) => open = Some((system.to_string(), ns(t))),
+                ("end", Some((started, start))) if started == system => runs.push(Run {
+                    node: i,
+                    system: started,
+                    start,
+                    end: ns(t),
+                }),
+                _ => panic!("node {i}: timeline out of order at {line:?}:\n{text}"),
+            }
+        }
+        assert!(
+            open.is_none(),
+            "node {i}: an activation never ended:\n{text}"
+        );
+        runs
+    }
+
+    /// Forgets the activations recorded so far on every node.
+    fn clear_timelines(&self) {
+        for n in &self.rig.nodes {
+            let _ = std::fs::remove_file(n.nix_dir.join("var/edgectl-test/timeline"));
+        }
+    }
+}
+
+/// The most runs in progress at one instant.
+fn max_overlap(runs: &[Run]) -> usize {
+    // Ends sort before starts at the same instant: touching runs do not overlap.
+    let mut edges: Vec<(u128, i32)> = runs
+        .iter()
+        .flat_map(|r| [(r.start, 1), (r.end, -1)])
+        .collect();
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[test]
+fn apply_activates_at_most_parallel_nodes_at_once() {
+    let Some(l) = lab(4) else { return };
+    // n1 (the Zenoh router) activates first and alone; n2..n4 are one wave of three.
+    let barrier = |dir: &str, n: usize| {
+        let d = l.dir.path().join(dir);
+        for i in 1..4 {
+            l.behaviour(i, &format!("barrier {} {n}", d.display()));
+        }
+    };
+    let worker_runs = || -> Vec<Run> { (1..4).flat_map(|i| l.runs(i)).collect() };
+
+    // --parallel 2: two workers must be inside switch-to-configuration together to pass their
+    // barrier, and the third may only start once one of them has finished.
+    barrier("two", 2);
+    let o = l.run(&["apply", "--json", "--fanout", "off", "--parallel", "2"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    assert!(
+        results(&o).iter().all(|(_, r)| r == "confirmed"),
+        "{:?}",
+        results(&o)
+    );
+    let runs = worker_runs();
+    assert_eq!(runs.len(), 3, "one activation per worker: {runs:?}");
+    assert_eq!(max_overlap(&runs), 2, "--parallel 2: {runs:?}");
+
+    // --parallel 8: all three workers at once, or their barrier (three) fails them.
+    l.write_topology(&["agent"]);
+    l.clear_timelines();
+    barrier("three", 3);
+    let o = l.run(&["apply", "--json", "--fanout", "off", "--parallel", "8"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    assert!(
+        results(&o).iter().all(|(_, r)| r == "confirmed"),
+        "{:?}",
+        results(&o)
+    );
+    let runs = worker_runs();
+    assert_eq!(runs.len(), 3, "one activation per worker: {runs:?}");
+    assert_eq!(max_overlap(&runs), 3, "--parallel 8: {runs:?}");
+}
+
+/// `roles = ROLES` for node `name` in a topology written by `edgectl_rig::topology_toml`.
+fn set_roles(toml: &str, name: &str, roles: &str) -> String {
+    let at = toml
+        .find(&format!("name = {name:?}\n"))
+        .unwrap_or_else(|| panic!("no node {name}"));
+    let r = at + toml[at..].find("roles = ").unwrap();
+    let eol = r + toml[r..].find('\n').unwrap();
+    format!("{}roles = {roles}{}", &toml[..r], &toml[eol..])
+}
+
+#[test]
+fn routers_and_the_ray_head_activate_before_the_workers() {
+    let Some(l) = lab(4) else { return };
+    // n1 routes Zenoh (topology_toml), n3 is the Ray head, n2 and n4 are Ray workers: the head
+    // is not first in the file, so file order cannot pass for wave order.
+    let mut t = edgectl_rig::topology_toml(&l.rig, &["agent"], 6);
+    t = set_roles(&t, "n2", r#"["ray-worker"]"#);
+    t = set_roles(&t, "n3", r#"["ray-head"]"#);
+    t = set_roles(&t, "n4", r#"["ray-worker"]"#);
+    std::fs::write(l.topology(), t).unwrap();
+    // The first wave takes a while: workers that did not wait for it would start meanwhile
+    // (the default --parallel admits all four at once).
+    l.behaviour(0, "slow 2");
+    l.behaviour(2, "slow 2");
+    let o = l.run(&["apply", "--json", "--fanout", "off"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let runs: Vec<Run> = (0..4).flat_map(|i| l.runs(i)).collect();
+    assert_eq!(runs.len(), 4, "one activation per node: {runs:?}");
+    for r in &runs {
+        assert_eq!(
+            Some(r.system.as_str()),
+            l.current(r.node).as_deref(),
+            "{r:?}"
+        );
+    }
+    let first_done = runs
+        .iter()
+        .filter(|r| r.node == 0 || r.node == 2)
+        .map(|r| r.end)
+        .max()
+        .unwrap();
+    let workers_began = runs
+        .iter()
+        .filter(|r| r.node == 1 || r.node == 3)
+        .map(|r| r.start)
+        .min()
+        .unwrap();
+    assert!(
+        first_done < workers_began,
+        "a worker started activating before the router and the head were done: {runs:?}"
     );
 }
 
@@ -588,4 +822,84 @@ fn a_saved_plan_is_refused_when_the_cluster_changed() {
         explain(&o)
     );
     assert!(l.current(0).is_none(), "nothing was applied");
+}
+
+/// A command that prints nothing for longer than any keepalive or read timeout edgectl might
+/// set (grub-install, `apt-get -qq`, `nix path-info` on a big closure) still finishes and
+/// returns its output over edgectl's own SSH session.
+#[test]
+fn a_command_silent_for_fifteen_seconds_finishes() {
+    let Some(l) = lab(1) else { return };
+    let n = l.rig.node(0);
+    let target = edgectl_deploy::host::SshTarget {
+        node: n.name.clone(),
+        host: n.ip.to_string(),
+        port: n.port,
+        user: "root".into(),
+        identity: Some(l.rig.key.clone()),
+        connect_timeout: Duration::from_secs(5),
+        pinned: None,
+        known_hosts: l.dir.path().join("known_hosts"),
+    };
+    let h = edgectl_deploy::host::SshHost::connect(target).expect("connects");
+    let argv = edgectl_deploy::host::argv(["sh", "-c", "sleep 15; echo finished"]);
+    let o = edgectl_deploy::host::Host::run(&h, &argv, false)
+        .expect("a silent command is not a dead node");
+    assert_eq!((o.status, o.stdout.trim()), (0, "finished"), "{}", o.stderr);
+}
+
+/// CloudLab lets a user pick tcsh as login shell, and SSH hands every command to it: plan,
+/// apply (lock, copy, the multi-line activation and confirm scripts) and a second plan must
+/// all work through it, ending on the new generation.
+#[test]
+fn a_tcsh_login_shell_runs_every_remote_command() {
+    if !edgectl_rig::ready() {
+        return;
+    }
+    let Some(tcsh) = edgectl_testkit::require("tcsh", edgectl_testkit::tool("tcsh")) else {
+        return;
+    };
+    let rig = Rig::up_with(2, edgectl_rig::RigOptions { private_etc: true }).expect("rig");
+    for n in &rig.nodes {
+        let passwd = n.etc_root.as_ref().unwrap().join("passwd");
+        let text = std::fs::read_to_string(&passwd).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("root:") {
+                Some(rest) => {
+                    let mut f: Vec<&str> = rest.split(':').collect();
+                    *f.last_mut().unwrap() = tcsh.to_str().unwrap();
+                    format!("root:{}\n", f.join(":"))
+                }
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&passwd, text).unwrap();
+    }
+    let l = Lab {
+        rig,
+        dir: tempfile::tempdir().unwrap(),
+        fixture: edgectl_rig::fixture_nixpkgs(),
+    };
+    l.write_topology(&["wasm", "agent"]);
+    // The node's sshd now logs root in with tcsh: a quoted newline is an error there.
+    let o = l.rig.ssh(0, "echo $shell");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        tcsh.to_str().unwrap()
+    );
+    assert_eq!(code(&l.run(&["plan", "--json"])), 2);
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    assert_eq!(
+        results(&o),
+        vec![
+            ("n1".into(), "confirmed".into()),
+            ("n2".into(), "confirmed".into())
+        ]
+    );
+    for i in 0..2 {
+        assert_eq!(l.current(i), Some(l.target(i)), "node {i}");
+    }
+    assert_eq!(code(&l.run(&["plan", "--json"])), 0);
 }

@@ -404,13 +404,13 @@ fn fixture_builds_with_payload() {
         .args(["-qR", &top])
         .output()
         .unwrap();
-    // The system, its etc, and the payload that every node's closure shares.
+    // The system, its etc, the payload that every node's closure shares, and the marker the
+    // payload refers to (first in any export stream).
     let paths = ok(&q, "nix-store -qR");
-    assert_eq!(paths.lines().count(), 3, "{paths}");
-    assert!(
-        paths.lines().any(|p| p.ends_with("-edge-payload-1mib")),
-        "{paths}"
-    );
+    assert_eq!(paths.lines().count(), 4, "{paths}");
+    for name in ["-edge-payload-1mib", "-edge-payload-marker"] {
+        assert!(paths.lines().any(|p| p.ends_with(name)), "{name}: {paths}");
+    }
     // An unknown goal is refused without touching any state.
     let o = Command::new(format!("{top}/bin/switch-to-configuration"))
         .arg("bogus")
