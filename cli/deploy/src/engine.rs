@@ -27,7 +27,7 @@ pub struct Options {
     pub nix: NixArgs,
     pub load: LoadOptions,
     /// Upload each closure once and spread it over the cluster LAN (see `fanout`).
-    pub fanout: bool,
+    pub fanout: crate::fanout::Fanout,
 }
 
 impl Default for Options {
@@ -41,7 +41,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             nix: NixArgs::default(),
             load: LoadOptions::default(),
-            fanout: true,
+            fanout: crate::fanout::Fanout::On,
         }
     }
 }
@@ -433,6 +433,9 @@ pub struct NodeResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
     pub message: String,
+    /// Where the node's closure came from, when this apply copied one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closure: Option<crate::fanout::Delivery>,
 }
 
 impl NodeResult {
@@ -485,6 +488,7 @@ pub fn apply(
                 system: p.systems.get(n).cloned(),
                 generation: None,
                 message: String::new(),
+                closure: None,
             })
             .collect();
         return Ok(ApplyReport {
@@ -538,18 +542,19 @@ pub fn apply(
 
     // 2. Distribute closures to the nodes that need them.
     let needing: Vec<Arc<Session>> = sessions.iter().filter(|s| !s.unchanged).cloned().collect();
-    let copy_errors = if opts.fanout && needing.len() >= 2 {
-        crate::fanout::distribute(&rt, &needing, c, &p.state_dir, opts.parallel, &tx)
-    } else {
-        let results = parallel_map(&rt, opts.parallel, needing.clone(), {
-            let tx = tx.clone();
-            move |s: Arc<Session>| (s.name.clone(), crate::fanout::copy_from_controller(&s, &tx))
-        });
-        results
-            .into_iter()
-            .filter_map(|(n, r)| r.err().map(|e| (n, e)))
-            .collect()
-    };
+    let deliveries = crate::fanout::deliver(
+        &rt,
+        &needing,
+        c,
+        &p.state_dir,
+        opts.parallel,
+        opts.fanout,
+        &tx,
+    );
+    let copy_errors: BTreeMap<String, String> = deliveries
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| (n.clone(), e.clone())))
+        .collect();
 
     // 3. Activate, wave by wave.
     let first = |n: &str| {
@@ -583,7 +588,8 @@ pub fn apply(
     }
     let mut results = Vec::new();
     for name in &p.selected {
-        if let Some(r) = finished.remove(name) {
+        if let Some(mut r) = finished.remove(name) {
+            r.0.closure = deliveries.get(name).and_then(|d| d.as_ref().ok().cloned());
             record(
                 &st,
                 &p.state_dir,
@@ -658,6 +664,7 @@ fn result(
         system: Some(system.into()),
         generation,
         message: msg,
+        closure: None,
     }
 }
 

@@ -27,6 +27,8 @@ pub enum State {
     Progress,
     Ok,
     Skipped,
+    /// It worked, but not as it should have: say so, and why.
+    Warning,
     Failed,
     RolledBack,
 }

@@ -23,19 +23,91 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edgectl_model::Cluster;
+use serde::Serialize;
 
 use crate::engine::{Session, parallel_map};
 use crate::event::{Event, Phase, Sender, State as Ev, emit};
 use crate::host::{Host, SshHost, argv, remote_command};
 use crate::nixcmd;
 
+/// `--fanout`: whether closures spread over the cluster LAN, and whether a node may fall back
+/// to a copy from the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fanout {
+    /// Every node from the controller.
+    Off,
+    /// Over the LAN; a node the LAN cannot serve gets its copy from the controller, with a
+    /// warning and the reason in the report.
+    On,
+    /// Over the LAN or not at all: such a node fails instead (on a slow controller link a
+    /// fallback is the difference between minutes and an hour).
+    Require,
+}
+
+impl Fanout {
+    pub fn parse(s: &str) -> Option<Fanout> {
+        Some(match s {
+            "off" => Fanout::Off,
+            "on" => Fanout::On,
+            "require" => Fanout::Require,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a node's closure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// From the controller, as asked (`--fanout off`, or one node only).
+    Controller,
+    /// The seed: from the controller, once for the whole cluster.
+    Seed,
+    /// Teed from the seed's import while the upload was arriving.
+    SeedStream,
+    /// `nix copy` from the seed after the upload.
+    SeedCopy,
+    /// Nothing was missing.
+    Held,
+    /// Meant to come over the LAN, but came from the controller: see `fallback_reason`.
+    ControllerFallback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    pub from: Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+}
+
+impl Delivery {
+    fn from(from: Source, seed: Option<&Session>) -> Delivery {
+        Delivery {
+            from,
+            seed: seed.map(|s| s.name.clone()),
+            fallback_reason: None,
+        }
+    }
+}
+
+/// Each node's delivery, or why it has no closure.
+pub type Deliveries = BTreeMap<String, Result<Delivery, String>>;
+
 pub const CLUSTER_KEY: &str = "/nix/var/edgectl/cluster_key";
 pub const KNOWN_HOSTS: &str = "/nix/var/edgectl/known_hosts";
 
-/// Adds the cluster key to the login user's authorized_keys, once.
-const AUTHORIZE: &str = r#"k=$1; d="$HOME/.ssh"; f="$d/authorized_keys"
+/// Adds the cluster key to the login user's authorized_keys, once. Every step's failure is the
+/// script's (a key that did not land must not look added), and a file whose last line has no
+/// newline gets one first, so the key never glues onto that line.
+pub const AUTHORIZE: &str = r#"k=$1; d="$HOME/.ssh"; f="$d/authorized_keys"
 mkdir -p "$d" && chmod 700 "$d" || exit 1
-grep -qxF "$k" "$f" 2>/dev/null || printf '%s\n' "$k" >> "$f"
+if ! grep -qxF "$k" "$f" 2>/dev/null; then
+  if [ -s "$f" ] && [ -n "$(tail -c 1 "$f")" ]; then printf '\n' >> "$f" || exit 1; fi
+  printf '%s\n' "$k" >> "$f" || exit 1
+fi
 chmod 600 "$f"
 "#;
 
@@ -60,6 +132,37 @@ fn emit_bytes(tx: &Sender, node: &str, state: Ev, message: String, bytes: Option
 fn mib(b: Option<u64>) -> String {
     b.map(|b| format!(" ({:.1} MiB)", b as f64 / 1048576.0))
         .unwrap_or_default()
+}
+
+/// Gets every session's closure onto its node: over the LAN through a seed when `mode` allows
+/// and there are two or more, else straight from the controller.
+pub fn deliver(
+    rt: &tokio::runtime::Runtime,
+    needing: &[Arc<Session>],
+    c: &Cluster,
+    state_dir: &Path,
+    parallel: usize,
+    mode: Fanout,
+    tx: &Sender,
+) -> Deliveries {
+    if mode != Fanout::Off && needing.len() >= 2 {
+        return distribute(
+            rt,
+            needing,
+            c,
+            state_dir,
+            parallel,
+            mode == Fanout::Require,
+            tx,
+        );
+    }
+    let tx = tx.clone();
+    parallel_map(rt, parallel, needing.to_vec(), move |s: Arc<Session>| {
+        let r = copy_from_controller(&s, &tx).map(|()| Delivery::from(Source::Controller, None));
+        (s.name.clone(), r)
+    })
+    .into_iter()
+    .collect()
 }
 
 /// The plain per-node copy: controller to node.
@@ -253,10 +356,17 @@ pub fn distribute(
     c: &Cluster,
     state_dir: &Path,
     parallel: usize,
+    require: bool,
     tx: &Sender,
-) -> BTreeMap<String, String> {
-    let mut errors = BTreeMap::new();
+) -> Deliveries {
+    let mut out = Deliveries::new();
     let seed = needing[0].clone();
+    let fb = Fallback {
+        rt,
+        parallel,
+        require,
+        tx,
+    };
     let union: Vec<String> = needing
         .iter()
         .map(|s| s.system.clone())
@@ -308,9 +418,13 @@ pub fn distribute(
     let public = match seeded {
         Ok(p) => p,
         Err(e) => {
-            seed_failed(&seed, e, tx, &mut errors);
-            from_controller(rt, parallel, peers, tx, &mut errors);
-            return errors;
+            let why = format!("seeding {} failed: {e}", seed.name);
+            seed_failed(&seed, e, tx, &mut out);
+            fb.run(
+                peers.into_iter().map(|p| (p, why.clone())).collect(),
+                &mut out,
+            );
+            return out;
         }
     };
     // Every node says what it lacks and lets the seed in, all at once.
@@ -379,21 +493,30 @@ pub fn distribute(
             "seed holds every closure".into(),
             bytes,
         );
+        out.insert(seed.name.clone(), Ok(Delivery::from(Source::Seed, None)));
     } else {
         let e = report
             .clone()
             .err()
             .unwrap_or_else(|| "the seed lacks closures after the upload".into());
-        seed_failed(&seed, e, tx, &mut errors);
+        let why = format!("the seed {} failed: {e}", seed.name);
+        seed_failed(&seed, e, tx, &mut out);
         let rest: Vec<Peer> = live.into_iter().chain(late).collect();
         let (got, missing): (Vec<Peer>, Vec<Peer>) = rest
             .into_iter()
             .partition(|p| holds(&p.s.host, std::slice::from_ref(&p.s.system)));
         for p in got {
             holds_after_relay(&p, tx);
+            out.insert(
+                p.s.name.clone(),
+                Ok(Delivery::from(Source::SeedStream, Some(&seed))),
+            );
         }
-        from_controller(rt, parallel, missing, tx, &mut errors);
-        return errors;
+        fb.run(
+            missing.into_iter().map(|p| (p, why.clone())).collect(),
+            &mut out,
+        );
+        return out;
     }
     // The relay's word on each peer: "peer N STATUS PATHS ERROR".
     let said = |i: usize| -> (Option<i32>, Option<usize>, String) {
@@ -436,6 +559,10 @@ pub fn distribute(
                 ),
                 Some(stream_bytes),
             );
+            out.insert(
+                p.s.name.clone(),
+                Ok(Delivery::from(Source::SeedStream, Some(&seed))),
+            );
             continue;
         }
         if stream.is_empty() {
@@ -446,10 +573,15 @@ pub fn distribute(
                 Ev::Ok,
                 "already held every path",
             );
+            out.insert(p.s.name.clone(), Ok(Delivery::from(Source::Held, None)));
             continue;
         }
         if holds(&p.s.host, std::slice::from_ref(&p.s.system)) {
             holds_after_relay(&p, tx);
+            out.insert(
+                p.s.name.clone(),
+                Ok(Delivery::from(Source::SeedStream, Some(&seed))),
+            );
             continue;
         }
         // 255: the seed's SSH could not reach or log in to the peer, which a `nix copy` from
@@ -467,28 +599,88 @@ pub fn distribute(
             format!("the relay did not reach it ({err}); {next}"),
         );
         if code == Some(255) {
-            direct.push(p);
+            let why = format!("{} could not log in to it over SSH: {err}", seed.name);
+            direct.push((p, why));
         } else {
             again.push(p);
         }
     }
     again.extend(late);
-    from_controller(rt, parallel, direct, tx, &mut errors);
+    fb.run(direct, &mut out);
     let (seed2, tx2, closures) = (seed.clone(), tx.clone(), Arc::new(closures));
-    for (n, r) in parallel_map(rt, parallel, again, move |p: Peer| {
-        (
-            p.s.name.clone(),
-            copy_via_seed(&seed2, &p, &public, &closures, &tx2),
-        )
-    }) {
-        if let Err(e) = r {
-            errors.insert(n, e);
+    let copied = parallel_map(rt, parallel, again, move |p: Peer| {
+        let r = copy_via_seed(&seed2, &p, &public, &closures, &tx2);
+        (p, r)
+    });
+    let mut failed = Vec::new();
+    for (p, r) in copied {
+        match r {
+            Ok(()) => {
+                out.insert(
+                    p.s.name.clone(),
+                    Ok(Delivery::from(Source::SeedCopy, Some(&seed))),
+                );
+            }
+            Err(e) => failed.push((p, format!("the copy from {} failed: {e}", seed.name))),
         }
     }
-    errors
+    fb.run(failed, &mut out);
+    out
 }
 
-fn seed_failed(seed: &Session, e: String, tx: &Sender, errors: &mut BTreeMap<String, String>) {
+/// Peers the LAN could not serve, each with the reason: copied from the controller with a
+/// warning, or, with `--fanout require`, failed without a copy.
+struct Fallback<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    parallel: usize,
+    require: bool,
+    tx: &'a Sender,
+}
+
+impl Fallback<'_> {
+    fn run(&self, peers: Vec<(Peer, String)>, out: &mut Deliveries) {
+        let mut go = Vec::new();
+        for (p, why) in peers {
+            if self.require {
+                let e = format!(
+                    "fan-out is required, but {why}; not copied from the controller (`--fanout on` allows that)"
+                );
+                emit(self.tx, &p.s.name, Phase::Copy, Ev::Failed, e.clone());
+                out.insert(p.s.name.clone(), Err(e));
+            } else {
+                emit(
+                    self.tx,
+                    &p.s.name,
+                    Phase::Copy,
+                    Ev::Warning,
+                    format!("copying from the controller instead of over the LAN: {why}"),
+                );
+                go.push((p, why));
+            }
+        }
+        let tx = self.tx.clone();
+        for (name, why, r) in parallel_map(
+            self.rt,
+            self.parallel,
+            go,
+            move |(p, why): (Peer, String)| {
+                let r = copy_from_controller(&p.s, &tx);
+                (p.s.name.clone(), why, r)
+            },
+        ) {
+            out.insert(
+                name,
+                r.map(|()| Delivery {
+                    from: Source::ControllerFallback,
+                    seed: None,
+                    fallback_reason: Some(why),
+                }),
+            );
+        }
+    }
+}
+
+fn seed_failed(seed: &Session, e: String, tx: &Sender, out: &mut Deliveries) {
     emit(
         tx,
         &seed.name,
@@ -496,7 +688,7 @@ fn seed_failed(seed: &Session, e: String, tx: &Sender, errors: &mut BTreeMap<Str
         Ev::Failed,
         format!("seeding failed: {e}; falling back to per-node copies"),
     );
-    errors.insert(seed.name.clone(), e);
+    out.insert(seed.name.clone(), Err(e));
 }
 
 fn authorize(h: &SshHost, public: &str) -> Result<(), String> {
@@ -520,24 +712,7 @@ fn holds_after_relay(p: &Peer, tx: &Sender) {
     );
 }
 
-fn from_controller(
-    rt: &tokio::runtime::Runtime,
-    parallel: usize,
-    peers: Vec<Peer>,
-    tx: &Sender,
-    errors: &mut BTreeMap<String, String>,
-) {
-    let tx2 = tx.clone();
-    for (n, r) in parallel_map(rt, parallel, peers, move |p: Peer| {
-        (p.s.name.clone(), copy_from_controller(&p.s, &tx2))
-    }) {
-        if let Err(e) = r {
-            errors.insert(n, e);
-        }
-    }
-}
-
-/// One peer from the seed with `nix copy` (only what it lacks), else from the controller.
+/// One peer from the seed with `nix copy` (only what it lacks).
 fn copy_via_seed(
     seed: &Session,
     p: &Peer,
@@ -592,18 +767,46 @@ fn copy_via_seed(
             );
             Ok(())
         }
-        Err(e) => {
-            emit(
-                tx,
-                &p.s.name,
-                Phase::Copy,
-                Ev::Progress,
-                format!(
-                    "from {} failed ({e}); copying from the controller",
-                    seed.name
-                ),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AUTHORIZE;
+    use std::process::Command;
+
+    fn authorize(home: &std::path::Path, key: &str) -> std::process::Output {
+        Command::new("sh")
+            .args(["-c", AUTHORIZE, "edgectl-authorize", key])
+            .env("HOME", home)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_cluster_key_lands_once_on_a_line_of_its_own_or_the_script_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join(".ssh/authorized_keys");
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        // A user's file whose last line has no newline.
+        std::fs::write(&f, "ssh-ed25519 AAAAuser user@laptop").unwrap();
+        for _ in 0..2 {
+            assert!(
+                authorize(t.path(), "ssh-ed25519 AAAAcluster edgectl")
+                    .status
+                    .success()
             );
-            copy_from_controller(&p.s, tx)
         }
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "ssh-ed25519 AAAAuser user@laptop\nssh-ed25519 AAAAcluster edgectl\n"
+        );
+        // Where the key cannot be written, the script says so.
+        let t2 = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t2.path().join(".ssh/authorized_keys")).unwrap();
+        let o = authorize(t2.path(), "ssh-ed25519 AAAAcluster edgectl");
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("authorized_keys"));
     }
 }

@@ -373,31 +373,21 @@ pub fn install(
             .filter(|s| !failed.contains_key(&s.name) && !states[&s.name].has(Step::Copy))
             .cloned()
             .collect();
-        let errs = if opts.fanout && needing.len() >= 2 {
-            crate::fanout::distribute(&rt, &needing, c, &state_dir, opts.parallel, &tx)
-        } else {
-            let tx3 = tx.clone();
-            parallel_map(
-                &rt,
-                opts.parallel,
-                needing.clone(),
-                move |s: Arc<Session>| {
-                    (
-                        s.name.clone(),
-                        crate::fanout::copy_from_controller(&s, &tx3),
-                    )
-                },
-            )
-            .into_iter()
-            .filter_map(|(n, r)| r.err().map(|e| (n, e)))
-            .collect()
-        };
+        let got = crate::fanout::deliver(
+            &rt,
+            &needing,
+            c,
+            &state_dir,
+            opts.parallel,
+            opts.fanout,
+            &tx,
+        );
         for s in &needing {
-            match errs.get(&s.name) {
-                Some(e) => {
+            match got.get(&s.name) {
+                Some(Err(e)) => {
                     failed.insert(s.name.clone(), e.clone());
                 }
-                None => {
+                Some(Ok(_)) | None => {
                     let is = states.get_mut(&s.name).expect("state");
                     is.done.push(Step::Copy);
                     is.system = Some(s.system.clone());

@@ -88,6 +88,10 @@ pub fn start(mode: Mode) -> (Sender, Renderer) {
                         .ok()
                         .and_then(|v| v.as_str().map(String::from))
                         .unwrap_or_default();
+                    if e.state == State::Warning {
+                        // A warning outlives the bar's next message.
+                        multi.suspend(|| eprintln!("warning: [{key}] {phase}: {}", e.message));
+                    }
                     bar.set_message(format!("{phase}: {}", e.message));
                     if matches!(e.state, State::Failed | State::RolledBack)
                         || (e.phase == crate::event::Phase::Done)

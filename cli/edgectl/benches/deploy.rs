@@ -56,9 +56,6 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let topo = dir.path().join("cluster.toml");
         std::fs::write(&topo, edgectl_rig::topology_toml(&rig, &["wasm"], 30)).unwrap();
-        // The rig's sshd reads one key file per rig, not ~/.ssh: let the cluster key in, as a
-        // node's own authorized_keys would, so apply fans out as on a real cluster.
-        rig.trust_cluster_key(&dir.path().join(".edgectl")).unwrap();
         // Warm the evaluation cache the same way for every size.
         let _ = edgectl(&topo, &rig.key, &["apply", "--goal", "build"]);
         let (apply, rc, _) = edgectl(&topo, &rig.key, &["apply"]);

@@ -40,7 +40,6 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let topo = dir.path().join("cluster.toml");
     std::fs::write(&topo, edgectl_rig::topology_toml(&rig, &["wasm"], 60)).unwrap();
-    rig.trust_cluster_key(&dir.path().join(".edgectl")).unwrap();
     let st = Command::new("tc")
         .args([
             "qdisc",

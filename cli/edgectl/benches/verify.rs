@@ -35,7 +35,7 @@ fn main() {
                 .arg("verify")
                 .arg(&topo)
                 .args(["--identity", rig.key.to_str().unwrap()])
-                .args(["--agent-dir", "/nix/var/edgectl-agent", "--json"])
+                .args(["--json"])
                 .output()
                 .expect("edgectl runs");
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {

@@ -124,8 +124,10 @@ enum Command {
         #[arg(long, value_name = "S")]
         confirm_timeout: Option<u64>,
         /// `on`: upload each closure once, to one node, which copies it to the others over the
-        /// cluster LAN; `off`: copy from this machine to every node.
-        #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+        /// cluster LAN (a node the LAN cannot serve gets its copy from this machine, with a
+        /// warning); `require`: the same, but such a node fails instead; `off`: copy from this
+        /// machine to every node.
+        #[arg(long, value_name = "on|require|off", default_value = "on", value_parser = ["on", "require", "off"])]
         fanout: String,
     },
     /// Check every node against its profile, the topology and the targets, through the agents.
@@ -222,7 +224,15 @@ fn main() -> ExitCode {
             goal,
             confirm_timeout,
             fanout,
-        } => cmd::deploy::apply(&ctx, &file, &deploy, &goal, confirm_timeout, fanout == "on"),
+        } => cmd::deploy::apply(
+            &ctx,
+            &file,
+            &deploy,
+            &goal,
+            confirm_timeout,
+            edgectl_deploy::fanout::Fanout::parse(&fanout)
+                .unwrap_or(edgectl_deploy::fanout::Fanout::On),
+        ),
         Command::Verify { file, args } => cmd::verify::run(&ctx, &file, &args),
         Command::Agent(a) => cmd::verify::agent(&a),
         Command::Install {

@@ -56,14 +56,6 @@ impl Lab {
         c
     }
 
-    /// Creates edgectl's cluster key up front and lets it into every node, as the nodes'
-    /// configuration would, so the seed can copy to its peers.
-    fn authorize_cluster_key(&self) {
-        self.rig
-            .trust_cluster_key(&self.dir.path().join(".edgectl"))
-            .unwrap();
-    }
-
     /// Uses a copy of the fixture whose every closure carries a shared `mib` MiB payload.
     fn with_payload(&mut self, mib: u32) {
         let f = self.dir.path().join("fixture");
@@ -244,10 +236,11 @@ fn imported_at(l: &Lab, i: usize, name: &str) -> std::time::SystemTime {
 #[test]
 fn fanout_copies_once_from_the_controller_then_over_the_lan() {
     let Some(mut l) = lab(3) else { return };
-    l.authorize_cluster_key();
     // A shared payload big enough that the stream takes a while; the fixture puts a tiny
     // marker path before it in every export stream.
     l.with_payload(32);
+    // No help from the test: the nodes take the cluster key into their own authorized_keys,
+    // as real ones do.
     let o = l.run(&["apply", "--json"]);
     assert_eq!(code(&o), 0, "{}", explain(&o));
     let evs = events(&o);
@@ -255,6 +248,18 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
         copied_from(&evs, "n1").as_deref(),
         Some("seed holds every closure"),
         "{evs:?}"
+    );
+    assert!(
+        !evs.iter().any(|e| e["state"] == "warning"),
+        "no fallback: {evs:?}"
+    );
+    assert_eq!(
+        closure_from(&o),
+        vec![
+            ("n1".into(), "seed".into(), None),
+            ("n2".into(), "seed-stream".into(), Some("n1".into())),
+            ("n3".into(), "seed-stream".into(), Some("n1".into())),
+        ]
     );
     let systems: Vec<String> = (0..3)
         .map(|i| l.current(i).expect("node has a system"))
@@ -314,6 +319,86 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
     let n3 = l.current(2).unwrap();
     let v = l.rig.exec_in(1, &["nix-store", "--check-validity", &n3]);
     assert!(!v.status.success(), "n2 holds n3's system without fan-out");
+    assert!(
+        closure_from(&o)
+            .iter()
+            .all(|(_, from, _)| from == "controller")
+    );
+}
+
+/// `(node, closure.from, closure.seed)` of each node in apply's report.
+fn closure_from(o: &Output) -> Vec<(String, String, Option<String>)> {
+    last_json(o)["report"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_string(),
+                n["closure"]["from"].as_str().unwrap_or("-").to_string(),
+                n["closure"]["seed"].as_str().map(String::from),
+            )
+        })
+        .collect()
+}
+
+/// A peer the seed cannot log in to (its authorized_keys cannot take the cluster key) still
+/// gets its system, from the controller, and the user is told: a warning event, and the
+/// report's `closure` says `controller-fallback` with the reason. With `--fanout require` the
+/// same peer fails instead, keeps its old system, and nothing is copied to it.
+#[test]
+fn a_fanout_fallback_is_reported_and_can_be_refused() {
+    let Some(l) = lab(3) else { return };
+    let keys = l.rig.node(2).dir.join("home/.ssh/authorized_keys");
+    std::fs::create_dir_all(&keys).unwrap();
+
+    let o = l.run(&["apply", "--json", "--fanout", "require"]);
+    assert_eq!(code(&o), 3, "{}", explain(&o));
+    let nodes = last_json(&o)["report"]["nodes"].clone();
+    assert_eq!(nodes[2]["result"], "failed", "{nodes}");
+    let msg = nodes[2]["message"].as_str().unwrap();
+    assert!(msg.contains("fan-out is required"), "{msg}");
+    assert!(
+        msg.contains("authorized_keys"),
+        "the reason is named: {msg}"
+    );
+    assert_eq!(l.current(2), None, "n3 got nothing");
+    assert_eq!(
+        results(&o)[..2],
+        [
+            ("n1".into(), "confirmed".into()),
+            ("n2".into(), "confirmed".into())
+        ]
+    );
+
+    // n1 and n2 are done; one more node that lacks its system makes fan-out run again.
+    l.write_topology(&["agent"]);
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let evs = events(&o);
+    let warned: Vec<_> = evs.iter().filter(|e| e["state"] == "warning").collect();
+    assert_eq!(warned.len(), 1, "{evs:?}");
+    assert_eq!(warned[0]["node"], "n3");
+    let n3 = &last_json(&o)["report"]["nodes"][2];
+    assert_eq!(n3["closure"]["from"], "controller-fallback", "{n3}");
+    assert!(
+        n3["closure"]["fallback_reason"]
+            .as_str()
+            .unwrap()
+            .contains("authorized_keys"),
+        "{n3}"
+    );
+    assert_eq!(l.current(2).as_deref(), Some(l.target(2).as_str()));
+    // The terminal view says it too.
+    l.write_topology(&["wasm"]);
+    let o = l.run(&["apply"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: n3 got its closure from this machine, not over the cluster LAN"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("controller (FALLBACK)"));
 }
 
 /// Three nodes fan out a 48 MiB closure; node `victim` (0: the seed) loses sshd and its
@@ -321,7 +406,6 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
 /// other two to their systems anyway; a rerun once it is back converges it too.
 fn a_node_dies_mid_fanout(victim: usize) {
     let Some(mut l) = lab(3) else { return };
-    l.authorize_cluster_key();
     l.with_payload(48);
     let mut child = l.spawn_json(&["apply"]);
     // The seed dies at the first peer's start; a peer at its own.

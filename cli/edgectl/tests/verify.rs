@@ -8,7 +8,11 @@ use std::process::{Command, Output};
 use edgectl_rig::Rig;
 use serde_json::Value;
 
-const AGENT_DIR: &str = "/nix/var/edgectl-agent";
+/// Where the agent's files land on rig node `i`: edgectl's default `/var/lib/edgectl-agent`,
+/// which is each node's own because every rig node has a private /var, as a real machine does.
+fn agent_dir(rig: &Rig, i: usize) -> PathBuf {
+    rig.node(i).dir.join("var/lib/edgectl-agent")
+}
 
 /// One rig at a time: every node of every rig shares this machine's CPUs, and the latency
 /// test compares round trips, which a second rig's agents would disturb.
@@ -143,7 +147,7 @@ impl Lab {
             .arg("verify")
             .arg(self.topology())
             .args(["--identity", self.rig.key.to_str().unwrap()])
-            .args(["--agent-dir", AGENT_DIR, "--connect-timeout", "5"])
+            .args(["--connect-timeout", "5"])
             .args(args)
             .output()
             .unwrap()
@@ -303,7 +307,7 @@ fn verify_uploads_agents_checks_and_reports() {
 
     for i in 0..3 {
         // The node key went up 0600, outside the Nix store, and the agent is gone again.
-        let key = l.rig.node(i).nix_dir.join("var/edgectl-agent/node.key");
+        let key = agent_dir(&l.rig, i).join("node.key");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&key).unwrap().permissions(),
         );
@@ -321,7 +325,7 @@ fn verify_uploads_agents_checks_and_reports() {
     // The CA key never leaves the controller: no file the nodes were given holds it.
     let ca_key = std::fs::read_to_string(l.dir.path().join(".edgectl/pki/ca/key.pem")).unwrap();
     for i in 0..3 {
-        let dir = l.rig.node(i).nix_dir.join("var/edgectl-agent");
+        let dir = agent_dir(&l.rig, i);
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert!(files.len() >= 3, "{dir:?}: {files:?}");
         for f in files {

@@ -573,28 +573,6 @@ impl Rig {
         writeln!(f, "{}", public_key.trim()).map_err(|e| format!("authorized_keys: {e}"))
     }
 
-    /// Creates edgectl's cluster key in `state_dir` (the `.edgectl` beside a topology), as
-    /// edgectl would on first use, and lets it in on every node ([`Rig::authorize`]): the
-    /// rig's sshd reads one key file per rig, not the `~/.ssh` that edgectl appends to.
-    pub fn trust_cluster_key(&self, state_dir: &Path) -> Result<(), String> {
-        fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
-        let key = state_dir.join("cluster_key");
-        let o = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key)
-            .output()
-            .map_err(|e| format!("ssh-keygen: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "ssh-keygen: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ));
-        }
-        let public = fs::read_to_string(key.with_extension("pub"))
-            .map_err(|e| format!("cluster_key.pub: {e}"))?;
-        self.authorize(&public)
-    }
-
     pub fn node(&self, i: usize) -> &RigNode {
         &self.nodes[i]
     }

@@ -134,7 +134,7 @@ pub fn apply(
     a: &DeployArgs,
     goal: &str,
     confirm_timeout: Option<u64>,
-    fanout: bool,
+    fanout: edgectl_deploy::fanout::Fanout,
 ) -> u8 {
     let Some(goal) = Goal::parse(goal) else {
         return fail(
@@ -192,16 +192,40 @@ pub fn apply(
             serde_json::json!({ "ok": !report.any_failed(), "report": report })
         );
     } else {
-        let mut t = Table::new(&["NODE", "RESULT", "GENERATION", "MESSAGE"]);
+        use edgectl_deploy::fanout::Source;
+        let mut t = Table::new(&["NODE", "RESULT", "GENERATION", "CLOSURE FROM", "MESSAGE"]);
+        let mut warnings = Vec::new();
         for n in &report.nodes {
+            let from = n.closure.as_ref().map(|d| {
+                let seed = d.seed.as_deref().unwrap_or("the seed");
+                match d.from {
+                    Source::Controller => "controller".to_string(),
+                    Source::Seed => "controller (seed)".into(),
+                    Source::SeedStream => format!("{seed} (streamed)"),
+                    Source::SeedCopy => format!("{seed} (copied)"),
+                    Source::Held => "already held".into(),
+                    Source::ControllerFallback => {
+                        warnings.push(format!(
+                            "warning: {} got its closure from this machine, not over the cluster LAN: {} (`--fanout require` makes this an error)",
+                            n.node,
+                            d.fallback_reason.as_deref().unwrap_or("no reason given")
+                        ));
+                        "controller (FALLBACK)".into()
+                    }
+                }
+            });
             t.row(vec![
                 n.node.clone(),
                 n.result.clone(),
                 n.generation.map(|g| g.to_string()).unwrap_or("-".into()),
+                from.unwrap_or_else(|| "-".into()),
                 n.message.clone(),
             ]);
         }
         print!("{}", t.render());
+        for w in warnings {
+            eprintln!("{w}");
+        }
     }
     if report.any_failed() {
         exit::NODES_FAILED
