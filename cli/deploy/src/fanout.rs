@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::engine::{Session, parallel_map};
 use crate::event::{Event, Phase, Sender, State as Ev, emit};
-use crate::host::{Host, SshHost, argv, remote_command};
+use crate::host::{Host, SshHost, argv, wire_command};
 use crate::nixcmd;
 
 /// `--fanout`: whether closures spread over the cluster LAN, and whether a node may fall back
@@ -320,7 +320,7 @@ struct Peer {
 fn relay(seed: &Session, live: &[Peer], paths: &[String]) -> Result<String, String> {
     let mut a = argv(["sh", "-c", RELAY, "edgectl-relay"]);
     for p in live {
-        let cmd = remote_command(&p.user, &argv(["nix-store", "--import"]), true)
+        let cmd = wire_command(&p.user, &argv(["nix-store", "--import"]), true)
             .ok_or("a NUL in a user name")?;
         a.extend([format!("{}@{}", p.user, p.addr), p.port.to_string(), cmd]);
     }
