@@ -1,14 +1,21 @@
 //! Activation with confirmation (deploy-rs's "magic rollback", with its races closed):
-//! - the node-side watcher is armed BEFORE the new generation is switched;
-//! - activation runs detached from the SSH session (systemd-run when we share PID 1's mount
-//!   namespace, otherwise setsid), so a dropped connection cannot kill it half-way;
+//! - one node-side process runs the switch and then decides: it is started detached from the
+//!   SSH session (systemd-run where systemd runs the node, otherwise setsid), so a dropped
+//!   connection cannot kill it half-way, and with an explicit PATH, because NixOS's transient
+//!   units get none but systemd's own tools;
+//! - `switch` activates with `switch-to-configuration test` first: the new generation becomes
+//!   the profile's and the boot default only once confirmed, so a node that crashes or reboots
+//!   before that comes back on its confirmed generation;
+//! - the confirm clock starts when the switch has finished, so a slow switch is never rolled
+//!   back while it runs;
 //! - confirmation arrives over a brand-new SSH connection;
-//! - confirmation and the watcher's timeout race for one `mkdir`, so exactly one of
-//!   "confirmed" and "rolled back" wins, never both;
-//! - a failed activation rolls back at once.
+//! - confirmation and the deadline race for one `mkdir`, so exactly one of "confirmed" and
+//!   "rolled back" wins, never both; a failed switch rolls back at once; a rollback that fails
+//!   is reported as failed, with its error;
+//! - every run records its boot id and pid, so a later apply can tell an activation whose
+//!   process died (killed, or the node rebooted) from one still running, and decide it.
 //!
-//! All state lives under /nix/var/edgectl on the node (root-only, survives reboots, and is
-//! private to each node of the test rig, where /run and /tmp are shared).
+//! All state lives under /nix/var/edgectl on the node (root-only, survives reboots).
 
 use std::time::{Duration, Instant};
 
@@ -19,82 +26,171 @@ use crate::host::{Host, HostError, argv};
 pub const STATE_DIR: &str = "/nix/var/edgectl";
 pub const PROFILE: &str = "/nix/var/nix/profiles/system";
 
-/// Runs on the node as root: `sh -c ACTIVATE edgectl-activate NEW GOAL TIMEOUT TOKEN`.
-pub const ACTIVATE: &str = r#"set -u
-new=$1; goal=$2; timeout=$3; token=$4
-run=/nix/var/edgectl/run/$token
-prof=/nix/var/nix/profiles/system
-mkdir -p "$run" || exit 1
-log=$run/log
+/// Shell functions shared by [`ACTIVATE`] and [`RESOLVE`]; they expect `run`, `new`, `prev`,
+/// `goal` and `log` set.
+const FUNCTIONS: &str = r#"prof=/nix/var/nix/profiles/system
 status() { printf '%s\n' "$1" > "$run/status.tmp" && mv "$run/status.tmp" "$run/status"; }
+# Back to the previous generation's runtime. Its profile and boot default were never changed
+# (that happens only once confirmed), so a reboot lands there too.
+rollback() {
+  if [ -z "$prev" ] || [ ! -e "$prev/bin/switch-to-configuration" ]; then
+    echo "no previous generation to return to" >> "$log"; return 0
+  fi
+  "$prev/bin/switch-to-configuration" test >> "$log" 2>&1
+}
+# $1: the status to end on once back, e.g. "failed 3" or "rolled-back".
+go_back() {
+  status rolling-back
+  if rollback; then status "$1"; else status "rollback-failed $? after $1"; fi
+}
+# The confirmed generation becomes the profile's and the boot default.
+commit() {
+  [ "$goal" = switch ] || return 0
+  nix-env -p "$prof" --set "$new" >> "$log" 2>&1 && "$new/bin/switch-to-configuration" boot >> "$log" 2>&1
+}
+"#;
+
+/// Runs on the node as root: `sh -c ACTIVATE edgectl-activate NEW GOAL TIMEOUT TOKEN`.
+const ACTIVATE_BODY: &str = r#"set -u
+new=$1; goal=$2; timeout=$3; token=$4
+# Under NixOS's systemd-run PATH holds only systemd's own tools: name every place the tools
+# of a NixOS or another Linux system live.
+PATH=/run/current-system/sw/bin:$new/sw/bin:/run/wrappers/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}
+export PATH
+run=/nix/var/edgectl/run/$token
+mkdir -p "$run" || exit 1
+# The controller takes this first when the activation did not start in time, so a late start
+# cannot change a node that was reported unchanged.
+mkdir "$run/began" 2>/dev/null || exit 0
+log=$run/log
+cat /proc/sys/kernel/random/boot_id > "$run/boot" 2>/dev/null
+printf '%s\n' "$$" > "$run/pid"
+printf '%s\n' "$new" > "$run/new"
 prev=$(readlink -f "$prof" 2>/dev/null || true)
 printf '%s\n' "$prev" > "$run/prev"
-rollback() {
-  if [ -n "$prev" ] && [ -e "$prev/bin/switch-to-configuration" ]; then
-    nix-env -p "$prof" --set "$prev" >> "$log" 2>&1
-    "$prev/bin/switch-to-configuration" switch >> "$log" 2>&1
-  else
-    rm -f "$prof"
-  fi
-}
 status started
-if [ "$goal" = dry-activate ]; then
-  if "$new/bin/switch-to-configuration" dry-activate >> "$log" 2>&1; then status done; else status "failed $?"; fi
-  exit 0
-fi
-watcher=
-if [ "$goal" = switch ] || [ "$goal" = test ]; then
-  (
-    i=0
-    while [ "$i" -lt "$timeout" ]; do
-      [ -e "$run/confirmed" ] && exit 0
-      sleep 1; i=$((i + 1))
-    done
-    if mkdir "$run/decided" 2>/dev/null; then
-      status rolling-back
-      rollback
-      status rolled-back
-    fi
-  ) </dev/null >/dev/null 2>&1 &
-  watcher=$!
-  printf '%s\n' "$watcher" > "$run/watcher"
-fi
-if [ "$goal" = switch ] || [ "$goal" = boot ]; then
-  if ! nix-env -p "$prof" --set "$new" >> "$log" 2>&1; then
-    mkdir "$run/decided" 2>/dev/null; [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
-    status "failed profile"; exit 0
-  fi
-fi
-"$new/bin/switch-to-configuration" "$goal" >> "$log" 2>&1
+case "$goal" in
+  dry-activate)
+    if "$new/bin/switch-to-configuration" dry-activate >> "$log" 2>&1; then status done; else status "failed $?"; fi
+    exit 0 ;;
+  boot)
+    if nix-env -p "$prof" --set "$new" >> "$log" 2>&1 && "$new/bin/switch-to-configuration" boot >> "$log" 2>&1; then status done; else status "failed $?"; fi
+    exit 0 ;;
+esac
+status switching
+"$new/bin/switch-to-configuration" test >> "$log" 2>&1
 rc=$?
 if [ "$rc" -ne 0 ]; then
-  if mkdir "$run/decided" 2>/dev/null; then
-    [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
-    rollback
-    status "failed $rc"
-  fi
+  mkdir "$run/decided" 2>/dev/null
+  go_back "failed $rc"
   exit 0
 fi
-if [ -z "$watcher" ]; then status done; exit 0; fi
+# The confirm clock starts now that the switch has finished.
 status activated
-wait "$watcher"
+i=0
+while [ "$i" -lt "$timeout" ] && [ ! -e "$run/confirmed" ]; do sleep 1; i=$((i + 1)); done
+if mkdir "$run/decided" 2>/dev/null; then
+  go_back rolled-back
+  exit 0
+fi
+# The confirmation took the decision, perhaps in the last second: wait for its mark.
+while [ ! -e "$run/confirmed" ]; do sleep 1; done
+status committing
+if commit; then status done; else status "commit-failed $?"; fi
 "#;
 
 /// Starts ACTIVATE detached: `sh -c LAUNCH edgectl-launch ACTIVATE NEW GOAL TIMEOUT TOKEN`.
+/// systemd-run where systemd runs this node (its /run says so), so the activation is a unit
+/// of its own that survives the SSH session; setsid elsewhere. The launcher's and the unit's
+/// own output go to the run's launch.log.
 pub const LAUNCH: &str = r#"s=$1; shift
-if [ "$(readlink /proc/1/ns/mnt 2>/dev/null)" = "$(readlink /proc/self/ns/mnt)" ] && [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
-  exec systemd-run --quiet --collect --unit="edgectl-activate-$4" /bin/sh -c "$s" edgectl-activate "$@"
+run=/nix/var/edgectl/run/$4
+mkdir -p "$run" || exit 1
+if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
+  printf 'systemd-run\n' > "$run/launcher"
+  exec systemd-run --quiet --collect --unit="edgectl-activate-$4" \
+    --property=StandardOutput="append:$run/launch.log" --property=StandardError="append:$run/launch.log" \
+    /bin/sh -c "$s" edgectl-activate "$@"
 fi
-setsid -f /bin/sh -c "$s" edgectl-activate "$@" </dev/null >/dev/null 2>&1
+printf 'setsid\n' > "$run/launcher"
+setsid -f /bin/sh -c "$s" edgectl-activate "$@" </dev/null >>"$run/launch.log" 2>&1
 "#;
 
-/// Confirms, if the watcher has not already decided to roll back. Exit 0: confirmed.
+/// Confirms, if the deadline has not already decided to roll back. Exit 0: confirmed (the
+/// node then makes it the boot default); 2: too late.
 pub const CONFIRM: &str = r#"run=/nix/var/edgectl/run/$1
 [ -d "$run" ] || exit 3
 mkdir "$run/decided" 2>/dev/null || exit 2
 touch "$run/confirmed"
-printf 'confirmed\n' > "$run/status.tmp" && mv "$run/status.tmp" "$run/status"
 "#;
+
+/// Exit 0 while the run's activation process lives: same boot, and its pid still an
+/// edgectl-activate (not a pid reused by something else).
+const LIVE: &str = r#"run=/nix/var/edgectl/run/$1
+pid=$(cat "$run/pid" 2>/dev/null); boot=$(cat "$run/boot" 2>/dev/null)
+[ -n "$pid" ] && [ "$boot" = "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)" ] &&
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q edgectl-activate
+"#;
+
+/// Claims a run that has not begun, so it never will. Exit 0: claimed (nothing changed).
+const ABANDON: &str = r#"mkdir "/nix/var/edgectl/run/$1/began" 2>/dev/null"#;
+
+/// What a later apply runs first: every undecided activation is reported `pending TOKEN`
+/// while its process lives (same boot id, its pid still an edgectl-activate), or decided now
+/// and reported `resolved TOKEN STATUS`: after a reboot the node runs its boot default, which
+/// only confirmed generations become, so the profile goes back to it where a commit was cut
+/// short; in the same boot, an activation whose process was killed is rolled back, and a
+/// confirmed one whose commit was cut short is committed.
+const RESOLVE_BODY: &str = r#"here=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+for run in /nix/var/edgectl/run/*; do
+  [ -f "$run/status" ] || continue
+  s=$(cat "$run/status")
+  case "$s" in started|switching|activated|rolling-back|committing) ;; *) continue ;; esac
+  token=${run##*/}; log=$run/log
+  new=$(cat "$run/new" 2>/dev/null); prev=$(cat "$run/prev" 2>/dev/null)
+  goal=switch; pid=$(cat "$run/pid" 2>/dev/null); boot=$(cat "$run/boot" 2>/dev/null)
+  if [ "$boot" = "$here" ] && [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q edgectl-activate; then
+    echo "pending $token"; continue
+  fi
+  mkdir "$run/decided" 2>/dev/null
+  # A switch the dead process started may still run (setsid and systemd both make the
+  # activation a process group of its own): stop what of it still works on that generation.
+  if [ "$boot" = "$here" ] && [ -n "$pid" ] && [ -n "$new" ]; then
+    for p in $(pgrep -g "$pid" 2>/dev/null); do
+      tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qF "$new" && kill -KILL "$p" 2>/dev/null
+    done
+  fi
+  if [ "$boot" != "$here" ]; then
+    if [ "$s" = committing ] && [ -n "$prev" ]; then
+      nix-env -p "$prof" --set "$prev" >> "$log" 2>&1 && "$prev/bin/switch-to-configuration" boot >> "$log" 2>&1
+    fi
+    status "interrupted by a reboot during $s; the node runs its confirmed generation"
+  else
+    if [ "$s" = started ]; then
+      status "abandoned before any change"
+    elif [ -e "$run/confirmed" ]; then
+      if commit; then status done; else status "commit-failed $?"; fi
+    else
+      go_back "rolled-back after its process died"
+    fi
+  fi
+  echo "resolved $token $(cat "$run/status")"
+done
+# Keep the last 50 runs' logs.
+ls -1dt /nix/var/edgectl/run/* 2>/dev/null | tail -n +51 | while read -r old; do rm -rf "$old"; done
+"#;
+
+/// The activation script: [`FUNCTIONS`] then its body.
+pub fn activate_script() -> String {
+    format!("{FUNCTIONS}{ACTIVATE_BODY}")
+}
+
+/// The in-flight resolver: [`FUNCTIONS`] then its body.
+pub fn resolve_script() -> String {
+    format!(
+        "PATH=/run/current-system/sw/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${{PATH:+:$PATH}}\n{FUNCTIONS}{RESOLVE_BODY}"
+    )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -154,13 +250,138 @@ pub fn token() -> String {
 
 fn status_of(h: &dyn Host, token: &str) -> Result<String, HostError> {
     let o = h.run(
-        &argv(["cat", &format!("{STATE_DIR}/run/{token}/status")]),
+        &argv([
+            "sh",
+            "-c",
+            "cat \"$1\" 2>/dev/null || true",
+            "edgectl-status",
+            &format!("{STATE_DIR}/run/{token}/status"),
+        ]),
         true,
     )?;
     Ok(o.stdout.trim().to_string())
 }
 
-/// Runs the whole protocol against one node. `reconnect` opens a brand-new connection.
+/// How long an activation may take to write its first status before it counts as not started.
+pub const START_GRACE: Duration = Duration::from_secs(20);
+/// How long a switch may run before the controller stops waiting for it (the node still
+/// decides it; the next apply resolves it).
+pub const SWITCH_LIMIT: Duration = Duration::from_secs(3600);
+/// How long making a confirmed generation the boot default may take.
+const COMMIT_LIMIT: Duration = Duration::from_secs(600);
+
+/// Polls the run's status until `done` says it is final, over `h` or, once that breaks, fresh
+/// connections; `lost` is how long the node may stay out of reach.
+fn wait_status(
+    h: &dyn Host,
+    token: &str,
+    limit: Duration,
+    lost: Duration,
+    done: &dyn Fn(&str) -> bool,
+) -> Result<String, String> {
+    let end = Instant::now() + limit;
+    let mut fresh: Option<Box<dyn Host>> = None;
+    let mut out_of_reach: Option<(Instant, String)> = None;
+    let mut polls = 0u32;
+    loop {
+        let on: &dyn Host = fresh.as_deref().unwrap_or(h);
+        match status_of(on, token) {
+            Ok(s) => {
+                out_of_reach = None;
+                if done(&s) {
+                    return Ok(s);
+                }
+                // Every 2 s: is the process that decides this run still there? If it died
+                // (killed, or the node rebooted) nothing would ever decide it: do so now.
+                polls += 1;
+                if !s.is_empty() && polls.is_multiple_of(8) && !alive(on, token) {
+                    let _ = on.run(
+                        &argv(["sh", "-c", &resolve_script(), "edgectl-resolve"]),
+                        true,
+                    );
+                    let s = status_of(on, token).unwrap_or(s);
+                    if !matches!(
+                        s.as_str(),
+                        "started" | "switching" | "activated" | "rolling-back" | "committing"
+                    ) {
+                        return Ok(s);
+                    }
+                }
+            }
+            Err(e) => {
+                let since = out_of_reach.get_or_insert((Instant::now(), String::new()));
+                since.1 = e.to_string();
+                if since.0.elapsed() > lost {
+                    return Err(format!("the node stayed out of reach ({})", since.1));
+                }
+                fresh = h.fresh().ok();
+            }
+        }
+        if Instant::now() > end {
+            return Err(format!("still undecided after {} s", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn alive(h: &dyn Host, token: &str) -> bool {
+    // Unreachable counts as alive: only a node that answers can say its process is gone.
+    h.run(&argv(["sh", "-c", LIVE, "edgectl-live", token]), true)
+        .map(|o| o.ok())
+        .unwrap_or(true)
+}
+
+/// The outcome a final status stands for.
+fn outcome_of(h: &dyn Host, token: &str, s: &str) -> Outcome {
+    if s == "done" {
+        return Outcome::Confirmed;
+    }
+    let log = || tail_log(h, token);
+    if let Some(r) = s.strip_prefix("rollback-failed ") {
+        return Outcome::Failed(format!(
+            "the rollback failed too (exit {r}); the node may run neither generation cleanly: {}",
+            log()
+        ));
+    }
+    if let Some(rc) = s.strip_prefix("commit-failed ") {
+        return Outcome::Failed(format!(
+            "confirmed, but making it the boot default failed (exit {rc}); it runs now, and a reboot returns to the previous generation: {}",
+            log()
+        ));
+    }
+    if s.starts_with("failed") {
+        return Outcome::Failed(format!("activation {s}; rolled back: {}", log()));
+    }
+    if s.starts_with("interrupted by a reboot") {
+        return Outcome::RolledBack(format!("the node rebooted during the activation: {s}"));
+    }
+    if s.starts_with("abandoned") {
+        return Outcome::Failed(format!("the activation process died: {s}"));
+    }
+    if s.starts_with("rolled-back") {
+        if s.contains("process died") {
+            return Outcome::RolledBack(format!("the activation process died, so it was {s}"));
+        }
+        return Outcome::RolledBack(
+            "not confirmed in time; the node went back to its previous generation by itself".into(),
+        );
+    }
+    Outcome::Unknown(format!("activation ended as `{s}`"))
+}
+
+/// Why an activation did not start: the launcher's output and the unit's journal.
+fn not_started(h: &dyn Host, token: &str) -> String {
+    let script = r#"run=/nix/var/edgectl/run/$1
+l=$(cat "$run/launcher" 2>/dev/null)
+echo "launched with ${l:-?}"
+tail -n 20 "$run/launch.log" 2>/dev/null
+if [ "$l" = systemd-run ]; then journalctl -u "edgectl-activate-$1" -n 20 --no-pager 2>&1; fi"#;
+    h.run(&argv(["sh", "-c", script, "edgectl-why", token]), true)
+        .map(|o| o.stdout.trim().replace('\n', " | "))
+        .unwrap_or_else(|e| e.to_string())
+}
+
+/// Runs the whole protocol against one node.
 pub fn activate(
     h: &dyn Host,
     system: &str,
@@ -171,12 +392,13 @@ pub fn activate(
     let verb = goal.verb().expect("an activating goal");
     let token = token();
     let secs = confirm_timeout.as_secs().max(1).to_string();
+    let script = activate_script();
     let launch = argv([
         "sh",
         "-c",
         LAUNCH,
         "edgectl-launch",
-        ACTIVATE,
+        &script,
         system,
         verb,
         &secs,
@@ -190,42 +412,51 @@ pub fn activate(
         )));
     }
     on_state("activating");
-    // Poll over the existing session; if it breaks, keep trying fresh connections until the
-    // node's own deadline (plus slack) has passed.
-    let deadline = Instant::now() + confirm_timeout + Duration::from_secs(15);
-    let mut fresh: Option<Box<dyn Host>> = None;
-    let mut last_err = String::new();
-    loop {
-        let st = match fresh.as_deref() {
-            Some(f) => status_of(f, &token),
-            None => status_of(h, &token),
-        };
-        match st {
-            Ok(s) if s == "activated" => break,
-            Ok(s) if s == "done" => return Ok(Outcome::Confirmed),
-            Ok(s) if s.starts_with("failed") => {
-                return Ok(Outcome::Failed(format!(
-                    "activation {s}; rolled back: {}",
-                    tail_log(fresh.as_deref().unwrap_or(h), &token)
-                )));
-            }
-            Ok(s) if s.starts_with("rolled-back") || s == "rolling-back" => {
-                return Ok(Outcome::RolledBack(
-                    "not confirmed in time; the node reverted by itself".into(),
-                ));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                last_err = e.to_string();
-                fresh = h.fresh().ok();
-            }
-        }
-        if Instant::now() > deadline {
-            return Ok(Outcome::Unknown(format!(
-                "no answer within the confirm timeout ({last_err}); the node reverts to its previous generation by itself"
+    // Started at all? A missing status after the grace period is taken over, so it never starts
+    // later, and reported with what the launcher and the journal say.
+    let began = wait_status(h, &token, START_GRACE, START_GRACE, &|s| !s.is_empty());
+    if began.is_err() {
+        let claimed = h
+            .run(
+                &argv(["sh", "-c", ABANDON, "edgectl-abandon", &token]),
+                true,
+            )
+            .map(|o| o.ok())
+            .unwrap_or(false);
+        if claimed {
+            return Ok(Outcome::Failed(format!(
+                "activation did not start within {} s; the node was not changed: {}",
+                START_GRACE.as_secs(),
+                not_started(h, &token)
             )));
         }
-        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The switch may take as long as it takes; the node's clock starts once it is done.
+    let settled = |s: &str| !matches!(s, "" | "started" | "switching");
+    let s = match wait_status(
+        h,
+        &token,
+        SWITCH_LIMIT,
+        confirm_timeout + Duration::from_secs(15),
+        &settled,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Outcome::Unknown(format!(
+                "{e}; the node decides by itself (rolls back unless confirmed) and the next apply reports it"
+            )));
+        }
+    };
+    if s != "activated" {
+        let s = if s == "rolling-back" {
+            wait_status(h, &token, COMMIT_LIMIT, COMMIT_LIMIT, &|s| {
+                s != "rolling-back"
+            })
+            .unwrap_or(s)
+        } else {
+            s
+        };
+        return Ok(outcome_of(h, &token, &s));
     }
     on_state("confirming");
     // A brand-new connection proves the new configuration still lets us in.
@@ -233,7 +464,7 @@ pub fn activate(
         Ok(c) => c,
         Err(e) => {
             return Ok(Outcome::Unknown(format!(
-                "activated, but a new SSH connection failed ({e}); the node reverts by itself within {}s",
+                "activated, but a new SSH connection failed ({e}); the node goes back by itself within {}s",
                 confirm_timeout.as_secs()
             )));
         }
@@ -243,12 +474,17 @@ pub fn activate(
         true,
     )?;
     if o.ok() {
-        Ok(Outcome::Confirmed)
-    } else {
-        Ok(Outcome::RolledBack(
-            "confirmation came too late; the node reverted by itself".into(),
-        ))
+        on_state("committing");
     }
+    // Either way the node now finishes on its own: committing, or going back.
+    let last = wait_status(c.as_ref(), &token, COMMIT_LIMIT, COMMIT_LIMIT, &|s| {
+        !matches!(s, "activated" | "committing" | "rolling-back")
+    });
+    Ok(match last {
+        Ok(s) => outcome_of(c.as_ref(), &token, &s),
+        Err(e) if o.ok() => Outcome::Unknown(format!("confirmed, but {e}")),
+        Err(e) => Outcome::Unknown(format!("confirmation came too late, and {e}")),
+    })
 }
 
 fn tail_log(h: &dyn Host, token: &str) -> String {

@@ -573,13 +573,40 @@ pub fn apply(
             .cloned()
             .collect(),
     ];
+    // Nodes that never got a session are recorded now; every other node the moment it is
+    // done, so a controller killed mid-apply leaves a state that knows each finished node
+    // (and the host key it was first seen with).
+    for (name, r) in &finished {
+        record(
+            &st,
+            &p.state_dir,
+            name,
+            r,
+            p.contexts[name].clone(),
+            &p.topology_hash,
+        );
+    }
+    let deliveries = Arc::new(deliveries);
     for wave in waves {
         let out = parallel_map(&rt, opts.parallel, wave, {
             let (tx, copy_errors, goal) = (tx.clone(), copy_errors.clone(), opts.goal);
+            let (st, dir, contexts, hash, deliveries) = (
+                st.clone(),
+                p.state_dir.clone(),
+                p.contexts.clone(),
+                p.topology_hash.clone(),
+                deliveries.clone(),
+            );
             move |s: Arc<Session>| {
-                let r = finish_node(&s, goal, timeout, copy_errors.get(&s.name).cloned(), &tx);
+                let mut r = finish_node(&s, goal, timeout, copy_errors.get(&s.name).cloned(), &tx);
                 unlock(&s);
-                (r, s.key.clone())
+                r.closure = deliveries
+                    .get(&s.name)
+                    .and_then(|d| d.as_ref().ok().cloned());
+                let r = (r, s.key.clone());
+                let ctx = contexts.get(&s.name).cloned().unwrap_or_default();
+                record(&st, &dir, &s.name, &r, ctx, &hash);
+                r
             }
         });
         for r in out {
@@ -588,16 +615,7 @@ pub fn apply(
     }
     let mut results = Vec::new();
     for name in &p.selected {
-        if let Some(mut r) = finished.remove(name) {
-            r.0.closure = deliveries.get(name).and_then(|d| d.as_ref().ok().cloned());
-            record(
-                &st,
-                &p.state_dir,
-                name,
-                &r,
-                p.contexts[name].clone(),
-                &p.topology_hash,
-            );
+        if let Some(r) = finished.remove(name) {
             results.push(r.0);
         }
     }
@@ -912,15 +930,6 @@ fn holder_is_dead(holder: &str) -> bool {
             .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
 }
 
-/// Activations on the node that have not yet been confirmed or rolled back.
-const IN_FLIGHT: &str = r#"for s in /nix/var/edgectl/run/*/status; do
-  [ -e "$s" ] || continue
-  case "$(cat "$s")" in started|activated|rolling-back) r=${s%/status}; echo "${r##*/}";; esac
-done
-# Keep the last 50 runs' logs.
-ls -1dt /nix/var/edgectl/run/* 2>/dev/null | tail -n +51 | while read -r old; do rm -rf "$old"; done
-"#;
-
 /// An earlier activation (from a controller that was killed) must finish deciding first:
 /// otherwise its watcher could later roll back what we install now.
 fn wait_for_in_flight(
@@ -931,11 +940,29 @@ fn wait_for_in_flight(
 ) -> Result<(), String> {
     let end = std::time::Instant::now() + limit;
     let mut told = false;
+    let script = activate::resolve_script();
     loop {
         let o = h
-            .run(&argv(["sh", "-c", IN_FLIGHT]), true)
+            .run(&argv(["sh", "-c", &script, "edgectl-resolve"]), true)
             .map_err(|e| e.to_string())?;
-        let pending = o.stdout.trim();
+        let mut pending = Vec::new();
+        for l in o.stdout.lines() {
+            if let Some(t) = l.strip_prefix("pending ") {
+                pending.push(t.to_string());
+            } else if let Some(r) = l.strip_prefix("resolved ") {
+                let (t, what) = r.split_once(' ').unwrap_or((r, ""));
+                emit(
+                    tx,
+                    name,
+                    Phase::Activate,
+                    Ev::Warning,
+                    format!(
+                        "an earlier activation ({t}) whose process was gone is now decided: {what}"
+                    ),
+                );
+            }
+        }
+        let pending = pending.join(", ");
         if pending.is_empty() {
             return Ok(());
         }

@@ -17,10 +17,14 @@ struct Lab {
 }
 
 fn lab(n: usize) -> Option<Lab> {
+    lab_with(n, edgectl_rig::RigOptions::default())
+}
+
+fn lab_with(n: usize, opts: edgectl_rig::RigOptions) -> Option<Lab> {
     if !edgectl_rig::ready() {
         return None;
     }
-    let rig = Rig::up(n).expect("rig comes up");
+    let rig = Rig::up_with(n, opts).expect("rig comes up");
     let dir = tempfile::tempdir().unwrap();
     let l = Lab {
         rig,
@@ -471,13 +475,18 @@ fn apply_converges_then_plan_shows_changes_and_no_op() {
         .map(|i| l.current(i).expect("node has a system"))
         .collect();
     for (i, f) in first.iter().enumerate() {
+        // Activated for this boot first; the boot default only after the confirmation.
         let acts =
             std::fs::read_to_string(l.rig.node(i).nix_dir.join("var/edgectl-test/activations"))
                 .unwrap();
-        assert!(
-            acts.contains(&format!("switch {f}")),
-            "node {i} activations: {acts}"
-        );
+        let goals: Vec<&str> = acts
+            .lines()
+            .filter(|a| a.contains(f.as_str()))
+            .filter_map(|a| a.split(' ').next())
+            .collect();
+        assert_eq!(goals, ["test", "boot"], "node {i} activations: {acts}");
+        let boot = l.rig.node(i).nix_dir.join("var/edgectl-test/boot");
+        assert_eq!(std::fs::read_to_string(boot).unwrap().trim(), f);
     }
     // State records each node's system and pinned host key.
     let st: serde_json::Value =
@@ -587,7 +596,7 @@ fn a_failing_activation_rolls_back_at_once() {
         .unwrap();
     let tail: Vec<&str> = acts.lines().rev().take(2).collect();
     assert!(
-        tail[1].ends_with(" FAILED") && tail[0].starts_with(&format!("switch {before} ")),
+        tail[1].ends_with(" FAILED") && tail[0].starts_with(&format!("test {before} ")),
         "n2 activations: {acts}"
     );
     assert_eq!(
@@ -635,7 +644,8 @@ struct Run {
 }
 
 impl Lab {
-    /// Every activation node i ran, in order.
+    /// Every activation node i ran, in order (the `boot` step that makes a confirmed
+    /// generation the boot default changes nothing that runs, so it is left out).
     fn runs(&self, i: usize) -> Vec<Run> {
         let path = self.rig.node(i).nix_dir.join("var/edgectl-test/timeline");
         let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -648,9 +658,12 @@ impl Lab {
         let mut open: Option<(String, u128)> = None;
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let [kind, _goal, system, t] = f[..] else {
+            let [kind, goal, system, t] = f[..] else {
                 panic!("node {i}: timeline line {line:?}")
             };
+            if goal == "boot" {
+                continue;
+            }
             match (kind, open.take()) {
                 ("start", None) => open = Some((system.to_string(), ns(t))),
                 ("end", Some((started, start))) if started == system => runs.push(Run {
@@ -943,7 +956,14 @@ fn a_tcsh_login_shell_runs_every_remote_command() {
     let Some(tcsh) = edgectl_testkit::require("tcsh", edgectl_testkit::tool("tcsh")) else {
         return;
     };
-    let rig = Rig::up_with(2, edgectl_rig::RigOptions { private_etc: true }).expect("rig");
+    let rig = Rig::up_with(
+        2,
+        edgectl_rig::RigOptions {
+            private_etc: true,
+            ..Default::default()
+        },
+    )
+    .expect("rig");
     for n in &rig.nodes {
         let passwd = n.etc_root.as_ref().unwrap().join("passwd");
         let text = std::fs::read_to_string(&passwd).unwrap();
@@ -986,4 +1006,365 @@ fn a_tcsh_login_shell_runs_every_remote_command() {
         assert_eq!(l.current(i), Some(l.target(i)), "node {i}");
     }
     assert_eq!(code(&l.run(&["plan", "--json"])), 0);
+}
+
+/// The node's run folders, by the status each ended on.
+fn run_statuses(l: &Lab, i: usize) -> Vec<String> {
+    std::fs::read_dir(l.rig.node(i).nix_dir.join("var/edgectl/run"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|r| std::fs::read_to_string(r.path().join("status")).unwrap_or_default())
+                .map(|s| s.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until some run on node i has `status`; returns its folder.
+fn wait_run_status(l: &Lab, i: usize, status: &str, limit: Duration) -> PathBuf {
+    let end = Instant::now() + limit;
+    loop {
+        if let Ok(rd) = std::fs::read_dir(l.rig.node(i).nix_dir.join("var/edgectl/run")) {
+            for r in rd.flatten() {
+                let s = std::fs::read_to_string(r.path().join("status")).unwrap_or_default();
+                if s.trim() == status {
+                    return r.path();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "no run reached {status:?}: {:?}",
+            run_statuses(l, i)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the run `token` on node i has `status`.
+fn wait_token_status(l: &Lab, i: usize, token: &str, status: &str, limit: Duration) {
+    let f = l
+        .rig
+        .node(i)
+        .nix_dir
+        .join("var/edgectl/run")
+        .join(token)
+        .join("status");
+    let end = Instant::now() + limit;
+    loop {
+        let s = std::fs::read_to_string(&f).unwrap_or_default();
+        if s.trim() == status {
+            return;
+        }
+        assert!(Instant::now() < end, "{token} is {s:?}, not {status:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The fixture's runtime and boot-default markers on node i.
+fn runtime_and_boot(l: &Lab, i: usize) -> (String, String) {
+    let f = |n: &str| {
+        std::fs::read_to_string(l.rig.node(i).nix_dir.join("var/edgectl-test").join(n))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    (f("current"), f("boot"))
+}
+
+/// The confirm clock starts when the switch has finished: a switch slower than the whole
+/// confirm timeout (6 s) is confirmed, not rolled back while it runs.
+#[test]
+fn an_activation_slower_than_the_confirm_timeout_is_confirmed() {
+    let Some(l) = lab(1) else { return };
+    l.behaviour(0, "slow 9");
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    assert_eq!(results(&o), vec![("n1".into(), "confirmed".into())]);
+    let target = l.target(0);
+    assert_eq!(l.current(0).as_deref(), Some(target.as_str()));
+    assert_eq!(runtime_and_boot(&l, 0), (target.clone(), target));
+}
+
+/// The activation protocol itself on a node, with the controller's part played by the test: a
+/// confirmation one second before the deadline makes the new generation the profile's and the
+/// boot default; one second after it comes too late, and the node is back on its previous
+/// generation, at runtime, in its profile and in its boot default.
+#[test]
+fn a_confirmation_one_second_before_or_after_the_deadline() {
+    let Some(l) = lab(1) else { return };
+    assert_eq!(code(&l.run(&["apply", "--json"])), 0);
+    let before = l.current(0).unwrap();
+    l.write_topology(&["agent"]);
+    let o = l.run(&["apply", "--goal", "push", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let new = l.target(0);
+    assert_ne!(new, before);
+    let ssh = |argv: Vec<String>| {
+        let line = edgectl_deploy::host::wire_command("root", &argv, true).unwrap();
+        l.rig.ssh(0, &line)
+    };
+    const DEADLINE: u64 = 3;
+    for (token, at, confirmed) in [
+        ("t-before", DEADLINE - 1, true),
+        ("t-after", DEADLINE + 1, false),
+    ] {
+        let o = ssh(edgectl_deploy::host::argv([
+            "sh".to_string(),
+            "-c".into(),
+            edgectl_deploy::activate::LAUNCH.into(),
+            "edgectl-launch".into(),
+            edgectl_deploy::activate::activate_script(),
+            new.clone(),
+            "switch".into(),
+            DEADLINE.to_string(),
+            token.into(),
+        ]));
+        assert!(o.status.success(), "{}", explain(&o));
+        wait_token_status(&l, 0, token, "activated", Duration::from_secs(20));
+        let activated = Instant::now();
+        // Nothing is the boot default yet.
+        assert_eq!(runtime_and_boot(&l, 0), (new.clone(), before.clone()));
+        std::thread::sleep(Duration::from_secs(at).saturating_sub(activated.elapsed()));
+        let o = ssh(edgectl_deploy::host::argv([
+            "sh",
+            "-c",
+            edgectl_deploy::activate::CONFIRM,
+            "edgectl-confirm",
+            token,
+        ]));
+        let end = if confirmed { "done" } else { "rolled-back" };
+        assert_eq!(
+            o.status.code(),
+            Some(if confirmed { 0 } else { 2 }),
+            "{token}"
+        );
+        wait_token_status(&l, 0, token, end, Duration::from_secs(20));
+        let on = if confirmed { &new } else { &before };
+        assert_eq!(l.current(0).as_deref(), Some(on.as_str()), "{token}");
+        assert_eq!(runtime_and_boot(&l, 0), (on.clone(), on.clone()), "{token}");
+        if confirmed {
+            // Back to `before` for the second case, the way edgectl would.
+            l.write_topology(&["wasm", "agent"]);
+            assert_eq!(code(&l.run(&["apply", "--json"])), 0);
+            assert_eq!(l.current(0).as_deref(), Some(before.as_str()));
+        }
+    }
+}
+
+/// A switch that fails, and a rollback that fails too: reported as failed with both, never as
+/// "rolled back".
+#[test]
+fn a_rollback_that_fails_is_reported_as_failed() {
+    let Some(l) = lab(1) else { return };
+    assert_eq!(code(&l.run(&["apply", "--json"])), 0);
+    l.write_topology(&["agent"]);
+    l.behaviour(0, "fail-all");
+    let o = l.run(&["apply", "--json"]);
+    std::fs::remove_file(l.rig.node(0).nix_dir.join("var/edgectl-test/behaviour")).unwrap();
+    assert_eq!(code(&o), 3, "{}", explain(&o));
+    let n = &last_json(&o)["report"]["nodes"][0];
+    assert_eq!(n["result"], "failed", "{n}");
+    let msg = n["message"].as_str().unwrap();
+    assert!(msg.contains("the rollback failed too"), "{msg}");
+    assert!(
+        run_statuses(&l, 0)
+            .iter()
+            .any(|s| s == "rollback-failed 1 after failed 1")
+    );
+}
+
+/// The process that decides an activation is killed mid-switch (and with it the controller):
+/// the running apply notices, rolls the node back and says so; a later apply finds nothing
+/// undecided and converges.
+#[test]
+fn a_killed_activation_is_decided_not_waited_for() {
+    let Some(l) = lab(2) else { return };
+    assert_eq!(code(&l.run(&["apply", "--json"])), 0);
+    let before = l.current(1).unwrap();
+    l.write_topology(&["agent"]);
+    l.behaviour(1, "slow 6");
+    let child = l.spawn_json(&["apply"]);
+    let run = wait_run_status(&l, 1, "switching", Duration::from_secs(60));
+    let pid: i32 = std::fs::read_to_string(run.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) of the activation's shell, a process of ours in the rig.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+    let n2 = &last_json(&o)["report"]["nodes"][1];
+    assert_eq!(n2["result"], "rolled-back", "{n2}");
+    assert!(
+        n2["message"].as_str().unwrap().contains("process died"),
+        "{n2}"
+    );
+    assert_eq!(l.current(1).as_deref(), Some(before.as_str()));
+    assert_eq!(runtime_and_boot(&l, 1), (before.clone(), before));
+
+    // Now the controller dies too, mid-switch, and then the activation: the next apply
+    // decides the orphan at once (no wait for any timeout) and converges.
+    l.behaviour(1, "slow 6");
+    let mut child = l.spawn_json(&["apply"]);
+    let run = wait_run_status(&l, 1, "switching", Duration::from_secs(60));
+    child.kill().unwrap();
+    let _ = child.wait();
+    let pid: i32 = std::fs::read_to_string(run.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // The node lock of the killed controller is taken over (same host, dead pid).
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let decided = events(&o).into_iter().any(|e| {
+        e["node"] == "n2"
+            && e["state"] == "warning"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("rolled-back after its process died")
+    });
+    assert!(
+        decided,
+        "the orphan was decided and reported: {}",
+        explain(&o)
+    );
+    for i in 0..2 {
+        assert_eq!(
+            l.current(i).as_deref(),
+            Some(l.target(i).as_str()),
+            "node {i}"
+        );
+    }
+}
+
+/// A node reboots in the middle of an activation (every process killed, /run cleared, a new
+/// boot id, sshd back after 2 s): it comes back on its confirmed generation, apply says so, and
+/// a second apply converges.
+#[test]
+fn a_reboot_mid_activation_lands_on_the_confirmed_generation() {
+    let Some(l) = lab(2) else { return };
+    assert_eq!(code(&l.run(&["apply", "--json"])), 0);
+    let before = l.current(1).unwrap();
+    let boot0 = l.rig.boot_id(1);
+    l.write_topology(&["agent"]);
+    l.behaviour(1, "slow 5");
+    let child = l.spawn_json(&["apply"]);
+    wait_run_status(&l, 1, "switching", Duration::from_secs(60));
+    l.rig.reboot(1, Duration::from_secs(2));
+    assert_ne!(l.rig.boot_id(1), boot0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+    let n2 = &last_json(&o)["report"]["nodes"][1];
+    assert_eq!(n2["result"], "rolled-back", "{n2}");
+    assert!(n2["message"].as_str().unwrap().contains("rebooted"), "{n2}");
+    assert_eq!(l.current(1).as_deref(), Some(before.as_str()));
+    assert_eq!(runtime_and_boot(&l, 1), (before.clone(), before));
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    for i in 0..2 {
+        assert_eq!(
+            l.current(i).as_deref(),
+            Some(l.target(i).as_str()),
+            "node {i}"
+        );
+    }
+}
+
+fn nixos() -> edgectl_rig::RigOptions {
+    edgectl_rig::RigOptions {
+        nixos: true,
+        ..Default::default()
+    }
+}
+
+/// On a NixOS node edgectl activates through systemd-run, whose transient units get a PATH of
+/// systemd's own tools only (nixpkgs issues 261691, 262169; the rig's `--nixos` nodes model
+/// it): the activation must still run, be confirmed, and end on the new generation.
+#[test]
+fn apply_on_nixos_nodes_activates_through_systemd_run() {
+    let Some(l) = lab_with(2, nixos()) else {
+        return;
+    };
+    // The model first: the node says it is NixOS, and a transient unit finds no mkdir.
+    let os = l.rig.ssh(0, ". /etc/os-release; echo $ID");
+    assert_eq!(String::from_utf8_lossy(&os.stdout).trim(), "nixos");
+    let o = l.rig.ssh(
+        0,
+        "systemd-run --quiet --unit=probe /bin/sh -c 'command -v mkdir nix-env; echo end'; sleep 1; journalctl -u probe",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "end",
+        "{}",
+        explain(&o)
+    );
+
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    assert_eq!(
+        results(&o),
+        vec![
+            ("n1".into(), "confirmed".into()),
+            ("n2".into(), "confirmed".into())
+        ]
+    );
+    for i in 0..2 {
+        let target = l.target(i);
+        assert_eq!(l.current(i).as_deref(), Some(target.as_str()), "node {i}");
+        assert_eq!(
+            runtime_and_boot(&l, i),
+            (target.clone(), target),
+            "node {i}"
+        );
+        let launchers: Vec<String> =
+            std::fs::read_dir(l.rig.node(i).nix_dir.join("var/edgectl/run"))
+                .unwrap()
+                .flatten()
+                .map(|r| std::fs::read_to_string(r.path().join("launcher")).unwrap_or_default())
+                .collect();
+        assert!(
+            !launchers.is_empty() && launchers.iter().all(|x| x.trim() == "systemd-run"),
+            "node {i}: {launchers:?}"
+        );
+    }
+    assert_eq!(code(&l.run(&["plan", "--json"])), 0);
+}
+
+/// A unit that never starts is reported as such, with what the journal says, after a short
+/// grace; the node is not changed, and the activation can never start late.
+#[test]
+fn an_activation_that_does_not_start_is_reported_with_the_journal() {
+    let Some(l) = lab_with(1, nixos()) else {
+        return;
+    };
+    let o = l.rig.exec_in(
+        0,
+        &[
+            "sh",
+            "-c",
+            "echo 'simulated: unit start refused' > /run/edgerig-systemd/refuse",
+        ],
+    );
+    assert!(o.status.success());
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 3, "{}", explain(&o));
+    let n = &last_json(&o)["report"]["nodes"][0];
+    assert_eq!(n["result"], "failed", "{n}");
+    let msg = n["message"].as_str().unwrap();
+    assert!(
+        msg.contains("activation did not start") && msg.contains("the node was not changed"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("simulated: unit start refused"),
+        "the journal is quoted: {msg}"
+    );
+    assert_eq!(l.current(0), None);
+    assert_eq!(runtime_and_boot(&l, 0), (String::new(), String::new()));
 }

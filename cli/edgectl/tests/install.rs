@@ -20,7 +20,14 @@ fn lab(n: usize) -> Option<Lab> {
     if !edgectl_rig::ready() {
         return None;
     }
-    let rig = Rig::up_with(n, RigOptions { private_etc: true }).expect("rig comes up");
+    let rig = Rig::up_with(
+        n,
+        RigOptions {
+            private_etc: true,
+            ..Default::default()
+        },
+    )
+    .expect("rig comes up");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("cluster.toml"),

@@ -212,7 +212,20 @@ pub struct RigNode {
 pub struct RigOptions {
     /// Give each node its own copy of `/etc` (see [`RigNode::etc_root`]).
     pub private_etc: bool,
+    /// Nodes that look like NixOS wherever edgectl takes a NixOS-only path: `/etc/os-release`
+    /// says `ID=nixos` (implies `private_etc`), `/run/systemd/system` exists, and the
+    /// `systemd-run` on the login PATH (`/run/current-system/sw/bin`, as on NixOS) starts
+    /// transient units the way NixOS does: detached, with a PATH that holds only systemd's
+    /// own tools (see `cli/rig/nixos/`).
+    pub nixos: bool,
 }
+
+/// The rig's stand-ins for NixOS's systemd tools, installed into `--nixos` nodes' `/run`.
+const NIXOS_SYSTEMD_RUN: &str = include_str!("../nixos/systemd-run");
+const NIXOS_JOURNALCTL: &str = include_str!("../nixos/journalctl");
+/// The login PATH of a `--nixos` node: NixOS's system profile first.
+const NIXOS_PATH: &str =
+    "/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A running rig; dropping it tears everything down.
 #[derive(Debug)]
@@ -354,12 +367,17 @@ impl Rig {
              MaxSessions 100\n\
              AuthorizedKeysFile {ak} {home}/.ssh/authorized_keys\n\
              Subsystem sftp internal-sftp\n\
-             SetEnv HOME={home} NIX_CONF_DIR={nc} NIX_CONFIG=\"experimental-features = nix-command flakes\"\n",
+             SetEnv HOME={home} NIX_CONF_DIR={nc} NIX_CONFIG=\"experimental-features = nix-command flakes\"{path}\n",
             hk = host_key.display(),
             d = dir.display(),
             ak = self.dir.join("keys/authorized_keys").display(),
             nc = etc.join("nix").display(),
             home = home.display(),
+            path = if opts.nixos {
+                format!(" PATH={NIXOS_PATH}")
+            } else {
+                String::new()
+            },
         );
         fs::write(&sshd_config, cfg).map_err(|e| format!("sshd_config: {e}"))?;
 
@@ -411,7 +429,7 @@ impl Rig {
 
         // A private /etc is a copy of the host's, bind-mounted over /etc inside the node, so a
         // test may rewrite it (os-release, NIXOS_LUSTRATE) without touching the real machine.
-        let etc_root = if opts.private_etc {
+        let etc_root = if opts.private_etc || opts.nixos {
             let root = dir.join("etc-root");
             let o = Command::new("cp")
                 .args(["-a", "/etc"])
@@ -424,10 +442,40 @@ impl Rig {
                     String::from_utf8_lossy(&o.stderr)
                 ));
             }
+            if opts.nixos {
+                // A symlink into /usr/lib on Debian: replace the link, never write through it.
+                let os = root.join("os-release");
+                let _ = fs::remove_file(&os);
+                fs::write(
+                    &os,
+                    "NAME=NixOS\nID=nixos\nVERSION_ID=\"25.11\"\nPRETTY_NAME=\"NixOS 25.11 (edgectl test rig)\"\n",
+                )
+                .map_err(|e| format!("os-release: {e}"))?;
+            }
             Some(root)
         } else {
             None
         };
+        let boot_id = dir.join("boot_id");
+        fs::write(&boot_id, new_boot_id()).map_err(|e| format!("boot_id: {e}"))?;
+        // What the node's fresh /run starts with: nothing, or NixOS's systemd markers and tools.
+        let run_seed = dir.join("run-seed");
+        fs::create_dir_all(&run_seed).map_err(|e| format!("mkdir: {e}"))?;
+        if opts.nixos {
+            for (d, f, text) in [
+                ("current-system/sw/bin", "systemd-run", NIXOS_SYSTEMD_RUN),
+                ("current-system/sw/bin", "journalctl", NIXOS_JOURNALCTL),
+                ("edgerig-systemd/bin", "journalctl", NIXOS_JOURNALCTL),
+            ] {
+                let d = run_seed.join(d);
+                fs::create_dir_all(&d).map_err(|e| format!("mkdir: {e}"))?;
+                fs::write(d.join(f), text).map_err(|e| format!("{f}: {e}"))?;
+                fs::set_permissions(d.join(f), fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("chmod {f}: {e}"))?;
+            }
+            fs::create_dir_all(run_seed.join("systemd/system"))
+                .map_err(|e| format!("mkdir: {e}"))?;
+        }
         let log = open_log(&dir.join("holder.log"))?;
         let mut holder = Command::new(tool_or("ip"))
             .args(["netns", "exec", &ns])
@@ -444,14 +492,18 @@ impl Rig {
                 "hostname \"$1\" && mount --bind \"$2\" /nix && { [ -z \"$3\" ] || mount --bind \"$3\" /etc; } && ",
                 // A fresh /run, as after boot: the host's systemd, sockets and pid files stay
                 // out of sight. sshd needs its privilege-separation directory there.
-                "mount -t tmpfs -o mode=0755,nosuid,nodev edgerig-run /run && mkdir -p /run/sshd /run/lock && ",
-                "mount --bind \"$4\" /var && echo ready && exec sleep infinity"
+                "mount -t tmpfs -o mode=0755,nosuid,nodev edgerig-run /run && cp -a \"$5/.\" /run/ && mkdir -p /run/sshd /run/lock && ",
+                // Its own boot id, so a simulated reboot can give it a new one.
+                "mount --bind \"$4\" /var && mount --bind \"$6\" /proc/sys/kernel/random/boot_id && ",
+                "echo ready && exec sleep infinity"
             ))
             .arg("sh")
             .arg(&name)
             .arg(&nix_dir)
             .arg(etc_root.as_deref().map(|p| p.as_os_str()).unwrap_or_default())
             .arg(&var)
+            .arg(&run_seed)
+            .arg(&boot_id)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -728,6 +780,63 @@ impl Rig {
         })
     }
 
+    /// Reboots node i as far as edgectl can tell: every process of the node dies (sshd and
+    /// its sessions, activations, agents), its /run starts empty again, it gets a new boot id,
+    /// the test fixture's running system becomes its boot default (what booting does), and
+    /// sshd answers again after `down`. /nix and /var survive, like disks.
+    pub fn reboot(&self, i: usize, down: Duration) {
+        self.kill_sshd(i);
+        let holder = self.holder_pid(i) as i32;
+        for _ in 0..50 {
+            let pids: Vec<i32> = ip_out(&["netns", "pids", &self.nodes[i].ns])
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .filter(|&p| p != holder)
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                // SAFETY: plain kill(2); at worst the pid is already gone.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seed = self.nodes[i].dir.join("run-seed");
+        let o = self.exec_in(
+            i,
+            &[
+                "sh",
+                "-c",
+                "umount -l /run && mount -t tmpfs -o mode=0755,nosuid,nodev edgerig-run /run && \
+                 cp -a \"$1/.\" /run/ && mkdir -p /run/sshd /run/lock && \
+                 t=/nix/var/edgectl-test; if [ -f $t/boot ]; then cp $t/boot $t/current; fi",
+                "edgerig-reboot",
+                seed.to_str().unwrap_or_default(),
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "reboot of {}: {}",
+            self.nodes[i].name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        fs::write(self.nodes[i].dir.join("boot_id"), new_boot_id()).expect("new boot id");
+        std::thread::sleep(down);
+        self.start_sshd(i);
+        self.wait_banner(i, Instant::now() + SSHD_DEADLINE)
+            .expect("sshd answers after the reboot");
+    }
+
+    /// The node's boot id, as its processes read it.
+    pub fn boot_id(&self, i: usize) -> String {
+        fs::read_to_string(self.nodes[i].dir.join("boot_id"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
     /// Tears the rig down now (the same as dropping it).
     pub fn down(self) {}
 
@@ -881,6 +990,15 @@ pub fn reap() -> Vec<String> {
 fn veth_of(ns: &str) -> Option<String> {
     let (tag, i) = ns.strip_prefix(NS_PREFIX)?.rsplit_once("-n")?;
     Some(format!("{IF_PREFIX}{tag}v{i}"))
+}
+
+/// A fresh random boot id, in the kernel's format.
+fn new_boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .unwrap_or_else(|_| format!("{:032x}", std::process::id()))
+        .trim()
+        .to_string()
+        + "\n"
 }
 
 /// Root-side name of node `edgerig-<tag>-n<i>`'s experiment interface.

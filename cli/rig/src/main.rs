@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use edgectl_rig::{Rig, available, reap};
 
-const USAGE: &str = "usage: edgectl-rig up N    bring up N nodes, print their JSON description, keep them until SIGINT/SIGTERM/SIGHUP\n       \
+const USAGE: &str = "usage: edgectl-rig up N [--nixos]    bring up N nodes, print their JSON description, keep them until SIGINT/SIGTERM/SIGHUP\n       \
+                     \x20                                (--nixos: nodes that look like NixOS where edgectl's paths differ: os-release, systemd-run)\n       \
                      edgectl-rig reap    remove rigs left behind by processes that died\n       \
                      edgectl-rig check   say whether this machine can run a rig";
 
@@ -17,12 +18,12 @@ fn main() -> ExitCode {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["up", n] => {
+        ["up", n, rest @ ..] if rest.is_empty() || rest == ["--nixos"] => {
             let Ok(n) = n.parse::<usize>() else {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
             };
-            up(n)
+            up(n, !rest.is_empty())
         }
         ["reap"] => {
             for r in reap() {
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn up(n: usize) -> ExitCode {
+fn up(n: usize, nixos: bool) -> ExitCode {
     // Block the signals before anything is created, so none can kill us between `up` and
     // `sigwait` without a teardown. std resets the mask in the children it spawns.
     let set = unsafe {
@@ -60,7 +61,11 @@ fn up(n: usize) -> ExitCode {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let rig = match Rig::up(n) {
+    let opts = edgectl_rig::RigOptions {
+        private_etc: nixos,
+        nixos,
+    };
+    let rig = match Rig::up_with(n, opts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("edgectl-rig: {e}");
