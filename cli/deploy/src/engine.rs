@@ -10,7 +10,7 @@ use edgectl_model::{Cluster, Diagnostics, LoadOptions, Loaded, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::activate::{self, Goal, Outcome, STATE_DIR};
+use crate::activate::{self, Goal, Outcome};
 use crate::event::{Phase, Sender, State as Ev, emit};
 use crate::host::{Host, HostError, HostKey, SshHost, SshTarget, argv, write_known_hosts};
 use crate::nixcmd::{self, ClosureDiff, NixArgs};
@@ -540,6 +540,8 @@ pub fn apply(
         }
     }
 
+    let _heartbeat = Heartbeat::start(sessions.clone());
+
     // 2. Distribute closures to the nodes that need them.
     let needing: Vec<Arc<Session>> = sessions.iter().filter(|s| !s.unchanged).cloned().collect();
     let deliveries = crate::fanout::deliver(
@@ -667,6 +669,8 @@ pub struct Session {
     pub generation: Option<u64>,
     /// Already on the target (goal switch): nothing to copy or activate.
     pub unchanged: bool,
+    /// What this run wrote into the node's lock (see [`lock_owner`]).
+    pub lock_owner: String,
 }
 
 fn result(
@@ -724,8 +728,8 @@ pub(crate) fn open_node(
             .map(|k| k.fingerprint.clone())
             .unwrap_or_default(),
     );
-    let owner = format!("{}@{} pid {}", whoami(), hostname(), std::process::id());
-    let stale_min = (timeout.as_secs() / 60 + 30).to_string();
+    let owner = lock_owner();
+    let stale_min = LOCK_STALE_MIN.to_string();
     let mut steal = String::new();
     loop {
         match h.run(
@@ -740,7 +744,18 @@ pub(crate) fn open_node(
             ]),
             true,
         ) {
-            Ok(o) if o.ok() => break,
+            Ok(o) if o.ok() => {
+                if let Some(from) = o.stdout.trim().strip_prefix("took over from: ") {
+                    emit(
+                        tx,
+                        name,
+                        Phase::Connect,
+                        Ev::Warning,
+                        format!("took over the node lock of an apply that is gone ({from})"),
+                    );
+                }
+                break;
+            }
             Ok(o) => {
                 let holder = o.stdout.trim().to_string();
                 if steal.is_empty() && holder_is_dead(&holder) {
@@ -774,7 +789,10 @@ pub(crate) fn open_node(
         }
     }
     let fail = |r: NodeResult| {
-        let _ = h.run(&argv(["rm", "-rf", &format!("{STATE_DIR}/lock")]), true);
+        let _ = h.run(
+            &argv(["sh", "-c", NODE_UNLOCK, "edgectl-unlock", &owner]),
+            true,
+        );
         Err((r, key.clone()))
     };
     if let Err(e) = wait_for_in_flight(&h, timeout + Duration::from_secs(30), name, tx) {
@@ -804,13 +822,70 @@ pub(crate) fn open_node(
         current: cur,
         generation,
         unchanged,
+        lock_owner: owner,
     })
 }
 
+/// Frees the node's lock if it is still this run's: a lock another controller took over
+/// (this one was judged dead) is theirs now and stays.
+/// After a reboot (install) the session is dead: then a fresh connection frees it.
 pub(crate) fn unlock(s: &Session) {
-    let _ = s
-        .host
-        .run(&argv(["rm", "-rf", &format!("{STATE_DIR}/lock")]), true);
+    let a = argv(["sh", "-c", NODE_UNLOCK, "edgectl-unlock", &s.lock_owner]);
+    if s.host.run(&a, true).is_err()
+        && let Ok(f) = s.host.fresh()
+    {
+        let _ = f.run(&a, true);
+    }
+}
+
+/// Keeps this run's node locks fresh while it works, so a long apply never looks abandoned;
+/// stops (and is joined) when dropped.
+pub(crate) struct Heartbeat {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    pub(crate) fn start(sessions: Vec<Arc<Session>>) -> Heartbeat {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut since = std::time::Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if since.elapsed() < LOCK_HEARTBEAT {
+                    continue;
+                }
+                since = std::time::Instant::now();
+                for s in &sessions {
+                    let _ = s.host.run(
+                        &argv([
+                            "sh",
+                            "-c",
+                            NODE_HEARTBEAT,
+                            "edgectl-heartbeat",
+                            &s.lock_owner,
+                        ]),
+                        true,
+                    );
+                }
+            }
+        });
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn finish_node(
@@ -905,30 +980,101 @@ fn record(
     let _ = s.save(dir);
 }
 
-const NODE_LOCK: &str = r#"d=/nix/var/edgectl; mkdir -p "$d" || exit 1
-if mkdir "$d/lock" 2>/dev/null; then printf '%s\n' "$1" > "$d/lock/owner"; exit 0; fi
-# The caller proved this holder dead (same controller host, no such process): take over.
-if [ -n "$3" ] && [ "$(cat "$d/lock/owner" 2>/dev/null)" = "$3" ]; then
-  printf '%s\n' "$1" > "$d/lock/owner"; exit 0
+/// How often a run refreshes its node locks, and after how many minutes without a refresh a
+/// lock counts as abandoned (a controller that lost its network or was killed elsewhere).
+const LOCK_HEARTBEAT: Duration = Duration::from_secs(30);
+const LOCK_STALE_MIN: u64 = 5;
+
+/// Takes the node lock: `sh -c NODE_LOCK edgectl-lock OWNER STALE_MIN [DEAD_OWNER]`. A free lock
+/// is taken; a held one only when its owner is DEAD_OWNER (proven dead by the caller) or it has
+/// not been refreshed for STALE_MIN minutes, and then as a compare-and-swap under a mutex of its
+/// own, so two controllers that both judged the holder dead cannot both win. Prints the owner
+/// it took over from, or the holder and exit 1.
+const NODE_LOCK: &str = r#"d=/nix/var/edgectl; l=$d/lock; me=$1; stale=$2; dead=$3
+mkdir -p "$d" || exit 1
+take() { printf '%s\n' "$me" > "$l/owner.tmp" && mv "$l/owner.tmp" "$l/owner" && touch "$l/heartbeat"; }
+if mkdir "$l" 2>/dev/null; then take; exit $?; fi
+m=$d/lock-takeover
+if mkdir "$m" 2>/dev/null || { [ -n "$(find "$m" -maxdepth 0 -mmin +1 2>/dev/null)" ] && rm -rf "$m" && mkdir "$m" 2>/dev/null; }; then
+  cur=$(cat "$l/owner" 2>/dev/null)
+  rc=1
+  if [ -n "$dead" ] && [ "$cur" = "$dead" ]; then
+    take && rc=0
+  elif [ -z "$(find "$l/heartbeat" "$l" -maxdepth 0 -mmin -"$stale" 2>/dev/null)" ]; then
+    take && rc=0
+  fi
+  rmdir "$m"
+  if [ "$rc" = 0 ]; then echo "took over from: $cur"; exit 0; fi
 fi
-# A lock older than its holder could possibly need is stale (a killed controller).
-if [ -n "$(find "$d/lock" -maxdepth 0 -mmin +"$2" 2>/dev/null)" ]; then
-  rm -rf "$d/lock" && mkdir "$d/lock" && printf '%s\n' "$1" > "$d/lock/owner" && exit 0
-fi
-cat "$d/lock/owner" 2>/dev/null; exit 1
+cat "$l/owner" 2>/dev/null; exit 1
 "#;
 
-/// A lock holder written by this controller host whose process no longer exists.
-fn holder_is_dead(holder: &str) -> bool {
-    let Some((who, pid)) = holder.rsplit_once(" pid ") else {
+/// Refreshes the lock if it is still OWNER's (`$1`).
+const NODE_HEARTBEAT: &str = r#"l=/nix/var/edgectl/lock
+[ "$(cat "$l/owner" 2>/dev/null)" = "$1" ] && touch "$l/heartbeat"
+"#;
+
+/// Frees the lock if it is still OWNER's (`$1`); exit 1 otherwise.
+pub(crate) const NODE_UNLOCK: &str = r#"l=/nix/var/edgectl/lock
+[ "$(cat "$l/owner" 2>/dev/null)" = "$1" ] && rm -rf "$l"
+"#;
+
+/// Who holds a node lock: this run, on this controller machine (`machine-id`, so two laptops
+/// both called "laptop" are never mistaken for one), in this process (pid and its start time, so
+/// a reused pid is never mistaken for the holder).
+pub fn lock_owner() -> String {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(activate::token);
+    let pid = std::process::id();
+    format!(
+        "edgectl user={} host={} machine={} pid={pid} start={} run={run}",
+        whoami(),
+        hostname(),
+        machine_id(),
+        start_time(pid).unwrap_or(0)
+    )
+}
+
+fn field<'a>(owner: &'a str, key: &str) -> Option<&'a str> {
+    owner
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Whether the holder of a lock is provably gone: a process of this very machine that no
+/// longer exists, or whose pid now belongs to a process started at another time.
+pub fn holder_is_dead(holder: &str) -> bool {
+    let (Some(machine), Some(pid), Some(start)) = (
+        field(holder, "machine"),
+        field(holder, "pid").and_then(|p| p.parse::<u32>().ok()),
+        field(holder, "start").and_then(|s| s.parse::<u64>().ok()),
+    ) else {
         return false;
     };
-    let same_host = who.rsplit_once('@').is_some_and(|(_, h)| h == hostname());
-    same_host
-        && pid
-            .parse::<u32>()
-            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+    machine == machine_id() && start_time(pid) != Some(start)
 }
+
+/// This machine's identity: /etc/machine-id, or the host name where there is none.
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("host-{}", hostname()))
+}
+
+/// A process's start time (clock ticks since boot), field 22 of /proc/PID/stat.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// A lock holder written by this controller host whose process no longer exists.
 
 /// An earlier activation (from a controller that was killed) must finish deciding first:
 /// otherwise its watcher could later roll back what we install now.
@@ -998,6 +1144,130 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a lock script against a node state folder at `d` instead of /nix/var/edgectl.
+    fn lock_script(script: &str, d: &Path, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script.replace("/nix/var/edgectl", d.to_str().unwrap()))
+            .arg("edgectl-test")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn owner_of(d: &Path) -> String {
+        std::fs::read_to_string(d.join("lock/owner"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn the_node_lock_is_taken_kept_fresh_and_freed_only_by_its_holder() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        assert!(lock_script(NODE_LOCK, d, &["A", "5", ""]).status.success());
+        assert_eq!(owner_of(d), "A");
+        // Held and fresh: refused, and the holder is named.
+        let o = lock_script(NODE_LOCK, d, &["B", "5", ""]);
+        assert!(!o.status.success());
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "A");
+        // Only the holder refreshes or frees it.
+        let stamp = || {
+            std::fs::metadata(d.join("lock/heartbeat"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        let old = std::process::Command::new("touch")
+            .args(["-d", "10 minutes ago"])
+            .arg(d.join("lock/heartbeat"))
+            .status()
+            .unwrap();
+        assert!(old.success());
+        let before = stamp();
+        assert!(!lock_script(NODE_HEARTBEAT, d, &["B"]).status.success());
+        assert_eq!(stamp(), before);
+        assert!(!lock_script(NODE_UNLOCK, d, &["B"]).status.success());
+        assert_eq!(owner_of(d), "A");
+        assert!(lock_script(NODE_HEARTBEAT, d, &["A"]).status.success());
+        assert!(stamp() > before);
+        // A lock not refreshed for longer than STALE_MIN minutes is taken over, and said so.
+        std::process::Command::new("touch")
+            .args(["-d", "10 minutes ago"])
+            .arg(d.join("lock/heartbeat"))
+            .arg(d.join("lock"))
+            .status()
+            .unwrap();
+        let o = lock_script(NODE_LOCK, d, &["B", "5", ""]);
+        assert!(o.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "took over from: A"
+        );
+        assert_eq!(owner_of(d), "B");
+        // A holder the caller proved dead is taken over at once.
+        let o = lock_script(NODE_LOCK, d, &["C", "5", "B"]);
+        assert!(o.status.success());
+        assert_eq!(owner_of(d), "C");
+        assert!(lock_script(NODE_UNLOCK, d, &["C"]).status.success());
+        assert!(!d.join("lock").exists());
+    }
+
+    #[test]
+    fn two_controllers_taking_over_the_same_dead_holder_cannot_both_win() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        for round in 0..20 {
+            let _ = std::fs::remove_dir_all(d.join("lock"));
+            assert!(
+                lock_script(NODE_LOCK, d, &["DEAD", "5", ""])
+                    .status
+                    .success()
+            );
+            let (a, b) = std::thread::scope(|s| {
+                let a = s.spawn(|| lock_script(NODE_LOCK, d, &["A", "5", "DEAD"]));
+                let b = s.spawn(|| lock_script(NODE_LOCK, d, &["B", "5", "DEAD"]));
+                (a.join().unwrap(), b.join().unwrap())
+            });
+            let won = [&a, &b].iter().filter(|o| o.status.success()).count();
+            assert_eq!(won, 1, "round {round}: {a:?} {b:?}");
+            let winner = if a.status.success() { "A" } else { "B" };
+            assert_eq!(owner_of(d), winner);
+        }
+    }
+
+    #[test]
+    fn a_holder_is_dead_only_when_provably_gone_from_this_machine() {
+        let me = lock_owner();
+        assert!(
+            field(&me, "run").is_some() && field(&me, "start").is_some(),
+            "{me}"
+        );
+        assert!(!holder_is_dead(&me), "this very process is alive");
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let gone = c.id();
+        c.wait().unwrap();
+        let dead = me.replace(
+            &format!("pid={}", std::process::id()),
+            &format!("pid={gone}"),
+        );
+        assert!(holder_is_dead(&dead), "{dead}");
+        // A live pid with another start time is a reused pid: its holder is gone too.
+        let reused = me.replace(
+            &format!("start={}", field(&me, "start").unwrap()),
+            "start=1",
+        );
+        assert!(holder_is_dead(&reused));
+        // Another machine's controller, even with this host name: never judged from here.
+        let elsewhere = dead.replace(
+            &format!("machine={}", field(&me, "machine").unwrap()),
+            "machine=0123456789abcdef",
+        );
+        assert!(!holder_is_dead(&elsewhere));
+        assert!(!holder_is_dead("alice@laptop pid 12"));
+    }
 
     #[test]
     fn option_diffs() {

@@ -335,6 +335,8 @@ pub fn install(
         }
     }
 
+    let heartbeat = crate::engine::Heartbeat::start(sessions.clone());
+
     // Phase 2: Nix on the node, then the closure (fanned out when several nodes need it).
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let ship = Arc::new(crate::nodenix::controller_nix(io.nix_from.as_deref()));
@@ -427,6 +429,7 @@ pub fn install(
         }
         st.save(&state_dir)?;
     }
+    drop(heartbeat);
     for s in &sessions {
         unlock(s);
     }

@@ -134,6 +134,10 @@ fn install_runs_every_phase_and_apply_continues_from_there() {
         );
         let sys = l.profile(i).expect("system profile set");
         assert!(l.etc(i).join("NIXOS").exists(), "/etc/NIXOS on node {i}");
+        assert!(
+            !l.rig.node(i).nix_dir.join("var/edgectl/lock").exists(),
+            "install frees the node lock"
+        );
         let lustrate = std::fs::read_to_string(l.etc(i).join("NIXOS_LUSTRATE")).unwrap();
         assert!(
             lustrate.contains("etc/ssh/ssh_host_ed25519_key"),
