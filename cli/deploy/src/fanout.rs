@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::engine::{Session, parallel_map};
 use crate::event::{Event, Phase, Sender, State as Ev, emit};
-use crate::host::{Host, SshHost, argv, wire_command};
+use crate::host::{Host, SshHost, argv};
 use crate::nixcmd;
 
 /// `--fanout`: whether closures spread over the cluster LAN, and whether a node may fall back
@@ -99,16 +99,46 @@ pub type Deliveries = BTreeMap<String, Result<Delivery, String>>;
 pub const CLUSTER_KEY: &str = "/nix/var/edgectl/cluster_key";
 pub const KNOWN_HOSTS: &str = "/nix/var/edgectl/known_hosts";
 
-/// Adds the cluster key to the login user's authorized_keys, once. Every step's failure is the
-/// script's (a key that did not land must not look added), and a file whose last line has no
-/// newline gets one first, so the key never glues onto that line.
-pub const AUTHORIZE: &str = r#"k=$1; d="$HOME/.ssh"; f="$d/authorized_keys"
+/// What the cluster key may do on a peer, whatever command the seed asks for: import a store
+/// stream, or serve `nix copy` (the seed's command only selects which). Root through `sudo -n`
+/// where the login user is not root.
+pub const SERVE: &str = r#"#!/bin/sh
+# Written by edgectl: the only thing its cluster key may run on this node.
+if [ "$(id -u)" = 0 ]; then s=; else s="sudo -n"; fi
+case "$SSH_ORIGINAL_COMMAND" in
+  *"--serve --write"*) exec $s nix-store --serve --write ;;
+  *"--import"*) exec $s nix-store --import ;;
+esac
+echo "edgectl cluster key: only Nix store copies are allowed here" >&2
+exit 1
+"#;
+
+/// Lets the cluster key in, restricted to [`SERVE`]: `sh -c AUTHORIZE edgectl-authorize
+/// PUBLIC_KEY SERVE`. Every step's failure is the script's (a key that did not land must not
+/// look added); a file whose last line has no newline gets one first, so the key never glues
+/// onto that line; an unrestricted line for the same key (older edgectl) is replaced.
+pub const AUTHORIZE: &str = r#"k=$1; d="$HOME/.ssh"; f="$d/authorized_keys"; serve="$d/edgectl-serve"
 mkdir -p "$d" && chmod 700 "$d" || exit 1
-if ! grep -qxF "$k" "$f" 2>/dev/null; then
-  if [ -s "$f" ] && [ -n "$(tail -c 1 "$f")" ]; then printf '\n' >> "$f" || exit 1; fi
-  printf '%s\n' "$k" >> "$f" || exit 1
+printf '%s' "$2" > "$serve.tmp" && chmod 500 "$serve.tmp" && mv -f "$serve.tmp" "$serve" || exit 1
+line="restrict,command=\"/bin/sh '$serve'\" $k"
+if ! grep -qxF "$line" "$f" 2>/dev/null; then
+  if [ -e "$f" ]; then
+    grep -vF "$k" "$f" > "$f.edgectl-tmp"; [ $? -le 1 ] || exit 1
+    if [ -s "$f.edgectl-tmp" ] && [ -n "$(tail -c 1 "$f.edgectl-tmp")" ]; then printf '\n' >> "$f.edgectl-tmp" || exit 1; fi
+  else
+    : > "$f.edgectl-tmp" || exit 1
+  fi
+  printf '%s\n' "$line" >> "$f.edgectl-tmp" && chmod 600 "$f.edgectl-tmp" && mv -f "$f.edgectl-tmp" "$f" || exit 1
 fi
 chmod 600 "$f"
+"#;
+
+/// Takes the cluster key out again when the apply is done: `sh -c DEAUTHORIZE x PUBLIC_KEY`.
+pub const DEAUTHORIZE: &str = r#"k=$1; d="$HOME/.ssh"; f="$d/authorized_keys"
+rm -f "$d/edgectl-serve"
+[ -f "$f" ] && grep -qF "$k" "$f" || exit 0
+grep -vF "$k" "$f" > "$f.edgectl-tmp"; [ $? -le 1 ] || exit 1
+chmod 600 "$f.edgectl-tmp" && mv -f "$f.edgectl-tmp" "$f"
 "#;
 
 fn closure_bytes(paths: &[String]) -> Option<u64> {
@@ -146,7 +176,7 @@ pub fn deliver(
     tx: &Sender,
 ) -> Deliveries {
     if mode != Fanout::Off && needing.len() >= 2 {
-        return distribute(
+        let out = distribute(
             rt,
             needing,
             c,
@@ -155,6 +185,8 @@ pub fn deliver(
             mode == Fanout::Require,
             tx,
         );
+        forget_cluster_key(rt, needing, state_dir, parallel);
+        return out;
     }
     let tx = tx.clone();
     parallel_map(rt, parallel, needing.to_vec(), move |s: Arc<Session>| {
@@ -163,6 +195,34 @@ pub fn deliver(
     })
     .into_iter()
     .collect()
+}
+
+/// The cluster key lives on the nodes only while closures travel: off the seed, and out of
+/// every peer's authorized_keys, once the copies are done (a leaked key would otherwise let
+/// anyone import store paths into every node, for ever).
+fn forget_cluster_key(
+    rt: &tokio::runtime::Runtime,
+    needing: &[Arc<Session>],
+    state_dir: &Path,
+    parallel: usize,
+) {
+    let Ok(public) = std::fs::read_to_string(state_dir.join("cluster_key.pub")) else {
+        return;
+    };
+    let public = public.trim().to_string();
+    let seed = needing[0].name.clone();
+    parallel_map(rt, parallel, needing.to_vec(), move |s: Arc<Session>| {
+        if s.name == seed {
+            let _ = s
+                .host
+                .run(&argv(["rm", "-f", CLUSTER_KEY, KNOWN_HOSTS]), true);
+        } else {
+            let _ = s.host.run(
+                &argv(["sh", "-c", DEAUTHORIZE, "edgectl-deauthorize", &public]),
+                false,
+            );
+        }
+    });
 }
 
 /// The plain per-node copy: controller to node.
@@ -320,9 +380,12 @@ struct Peer {
 fn relay(seed: &Session, live: &[Peer], paths: &[String]) -> Result<String, String> {
     let mut a = argv(["sh", "-c", RELAY, "edgectl-relay"]);
     for p in live {
-        let cmd = wire_command(&p.user, &argv(["nix-store", "--import"]), true)
-            .ok_or("a NUL in a user name")?;
-        a.extend([format!("{}@{}", p.user, p.addr), p.port.to_string(), cmd]);
+        // The peer's forced command (SERVE) runs the import, as root; this only selects it.
+        a.extend([
+            format!("{}@{}", p.user, p.addr),
+            p.port.to_string(),
+            "nix-store --import".to_string(),
+        ]);
     }
     let mut export = std::process::Command::new("nix-store")
         .arg("--export")
@@ -693,7 +756,7 @@ fn seed_failed(seed: &Session, e: String, tx: &Sender, out: &mut Deliveries) {
 
 fn authorize(h: &SshHost, public: &str) -> Result<(), String> {
     h.run(
-        &argv(["sh", "-c", AUTHORIZE, "edgectl-authorize", public]),
+        &argv(["sh", "-c", AUTHORIZE, "edgectl-authorize", public, SERVE]),
         false,
     )
     .map_err(|e| e.to_string())
@@ -773,12 +836,12 @@ fn copy_via_seed(
 
 #[cfg(test)]
 mod tests {
-    use super::AUTHORIZE;
+    use super::{AUTHORIZE, DEAUTHORIZE, SERVE};
     use std::process::Command;
 
     fn authorize(home: &std::path::Path, key: &str) -> std::process::Output {
         Command::new("sh")
-            .args(["-c", AUTHORIZE, "edgectl-authorize", key])
+            .args(["-c", AUTHORIZE, "edgectl-authorize", key, SERVE])
             .env("HOME", home)
             .output()
             .unwrap()
@@ -798,10 +861,52 @@ mod tests {
                     .success()
             );
         }
+        let serve = t.path().join(".ssh/edgectl-serve");
         assert_eq!(
             std::fs::read_to_string(&f).unwrap(),
-            "ssh-ed25519 AAAAuser user@laptop\nssh-ed25519 AAAAcluster edgectl\n"
+            format!(
+                "ssh-ed25519 AAAAuser user@laptop\nrestrict,command=\"/bin/sh '{}'\" ssh-ed25519 AAAAcluster edgectl\n",
+                serve.display()
+            )
         );
+        assert_eq!(std::fs::read_to_string(&serve).unwrap(), SERVE);
+        // The forced command runs only store copies, whatever the client asks for.
+        let o = Command::new("sh")
+            .arg(&serve)
+            .env("SSH_ORIGINAL_COMMAND", "id; cat /etc/shadow")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("only Nix store copies"));
+        // An unrestricted line from an older edgectl is replaced, not kept beside it.
+        std::fs::write(
+            &f,
+            "ssh-ed25519 AAAAcluster edgectl\nssh-ed25519 AAAAuser u\n",
+        )
+        .unwrap();
+        assert!(
+            authorize(t.path(), "ssh-ed25519 AAAAcluster edgectl")
+                .status
+                .success()
+        );
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(text.matches("AAAAcluster").count(), 1, "{text}");
+        assert!(
+            text.lines()
+                .all(|l| !l.contains("AAAAcluster") || l.starts_with("restrict,command="))
+        );
+        // And taken out again, leaving the user's own keys.
+        let o = Command::new("sh")
+            .args(["-c", DEAUTHORIZE, "x", "ssh-ed25519 AAAAcluster edgectl"])
+            .env("HOME", t.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "ssh-ed25519 AAAAuser u\n"
+        );
+        assert!(!serve.exists());
         // Where the key cannot be written, the script says so.
         let t2 = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(t2.path().join(".ssh/authorized_keys")).unwrap();

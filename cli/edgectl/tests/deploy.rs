@@ -303,11 +303,52 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
     for (i, s) in systems.iter().enumerate() {
         assert_eq!(s, &l.target(i), "node {i}");
     }
-    // The seed's key is a secret: root-only on the node, never in the store.
-    let o = l
-        .rig
-        .exec_in(0, &["stat", "-c", "%a %U", "/nix/var/edgectl/cluster_key"]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "600 root");
+    // The cluster key was on the nodes only while closures travelled: off the seed, and out of
+    // every peer's authorized_keys, once the apply is done.
+    let public = std::fs::read_to_string(l.dir.path().join(".edgectl/cluster_key.pub")).unwrap();
+    let public = public.trim();
+    assert!(
+        !l.rig
+            .node(0)
+            .nix_dir
+            .join("var/edgectl/cluster_key")
+            .exists()
+    );
+    for i in 1..3 {
+        let keys = l.rig.node(i).dir.join("home/.ssh/authorized_keys");
+        let text = std::fs::read_to_string(&keys).unwrap_or_default();
+        assert!(!text.contains(public), "node {i}: {text}");
+    }
+    // While it is in, it may run nothing but store copies.
+    let o = l.rig.ssh(
+        1,
+        &edgectl_deploy::host::wire_command(
+            "root",
+            &edgectl_deploy::host::argv([
+                "sh",
+                "-c",
+                edgectl_deploy::fanout::AUTHORIZE,
+                "x",
+                public,
+                edgectl_deploy::fanout::SERVE,
+            ]),
+            false,
+        )
+        .unwrap(),
+    );
+    assert!(o.status.success(), "{}", explain(&o));
+    let o = Command::new("ssh")
+        .args(["-F", l.rig.ssh_config.to_str().unwrap(), "-i"])
+        .arg(l.dir.path().join(".edgectl/cluster_key"))
+        .args(["n2", "id"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("only Nix store copies"),
+        "{}",
+        explain(&o)
+    );
     // --fanout off: every node from the controller, and nothing of another host's new system.
     l.write_topology(&["agent"]);
     let o = l.run(&["apply", "--json", "--fanout", "off"]);
