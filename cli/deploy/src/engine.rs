@@ -1074,10 +1074,9 @@ fn start_time(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// A lock holder written by this controller host whose process no longer exists.
-
-/// An earlier activation (from a controller that was killed) must finish deciding first:
-/// otherwise its watcher could later roll back what we install now.
+/// An earlier activation (from a controller that was killed) must be decided first: one whose
+/// process lives is waited for; one whose process is gone is decided now (see
+/// `activate::RESOLVE_BODY`), so nothing can later roll back what we install.
 fn wait_for_in_flight(
     h: &dyn Host,
     limit: Duration,

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgectl_model::Cluster;
 use serde::Serialize;
@@ -95,6 +96,9 @@ impl Delivery {
 
 /// Each node's delivery, or why it has no closure.
 pub type Deliveries = BTreeMap<String, Result<Delivery, String>>;
+
+/// How long a peer may leave the stream unread while there is data for it (see [`RELAY`]).
+pub const STALL: Duration = Duration::from_secs(20);
 
 pub const CLUSTER_KEY: &str = "/nix/var/edgectl/cluster_key";
 pub const KNOWN_HOSTS: &str = "/nix/var/edgectl/known_hosts";
@@ -279,36 +283,82 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String>
     Ok((private, public.trim().to_string()))
 }
 
-/// Runs as root on the seed with the export stream on stdin: imports it and, through `tee`,
-/// streams it into each peer's import over SSH at the same time. Arguments: for each peer,
-/// DEST PORT COMMAND (COMMAND runs on the peer). Prints "peer N STATUS PATHS ERROR" per peer
-/// (PATHS: how many store paths the peer's import says it took from the stream) and exits with
-/// the seed's own import status. `tee -p` keeps feeding the others when one consumer dies.
+/// Runs as root on the seed with the export stream on stdin: `sh -c RELAY edgectl-relay STALL
+/// [DEST PORT COMMAND]...` (COMMAND selects the import on the peer). The stream lands in a file
+/// as it arrives, under /nix (where the closure has room anyway); the seed's import and every
+/// peer read that file at their own pace (`tail --pid` ends when the writer has finished and
+/// all is read), so a peer that stops reading holds up nobody. A watchdog drops a peer that
+/// leaves data unread for STALL seconds while there was data to read (alive, not reading: a
+/// hung import, a stuck disk); it then gets its copy another way. Prints
+/// "peer N STATUS PATHS ERROR" per peer (STATUS: ssh's exit status, or `dropped`; PATHS: how
+/// many store paths its import took) and
+/// exits with the seed's own import status.
 const RELAY: &str = r#"set -u
-d=$(mktemp -d /tmp/edgectl-relay.XXXXXXXX) || exit 1
+stall=$1; shift
+mkdir -p /nix/var/edgectl || exit 1
+d=$(mktemp -d /nix/var/edgectl/relay.XXXXXXXX) || exit 1
 trap 'rm -rf "$d"' EXIT
-mkfifo "$d/seed" || exit 1
-nix-store --import < "$d/seed" > /dev/null 2> "$d/seed.err" &
+: > "$d/stream"
+# A background job's stdin is /dev/null unless it is handed over explicitly.
+exec 3<&0
+cat <&3 > "$d/stream" &
+w=$!
+exec 3<&-
+tail -c +1 --pid="$w" -f "$d/stream" | nix-store --import > /dev/null 2> "$d/seed.err" &
 seed=$!
-outs="$d/seed"; pids=""; n=0
+n=0
 while [ $# -ge 3 ]; do
   n=$((n+1))
-  mkfifo "$d/$n" || exit 1
+  mkfifo "$d/$n.fifo" || exit 1
+  tail -c +1 --pid="$w" -f "$d/stream" > "$d/$n.fifo" &
+  echo $! > "$d/$n.tail"
   ssh -p "$2" -i /nix/var/edgectl/cluster_key -o IdentitiesOnly=yes \
     -o UserKnownHostsFile=/nix/var/edgectl/known_hosts -o StrictHostKeyChecking=yes \
     -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 \
     -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com \
-    -- "$1" "$3" < "$d/$n" > "$d/$n.out" 2> "$d/$n.err" &
-  pids="$pids $!"; outs="$outs $d/$n"
+    -- "$1" "$3" < "$d/$n.fifo" > "$d/$n.out" 2> "$d/$n.err" &
+  echo $! > "$d/$n.ssh"
   shift 3
 done
-tee -p $outs > /dev/null  # unquoted on purpose: fixed paths without spaces
+peers=$n
+# The watchdog: a peer makes progress when its reader reads (rchar grows); it may sit idle
+# only while the stream itself does. Otherwise, after STALL seconds, it is dropped.
+(
+  while :; do
+    sleep 1
+    size=$(wc -c < "$d/stream"); now=$(date +%s); busy=0
+    kill -0 "$w" 2>/dev/null && writing=1 || writing=0
+    i=0
+    while [ "$i" -lt "$peers" ]; do
+      i=$((i+1))
+      sp=$(cat "$d/$i.ssh"); tp=$(cat "$d/$i.tail")
+      kill -0 "$sp" 2>/dev/null || continue
+      busy=1
+      r=$(awk '/^rchar/ {print $2}' "/proc/$tp/io" 2>/dev/null)
+      [ -n "$r" ] || continue
+      if [ "$r" != "$(cat "$d/$i.r" 2>/dev/null)" ] || { [ "$writing" = 1 ] && [ "$size" = "$(cat "$d/$i.s" 2>/dev/null)" ]; }; then
+        echo "$r" > "$d/$i.r"; echo "$now" > "$d/$i.t"
+      elif [ $((now - $(cat "$d/$i.t" 2>/dev/null || echo "$now"))) -ge "$stall" ]; then
+        echo "dropped: it read nothing for ${stall} s while the stream had data for it" >> "$d/$i.err"
+        : > "$d/$i.dropped"
+        kill "$sp" "$tp" 2>/dev/null
+      fi
+      echo "$size" > "$d/$i.s"
+    done
+    [ "$busy" = 1 ] || [ "$writing" = 1 ] || exit 0
+  done
+) &
+dog=$!
+wait "$w"
 wait "$seed"; rc=$?
-n=0
-for p in $pids; do
-  n=$((n+1)); wait "$p"; s=$?
-  printf 'peer %s %s %s %s\n' "$n" "$s" "$(grep -c . "$d/$n.out")" "$(tr '\n' ' ' < "$d/$n.err")"
+i=0
+while [ "$i" -lt "$peers" ]; do
+  i=$((i+1)); wait "$(cat "$d/$i.ssh")"; s=$?
+  # Not SSH's 255 (which says the seed could not log in): the peer is reachable.
+  [ -e "$d/$i.dropped" ] && s=dropped
+  printf 'peer %s %s %s %s\n' "$i" "$s" "$(grep -c . "$d/$i.out")" "$(tr '\n' ' ' < "$d/$i.err")"
 done
+kill "$dog" 2>/dev/null
 [ "$rc" = 0 ] || cat "$d/seed.err" >&2
 exit "$rc"
 "#;
@@ -379,6 +429,7 @@ struct Peer {
 /// report (stdout and stderr) or why it broke.
 fn relay(seed: &Session, live: &[Peer], paths: &[String]) -> Result<String, String> {
     let mut a = argv(["sh", "-c", RELAY, "edgectl-relay"]);
+    a.push(STALL.as_secs().to_string());
     for p in live {
         // The peer's forced command (SERVE) runs the import, as root; this only selects it.
         a.extend([

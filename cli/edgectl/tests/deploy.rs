@@ -1409,3 +1409,59 @@ fn an_activation_that_does_not_start_is_reported_with_the_journal() {
     assert_eq!(l.current(0), None);
     assert_eq!(runtime_and_boot(&l, 0), (String::new(), String::new()));
 }
+
+/// A peer that is alive but stops reading (its import takes 1 MB, then hangs without reading
+/// on) holds up neither the seed nor the other peer: the relay's watchdog drops it after
+/// `STALL`, the others finish from the stream, and the stalled one gets its copy from the seed
+/// afterwards (`nix-store --serve`, which works there).
+#[test]
+fn a_stalled_fanout_peer_is_dropped_and_served_later() {
+    let Some(mut l) = lab(3) else { return };
+    l.with_payload(32);
+    let wrapper = "#!/bin/bash\ncase \" $* \" in *\" --import \"*) head -c 1000000 > /dev/null; exec sleep 100000 ;; esac\nexec -a nix-store /usr/bin/nix \"$@\"\n";
+    let o = l.rig.exec_in(
+        2,
+        &[
+            "sh",
+            "-c",
+            "mount -t tmpfs edgerig-stall /usr/local/bin && printf '%s' \"$1\" > /usr/local/bin/nix-store && chmod 755 /usr/local/bin/nix-store",
+            "x",
+            wrapper,
+        ],
+    );
+    assert!(o.status.success(), "{}", explain(&o));
+    let t0 = Instant::now();
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let evs = events(&o);
+    let n3: Vec<String> = evs
+        .iter()
+        .filter(|e| e["node"] == "n3" && e["phase"] == "copy")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        n3.iter()
+            .any(|m| m.contains("dropped: it read nothing for 20 s")),
+        "{n3:?}"
+    );
+    assert_eq!(
+        copied_from(&evs, "n3").as_deref(),
+        Some("copied from n1 after the upload"),
+        "{n3:?}"
+    );
+    assert!(
+        copy_ok(&evs, "n2")["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("streamed from n1 during the upload"),
+        "the stalled peer held n2 up: {evs:?}"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            l.current(i).as_deref(),
+            Some(l.target(i).as_str()),
+            "node {i}"
+        );
+    }
+    eprintln!("apply with a stalled peer took {:?}", t0.elapsed());
+}
