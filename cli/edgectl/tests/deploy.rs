@@ -1465,3 +1465,67 @@ fn a_stalled_fanout_peer_is_dropped_and_served_later() {
     }
     eprintln!("apply with a stalled peer took {:?}", t0.elapsed());
 }
+
+/// CloudLab logs users in as themselves and they reach root through `sudo -n`: plan, apply
+/// (lock, copies over the LAN with the cluster key under that user, activation, confirmation)
+/// and a second plan must all work that way, and every node ends on its new generation.
+#[test]
+fn a_non_root_login_reaches_root_through_sudo() {
+    if !edgectl_rig::ready() {
+        return;
+    }
+    let found =
+        edgectl_testkit::tool("sudo").map_err(|e| format!("{e} (Debian: apt-get install sudo)"));
+    if edgectl_testkit::require("sudo", found).is_none() {
+        return;
+    }
+    let rig = Rig::up_with(
+        3,
+        edgectl_rig::RigOptions {
+            private_etc: true,
+            ..Default::default()
+        },
+    )
+    .expect("rig");
+    rig.add_sudo_user("alice").unwrap();
+    let l = Lab {
+        rig,
+        dir: tempfile::tempdir().unwrap(),
+        fixture: edgectl_rig::fixture_nixpkgs(),
+    };
+    l.write_topology(&["wasm", "agent"]);
+    let t = std::fs::read_to_string(l.topology())
+        .unwrap()
+        .replace("ssh_user = \"root\"", "ssh_user = \"alice\"");
+    std::fs::write(l.topology(), t).unwrap();
+    let o = Command::new("ssh")
+        .args(["-F", l.rig.ssh_config.to_str().unwrap(), "alice@n1"])
+        .arg("id -un; sudo -n id -un")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "alice\nroot\n",
+        "{}",
+        explain(&o)
+    );
+    assert_eq!(code(&l.run(&["plan", "--json"])), 2);
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    assert_eq!(
+        closure_from(&o),
+        vec![
+            ("n1".into(), "seed".into(), None),
+            ("n2".into(), "seed-stream".into(), Some("n1".into())),
+            ("n3".into(), "seed-stream".into(), Some("n1".into())),
+        ]
+    );
+    for i in 0..3 {
+        assert_eq!(
+            l.current(i).as_deref(),
+            Some(l.target(i).as_str()),
+            "node {i}"
+        );
+    }
+    assert_eq!(code(&l.run(&["plan", "--json"])), 0);
+}

@@ -365,9 +365,13 @@ impl Rig {
              PrintLastLog no\n\
              MaxStartups 100\n\
              MaxSessions 100\n\
-             AuthorizedKeysFile {ak} {home}/.ssh/authorized_keys\n\
+             AuthorizedKeysFile {ak} %h/.ssh/authorized_keys\n\
              Subsystem sftp internal-sftp\n\
-             SetEnv HOME={home} NIX_CONF_DIR={nc} NIX_CONFIG=\"experimental-features = nix-command flakes\"{path}\n",
+             Match User root\n\
+             \x20 AuthorizedKeysFile {ak} {home}/.ssh/authorized_keys\n\
+             \x20 SetEnv HOME={home} NIX_CONF_DIR={nc} NIX_CONFIG=\"experimental-features = nix-command flakes\"{path}\n\
+             Match all\n\
+             \x20 SetEnv NIX_CONF_DIR={nc} NIX_CONFIG=\"experimental-features = nix-command flakes\"{path}\n",
             hk = host_key.display(),
             d = dir.display(),
             ak = self.dir.join("keys/authorized_keys").display(),
@@ -442,6 +446,10 @@ impl Rig {
                     String::from_utf8_lossy(&o.stderr)
                 ));
             }
+            // The node knows its own name, as a real machine's /etc/hosts says it (sudo asks).
+            let hosts = fs::read_to_string(root.join("hosts")).unwrap_or_default();
+            fs::write(root.join("hosts"), format!("{hosts}127.0.1.1 {name}\n"))
+                .map_err(|e| format!("hosts: {e}"))?;
             if opts.nixos {
                 // A symlink into /usr/lib on Debian: replace the link, never write through it.
                 let os = root.join("os-release");
@@ -778,6 +786,53 @@ impl Rig {
                 "veth": n.veth,
             })).collect::<Vec<_>>(),
         })
+    }
+
+    /// Adds a login user to every node (which needs [`RigOptions::private_etc`]) that reaches
+    /// root only through `sudo -n`, as CloudLab's users do: its own home (the rig's key in its
+    /// `authorized_keys`), uid/gid 20001 like CloudLab's first user, and a NOPASSWD sudoers entry.
+    pub fn add_sudo_user(&self, user: &str) -> Result<(), String> {
+        let key = fs::read_to_string(self.key.with_extension("pub"))
+            .map_err(|e| format!("rig key: {e}"))?;
+        for n in &self.nodes {
+            let etc = n
+                .etc_root
+                .as_ref()
+                .ok_or("add_sudo_user needs nodes with a private /etc")?;
+            let home = n.dir.join(format!("home-{user}"));
+            fs::create_dir_all(home.join(".ssh")).map_err(|e| format!("mkdir: {e}"))?;
+            fs::write(home.join(".ssh/authorized_keys"), &key)
+                .map_err(|e| format!("authorized_keys: {e}"))?;
+            let append = |f: &str, line: String| -> Result<(), String> {
+                let mut h = fs::OpenOptions::new()
+                    .append(true)
+                    .open(etc.join(f))
+                    .map_err(|e| format!("{f}: {e}"))?;
+                writeln!(h, "{line}").map_err(|e| format!("{f}: {e}"))
+            };
+            append(
+                "passwd",
+                format!("{user}:x:20001:20001:{user}:{}:/bin/bash", home.display()),
+            )?;
+            append("group", format!("{user}:x:20001:"))?;
+            append("shadow", format!("{user}:*:19000:0:99999:7:::"))?;
+            let sudoers = etc.join("sudoers.d");
+            fs::create_dir_all(&sudoers).map_err(|e| format!("mkdir: {e}"))?;
+            let f = sudoers.join(format!("edgerig-{user}"));
+            fs::write(&f, format!("{user} ALL=(ALL) NOPASSWD: ALL\n"))
+                .map_err(|e| format!("sudoers: {e}"))?;
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o440))
+                .map_err(|e| format!("sudoers: {e}"))?;
+            let o = Command::new("chown")
+                .args(["-R", "20001:20001"])
+                .arg(&home)
+                .output()
+                .map_err(|e| format!("chown: {e}"))?;
+            if !o.status.success() {
+                return Err(format!("chown: {}", String::from_utf8_lossy(&o.stderr)));
+            }
+        }
+        Ok(())
     }
 
     /// Reboots node i as far as edgectl can tell: every process of the node dies (sshd and
