@@ -324,7 +324,7 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
     }
 
     let mut nodes: Vec<Node> = Vec::with_capacity(file.nodes.len());
-    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut names: HashMap<String, (usize, String)> = HashMap::new();
     let mut hosts: HashMap<(&str, u16), usize> = HashMap::new();
     let mut macs: HashMap<Mac, String> = HashMap::new();
     let mut addrs: HashMap<(String, Ipv4Addr), String> = HashMap::new();
@@ -356,17 +356,25 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 .value(format!("{:?}", n.name))
                 .help(hint);
             }
-            if let Some(&first) = names.get(n.name.as_str()) {
+            // Names that differ only in case are one name to DNS (the agent's certificate is
+            // `<node>.node.edgectl`) and to a case-insensitive controller disk (macOS), where
+            // each node's keys live in a folder named after it.
+            let key = n.name.to_ascii_lowercase();
+            if let Some(&(first, ref other)) = names.get(&key) {
                 let line = v.line_of(&format!("node[{first}].name"));
-                v.err(
-                    Kind::DuplicateName,
-                    &format!("{np}.name"),
-                    format!("node name `{}` is already used on line {line}", n.name),
-                )
-                .value(format!("{:?}", n.name))
-                .help("give every node a unique name");
+                let msg = if *other == n.name {
+                    format!("node name `{}` is already used on line {line}", n.name)
+                } else {
+                    format!(
+                        "node name `{}` differs from `{other}` (line {line}) only in case, which DNS and some file systems do not tell apart",
+                        n.name
+                    )
+                };
+                v.err(Kind::DuplicateName, &format!("{np}.name"), msg)
+                    .value(format!("{:?}", n.name))
+                    .help("give every node a unique name");
             } else {
-                names.insert(&n.name, i);
+                names.insert(key, (i, n.name.clone()));
             }
         }
 
