@@ -8,7 +8,7 @@ use quinn::{ClientConfig, Connection, Endpoint};
 
 use crate::pki::Party;
 use crate::proto::{
-    KIND_ECHO_DATAGRAM, KIND_JSON, KIND_PING, MAX_REQUEST, PairStat, Request, Response, percentile,
+    KIND_ECHO_DATAGRAM, KIND_JSON, KIND_PING, MAX_RESPONSE, PairStat, Request, Response, percentile,
 };
 
 pub fn endpoint(cfg: ClientConfig) -> Result<Endpoint, String> {
@@ -48,12 +48,15 @@ pub async fn request(
         let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let mut buf = vec![KIND_JSON];
         serde_json::to_writer(&mut buf, req).map_err(|e| e.to_string())?;
-        s.write_all(&buf).await.map_err(|e| e.to_string())?;
-        s.finish().map_err(|e| e.to_string())?;
-        let body = r
-            .read_to_end(MAX_REQUEST)
-            .await
-            .map_err(|e| e.to_string())?;
+        let sent = match s.write_all(&buf).await {
+            Ok(()) => s.finish().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        // An agent that stops reading a request (one too large) still answers why.
+        let body = match r.read_to_end(MAX_RESPONSE).await {
+            Ok(b) => b,
+            Err(e) => return Err(sent.err().unwrap_or_else(|| e.to_string())),
+        };
         serde_json::from_slice::<Response>(&body).map_err(|e| format!("bad answer: {e}"))
     };
     tokio::time::timeout(timeout, fut)

@@ -13,8 +13,12 @@ pub const ALPN: &[u8] = b"edgectl-agent/1";
 pub const KIND_PING: u8 = b'P';
 pub const KIND_JSON: u8 = b'J';
 pub const KIND_ECHO_DATAGRAM: u8 = b'S';
-/// Largest request the agent reads: a user Wasm module fits, a flood does not.
-pub const MAX_REQUEST: usize = 64 << 20;
+/// Largest request the agent reads (a larger one is answered with an error): a user's WASI
+/// module of up to about 12 MiB fits, base64 in JSON; a flood does not.
+pub const MAX_REQUEST: usize = 16 << 20;
+/// Largest answer the controller reads (a WASI outcome holds up to 1 MiB each of the
+/// module's stdout and stderr, which JSON may escape to six bytes a byte).
+pub const MAX_RESPONSE: usize = 64 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Peer {
@@ -31,7 +35,8 @@ pub enum Request {
     Facts,
     /// Runs the built-in Wasm module and times its cold start.
     WasmColdStart,
-    /// Runs a user's WASI module sandboxed (no network, read-only /proc and /sys).
+    /// Runs a user's WASI module sandboxed (see `wasm`: its own unprivileged process, no host
+    /// files, no network, a memory cap and the time limit).
     RunWasi {
         name: String,
         /// The module (binary or WAT text), base64.
@@ -45,6 +50,9 @@ pub enum Request {
         listen: String,
         connect: Vec<String>,
     },
+    /// Closes this agent's Zenoh session, and with it its listener (it also closes when the
+    /// connection that opened it does).
+    ZenohClose,
     /// Measures round trips to every peer, over QUIC and (when a session is open) Zenoh.
     Matrix {
         me: String,

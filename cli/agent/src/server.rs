@@ -21,6 +21,8 @@ pub struct AgentOptions {
     pub state_dir: PathBuf,
     /// Ends the agent by itself (one uploaded by `verify` must not outlive the run).
     pub exit_after: Option<Duration>,
+    /// What runs users' WASI modules; `None`: this executable as `edgectl agent --run-wasi`.
+    pub wasi_runner: Option<wasm::Runner>,
 }
 
 /// Files the controller uploads into the state directory.
@@ -31,10 +33,26 @@ pub const KEY_FILE: &str = "node.key";
 struct Agent {
     endpoint: Endpoint,
     peer_cfg: ClientConfig,
+    /// The Zenoh session and the connection that opened it: it ends with that connection, so
+    /// that its listener (which asks for no certificate) is open only while `verify` runs.
     #[cfg(feature = "zenoh")]
-    zenoh: Mutex<Option<crate::zn::Zn>>,
+    zenoh: Mutex<Option<(usize, crate::zn::Zn)>>,
+    wasi_runner: wasm::Runner,
     stop: Notify,
 }
+
+/// When process `pid` started (clock ticks after boot, field 22 of /proc/PID/stat): with the
+/// pid, it names one process, never a later one that reuses the number.
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `agent.pid` in the state directory: "PID START" (see [`proc_start_time`]), which `verify`
+/// checks, with the command line, before it stops a previous agent.
+pub const PID_FILE: &str = "agent.pid";
 
 fn load_keys(dir: &Path) -> Option<(String, Identity)> {
     let r = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
@@ -87,15 +105,20 @@ async fn serve(opts: AgentOptions) -> Result<(), String> {
         peer_cfg: tls::client(&ca, Some(&id))?,
         #[cfg(feature = "zenoh")]
         zenoh: Mutex::new(None),
+        wasi_runner: opts
+            .wasi_runner
+            .clone()
+            .unwrap_or_else(wasm::Runner::edgectl),
         stop: Notify::new(),
     });
     eprintln!(
         "edgectl agent: listening on {} (QUIC, mutual TLS)",
         opts.listen
     );
+    let me = std::process::id();
     let _ = std::fs::write(
-        opts.state_dir.join("agent.pid"),
-        std::process::id().to_string(),
+        opts.state_dir.join(PID_FILE),
+        format!("{me} {}\n", proc_start_time(me).unwrap_or(0)),
     );
     let expire = async {
         match deadline {
@@ -125,13 +148,13 @@ async fn serve(opts: AgentOptions) -> Result<(), String> {
         }
     }
     #[cfg(feature = "zenoh")]
-    if let Some(z) = agent.zenoh.lock().await.take() {
+    if let Some((_, z)) = agent.zenoh.lock().await.take() {
         z.close().await;
     }
     endpoint.close(0u32.into(), b"bye");
     // Give the close frame (and the Shutdown answer) a moment to leave.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = std::fs::remove_file(opts.state_dir.join("agent.pid"));
+    let _ = std::fs::remove_file(opts.state_dir.join(PID_FILE));
     Ok(())
 }
 
@@ -146,6 +169,7 @@ async fn connection(agent: Arc<Agent>, conn: Connection) {
             }
         }
     });
+    let id = conn.stable_id();
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let a = agent.clone();
         tokio::spawn(async move {
@@ -153,23 +177,39 @@ async fn connection(agent: Arc<Agent>, conn: Connection) {
             if recv.read_exact(&mut kind).await.is_err() {
                 return;
             }
-            let Ok(buf) = recv.read_to_end(MAX_REQUEST).await else {
-                return;
+            let error = |message: String| {
+                serde_json::to_vec(&Response::Error { message }).unwrap_or_default()
             };
             let answer = match kind[0] {
-                KIND_PING => buf,
-                KIND_JSON => {
-                    let resp = match serde_json::from_slice::<Request>(&buf) {
-                        Err(e) => Response::Error {
-                            message: format!("bad request: {e}"),
-                        },
-                        Ok(_) if !controller => Response::Error {
-                            message: "only the controller's certificate may send requests".into(),
-                        },
-                        Ok(req) => handle(&a, req).await,
-                    };
-                    serde_json::to_vec(&resp).unwrap_or_default()
+                KIND_PING => match recv.read_to_end(PING_LIMIT).await {
+                    Ok(buf) => buf,
+                    Err(_) => return,
+                },
+                // Nothing of a request that would be refused is read.
+                KIND_JSON if !controller => {
+                    let _ = recv.stop(0u32.into());
+                    error("only the controller's certificate may send requests".into())
                 }
+                KIND_JSON => match recv.read_to_end(MAX_REQUEST).await {
+                    Ok(buf) => {
+                        let resp = match serde_json::from_slice::<Request>(&buf) {
+                            Err(e) => Response::Error {
+                                message: format!("bad request: {e}"),
+                            },
+                            Ok(req) => handle(&a, req, id).await,
+                        };
+                        serde_json::to_vec(&resp).unwrap_or_default()
+                    }
+                    Err(quinn::ReadToEndError::TooLong) => {
+                        // The sender learns to stop sending, and why.
+                        let _ = recv.stop(0u32.into());
+                        error(format!(
+                            "request too large: the agent reads at most {} MiB",
+                            MAX_REQUEST >> 20
+                        ))
+                    }
+                    Err(_) => return,
+                },
                 _ => return,
             };
             let _ = send.write_all(&answer).await;
@@ -178,7 +218,20 @@ async fn connection(agent: Arc<Agent>, conn: Connection) {
             let _ = send.stopped().await;
         });
     }
+    // The controller that opened the Zenoh session is gone (done, or dead): so is the session.
+    #[cfg(feature = "zenoh")]
+    {
+        let mut slot = agent.zenoh.lock().await;
+        if slot.as_ref().is_some_and(|(owner, _)| *owner == id)
+            && let Some((_, z)) = slot.take()
+        {
+            z.close().await;
+        }
+    }
 }
+
+/// An echo probe is a kind byte and a sequence number.
+const PING_LIMIT: usize = 64;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
@@ -186,7 +239,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| e.to_string())
 }
 
-async fn handle(a: &Arc<Agent>, req: Request) -> Response {
+/// Answers one request of the controller, which came on connection `conn`.
+async fn handle(a: &Arc<Agent>, req: Request, conn: usize) -> Response {
     let err = |message: String| Response::Error { message };
     match req {
         Request::Facts => match blocking(facts::gather).await {
@@ -206,8 +260,15 @@ async fn handle(a: &Arc<Agent>, req: Request) -> Response {
             let Ok(module) = base64::engine::general_purpose::STANDARD.decode(module_b64) else {
                 return err("module is not base64".into());
             };
+            let runner = a.wasi_runner.clone();
             match blocking(move || {
-                wasm::run_wasi(&name, &module, &args, Duration::from_millis(timeout_ms))
+                wasm::run_wasi(
+                    &runner,
+                    &name,
+                    &module,
+                    &args,
+                    Duration::from_millis(timeout_ms),
+                )
             })
             .await
             {
@@ -225,7 +286,14 @@ async fn handle(a: &Arc<Agent>, req: Request) -> Response {
             me,
             listen,
             connect,
-        } => zenoh_open(a, &me, &listen, &connect).await,
+        } => zenoh_open(a, conn, &me, &listen, &connect).await,
+        Request::ZenohClose => {
+            #[cfg(feature = "zenoh")]
+            if let Some((_, z)) = a.zenoh.lock().await.take() {
+                z.close().await;
+            }
+            Response::Ok
+        }
         Request::Matrix {
             me,
             peers,
@@ -250,7 +318,7 @@ async fn handle(a: &Arc<Agent>, req: Request) -> Response {
             #[allow(unused_mut)]
             let mut zn = Vec::new();
             #[cfg(feature = "zenoh")]
-            if zenoh && let Some(z) = a.zenoh.lock().await.as_ref() {
+            if zenoh && let Some((_, z)) = a.zenoh.lock().await.as_ref() {
                 for p in &peers {
                     zn.push(z.pair(&p.name, samples).await);
                 }
@@ -271,14 +339,20 @@ async fn handle(a: &Arc<Agent>, req: Request) -> Response {
 }
 
 #[cfg(feature = "zenoh")]
-async fn zenoh_open(a: &Arc<Agent>, me: &str, listen: &str, connect: &[String]) -> Response {
+async fn zenoh_open(
+    a: &Arc<Agent>,
+    conn: usize,
+    me: &str,
+    listen: &str,
+    connect: &[String],
+) -> Response {
     let mut slot = a.zenoh.lock().await;
-    if let Some(old) = slot.take() {
+    if let Some((_, old)) = slot.take() {
         old.close().await;
     }
     match crate::zn::Zn::open(me, listen, connect).await {
         Ok(z) => {
-            *slot = Some(z);
+            *slot = Some((conn, z));
             Response::Ok
         }
         Err(message) => Response::Error { message },
@@ -286,7 +360,7 @@ async fn zenoh_open(a: &Arc<Agent>, me: &str, listen: &str, connect: &[String]) 
 }
 
 #[cfg(not(feature = "zenoh"))]
-async fn zenoh_open(_: &Arc<Agent>, _: &str, _: &str, _: &[String]) -> Response {
+async fn zenoh_open(_: &Arc<Agent>, _: usize, _: &str, _: &str, _: &[String]) -> Response {
     Response::Error {
         message: "this edgectl was built without the `zenoh` feature".into(),
     }

@@ -19,7 +19,7 @@ use crate::checks::{self, Check, Verdict};
 use crate::facts::Facts;
 use crate::pki::{CONTROLLER, Pki};
 use crate::proto::{ColdStart, PairStat, Peer, RayFacts, Request, Response, WasiOutcome};
-use crate::server::{CA_FILE, CERT_FILE, KEY_FILE};
+use crate::server::{CA_FILE, CERT_FILE, KEY_FILE, PID_FILE};
 use crate::{client, tls};
 
 pub const DEFAULT_AGENT_DIR: &str = "/var/lib/edgectl-agent";
@@ -151,7 +151,25 @@ fn run_ok(h: &SshHost, a: Vec<String>) -> Result<String, String> {
 }
 
 // Constant scripts: every value reaches them as a positional argument, never as shell text.
-const STOP_OLD: &str = r#"[ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null; rm -f "$1"; true"#;
+/// Stops the agent that pid file `$1` names, and only that one: a stale file's pid may belong
+/// to any process by now. The file holds "PID START" (`server::PID_FILE`); the process must
+/// have started then (when the file says) and be an `edgectl agent` serving the file's directory.
+const STOP_OLD: &str = r#"f=$1
+dir=${f%/*}
+[ -f "$f" ] || exit 0
+read -r pid start <"$f"
+rm -f "$f"
+case $pid in ''|*[!0-9]*) exit 0 ;; esac
+stat=/proc/$pid/stat
+[ -r "$stat" ] || exit 0
+if [ -n "$start" ]; then
+  [ "$(sed 's/.*) //' "$stat" | cut -d' ' -f20)" = "$start" ] || exit 0
+fi
+args=$(tr '\0' '\n' <"/proc/$pid/cmdline")
+printf '%s\n' "$args" | grep -qx agent || exit 0
+printf '%s\n' "$args" | grep -qxF -- "$dir" || exit 0
+kill "$pid" 2>/dev/null
+true"#;
 const DETACH: &str = r#"exec "$@" >"$0" 2>&1 </dev/null"#;
 
 fn prepare(
@@ -202,7 +220,7 @@ fn prepare(
                 bin
             }
         };
-        let pid = format!("{dir}/agent.pid");
+        let pid = format!("{dir}/{PID_FILE}");
         run_ok(&h, argv(["sh", "-c", STOP_OLD, "edgectl-stop", &pid]))?;
         run_ok(
             &h,
@@ -282,11 +300,12 @@ pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineErr
     for c in &loaded.file.checks {
         let p = base.join(&c.wasm);
         let b = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        user_modules.push((
-            c.name.clone(),
-            base64::engine::general_purpose::STANDARD.encode(b),
-            c.args.clone(),
-        ));
+        user_modules.push(UserModule {
+            name: c.name.clone(),
+            module_b64: base64::engine::general_purpose::STANDARD.encode(b),
+            args: c.args.clone(),
+            timeout: Duration::from_secs_f64(c.timeout_s.unwrap_or(USER_CHECK_TIMEOUT_S)),
+        });
     }
     let exe = if opts.agent_bin.is_none() {
         let p = std::env::current_exe()
@@ -371,7 +390,7 @@ pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineErr
         if p.started
             && let Some(h) = &p.ssh
         {
-            let pid = format!("{}/agent.pid", opts.agent_dir.trim_end_matches('/'));
+            let pid = format!("{}/{PID_FILE}", opts.agent_dir.trim_end_matches('/'));
             let _ = h.run(&argv(["sh", "-c", STOP_OLD, "edgectl-stop", &pid]), true);
         }
     }
@@ -407,6 +426,16 @@ async fn connect_agent(
 }
 
 const REQ_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a `[[check]]` module may run unless it says (`timeout_s`).
+pub const USER_CHECK_TIMEOUT_S: f64 = 30.0;
+
+/// A `[[check]]`, ready to send.
+struct UserModule {
+    name: String,
+    module_b64: String,
+    args: Vec<String>,
+    timeout: Duration,
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn collect(
@@ -416,7 +445,7 @@ async fn collect(
     ca_pem: &str,
     controller: &crate::pki::Identity,
     opts: &VerifyOptions,
-    user_modules: &[(String, String, Vec<String>)],
+    user_modules: &[UserModule],
 ) -> Result<Report, String> {
     let t_agents = Instant::now();
     let ep = client::endpoint(tls::client(ca_pem, Some(controller))?)?;
@@ -470,16 +499,18 @@ async fn collect(
                 None
             };
             let mut user = Vec::new();
-            for (name, module_b64, args) in user_modules {
+            for m in user_modules {
                 let req = Request::RunWasi {
-                    name: name.clone(),
-                    module_b64: module_b64.clone(),
-                    args: args.clone(),
-                    timeout_ms: 30_000,
+                    name: m.name.clone(),
+                    module_b64: m.module_b64.clone(),
+                    args: m.args.clone(),
+                    timeout_ms: m.timeout.as_millis() as u64,
                 };
+                // The agent answers by the module's limit plus its sandbox's grace.
+                let wait = m.timeout + crate::wasm::PROCESS_GRACE + REQ_TIMEOUT;
                 user.push((
-                    name.clone(),
-                    match client::request(&conn, &req, REQ_TIMEOUT).await {
+                    m.name.clone(),
+                    match client::request(&conn, &req, wait).await {
                         Ok(Response::Wasi(o)) => Ok(o),
                         Ok(Response::Error { message }) => Err(message),
                         Ok(o) => Err(format!("unexpected answer {o:?}")),
@@ -576,7 +607,8 @@ async fn collect(
     let mut zenoh = Vec::new();
     if live.len() >= 2 {
         let zep = |a: &SocketAddr| format!("tcp/{}:{}", a.ip(), opts.zenoh_port);
-        let mut zenoh_ok = cfg!(feature = "zenoh") && !opts.no_zenoh;
+        let zenoh_attempted = cfg!(feature = "zenoh") && !opts.no_zenoh;
+        let mut zenoh_ok = zenoh_attempted;
         if zenoh_ok {
             // In order, each connecting to those before it: every pair gets one direct link,
             // and every endpoint it dials is already listening.
@@ -653,6 +685,14 @@ async fn collect(
                     Ok(o) => return Err(format!("unexpected answer {o:?}")),
                 }
             }
+        }
+        // Zenoh's listeners ask for no certificate: none stays open after the matrix, on a
+        // service agent either (which closes it by itself when this connection ends, too).
+        if zenoh_attempted {
+            let closes = live.iter().map(|(_, conn, _)| {
+                client::request(conn, &Request::ZenohClose, Duration::from_secs(10))
+            });
+            join_vec(closes.collect()).await;
         }
     }
     let order: BTreeMap<&str, usize> = nodes
@@ -767,8 +807,85 @@ async fn join_vec<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use super::pair_rounds;
+    use super::{STOP_OLD, pair_rounds};
+    use crate::server::{PID_FILE, proc_start_time};
     use std::collections::BTreeSet;
+    use std::path::Path;
+    use std::process::{Child, Command};
+    use std::time::Duration;
+
+    /// Runs [`STOP_OLD`] here, as `verify` does on a node, on `dir`'s pid file.
+    fn stop_old(dir: &Path) {
+        let pid = dir.join(PID_FILE);
+        let o = Command::new("sh")
+            .args(["-c", STOP_OLD, "edgectl-stop"])
+            .arg(&pid)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        assert!(!pid.exists(), "the pid file stays");
+    }
+
+    /// Whether `c` is still running after a moment (a signal takes a moment to land).
+    fn survives(c: &mut Child) -> bool {
+        std::thread::sleep(Duration::from_millis(200));
+        c.try_wait().unwrap().is_none()
+    }
+
+    fn write_pid(dir: &Path, line: String) {
+        std::fs::write(dir.join(PID_FILE), line).unwrap();
+    }
+
+    #[test]
+    fn a_stale_pid_file_stops_only_the_agent_it_names() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        // An unrelated process that now has the pid, in the file as an agent writes it (with
+        // its very start time) and as an older agent did (the pid alone): it lives on.
+        let mut sleep = Command::new("sleep").arg("60").spawn().unwrap();
+        let start = proc_start_time(sleep.id()).unwrap();
+        for line in [format!("{} {start}\n", sleep.id()), sleep.id().to_string()] {
+            write_pid(dir, line.clone());
+            stop_old(dir);
+            assert!(survives(&mut sleep), "{line:?} killed an unrelated `sleep`");
+        }
+        let _ = sleep.kill();
+        let _ = sleep.wait();
+
+        // A process that looks like the agent of this directory...
+        let mut agent = Command::new("sh")
+            .args(["-c", "while :; do sleep 0.1; done", "agent", "--state-dir"])
+            .arg(dir)
+            .spawn()
+            .unwrap();
+        let start = proc_start_time(agent.id()).unwrap();
+        // ... of another one's directory, or started at another time than the file says (the
+        // pid came round again): not the one the file is about.
+        let other = tempfile::tempdir().unwrap();
+        for (d, line) in [
+            (other.path(), format!("{} {start}", agent.id())),
+            (dir, format!("{} {}", agent.id(), start + 1)),
+        ] {
+            write_pid(d, line.clone());
+            stop_old(d);
+            assert!(survives(&mut agent), "{line:?} in {d:?} stopped it");
+        }
+        // The agent the file names is stopped.
+        write_pid(dir, format!("{} {start}\n", agent.id()));
+        stop_old(dir);
+        let mut gone = false;
+        for _ in 0..50 {
+            if agent.try_wait().unwrap().is_some() {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !gone {
+            let _ = agent.kill();
+        }
+        assert!(gone, "the agent the pid file names still runs");
+    }
 
     #[test]
     fn rounds_cover_every_pair_once_and_no_node_twice_per_round() {

@@ -33,6 +33,7 @@ fn only_cluster_certificates_get_in() {
             listen: addr,
             state_dir: state,
             exit_after: Some(Duration::from_secs(60)),
+            wasi_runner: None,
         })
     });
 

@@ -310,19 +310,21 @@ impl SshHost {
         ch.exec(&cmd).map_err(io)?;
         std::io::copy(input, &mut ch).map_err(|e| HostError::Unreachable(e.to_string()))?;
         ch.send_eof().map_err(io)?;
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        ch.read_to_string(&mut stdout)
+        // Bytes, then text: output that is not UTF-8 is the command's, not a dead node (a
+        // `read_to_string` would fail on it, as if the connection had).
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        ch.read_to_end(&mut stdout)
             .map_err(|e| HostError::Unreachable(e.to_string()))?;
         ch.stderr()
-            .read_to_string(&mut stderr)
+            .read_to_end(&mut stderr)
             .map_err(|e| HostError::Unreachable(e.to_string()))?;
         ch.wait_close().map_err(io)?;
         let status = ch.exit_status().map_err(io)?;
         Ok(Output {
             status,
-            stdout,
-            stderr,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
     }
 }

@@ -321,6 +321,13 @@ fn verify_uploads_agents_checks_and_reports() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         assert!(stopped, "agent still running on node {i}");
+        // Nor does the Zenoh listener of the latency matrix (it asks for no certificate).
+        let zenoh = std::net::SocketAddr::from((l.rig.node(i).ip, 7448));
+        assert!(
+            std::net::TcpStream::connect_timeout(&zenoh, std::time::Duration::from_secs(1))
+                .is_err(),
+            "{zenoh} still accepts connections after verify"
+        );
     }
     // The CA key never leaves the controller: no file the nodes were given holds it.
     let ca_key = std::fs::read_to_string(l.dir.path().join(".edgectl/pki/ca/key.pem")).unwrap();
@@ -606,4 +613,167 @@ fn ray_cluster_is_checked_or_skipped_with_a_reason() {
         assert_eq!(c["verdict"], "pass", "{c}");
     }
     assert_eq!(v["nodes"][0]["ray"]["alive_nodes"], 2);
+}
+
+/// Hostile `[[check]]` modules, end to end through `edgectl agent --run-wasi` on a node: each
+/// is a failed check with its reason, in about its time limit, and the agent carries on.
+#[test]
+fn hostile_wasi_checks_fail_with_a_reason_inside_their_limits() {
+    let Some(l) = lab(1) else { return };
+    let modules = [
+        // Tries /proc/1/environ and its own environ through every descriptor: exit 0 if it
+        // read anything, 1 if nothing opened.
+        (
+            "environ",
+            r#"(module
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "1/environ")
+  (data (i32.const 120) "self/environ")
+  (data (i32.const 140) "proc/1/environ")
+  (func $try (param $fd i32) (param $path i32) (param $len i32)
+    (if (i32.eqz (call $open (local.get $fd) (i32.const 0) (local.get $path) (local.get $len)
+          (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 8)))
+      (then (call $exit (i32.const 0)))))
+  (func (export "_start") (local $fd i32)
+    (block $done (loop $next
+      (call $try (local.get $fd) (i32.const 100) (i32.const 9))
+      (call $try (local.get $fd) (i32.const 120) (i32.const 12))
+      (call $try (local.get $fd) (i32.const 140) (i32.const 14))
+      (local.set $fd (i32.add (local.get $fd) (i32.const 1)))
+      (br_if $next (i32.lt_u (local.get $fd) (i32.const 64)))))
+    (call $exit (i32.const 1))))"#,
+            "",
+        ),
+        // 4 GiB of linear memory, trapping when refused.
+        (
+            "memory",
+            r#"(module (memory (export "memory") 1)
+  (func (export "_start")
+    (if (i32.eq (memory.grow (i32.const 65535)) (i32.const -1)) (then unreachable))))"#,
+            "",
+        ),
+        (
+            "spin",
+            r#"(module (func (export "_start") (loop $l (br $l))))"#,
+            "timeout_s = 1\n",
+        ),
+        // An hour in poll_oneoff: a host call, which epoch interruption does not reach.
+        (
+            "poll",
+            r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i64.store (i32.const 0) (i64.const 1))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 3600000000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#,
+            "timeout_s = 1\n",
+        ),
+    ];
+    std::fs::copy(fixture("hello.wat"), l.dir.path().join("hello.wat")).unwrap();
+    let mut extra = String::from("[[check]]\nname = \"hello\"\nwasm = \"hello.wat\"\n\n");
+    for (name, wat, more) in modules {
+        std::fs::write(l.dir.path().join(format!("{name}.wat")), wat).unwrap();
+        extra.push_str(&format!(
+            "[[check]]\nname = \"{name}\"\nwasm = \"{name}.wat\"\n{more}\n"
+        ));
+    }
+    l.write(&["agent"], true, &extra);
+    let t0 = std::time::Instant::now();
+    let o = l.verify_shared_bin(&["--json", "--no-zenoh"]);
+    let took = t0.elapsed();
+    let v = json(&o);
+    assert_eq!(o.status.code(), Some(4), "{}", explain(&o));
+    let check = |name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == format!("wasi {name}"))
+            .unwrap_or_else(|| panic!("no check for {name}: {}", explain(&o)))
+            .clone()
+    };
+    // The control: a harmless module passes, so the agent ran the others.
+    assert_eq!(check("hello")["verdict"], "pass", "{}", check("hello"));
+    for (name, want) in [
+        ("environ", vec!["exit 1"]),
+        (
+            "memory",
+            vec!["memory limit exceeded", "4096 MiB", "256 MiB"],
+        ),
+        ("spin", vec!["timed out after 1000 ms"]),
+        ("poll", vec!["timed out after 1000 ms", "host call"]),
+    ] {
+        let c = check(name);
+        assert_eq!(c["verdict"], "fail", "{c}");
+        let actual = c["actual"].as_str().unwrap();
+        for w in want {
+            assert!(actual.contains(w), "{name}: {actual:?} lacks {w:?}");
+        }
+    }
+    // Every module ran in its own process, and no process outlived its module's limit by
+    // much: the hour-long poll was not waited out.
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    assert!(v["nodes"][0]["facts"]["cpu"]["threads"].as_u64().unwrap() > 0);
+}
+
+/// A pid file left behind that now names another process: `verify` starts its agent and the
+/// other process lives on.
+#[test]
+fn a_stale_pid_file_never_stops_an_unrelated_process() {
+    let Some(l) = lab(1) else { return };
+    l.write(&["agent"], true, "");
+    // The rig's nodes share this machine's processes, as a node shares its own.
+    let mut other = Command::new("sleep").arg("300").spawn().unwrap();
+    let start = edgectl_agent::server::proc_start_time(other.id()).unwrap();
+    let dir = agent_dir(&l.rig, 0);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join(edgectl_agent::server::PID_FILE);
+    std::fs::write(&pid_file, format!("{} {start}\n", other.id())).unwrap();
+    let o = l.verify_shared_bin(&["--json", "--no-zenoh"]);
+    let v = json(&o);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alive = other.try_wait().unwrap().is_none();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(alive, "verify killed the process its stale pid file named");
+    assert_eq!(v["nodes"][0]["agent"], "started", "{}", explain(&o));
+    assert!(!pid_file.exists(), "the stale pid file stays");
+}
+
+/// A command whose output is not UTF-8 ran: its output comes back (lossily), the node is not
+/// "unreachable".
+#[test]
+fn output_that_is_not_utf8_is_output_not_an_unreachable_node() {
+    let Some(l) = lab(1) else { return };
+    let n = l.rig.node(0);
+    let target = edgectl_deploy::host::SshTarget {
+        node: n.name.clone(),
+        host: n.ip.to_string(),
+        port: n.port,
+        user: "root".into(),
+        identity: Some(l.rig.key.clone()),
+        connect_timeout: std::time::Duration::from_secs(5),
+        pinned: None,
+        known_hosts: l.dir.path().join("known_hosts"),
+    };
+    let h = edgectl_deploy::host::SshHost::connect(target).expect("connects");
+    let argv = edgectl_deploy::host::argv([
+        "sh",
+        "-c",
+        r"printf 'a\377\376b'; printf '\377err' >&2; exit 3",
+    ]);
+    let o = edgectl_deploy::host::Host::run(&h, &argv, false)
+        .unwrap_or_else(|e| panic!("invalid UTF-8 made the node {e}"));
+    assert_eq!(o.status, 3);
+    assert_eq!(o.stdout, "a\u{FFFD}\u{FFFD}b");
+    assert_eq!(o.stderr, "\u{FFFD}err");
+    // The session is as good as before.
+    let o = edgectl_deploy::host::Host::run(&h, &edgectl_deploy::host::argv(["echo", "ok"]), false)
+        .unwrap();
+    assert_eq!(o.stdout, "ok\n");
 }

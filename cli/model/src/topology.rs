@@ -45,7 +45,14 @@ pub struct CheckSpec {
     pub wasm: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Seconds the module may run before it is stopped (default 30, at most
+    /// [`MAX_CHECK_TIMEOUT_S`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
 }
+
+/// The longest a `[[check]]` may ask to run.
+pub const MAX_CHECK_TIMEOUT_S: f64 = 600.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterSpec {
@@ -153,7 +160,7 @@ impl TargetsSpec {
 pub const TOP_KEYS: &[&str] = &[
     "cluster", "defaults", "network", "profile", "node", "targets", "check",
 ];
-pub const CHECK_KEYS: &[&str] = &["name", "wasm", "args"];
+pub const CHECK_KEYS: &[&str] = &["name", "wasm", "args", "timeout_s"];
 pub const CLUSTER_KEYS: &[&str] = &[
     "name",
     "nixpkgs",
@@ -278,10 +285,29 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
     let mut checks = Vec::new();
     for t in r.tables(root, "check") {
         r.check_keys(&t, CHECK_KEYS);
+        let timeout_s = match r.number(&t, "timeout_s", false) {
+            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_CHECK_TIMEOUT_S => Some(s),
+            Some(_) => {
+                if let Some(v) = t.get("timeout_s") {
+                    r.error(
+                        Kind::InvalidValue,
+                        v.span(),
+                        format!(
+                            "`timeout_s` must be more than 0 and at most {MAX_CHECK_TIMEOUT_S} seconds"
+                        ),
+                    )
+                    .field(t.child("timeout_s"))
+                    .value(show(v.get_ref()));
+                }
+                None
+            }
+            None => None,
+        };
         checks.push(CheckSpec {
             name: r.string(&t, "name", true).unwrap_or_default(),
             wasm: r.string(&t, "wasm", true).unwrap_or_default(),
             args: r.strings(&t, "args").unwrap_or_default(),
+            timeout_s,
         });
     }
 

@@ -57,3 +57,30 @@ fn missing_module_unknown_key_and_duplicates_are_reported() {
     assert_eq!(io.field.as_deref(), Some("check[1].wasm"));
     assert!(io.line > 0);
 }
+
+#[test]
+fn a_time_limit_is_read_and_bounded() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("a.wasm"), b"\0asm").unwrap();
+    let with = |t: &str| {
+        check(
+            &format!("{BASE}\n[[check]]\nname = \"a\"\nwasm = \"a.wasm\"\ntimeout_s = {t}\n"),
+            d.path(),
+        )
+    };
+    let f = with("2.5").expect("valid");
+    assert_eq!(f.checks[0].timeout_s, Some(2.5));
+    let again = check(&f.to_toml().unwrap(), d.path()).expect("still valid");
+    assert_eq!(again, f);
+    assert_eq!(with("5").expect("valid").checks[0].timeout_s, Some(5.0));
+    for bad in ["0", "-1", "601", "nan"] {
+        let e = with(bad).unwrap_err();
+        let d =
+            e.0.iter()
+                .find(|d| d.field.as_deref() == Some("check[0].timeout_s"))
+                .unwrap_or_else(|| panic!("timeout_s = {bad}: {:?}", e.0));
+        assert!(d.message.contains("at most 600"), "{}", d.message);
+    }
+    let e = with("\"30\"").unwrap_err();
+    assert!(format!("{:?}", e.0).contains("timeout_s"), "{:?}", e.0);
+}

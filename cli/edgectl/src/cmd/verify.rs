@@ -68,9 +68,20 @@ pub struct AgentArgs {
     /// Print this machine's facts as JSON and exit.
     #[arg(long)]
     pub print_facts: bool,
+    /// Internal: run one WASI job from stdin in a sandbox process (the agent starts these).
+    #[arg(long, hide = true)]
+    pub run_wasi: bool,
 }
 
 pub fn agent(a: &AgentArgs) -> u8 {
+    if a.run_wasi {
+        // Before anything else starts a thread: the sandbox drops root for the whole process.
+        return if edgectl_agent::wasm::runner_main() == 0 {
+            exit::OK
+        } else {
+            exit::ERROR
+        };
+    }
     if a.print_facts {
         let f = edgectl_agent::facts::gather();
         println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
@@ -80,6 +91,7 @@ pub fn agent(a: &AgentArgs) -> u8 {
         listen: a.listen,
         state_dir: a.state_dir.clone(),
         exit_after: a.exit_after.map(Duration::from_secs),
+        wasi_runner: None,
     }) {
         Ok(()) => exit::OK,
         Err(e) => {
