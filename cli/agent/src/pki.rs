@@ -55,6 +55,36 @@ pub struct Pki {
     cluster: String,
 }
 
+/// Lifetimes that fit a testbed cluster, which lives days to weeks: node and controller
+/// certificates for 30 days, renewed when 7 or fewer remain; the CA for a year, renewed (and
+/// every certificate with it) when 30 or fewer remain. `verify` uploads each node's certificate
+/// on every run, so renewal reaches the nodes by itself.
+const LEAF_DAYS: i64 = 30;
+const LEAF_RENEW_DAYS: i64 = 7;
+const CA_DAYS: i64 = 365;
+const CA_RENEW_DAYS: i64 = 30;
+const DAY: i64 = 86_400;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn at(secs: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// When the certificate whose files are in `d` expires (its `expires` file), if known.
+fn expires(d: &Path) -> Option<i64> {
+    fs::read_to_string(d.join("expires"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn ca_params(cluster: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -91,11 +121,17 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 impl Pki {
-    /// Loads the CA from `dir`, or creates it there.
+    /// Loads the CA from `dir`, or creates it there (anew when it is about to expire).
     pub fn open(dir: &Path, cluster: &str) -> Result<Pki, String> {
+        Pki::open_at(dir, cluster, unix_now())
+    }
+
+    /// [`Pki::open`] as if the time were `now` (Unix seconds).
+    pub fn open_at(dir: &Path, cluster: &str, now: i64) -> Result<Pki, String> {
         let ca_cert = dir.join("ca/cert.pem");
         let ca_key = dir.join("ca/key.pem");
-        if ca_cert.exists() && ca_key.exists() {
+        let fresh = expires(&dir.join("ca")).is_some_and(|e| e > now + CA_RENEW_DAYS * DAY);
+        if fresh && ca_cert.exists() && ca_key.exists() {
             let key_pem =
                 fs::read_to_string(&ca_key).map_err(|e| format!("{}: {e}", ca_key.display()))?;
             let ca_pem =
@@ -109,12 +145,24 @@ impl Pki {
                 cluster: cluster.to_string(),
             });
         }
+        // A new CA: every certificate of the old one goes with it.
+        for d in ["controller", "nodes"] {
+            let _ = fs::remove_dir_all(dir.join(d));
+        }
         let key = KeyPair::generate().map_err(err)?;
-        let cert = ca_params(cluster).self_signed(&key).map_err(err)?;
+        let mut params = ca_params(cluster);
+        params.not_before = at(now - 3600);
+        params.not_after = at(now + CA_DAYS * DAY);
+        let cert = params.self_signed(&key).map_err(err)?;
         write_private(&ca_key, key.serialize_pem().as_bytes())
             .map_err(|e| format!("{}: {e}", ca_key.display()))?;
         write_private(&ca_cert, cert.pem().as_bytes())
             .map_err(|e| format!("{}: {e}", ca_cert.display()))?;
+        write_private(
+            &dir.join("ca/expires"),
+            (now + CA_DAYS * DAY).to_string().as_bytes(),
+        )
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(Pki {
             dir: dir.to_path_buf(),
             ca_pem: cert.pem(),
@@ -123,17 +171,28 @@ impl Pki {
         })
     }
 
-    /// The identity of `party`, issued on first use and kept.
+    /// The identity of `party`, issued on first use and kept until it is about to expire.
     pub fn identity(&self, party: Party) -> Result<Identity, String> {
+        self.identity_at(party, unix_now())
+    }
+
+    /// [`Pki::identity`] as if the time were `now` (Unix seconds).
+    pub fn identity_at(&self, party: Party, now: i64) -> Result<Identity, String> {
         let d = self.dir.join(party.dir());
         let cert_p = d.join("cert.pem");
         let key_p = d.join("key.pem");
-        if let (Ok(cert_pem), Ok(key_pem)) =
-            (fs::read_to_string(&cert_p), fs::read_to_string(&key_p))
+        if expires(&d).is_some_and(|e| e > now + LEAF_RENEW_DAYS * DAY)
+            && let (Ok(cert_pem), Ok(key_pem)) =
+                (fs::read_to_string(&cert_p), fs::read_to_string(&key_p))
         {
             return Ok(Identity { cert_pem, key_pem });
         }
-        let id = issue(&self.ca_key, &self.cluster, party)?;
+        let id = issue_at(&self.ca_key, &self.cluster, party, now)?;
+        write_private(
+            &d.join("expires"),
+            (now + LEAF_DAYS * DAY).to_string().as_bytes(),
+        )
+        .map_err(|e| format!("{}: {e}", d.display()))?;
         write_private(&key_p, id.key_pem.as_bytes())
             .map_err(|e| format!("{}: {e}", key_p.display()))?;
         write_private(&cert_p, id.cert_pem.as_bytes())
@@ -144,6 +203,10 @@ impl Pki {
 
 /// A certificate for `party` signed by the CA whose key is `ca_key`; valid as client and server.
 pub fn issue(ca_key: &KeyPair, cluster: &str, party: Party) -> Result<Identity, String> {
+    issue_at(ca_key, cluster, party, unix_now())
+}
+
+fn issue_at(ca_key: &KeyPair, cluster: &str, party: Party, now: i64) -> Result<Identity, String> {
     let key = KeyPair::generate().map_err(err)?;
     let mut p = CertificateParams::new(vec![party.dns_name()]).map_err(err)?;
     let mut dn = DistinguishedName::new();
@@ -154,8 +217,8 @@ pub fn issue(ca_key: &KeyPair, cluster: &str, party: Party) -> Result<Identity, 
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    p.not_before = at(now - 3600);
+    p.not_after = at(now + LEAF_DAYS * DAY);
     let issuer = Issuer::new(ca_params(cluster), ca_key);
     let cert = p.signed_by(&key, &issuer).map_err(err)?;
     Ok(Identity {
@@ -205,5 +268,38 @@ mod tests {
         assert_eq!(pki.identity(CONTROLLER).unwrap().key_pem, ctrl.key_pem);
         let reopened = Pki::open(d.path(), "c").unwrap();
         assert_eq!(reopened.ca_pem, pki.ca_pem);
+    }
+
+    #[test]
+    fn certificates_fit_a_cluster_s_life_and_are_renewed_before_they_expire() {
+        let d = tempfile::tempdir().unwrap();
+        let t0 = 1_800_000_000;
+        let pki = Pki::open_at(d.path(), "c", t0).unwrap();
+        let n1 = pki.identity_at(Party::Node("n1"), t0).unwrap();
+        // Kept while more than 7 days remain; renewed after.
+        assert_eq!(
+            pki.identity_at(Party::Node("n1"), t0 + 22 * DAY)
+                .unwrap()
+                .cert_pem,
+            n1.cert_pem
+        );
+        let renewed = pki.identity_at(Party::Node("n1"), t0 + 24 * DAY).unwrap();
+        assert_ne!(renewed.cert_pem, n1.cert_pem);
+        assert_eq!(
+            expires(&d.path().join("nodes/n1")),
+            Some(t0 + 24 * DAY + 30 * DAY)
+        );
+        // The CA is kept for most of a year, then replaced with everything it signed.
+        assert_eq!(
+            Pki::open_at(d.path(), "c", t0 + 300 * DAY).unwrap().ca_pem,
+            pki.ca_pem
+        );
+        let later = Pki::open_at(d.path(), "c", t0 + 340 * DAY).unwrap();
+        assert_ne!(later.ca_pem, pki.ca_pem);
+        assert!(!d.path().join("nodes/n1").exists());
+        assert_eq!(
+            expires(&d.path().join("ca")),
+            Some(t0 + 340 * DAY + 365 * DAY)
+        );
     }
 }

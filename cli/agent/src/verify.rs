@@ -80,6 +80,10 @@ pub struct NodeReport {
     pub ray: Option<RayFacts>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user_checks: BTreeMap<String, WasiOutcome>,
+    /// Who was applying to the node while it was verified (its lock's holder): the results
+    /// may describe a node in the middle of a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_in_progress: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -121,6 +125,8 @@ struct Prepared {
     ssh: Option<SshHost>,
     started: bool,
     error: Option<String>,
+    /// The holder of the node's lock, when an apply is running there.
+    applying: Option<String>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -183,6 +189,7 @@ fn prepare(
         ssh: None,
         started: false,
         error: Some(e),
+        applying: None,
     };
     let h = match SshHost::connect(target) {
         Ok(h) => h,
@@ -248,16 +255,19 @@ fn prepare(
         )?;
         Ok(true)
     };
+    let applying = edgectl_deploy::engine::apply_in_progress(&h);
     match go() {
         Ok(started) => Prepared {
             ssh: Some(h),
             started,
             error: None,
+            applying,
         },
         Err(e) => Prepared {
             ssh: Some(h),
             started: false,
             error: Some(e),
+            applying,
         },
     }
 }
@@ -348,6 +358,7 @@ pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineErr
                     ssh: None,
                     started: false,
                     error: Some("worker panicked".into()),
+                    applying: None,
                 })
             })
             .collect()
@@ -462,6 +473,7 @@ async fn collect(
                 "service".into()
             },
             error: p.error.clone(),
+            apply_in_progress: p.applying.clone(),
             ..Default::default()
         })
         .collect();

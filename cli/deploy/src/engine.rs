@@ -252,6 +252,9 @@ pub struct NodePlan {
     pub closure: Option<ClosureDiff>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The holder of the node's lock when an apply was running there during the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_in_progress: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,6 +379,7 @@ fn judge(
         option_changes: option_changes(old, new),
         closure: None,
         error: None,
+        apply_in_progress: None,
     };
     let (h, cur) = match probe {
         Ok(x) => x,
@@ -384,6 +388,18 @@ fn judge(
             return np;
         }
     };
+    if let Some(holder) = apply_in_progress(&h) {
+        emit(
+            tx,
+            name,
+            Phase::Inspect,
+            Ev::Warning,
+            format!(
+                "an apply is running on this node ({holder}); what this plan shows may change under it"
+            ),
+        );
+        np.apply_in_progress = Some(holder);
+    }
     np.current = cur.clone();
     np.change = match &cur {
         None => Change::New,
@@ -1008,6 +1024,32 @@ if mkdir "$m" 2>/dev/null || { [ -n "$(find "$m" -maxdepth 0 -mmin +1 2>/dev/nul
 fi
 cat "$l/owner" 2>/dev/null; exit 1
 "#;
+
+/// Prints the holder of the node lock if one is held and alive (refreshed within STALE_MIN).
+const LOCK_HELD: &str = r#"l=/nix/var/edgectl/lock
+[ -f "$l/owner" ] || exit 0
+[ -n "$(find "$l/heartbeat" "$l" -maxdepth 0 -mmin -"$1" 2>/dev/null)" ] && cat "$l/owner"
+exit 0
+"#;
+
+/// Who is applying to this node right now, if anyone: `plan` and `verify` take no lock (they
+/// change nothing), but what they read may change under them, and they say so.
+pub fn apply_in_progress(h: &dyn Host) -> Option<String> {
+    let o = h
+        .run(
+            &argv([
+                "sh",
+                "-c",
+                LOCK_HELD,
+                "edgectl-lock-held",
+                &LOCK_STALE_MIN.to_string(),
+            ]),
+            true,
+        )
+        .ok()?;
+    let holder = o.stdout.trim();
+    (!holder.is_empty()).then(|| holder.to_string())
+}
 
 /// Refreshes the lock if it is still OWNER's (`$1`).
 const NODE_HEARTBEAT: &str = r#"l=/nix/var/edgectl/lock

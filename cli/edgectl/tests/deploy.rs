@@ -1529,3 +1529,43 @@ fn a_non_root_login_reaches_root_through_sudo() {
     }
     assert_eq!(code(&l.run(&["plan", "--json"])), 0);
 }
+
+/// `plan` during an apply says so (a warning naming the apply's holder); a lock nobody has
+/// refreshed for minutes is no apply, and plan says nothing.
+#[test]
+fn plan_during_an_apply_says_so() {
+    let Some(l) = lab(1) else { return };
+    let lock = l.rig.node(0).nix_dir.join("var/edgectl/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(
+        lock.join("owner"),
+        "edgectl user=bob host=elsewhere machine=0 pid=1 start=1 run=r\n",
+    )
+    .unwrap();
+    std::fs::write(lock.join("heartbeat"), "").unwrap();
+    let o = l.run(&["plan", "--json"]);
+    assert_eq!(code(&o), 2, "{}", explain(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        plan["nodes"][0]["apply_in_progress"]
+            .as_str()
+            .is_some_and(|h| h.contains("host=elsewhere")),
+        "{plan}"
+    );
+    // The terminal view warns.
+    let o = l.run(&["plan"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("an apply is running on this node"),
+        "{}",
+        explain(&o)
+    );
+    Command::new("touch")
+        .args(["-d", "10 minutes ago"])
+        .arg(lock.join("heartbeat"))
+        .arg(&lock)
+        .status()
+        .unwrap();
+    let o = l.run(&["plan", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(plan["nodes"][0]["apply_in_progress"].is_null(), "{plan}");
+}

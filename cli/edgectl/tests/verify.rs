@@ -438,10 +438,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The delay the latency test puts on n3's packets and the p99 target it sets. Both sit far
-/// from the undisturbed round trips on this rig (p99 from under 1 ms to about 4 ms when the two
-/// CPUs are busy), so the verdict depends on the injected delay, not on how loaded the machine
-/// running the tests is.
+/// The delay the latency test puts on n3's packets and the p99 target it sets. The test asserts
+/// only what no machine load can change: pairs with n3 are about DELAY_MS slower than the
+/// others, they fail a target below the delay, and every pair's verdict is what its own
+/// measured p99 says against the target (how fast the undisturbed pairs are is the bench's
+/// business, not a pass/fail test's).
 const DELAY_MS: f64 = 20.0;
 const TARGET_P99_MS: f64 = 10.0;
 
@@ -492,22 +493,30 @@ fn judge_delay(v: &Value) -> Result<(), String> {
             "pairs with n3 should be ~{DELAY_MS} ms slower: slow {slow:?} fast {fast:?}"
         ));
     }
-    let mut got: Vec<String> = checks(v, "fail")
+    let failing: Vec<String> = checks(v, "fail")
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .filter(|n| n.ends_with("(quic)"))
         .collect();
-    let mut want: Vec<String> = ["n1 -> n3", "n2 -> n3", "n3 -> n1", "n3 -> n2"]
-        .iter()
-        .map(|p| format!("latency {p} (quic)"))
-        .collect();
-    got.sort();
-    want.sort();
-    if got != want {
-        return Err(format!(
-            "failing QUIC pairs {got:?}, want {want:?}: {}",
-            serde_json::to_string_pretty(&v["quic"]).unwrap()
-        ));
+    for p in ["n1 -> n3", "n2 -> n3", "n3 -> n1", "n3 -> n2"] {
+        let name = format!("latency {p} (quic)");
+        assert!(
+            failing.contains(&name),
+            "{name} passed a {TARGET_P99_MS} ms target with {DELAY_MS} ms added: {failing:?}"
+        );
+    }
+    for s in quic {
+        let name = format!(
+            "latency {} -> {} (quic)",
+            s["from"].as_str().unwrap(),
+            s["to"].as_str().unwrap()
+        );
+        let p99 = s["p99_ms"].as_f64().unwrap();
+        assert_eq!(
+            failing.contains(&name),
+            p99 > TARGET_P99_MS,
+            "{name}: p99 {p99} ms against {TARGET_P99_MS} ms, verdict disagrees"
+        );
     }
     let zn = v["zenoh"].as_array().unwrap();
     let (zslow, zfast) = (p50s(zn, true), p50s(zn, false));
@@ -776,4 +785,89 @@ fn output_that_is_not_utf8_is_output_not_an_unreachable_node() {
     let o = edgectl_deploy::host::Host::run(&h, &edgectl_deploy::host::argv(["echo", "ok"]), false)
         .unwrap();
     assert_eq!(o.stdout, "ok\n");
+}
+
+/// Nodes named `ca` and `controller` get keys and certificate names of their own: neither the
+/// CA's key nor the controller's identity, and the agents answer the controller as usual.
+#[test]
+fn nodes_named_ca_and_controller_are_just_nodes() {
+    let Some(l) = lab(2) else { return };
+    l.write(&["agent"], true, "");
+    let t = std::fs::read_to_string(l.topology())
+        .unwrap()
+        .replacen("name = \"n1\"", "name = \"controller\"", 1)
+        .replacen("name = \"n2\"", "name = \"ca\"", 1);
+    std::fs::write(l.topology(), t).unwrap();
+    let o = l.verify_shared_bin(&["--json", "--no-zenoh"]);
+    let v = json(&o);
+    let names: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert_eq!(n["agent"], "started", "{n}");
+            n["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["controller", "ca"]);
+    let pki = l.dir.path().join(".edgectl/pki");
+    let read = |p: &str| std::fs::read_to_string(pki.join(p)).unwrap();
+    let keys = [
+        read("ca/key.pem"),
+        read("controller/key.pem"),
+        read("nodes/ca/key.pem"),
+        read("nodes/controller/key.pem"),
+    ];
+    for (i, a) in keys.iter().enumerate() {
+        for b in &keys[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+    // What the node named "ca" was given is its own key, never the CA's.
+    let given = std::fs::read_to_string(agent_dir(&l.rig, 1).join("node.key")).unwrap();
+    assert_eq!(given, keys[2]);
+}
+
+/// `verify` during an apply says so: the node's report names the apply's holder.
+#[test]
+fn verify_during_an_apply_says_so() {
+    let Some(l) = lab(1) else { return };
+    l.write(&["agent"], true, "");
+    // An apply's lock, as a running apply on another controller leaves it (fresh heartbeat).
+    let lock = l.rig.node(0).nix_dir.join("var/edgectl/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(
+        lock.join("owner"),
+        "edgectl user=bob host=elsewhere machine=0 pid=1 start=1 run=r\n",
+    )
+    .unwrap();
+    std::fs::write(lock.join("heartbeat"), "").unwrap();
+    let o = l.verify_shared_bin(&["--json", "--no-zenoh"]);
+    let v = json(&o);
+    assert!(
+        v["nodes"][0]["apply_in_progress"]
+            .as_str()
+            .is_some_and(|h| h.contains("host=elsewhere")),
+        "{}",
+        v["nodes"][0]
+    );
+    let o = l.verify_shared_bin(&["--no-zenoh", "--color", "never"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("warning: an apply was running on n1"),
+        "{}",
+        explain(&o)
+    );
+    // A lock nobody refreshed for longer than an apply's heartbeat allows is no apply.
+    Command::new("touch")
+        .args(["-d", "10 minutes ago"])
+        .arg(lock.join("heartbeat"))
+        .arg(&lock)
+        .status()
+        .unwrap();
+    let v = json(&l.verify_shared_bin(&["--json", "--no-zenoh"]));
+    assert!(
+        v["nodes"][0]["apply_in_progress"].is_null(),
+        "{}",
+        v["nodes"][0]
+    );
 }

@@ -210,6 +210,14 @@ pub fn run(ctx: &Ctx, file: &Path, a: &VerifyArgs) -> u8 {
                 .map(|d| format!("; report in {}", d.join("index.html").display()))
                 .unwrap_or_default()
         );
+        for n in &r.nodes {
+            if let Some(holder) = &n.apply_in_progress {
+                eprintln!(
+                    "warning: an apply was running on {} during this verify ({holder}); its results may describe a node in the middle of a change",
+                    n.name
+                );
+            }
+        }
     }
     if r.failed() {
         exit::CHECKS_FAILED
