@@ -1,5 +1,5 @@
-# The edgectl node agent. Its binary is packaged later: with package = null
-# only the state directory (and nothing listening) exists.
+# The edgectl node agent. With package = null no unit runs it, but its state directory and its
+# ports exist, because `edgectl verify` may start an agent there for its run.
 { config, lib, ... }:
 let
   cfg = config.edge.agent;
@@ -8,14 +8,15 @@ let
   # Forces the validation above: a bad stateDir fails evaluation instead of
   # becoming a tmpfiles rule that chmods a shared directory to 0700.
   stateDir = builtins.seq stateDirectory cfg.stateDir;
+  firewall = edgeLib.agentFirewallFor { port = cfg.port; };
 in
 {
   options.edge.agent = {
     enable = lib.mkEnableOption "the edgectl agent";
     port = lib.mkOption {
       type = lib.types.port;
-      default = 7443;
-      description = "TCP port the agent listens on, opened on every interface.";
+      default = edgeLib.ports.agent;
+      description = "UDP port the agent listens on (QUIC with mutual TLS), opened on every interface.";
     };
     package = lib.mkOption {
       type = lib.types.nullOr lib.types.package;
@@ -34,6 +35,11 @@ in
       # Exists before the agent does, so edgectl can upload keys on the first
       # deploy; root-only because it holds private keys.
       systemd.tmpfiles.rules = [ "d ${stateDir} 0700 root root -" ];
+      # On every interface: the controller reaches the agent over the control network, from
+      # off the experiment LAN, and peers reach the probe listener over the LAN. QUIC is UDP;
+      # mutual TLS is the guard. The probe port (TCP) listens only while a verify runs.
+      networking.firewall.allowedUDPPorts = firewall.udp;
+      networking.firewall.allowedTCPPorts = firewall.tcp;
     }
     (lib.mkIf (cfg.package != null) {
       systemd.services.edgectl-agent = {
@@ -51,9 +57,6 @@ in
           StateDirectory = stateDirectory;
         };
       };
-      # The controller reaches the agent over the control network, from off
-      # the experiment LAN, so the port cannot be limited to experiment interfaces.
-      networking.firewall.allowedTCPPorts = [ cfg.port ];
     })
   ]);
 }

@@ -133,4 +133,5 @@ import ./driver.nix
 // import ./grub.nix
 // import ./zenoh.nix
 // import ./ray.nix
+// import ./ports.nix
 // { inherit normalizeMac interfacesPlanFor stateDirectoryFor agentArgsFor; }
