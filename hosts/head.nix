@@ -14,7 +14,7 @@
   };
   edge.access = {
     user = "alice";
-    sshKeys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEdgeCtlExampleKeyReplaceWithYoursXXXXXXXXX alice@laptop"];
+    sshKeys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVkZ2VjdGwgZXhhbXBsZTogcmVwbGFjZSBpdCBub3ch alice@laptop"];
   };
   edge.gpu = {
     enable = true;

@@ -18,6 +18,7 @@ if [[ -z ${EDGECTL_TEST_TIMED:-} ]]; then
 fi
 
 ./scripts/setup.sh
+# shellcheck source=scripts/env.sh
 . scripts/env.sh
 # An inherited CARGO_TERM_COLOR=always would wrap `error:` in escape codes.
 export CARGO_TERM_COLOR=never

@@ -151,9 +151,13 @@ pub fn boot_plan(lsblk: &str, findmnt: &str, disk_links: &str) -> Result<BootPla
         .rfind(|l| !l.trim().is_empty())
         .unwrap_or_default()
         .split_whitespace();
+    // A bind mount of a subfolder shows as `/dev/vda[/sub/dir]`: the device is what counts.
     let source = f
         .next()
         .ok_or("findmnt printed no source for /")?
+        .split('[')
+        .next()
+        .unwrap_or_default()
         .to_string();
     let uuid = f.next().map(String::from);
     let root = devs

@@ -101,6 +101,10 @@ fn the_topmost_root_mount_on_a_loop_device_counts() {
         b.root_device,
         "/dev/disk/by-uuid/bdefb1c7-391b-4f94-b91b-bf819e7cd70c"
     );
+    // A root that is a bind of a subfolder names its device with the folder in brackets.
+    let e =
+        edgectl_deploy::facts::boot_plan(lsblk, "/dev/vda[/var/tmp/root]\n", links).unwrap_err();
+    assert!(e.contains("not on a partition"), "{e}");
     // The same machine without the image: / is the whole disk, and that is refused.
     let e = edgectl_deploy::facts::boot_plan(lsblk, "/dev/vda\n", links).unwrap_err();
     assert!(e.contains("not on a partition"), "{e}");

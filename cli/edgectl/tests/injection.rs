@@ -91,7 +91,7 @@ fn topology(set: &[(&str, String)]) -> String {
         ("SSH_USER", "\"alice\""),
         (
             "SSH_KEY",
-            "\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey alice@laptop\"",
+            "\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVkZ2VjdGwgdGVzdCBrZXksIG5vdCBhIHJlYWwgb25l alice@laptop\"",
         ),
         ("STATE_VERSION", "\"25.11\""),
         ("SITE", "\"wisc\""),
@@ -300,7 +300,7 @@ fn free_text_reaches_generated_files_only_escaped() {
     let keys: Vec<String> = ps
         .iter()
         .filter(|p| !p.contains('\n'))
-        .map(|p| format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey {p}"))
+        .map(|p| format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVkZ2VjdGwgdGVzdCBrZXksIG5vdCBhIHJlYWwgb25l {p}"))
         .collect();
     let key_list = keys.iter().map(|k| toml(k)).collect::<Vec<_>>().join(", ");
     let f = dir.path().join("t.toml");

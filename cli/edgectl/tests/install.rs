@@ -266,7 +266,7 @@ fn predicted_refusal() -> Option<&'static str> {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let source = sh("findmnt -n -o SOURCE / | tail -n 1");
-    let source = source.trim();
+    let source = source.trim().split('[').next().unwrap_or_default();
     let kind = sh(&format!(
         "lsblk -n -o TYPE {source} 2>/dev/null | head -n 1"
     ));

@@ -11,6 +11,7 @@ pub mod net;
 pub mod profile;
 pub mod read;
 pub mod source;
+pub mod sshkey;
 pub mod synth;
 pub mod topology;
 pub mod validate;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 pub fn cluster_toml(n: usize) -> String {
     let mut s = String::with_capacity(300 * n + 512);
     s.push_str(
-        "[cluster]\nname = \"synthetic\"\nnixpkgs = \"github:NixOS/nixpkgs/nixos-25.11\"\nssh_user = \"alice\"\nssh_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAISynthetic bench@edgectl\"]\n\n\
+        "[cluster]\nname = \"synthetic\"\nnixpkgs = \"github:NixOS/nixpkgs/nixos-25.11\"\nssh_user = \"alice\"\nssh_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVkZ2VjdGwgdGVzdCBrZXksIG5vdCBhIHJlYWwgb25l bench@edgectl\"]\n\n\
          [defaults]\nprofile = \"c220g5\"\nfeatures = [\"net-tuning\", \"wasm\", \"zenoh\", \"ray\", \"agent\"]\n\n",
     );
     for i in 0..n {

@@ -244,6 +244,10 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
             v.err(Kind::InvalidValue, &format!("cluster.ssh_keys[{i}]"), "not a single-line SSH public key")
                 .value(k.clone())
                 .help("paste the one line of your `~/.ssh/id_ed25519.pub` (\"ssh-ed25519 AAAA... you@host\")");
+        } else if let Err(why) = crate::sshkey::check(k) {
+            v.err(Kind::InvalidValue, &format!("cluster.ssh_keys[{i}]"), format!("not a usable SSH public key: {why}"))
+                .value(k.clone())
+                .help("sshd ignores such a key, and the nodes would lock you out: paste the whole line of your `~/.ssh/id_ed25519.pub`");
         }
     }
     if file.nodes.is_empty() {

@@ -106,7 +106,7 @@ fn topology() -> impl Strategy<Value = TopologyFile> {
                     state_version: None,
                     site: Some("wisc".into()),
                     expires: None,
-                    ssh_keys: vec![format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 {comment}x")],
+                    ssh_keys: vec![format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVkZ2VjdGwgdGVzdCBrZXksIG5vdCBhIHJlYWwgb25l {comment}x")],
                 },
                 defaults: DefaultsSpec {
                     profile: None,

@@ -501,8 +501,11 @@ impl Rig {
                 // A fresh /run, as after boot: the host's systemd, sockets and pid files stay
                 // out of sight. sshd needs its privilege-separation directory there.
                 "mount -t tmpfs -o mode=0755,nosuid,nodev edgerig-run /run && cp -a \"$5/.\" /run/ && mkdir -p /run/sshd /run/lock && ",
-                // Its own boot id, so a simulated reboot can give it a new one.
-                "mount --bind \"$4\" /var && mount --bind \"$6\" /proc/sys/kernel/random/boot_id && ",
+                // Its own boot id, so a simulated reboot can give it a new one. In a
+                // systemd-nspawn container boot_id is itself a mount of a deleted file, which
+                // cannot be mounted over: this private namespace drops that mount first.
+                "mount --bind \"$4\" /var && { mount --bind \"$6\" /proc/sys/kernel/random/boot_id 2>/dev/null || ",
+                "{ umount /proc/sys/kernel/random/boot_id && mount --bind \"$6\" /proc/sys/kernel/random/boot_id; }; } && ",
                 "echo ready && exec sleep infinity"
             ))
             .arg("sh")
