@@ -3,8 +3,6 @@
 //! [`expected_sysctls`] for NIC speeds on both sides of the 10G/40G tier boundary.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 
 use edgectl_agent::checks::expected_sysctls;
 
@@ -15,25 +13,9 @@ const NOT_CHECKED: &[&str] = &["net.core.netdev_max_backlog", "net.ipv4.tcp_mtu_
 
 /// `sysctlFor { nicGbps = gbps; }` from modules/lib, as `sysctl -n` would print each value.
 fn nix_sysctls(gbps: u32) -> BTreeMap<String, String> {
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../modules/lib/default.nix");
-    let expr = format!(
-        "(import {}).sysctlFor {{ nicGbps = {gbps}; }}",
-        lib.canonicalize().unwrap().display()
-    );
-    let o = Command::new("nix-instantiate")
-        .env(
-            "NIX_CONFIG",
-            "substituters =\nsandbox = false\nbuild-users-group =",
-        )
-        .args(["--eval", "--strict", "--json", "--expr", &expr])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{expr}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let expr = format!("lib.sysctlFor {{ nicGbps = {gbps}; }}");
+    let v: serde_json::Value =
+        serde_json::from_str(&edgectl_testkit::eval_modules_lib(&expr)).unwrap();
     v.as_object()
         .unwrap_or_else(|| panic!("{expr} is not an attribute set: {v}"))
         .iter()

@@ -3,35 +3,14 @@
 //! Nix, must be ones `edgectl agent` parses, and a flag it does not know must be refused rather
 //! than ignored.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 /// `agentArgsFor ATTRS` from modules/lib, evaluated by nix-instantiate.
 fn agent_args_for(attrs: &str) -> Vec<String> {
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../modules/lib/default.nix")
-        .canonicalize()
-        .unwrap();
-    let expr = format!("(import {}).agentArgsFor {attrs}", lib.display());
-    let o = Command::new("nix-instantiate")
-        .env(
-            "NIX_CONFIG",
-            "substituters =\nsandbox = false\nbuild-users-group =",
-        )
-        .args(["--eval", "--strict", "--json", "--expr", &expr])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{expr}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{expr} is not a list of strings ({e}): {}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    })
+    let expr = format!("lib.agentArgsFor {attrs}");
+    let json = edgectl_testkit::eval_modules_lib(&expr);
+    serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("{expr} is not a list of strings ({e}): {json}"))
 }
 
 /// `edgectl agent ARGS --help`: clap parses and checks every argument before it reaches

@@ -1,22 +1,8 @@
 //! One table of ports (modules/lib/ports.nix), evaluated by real Nix: the ports the Rust code
 //! dials are the ones the NixOS modules open, with the right protocol.
 
-use std::path::Path;
-use std::process::Command;
-
 fn eval(expr: &str) -> serde_json::Value {
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../modules/lib");
-    let o = Command::new("nix-instantiate")
-        .env(
-            "NIX_CONFIG",
-            "substituters =\nsandbox = false\nbuild-users-group =",
-        )
-        .args(["--eval", "--strict", "--json", "--expr"])
-        .arg(format!("let lib = import {}; in {expr}", lib.display()))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
+    serde_json::from_str(&edgectl_testkit::eval_modules_lib(expr)).unwrap()
 }
 
 #[test]

@@ -834,14 +834,10 @@ fn verify_during_an_apply_says_so() {
     let Some(l) = lab(1) else { return };
     l.write(&["agent"], true, "");
     // An apply's lock, as a running apply on another controller leaves it (fresh heartbeat).
-    let lock = l.rig.node(0).nix_dir.join("var/edgectl/lock");
-    std::fs::create_dir_all(&lock).unwrap();
-    std::fs::write(
-        lock.join("owner"),
-        "edgectl user=bob host=elsewhere machine=0 pid=1 start=1 run=r\n",
-    )
-    .unwrap();
-    std::fs::write(lock.join("heartbeat"), "").unwrap();
+    l.rig.hold_apply_lock(
+        0,
+        "edgectl user=bob host=elsewhere machine=0 pid=1 start=1 run=r",
+    );
     let o = l.verify_shared_bin(&["--json", "--no-zenoh"]);
     let v = json(&o);
     assert!(
@@ -858,12 +854,7 @@ fn verify_during_an_apply_says_so() {
         explain(&o)
     );
     // A lock nobody refreshed for longer than an apply's heartbeat allows is no apply.
-    Command::new("touch")
-        .args(["-d", "10 minutes ago"])
-        .arg(lock.join("heartbeat"))
-        .arg(&lock)
-        .status()
-        .unwrap();
+    l.rig.age_apply_lock(0, 10);
     let v = json(&l.verify_shared_bin(&["--json", "--no-zenoh"]));
     assert!(
         v["nodes"][0]["apply_in_progress"].is_null(),

@@ -887,6 +887,27 @@ impl Rig {
             .expect("sshd answers after the reboot");
     }
 
+    /// Leaves on node i the lock that a running apply of another controller holds there, with
+    /// a fresh heartbeat; [`Rig::age_apply_lock`] makes it look abandoned.
+    pub fn hold_apply_lock(&self, i: usize, owner: &str) {
+        let lock = self.nodes[i].nix_dir.join("var/edgectl/lock");
+        fs::create_dir_all(&lock).expect("lock folder");
+        fs::write(lock.join("owner"), format!("{owner}\n")).expect("lock owner");
+        fs::write(lock.join("heartbeat"), "").expect("lock heartbeat");
+    }
+
+    /// Makes node i's apply lock look as if nobody had refreshed it for `minutes`.
+    pub fn age_apply_lock(&self, i: usize, minutes: u32) {
+        let lock = self.nodes[i].nix_dir.join("var/edgectl/lock");
+        let o = Command::new("touch")
+            .args(["-d", &format!("{minutes} minutes ago")])
+            .arg(lock.join("heartbeat"))
+            .arg(&lock)
+            .output()
+            .expect("touch");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
     /// The node's boot id, as its processes read it.
     pub fn boot_id(&self, i: usize) -> String {
         fs::read_to_string(self.nodes[i].dir.join("boot_id"))

@@ -90,6 +90,30 @@ pub fn nix() -> Option<PathBuf> {
     )
 }
 
+/// Evaluates `expr` strictly with real Nix, with `lib` bound to the repository's
+/// `modules/lib`, and returns Nix's JSON text; panics with Nix's error. Check [`nix`] first.
+pub fn eval_modules_lib(expr: &str) -> String {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../modules/lib")
+        .canonicalize()
+        .expect("modules/lib");
+    let full = format!("let lib = import {}; in {expr}", lib.display());
+    let o = std::process::Command::new("nix-instantiate")
+        .env(
+            "NIX_CONFIG",
+            "substituters =\nsandbox = false\nbuild-users-group =",
+        )
+        .args(["--eval", "--strict", "--json", "--expr", &full])
+        .output()
+        .expect("nix-instantiate runs");
+    assert!(
+        o.status.success(),
+        "{expr}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// The `shared/` folder beside the repository checkout (docs, data, CloudLab fixtures).
 pub fn shared(manifest_dir: &str, sub: &str) -> Option<PathBuf> {
     let root = Path::new(manifest_dir).join("../../../shared");
