@@ -37,14 +37,14 @@ in
   options.edge.cloudlab = {
     enable = lib.mkEnableOption "CloudLab boot chain and experiment networking";
     bootDisk = lib.mkOption {
-      type = lib.types.str;
-      default = "/dev/sda";
-      description = "Whole boot disk; GRUB is installed into its first partition.";
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Whole boot disk by a stable name; GRUB is installed into its first partition. No default: a guess boots once and never again.";
     };
     rootDevice = lib.mkOption {
-      type = lib.types.str;
-      default = "/dev/disk/by-label/nixos";
-      description = "Device of the ext4 root file system.";
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Device of the ext4 root file system, by a stable name (no default, as above).";
     };
     serialConsole = lib.mkOption {
       type = lib.types.bool;
@@ -60,16 +60,24 @@ in
 
   config = lib.mkIf cfg.enable (lib.mkMerge [
     {
+      # A hand-written flake cannot slip past what `edgectl plan` refuses.
+      assertions = [
+        {
+          assertion = cfg.bootDisk != null && cfg.rootDevice != null;
+          message = "edge.cloudlab.bootDisk and rootDevice are unknown for this node: record them with `edgectl install FILE --on NODE --until facts`, or set boot_disk/root_device in the topology.";
+        }
+      ];
       boot.loader.grub = {
         enable = true;
         # Emulab's MFS chain-loads partition 1's boot sector, not the MBR.
-        device = edgeLib.grubDeviceFor cfg.bootDisk;
+        # Unknown is refused by the assertion above; these only keep evaluation to it.
+        device = if cfg.bootDisk != null then edgeLib.grubDeviceFor cfg.bootDisk else "nodev";
         # grub-install refuses a partition (blocklists) without --force.
         forceInstall = true;
       };
 
       fileSystems."/" = {
-        device = cfg.rootDevice;
+        device = if cfg.rootDevice != null then cfg.rootDevice else "/dev/disk/by-label/edgectl-unknown-root";
         fsType = "ext4";
       };
 

@@ -93,6 +93,7 @@ pub(crate) fn prepare(
         }
     }
     let selected = crate::select::select(&loaded.cluster, opts.on.as_deref())?;
+    boot_facts_known(&loaded, &selected, topology)?;
     let state_dir = crate::state::dir_for(topology);
     crate::state::ensure(&state_dir)?;
     let files = edgectl_render::render(&loaded.cluster).map_err(|e| e.to_string())?;
@@ -641,6 +642,35 @@ pub fn apply(
         goal: opts.goal,
         nodes: results,
     })
+}
+
+/// Every node boots through CloudLab's chain loader from a disk and root file system that
+/// only the machine can tell: without them the system would guess (`/dev/sda`), switch fine,
+/// and never come back from its next reboot. So plan and apply refuse, before building or
+/// connecting, and say how to learn them.
+fn boot_facts_known(
+    loaded: &Loaded,
+    selected: &[String],
+    topology: &Path,
+) -> Result<(), EngineError> {
+    let unknown: Vec<&str> = loaded
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| selected.contains(&n.name))
+        .filter(|n| n.boot_disk.is_none() || n.root_device.is_none())
+        .map(|n| n.name.as_str())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Failed(format!(
+        "{}: the boot disk and root device of {} are unknown, so the built system could not boot again after its next reboot. Record them with `edgectl install {} --on {} --until facts` (read-only), or set `boot_disk` and `root_device` (stable /dev/disk/by-* names) in each [[node]]",
+        topology.display(),
+        unknown.join(", "),
+        topology.display(),
+        unknown.join(",")
+    )))
 }
 
 /// Runs `f` over `items` on blocking threads, at most `parallel` at once, keeping their order.

@@ -255,3 +255,47 @@ fn profiles_lists_builtins_and_user_dirs() {
         "Intel(R) Xeon(R) Silver 4114 CPU @ 2.20GHz"
     );
 }
+
+/// A node whose boot disk and root device nobody has recorded would be built with a guess and
+/// never boot again: plan and apply refuse before building or connecting, name the nodes and
+/// say how to learn the facts; with them in the topology, that refusal is gone.
+#[test]
+fn plan_and_apply_refuse_nodes_whose_boot_disk_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("lab.toml");
+    std::fs::copy(repo().join("examples/edge-lab.toml"), &f).unwrap();
+    for cmd in ["plan", "apply"] {
+        let o = edgectl(&[cmd, f.to_str().unwrap(), "--on", "head,worker1"]);
+        assert_clean_error(
+            &o,
+            "the boot disk and root device of head, worker1 are unknown",
+        );
+        assert!(
+            stderr(&o).contains("--on head,worker1 --until facts"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(
+            !dir.path().join(".edgectl/flake").exists(),
+            "{cmd} rendered or built before refusing"
+        );
+    }
+    // Both facts in the topology lift the refusal (the next step then needs Nix and the node).
+    let text = std::fs::read_to_string(&f).unwrap().replacen(
+        "name = \"head\"",
+        "name = \"head\"\nboot_disk = \"/dev/disk/by-id/wwn-0x5000c500a1b2c3d4\"\nroot_device = \"/dev/disk/by-uuid/0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9\"",
+        1,
+    );
+    std::fs::write(&f, text).unwrap();
+    let o = edgectl(&["plan", f.to_str().unwrap(), "--on", "head"]);
+    assert!(!stderr(&o).contains("are unknown"), "{}", stderr(&o));
+    // A value that is no device path is a topology error with the field named.
+    let text = std::fs::read_to_string(&f).unwrap().replacen(
+        "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
+        "sda; reboot",
+        1,
+    );
+    std::fs::write(&f, text).unwrap();
+    let o = edgectl(&["check", f.to_str().unwrap()]);
+    assert_clean_error(&o, "boot_disk");
+}

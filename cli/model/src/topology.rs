@@ -126,6 +126,13 @@ pub struct NodeSpec {
     pub control_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lan: Vec<LanSpec>,
+    /// The whole boot disk by a stable name (GRUB goes into its first partition), when not
+    /// recorded by `edgectl install --until facts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_disk: Option<String>,
+    /// The root file system's device by a stable name, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_device: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +191,8 @@ pub const NODE_KEYS: &[&str] = &[
     "tags",
     "control_ip",
     "lan",
+    "boot_disk",
+    "root_device",
 ];
 pub const LAN_KEYS: &[&str] = &["network", "address", "mac", "vlan"];
 pub const TARGET_KEYS: &[&str] = &["latency_p99_ms", "wasm_cold_start_ms", "unikernel_boot_ms"];
@@ -348,6 +357,8 @@ fn read_node(r: &mut Reader, t: &Table<'_, '_>) -> NodeSpec {
         tags: r.strings(t, "tags").unwrap_or_default(),
         control_ip: r.string(t, "control_ip", false),
         lan,
+        boot_disk: r.string(t, "boot_disk", false),
+        root_device: r.string(t, "root_device", false),
     }
 }
 

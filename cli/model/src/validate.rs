@@ -89,8 +89,8 @@ pub struct Node {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_ip: Option<IpAddr>,
     pub interfaces: Vec<Interface>,
-    /// The boot disk and root file system found by `edgectl install` (never in the topology:
-    /// they are facts of the machine, recorded in the state and applied before rendering).
+    /// The boot disk and root file system: from the topology's `boot_disk`/`root_device`, and
+    /// replaced by what `edgectl install` found (recorded in the state) before rendering.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_disk: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -414,6 +414,19 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
             .value(format!("{user:?}"))
             .help("use lowercase letters, digits, `_` and `-`");
         }
+        for (key, value) in [("boot_disk", &n.boot_disk), ("root_device", &n.root_device)] {
+            if let Some(d) = value
+                && (!d.starts_with("/dev/")
+                    || d.len() < 6
+                    || d.chars().any(|c| {
+                        c.is_whitespace() || c.is_control() || c == '"' || c == '$' || c == '\\'
+                    }))
+            {
+                v.err(Kind::InvalidValue, &format!("{np}.{key}"), format!("`{key}` must be a device path such as /dev/disk/by-id/..."))
+                    .value(format!("{d:?}"))
+                    .help("use the stable name `edgectl install --until facts` prints, or remove the key and let install record it");
+            }
+        }
         let control_ip = match &n.control_ip {
             None => None,
             Some(s) => match s.parse::<IpAddr>() {
@@ -716,8 +729,8 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 tags: n.tags.clone(),
                 control_ip,
                 interfaces,
-                boot_disk: None,
-                root_device: None,
+                boot_disk: n.boot_disk.clone(),
+                root_device: n.root_device.clone(),
             }),
             _ => node_ok = false,
         }

@@ -55,6 +55,12 @@ fn node(
             mac,
             vlan,
         }],
+        boot_disk: i
+            .is_multiple_of(2)
+            .then(|| format!("/dev/disk/by-id/wwn-0x{i:016x}")),
+        root_device: i
+            .is_multiple_of(2)
+            .then(|| format!("/dev/disk/by-uuid/{i:08x}-0000-4000-8000-000000000000")),
     }
 }
 
