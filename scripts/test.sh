@@ -7,12 +7,13 @@
 # the end, and counted apart from the passes. With EDGECTL_REQUIRE (CI sets it) a missing
 # prerequisite fails its test instead. EDGECTL_TEST_TIMEOUT (seconds, default 3300) bounds the run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$self")/.."
 
 if [[ -z ${EDGECTL_TEST_TIMED:-} ]]; then
   export EDGECTL_TEST_TIMED=1
   rc=0
-  timeout --kill-after=30 "${EDGECTL_TEST_TIMEOUT:-3300}" "$0" "$@" || rc=$?
+  timeout --kill-after=30 "${EDGECTL_TEST_TIMEOUT:-3300}" "$self" "$@" || rc=$?
   [[ $rc -eq 124 ]] && echo "tests FAILED: the run passed EDGECTL_TEST_TIMEOUT=${EDGECTL_TEST_TIMEOUT:-3300} s"
   exit "$rc"
 fi
