@@ -7,7 +7,10 @@ let
 
   # The dashboard's own deps are optional in nixpkgs' ray; without them
   # `ray start` still runs but serves no dashboard.
-  rayEnv = pkgs.python3.withPackages (ps: [ ps.ray ] ++ (ps.ray.optional-dependencies.default or [ ]));
+  # Pinned: nixpkgs' ray is a wheel per CPython version and refuses newer ones
+  # (`pythonAtLeast "3.14"`), which `python3` is moving to; 3.13 has a wheel (ray 2.49).
+  rayEnv = pkgs.python313.withPackages (ps: [ ps.ray ] ++ (ps.ray.optional-dependencies.default or [ ]));
+  address = edgeLib.rayAddressFor { headAddress = cfg.headAddress; port = cfg.port; };
 
   args = edgeLib.rayArgsFor {
     role = cfg.role;
@@ -80,6 +83,9 @@ in
 
   config = lib.mkIf cfg.enable {
     environment.systemPackages = [ rayEnv ];
+    # The login user's `ray status` and `ray.init(address="auto")` find the cluster through
+    # this: the units run with DynamicUser, whose PrivateTmp hides /tmp/ray from logins.
+    environment.sessionVariables = lib.optionalAttrs (address != null) { RAY_ADDRESS = address; };
 
     systemd.services.ray-head = lib.mkIf (cfg.role == "head") (unit "head");
     systemd.services.ray-worker = lib.mkIf (cfg.role == "worker") (unit "worker");

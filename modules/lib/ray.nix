@@ -74,6 +74,12 @@ in
     ++ (if numCpus != null then [ "--num-cpus=${toString numCpus}" ] else [ ])
     ++ [ "--disable-usage-stats" "--block" ];
 
+  # rayAddressFor { headAddress; port ? 6379; } -> "IP:PORT", or null without a head address.
+  # What every login gets as RAY_ADDRESS: `ray status` and `ray.init(address="auto")` look
+  # there before the session file under /tmp/ray, which the units' private /tmp hides.
+  rayAddressFor = { headAddress ? "", port ? 6379 }:
+    if headAddress == "" then null else "${headAddress}:${toString port}";
+
   # rayFirewallFor { role; port ? 6379; } -> { tcp = [ ports ]; tcpRanges = [ { from; to; } ]; }
   # role null (Ray installed, no unit) opens nothing.
   rayFirewallFor = { role, port ? 6379 }:
