@@ -12,11 +12,18 @@
     pkgs = nixpkgs.legacyPackages.${system};
     # hosts/ holds the configurations generated from examples/edge-lab.toml (kept current by a test).
     hostNames = map (lib.removeSuffix ".nix") (builtins.filter (lib.hasSuffix ".nix") (builtins.attrNames (builtins.readDir ./hosts)));
-    host = name:
+    host = extra: name:
       lib.nixosSystem {
         inherit system;
-        modules = [self.nixosModules.default (./hosts + "/${name}.nix")];
+        modules = [self.nixosModules.default (./hosts + "/${name}.nix")] ++ extra;
       };
+    # The example's nodes were never installed, so their boot disk and root device are unknown
+    # and the modules refuse them (as they should); the checks evaluate them with stand-in
+    # stable names instead.
+    exampleBoot = {
+      edge.cloudlab.bootDisk = "/dev/disk/by-id/edgectl-example-boot-disk";
+      edge.cloudlab.rootDevice = "/dev/disk/by-uuid/00000000-0000-4000-8000-000000000000";
+    };
   in {
     packages.${system}.default = pkgs.rustPlatform.buildRustPackage {
       pname = "edgectl";
@@ -32,11 +39,11 @@
 
     nixosModules.default = import ./modules;
 
-    nixosConfigurations = lib.genAttrs hostNames host;
+    nixosConfigurations = lib.genAttrs hostNames (host []);
 
     # `nix flake check` builds every example host's system and runs the pure-function tests.
     checks.${system} =
-      lib.mapAttrs' (name: cfg: lib.nameValuePair "host-${name}" cfg.config.system.build.toplevel) self.nixosConfigurations
+      lib.listToAttrs (map (name: lib.nameValuePair "host-${name}" (host [exampleBoot] name).config.system.build.toplevel) hostNames)
       // {
         lib-tests = import ./checks/lib-tests-drv.nix {inherit pkgs;};
       };
