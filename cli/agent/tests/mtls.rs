@@ -2,40 +2,22 @@
 //! controller may ask anything, another node only ping; a foreign CA or no certificate at all
 //! gets nothing.
 
-use std::net::{SocketAddr, UdpSocket};
+mod common;
+
 use std::time::Duration;
 
-use edgectl_agent::pki::{self, CONTROLLER, Party, Pki};
+use edgectl_agent::pki::{self, CONTROLLER, Party};
 use edgectl_agent::proto::{Request, Response};
-use edgectl_agent::server::{self, AgentOptions, CA_FILE, CERT_FILE, KEY_FILE};
 use edgectl_agent::{client, tls};
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn only_cluster_certificates_get_in() {
-    let d = tempfile::tempdir().unwrap();
-    let pki = Pki::open(&d.path().join("pki"), "lab").unwrap();
-    let node = pki.identity(Party::Node("n1")).unwrap();
-    let state = d.path().join("agent");
-    pki::write_private(&state.join(CA_FILE), pki.ca_pem.as_bytes()).unwrap();
-    pki::write_private(&state.join(CERT_FILE), node.cert_pem.as_bytes()).unwrap();
-    pki::write_private(&state.join(KEY_FILE), node.key_pem.as_bytes()).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-    let agent = std::thread::spawn(move || {
-        server::run(AgentOptions {
-            listen: addr,
-            state_dir: state,
-            exit_after: Some(Duration::from_secs(60)),
-            wasi_runner: None,
-        })
-    });
+    let common::LoopbackAgent {
+        dir: _dir,
+        pki,
+        addr,
+        thread: agent,
+    } = common::start(Duration::from_secs(60));
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

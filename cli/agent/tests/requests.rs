@@ -2,22 +2,15 @@
 //! `MAX_REQUEST` and an error answer beyond it; a Zenoh session whose listener is gone once
 //! the controller closes it or goes away.
 
-use std::net::{SocketAddr, UdpSocket};
+mod common;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use edgectl_agent::pki::{self, CONTROLLER, Party, Pki};
+use edgectl_agent::pki::CONTROLLER;
 use edgectl_agent::proto::{KIND_JSON, MAX_REQUEST, Request, Response};
-use edgectl_agent::server::{self, AgentOptions, CA_FILE, CERT_FILE, KEY_FILE};
 use edgectl_agent::{client, tls};
 use quinn::{Connection, Endpoint};
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An agent for node n1 on loopback (in a thread of this process), and the controller's
 /// endpoint for it.
@@ -28,28 +21,13 @@ fn agent() -> (
     std::thread::JoinHandle<Result<(), String>>,
     tokio::runtime::Runtime,
 ) {
-    let d = tempfile::tempdir().unwrap();
-    let pki = Pki::open(&d.path().join("pki"), "lab").unwrap();
-    let node = pki.identity(Party::Node("n1")).unwrap();
-    let state = d.path().join("agent");
-    pki::write_private(&state.join(CA_FILE), pki.ca_pem.as_bytes()).unwrap();
-    pki::write_private(&state.join(CERT_FILE), node.cert_pem.as_bytes()).unwrap();
-    pki::write_private(&state.join(KEY_FILE), node.key_pem.as_bytes()).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = std::thread::spawn(move || {
-        server::run(AgentOptions {
-            listen: addr,
-            state_dir: state,
-            exit_after: Some(Duration::from_secs(120)),
-            wasi_runner: None,
-        })
-    });
+    let a = common::start(Duration::from_secs(120));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ctrl = pki.identity(CONTROLLER).unwrap();
+    let ctrl = a.pki.identity(CONTROLLER).unwrap();
     let ep = rt.block_on(async {
-        client::endpoint(tls::client(&pki.ca_pem, Some(&ctrl)).unwrap()).unwrap()
+        client::endpoint(tls::client(&a.pki.ca_pem, Some(&ctrl)).unwrap()).unwrap()
     });
-    (d, addr, ep, agent, rt)
+    (a.dir, a.addr, ep, a.thread, rt)
 }
 
 async fn connect(ep: &Endpoint, addr: SocketAddr) -> Connection {

@@ -508,7 +508,13 @@ pub fn current(h: &dyn Host) -> Result<(Option<String>, Option<u64>), HostError>
         ]),
         true,
     )?;
-    let mut lines = o.stdout.lines();
+    Ok(parse_current(&o.stdout))
+}
+
+/// The system (first line: the profile resolved) and generation (second line: its link) of
+/// what `readlink -f PROFILE; readlink PROFILE` printed.
+pub fn parse_current(text: &str) -> (Option<String>, Option<u64>) {
+    let mut lines = text.lines();
     let path = lines
         .next()
         .map(str::trim)
@@ -520,5 +526,5 @@ pub fn current(h: &dyn Host) -> Result<(Option<String>, Option<u64>), HostError>
             .and_then(|r| r.strip_suffix("-link"))
             .and_then(|n| n.parse().ok())
     });
-    Ok((path, generation))
+    (path, generation)
 }

@@ -347,7 +347,19 @@ pub fn plan(topology: &Path, opts: &Options, tx: Sender) -> Result<Plan, EngineE
 }
 
 /// Connects to a node and reads the system it runs now (None: never deployed by us).
-fn inspect(name: &str, t: SshTarget, tx: &Sender) -> Result<(SshHost, Option<String>), String> {
+/// What [`inspect`] found: the session, the node's current system, and the holder of its lock
+/// when an apply is running there.
+type Probe = (SshHost, Option<String>, Option<String>);
+
+/// One round trip for plan: the node's current system (two lines, kept in place when the
+/// profile is missing), then [`LOCK_HELD`]'s holder of a live node lock, if any.
+fn inspect_script() -> String {
+    format!(
+        "readlink -f \"$1\" 2>/dev/null || echo; readlink \"$1\" 2>/dev/null || echo\nshift\n{LOCK_HELD}"
+    )
+}
+
+fn inspect(name: &str, t: SshTarget, tx: &Sender) -> Result<Probe, String> {
     emit(
         tx,
         name,
@@ -359,14 +371,34 @@ fn inspect(name: &str, t: SshTarget, tx: &Sender) -> Result<(SshHost, Option<Str
         emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
         e.to_string()
     })?;
-    let (cur, _) = activate::current(&h).map_err(|e| e.to_string())?;
-    Ok((h, cur))
+    let o = h
+        .run(
+            &argv([
+                "sh",
+                "-c",
+                &inspect_script(),
+                "edgectl-inspect",
+                activate::PROFILE,
+                &LOCK_STALE_MIN.to_string(),
+            ]),
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+    let (cur, _) = activate::parse_current(&o.stdout);
+    let holder = o
+        .stdout
+        .lines()
+        .nth(2)
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let holder = holder.map(String::from);
+    Ok((h, cur, holder))
 }
 
 /// One node's plan from what [`inspect`] found and the system built for it.
 fn judge(
     name: &str,
-    probe: Result<(SshHost, Option<String>), String>,
+    probe: Result<Probe, String>,
     target: &str,
     old: Option<&Value>,
     new: &Value,
@@ -382,14 +414,14 @@ fn judge(
         error: None,
         apply_in_progress: None,
     };
-    let (h, cur) = match probe {
+    let (h, cur, holder) = match probe {
         Ok(x) => x,
         Err(e) => {
             np.error = Some(e);
             return np;
         }
     };
-    if let Some(holder) = apply_in_progress(&h) {
+    if let Some(holder) = holder {
         emit(
             tx,
             name,

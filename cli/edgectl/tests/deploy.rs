@@ -60,6 +60,22 @@ impl Lab {
         c
     }
 
+    /// edgectl's own SSH session to node i, as root with the rig's key.
+    fn session(&self, i: usize) -> edgectl_deploy::host::SshHost {
+        let n = self.rig.node(i);
+        edgectl_deploy::host::SshHost::connect(edgectl_deploy::host::SshTarget {
+            node: n.name.clone(),
+            host: n.ip.to_string(),
+            port: n.port,
+            user: "root".into(),
+            identity: Some(self.rig.key.clone()),
+            connect_timeout: Duration::from_secs(5),
+            pinned: None,
+            known_hosts: self.dir.path().join("known_hosts"),
+        })
+        .expect("connects")
+    }
+
     /// Uses a copy of the fixture whose every closure carries a shared `mib` MiB payload.
     fn with_payload(&mut self, mib: u32) {
         let f = self.dir.path().join("fixture");
@@ -757,35 +773,31 @@ fn apply_activates_at_most_parallel_nodes_at_once() {
             l.behaviour(i, &format!("barrier {} {n}", d.display()));
         }
     };
-    let worker_runs = || -> Vec<Run> { (1..4).flat_map(|i| l.runs(i)).collect() };
+    // Applies with `--parallel`, every node confirmed; the workers' activations.
+    let apply = |parallel: &str| -> Vec<Run> {
+        let o = l.run(&["apply", "--json", "--fanout", "off", "--parallel", parallel]);
+        assert_eq!(code(&o), 0, "{}", explain(&o));
+        assert!(
+            results(&o).iter().all(|(_, r)| r == "confirmed"),
+            "{:?}",
+            results(&o)
+        );
+        let runs: Vec<Run> = (1..4).flat_map(|i| l.runs(i)).collect();
+        assert_eq!(runs.len(), 3, "one activation per worker: {runs:?}");
+        runs
+    };
 
     // --parallel 2: two workers must be inside switch-to-configuration together to pass their
     // barrier, and the third may only start once one of them has finished.
     barrier("two", 2);
-    let o = l.run(&["apply", "--json", "--fanout", "off", "--parallel", "2"]);
-    assert_eq!(code(&o), 0, "{}", explain(&o));
-    assert!(
-        results(&o).iter().all(|(_, r)| r == "confirmed"),
-        "{:?}",
-        results(&o)
-    );
-    let runs = worker_runs();
-    assert_eq!(runs.len(), 3, "one activation per worker: {runs:?}");
+    let runs = apply("2");
     assert_eq!(max_overlap(&runs), 2, "--parallel 2: {runs:?}");
 
     // --parallel 8: all three workers at once, or their barrier (three) fails them.
     l.write_topology(&["agent"]);
     l.clear_timelines();
     barrier("three", 3);
-    let o = l.run(&["apply", "--json", "--fanout", "off", "--parallel", "8"]);
-    assert_eq!(code(&o), 0, "{}", explain(&o));
-    assert!(
-        results(&o).iter().all(|(_, r)| r == "confirmed"),
-        "{:?}",
-        results(&o)
-    );
-    let runs = worker_runs();
-    assert_eq!(runs.len(), 3, "one activation per worker: {runs:?}");
+    let runs = apply("8");
     assert_eq!(max_overlap(&runs), 3, "--parallel 8: {runs:?}");
 }
 
@@ -968,22 +980,33 @@ fn a_saved_plan_is_refused_when_the_cluster_changed() {
 #[test]
 fn a_command_silent_for_thirty_seconds_finishes() {
     let Some(l) = lab(1) else { return };
-    let n = l.rig.node(0);
-    let target = edgectl_deploy::host::SshTarget {
-        node: n.name.clone(),
-        host: n.ip.to_string(),
-        port: n.port,
-        user: "root".into(),
-        identity: Some(l.rig.key.clone()),
-        connect_timeout: Duration::from_secs(5),
-        pinned: None,
-        known_hosts: l.dir.path().join("known_hosts"),
-    };
-    let h = edgectl_deploy::host::SshHost::connect(target).expect("connects");
+    let h = l.session(0);
     let argv = edgectl_deploy::host::argv(["sh", "-c", "sleep 30; echo finished"]);
     let o = edgectl_deploy::host::Host::run(&h, &argv, false)
         .expect("a silent command is not a dead node");
     assert_eq!((o.status, o.stdout.trim()), (0, "finished"), "{}", o.stderr);
+}
+
+/// A command whose output is not UTF-8 ran: its output comes back (lossily), the node is not
+/// "unreachable".
+#[test]
+fn output_that_is_not_utf8_is_output_not_an_unreachable_node() {
+    let Some(l) = lab(1) else { return };
+    let h = l.session(0);
+    let argv = edgectl_deploy::host::argv([
+        "sh",
+        "-c",
+        r"printf 'a\377\376b'; printf '\377err' >&2; exit 3",
+    ]);
+    let o = edgectl_deploy::host::Host::run(&h, &argv, false)
+        .unwrap_or_else(|e| panic!("invalid UTF-8 made the node {e}"));
+    assert_eq!(o.status, 3);
+    assert_eq!(o.stdout, "a\u{FFFD}\u{FFFD}b");
+    assert_eq!(o.stderr, "\u{FFFD}err");
+    // The session is as good as before.
+    let o = edgectl_deploy::host::Host::run(&h, &edgectl_deploy::host::argv(["echo", "ok"]), false)
+        .unwrap();
+    assert_eq!(o.stdout, "ok\n");
 }
 
 /// CloudLab lets a user pick tcsh as login shell, and SSH hands every command to it: plan,

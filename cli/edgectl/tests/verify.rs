@@ -754,39 +754,6 @@ fn a_stale_pid_file_never_stops_an_unrelated_process() {
     assert!(!pid_file.exists(), "the stale pid file stays");
 }
 
-/// A command whose output is not UTF-8 ran: its output comes back (lossily), the node is not
-/// "unreachable".
-#[test]
-fn output_that_is_not_utf8_is_output_not_an_unreachable_node() {
-    let Some(l) = lab(1) else { return };
-    let n = l.rig.node(0);
-    let target = edgectl_deploy::host::SshTarget {
-        node: n.name.clone(),
-        host: n.ip.to_string(),
-        port: n.port,
-        user: "root".into(),
-        identity: Some(l.rig.key.clone()),
-        connect_timeout: std::time::Duration::from_secs(5),
-        pinned: None,
-        known_hosts: l.dir.path().join("known_hosts"),
-    };
-    let h = edgectl_deploy::host::SshHost::connect(target).expect("connects");
-    let argv = edgectl_deploy::host::argv([
-        "sh",
-        "-c",
-        r"printf 'a\377\376b'; printf '\377err' >&2; exit 3",
-    ]);
-    let o = edgectl_deploy::host::Host::run(&h, &argv, false)
-        .unwrap_or_else(|e| panic!("invalid UTF-8 made the node {e}"));
-    assert_eq!(o.status, 3);
-    assert_eq!(o.stdout, "a\u{FFFD}\u{FFFD}b");
-    assert_eq!(o.stderr, "\u{FFFD}err");
-    // The session is as good as before.
-    let o = edgectl_deploy::host::Host::run(&h, &edgectl_deploy::host::argv(["echo", "ok"]), false)
-        .unwrap();
-    assert_eq!(o.stdout, "ok\n");
-}
-
 /// Nodes named `ca` and `controller` get keys and certificate names of their own: neither the
 /// CA's key nor the controller's identity, and the agents answer the controller as usual.
 #[test]
