@@ -66,6 +66,7 @@ log=$run/log
 cat /proc/sys/kernel/random/boot_id > "$run/boot" 2>/dev/null
 printf '%s\n' "$$" > "$run/pid"
 printf '%s\n' "$new" > "$run/new"
+printf '%s\n' "$goal" > "$run/goal"
 prev=$(readlink -f "$prof" 2>/dev/null || true)
 printf '%s\n' "$prev" > "$run/prev"
 status started
@@ -148,7 +149,7 @@ for run in /nix/var/edgectl/run/*; do
   case "$s" in started|switching|activated|rolling-back|committing) ;; *) continue ;; esac
   token=${run##*/}; log=$run/log
   new=$(cat "$run/new" 2>/dev/null); prev=$(cat "$run/prev" 2>/dev/null)
-  goal=switch; pid=$(cat "$run/pid" 2>/dev/null); boot=$(cat "$run/boot" 2>/dev/null)
+  goal=$(cat "$run/goal" 2>/dev/null); pid=$(cat "$run/pid" 2>/dev/null); boot=$(cat "$run/boot" 2>/dev/null)
   if [ "$boot" = "$here" ] && [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q edgectl-activate; then
     echo "pending $token"; continue
   fi
@@ -527,4 +528,106 @@ pub fn parse_current(text: &str) -> (Option<String>, Option<u64>) {
             .and_then(|n| n.parse().ok())
     });
     (path, generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The resolver against run folders under `d` instead of the node's /nix.
+    fn resolve_in(d: &std::path::Path) -> std::process::Output {
+        let script = resolve_script()
+            .replace("/nix/var/edgectl", &d.join("edgectl").display().to_string())
+            .replace(
+                "/nix/var/nix/profiles/system",
+                &d.join("profile").display().to_string(),
+            );
+        std::process::Command::new("sh")
+            .args(["-c", &script, "edgectl-resolve"])
+            .output()
+            .unwrap()
+    }
+
+    fn run_dir(d: &std::path::Path, token: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+        let run = d.join("edgectl/run").join(token);
+        std::fs::create_dir_all(&run).unwrap();
+        for (f, text) in files {
+            std::fs::write(run.join(f), format!("{text}\n")).unwrap();
+        }
+        run
+    }
+
+    /// A confirmed `test` activation whose process died while committing is done: `test` never
+    /// touches the profile or the boot default, so nothing is committed for it.
+    #[test]
+    fn a_dead_confirmed_test_activation_commits_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let here = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let run = run_dir(
+            t.path(),
+            "t1",
+            &[
+                ("status", "committing"),
+                ("goal", "test"),
+                ("new", "/nix/store/00000000000000000000000000000000-new"),
+                ("prev", ""),
+                ("pid", "999999999"),
+                ("boot", here.trim()),
+                ("confirmed", ""),
+            ],
+        );
+        let o = resolve_in(t.path());
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "resolved t1 done"
+        );
+        assert_eq!(
+            std::fs::read_to_string(run.join("status")).unwrap().trim(),
+            "done"
+        );
+        assert!(
+            !t.path().join("profile").exists(),
+            "a test activation set the profile"
+        );
+    }
+
+    /// Runs whose process lives are left alone; a run that never began is only marked.
+    #[test]
+    fn live_runs_wait_and_unstarted_ones_are_abandoned() {
+        let t = tempfile::tempdir().unwrap();
+        let here = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let mut live = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true", "edgectl-activate"])
+            .spawn()
+            .unwrap();
+        run_dir(
+            t.path(),
+            "live",
+            &[
+                ("status", "activated"),
+                ("goal", "switch"),
+                ("pid", &live.id().to_string()),
+                ("boot", here.trim()),
+            ],
+        );
+        run_dir(
+            t.path(),
+            "dead",
+            &[
+                ("status", "started"),
+                ("goal", "switch"),
+                ("pid", "999999999"),
+                ("boot", here.trim()),
+            ],
+        );
+        let o = resolve_in(t.path());
+        let _ = live.kill();
+        let _ = live.wait();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("pending live"), "{out}");
+        assert!(
+            out.contains("resolved dead abandoned before any change"),
+            "{out}"
+        );
+    }
 }
