@@ -259,6 +259,25 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
     // A shared payload big enough that the stream takes a while; the fixture puts a tiny
     // marker path before it in every export stream.
     l.with_payload(32);
+    // The controller's link is slower than the cluster LAN, the case fan-out is for: 100 Mbit/s
+    // on the controller's side of the bridge (node-to-node traffic is bridged past it), so the
+    // upload takes seconds whatever this machine's disks and CPUs do, and the peers must get
+    // the stream during it.
+    let tc = Command::new("tc")
+        .args([
+            "qdisc",
+            "replace",
+            "dev",
+            &l.rig.bridge,
+            "root",
+            "tbf",
+            "rate",
+            "100mbit",
+        ])
+        .args(["burst", "256kbit", "latency", "400ms"])
+        .output()
+        .unwrap();
+    assert!(tc.status.success(), "{}", explain(&tc));
     // No help from the test: the nodes take the cluster key into their own authorized_keys,
     // as real ones do.
     let o = l.run(&["apply", "--json"]);
