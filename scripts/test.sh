@@ -30,7 +30,9 @@ export EDGECTL_SKIP_LOG
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+echo "== rust-version of every locked crate"
+python3 scripts/msrv.py
+echo "== cargo clippy (incompatible_msrv included)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== fuzz targets build"
 # Their own workspace (so the main one never builds libFuzzer); built here so they cannot rot.
