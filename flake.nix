@@ -15,7 +15,8 @@
     host = extra: name:
       lib.nixosSystem {
         inherit system;
-        modules = [self.nixosModules.default (./hosts + "/${name}.nix")] ++ extra;
+        # The node agent is this flake's own build, as in the flakes edgectl generates.
+        modules = [self.nixosModules.default {edge.agent.package = self.packages.${system}.edgectl;} (./hosts + "/${name}.nix")] ++ extra;
       };
     # The example's nodes were never installed, so their boot disk and root device are unknown
     # and the modules refuse them (as they should); the checks evaluate them with stand-in
@@ -25,16 +26,25 @@
       edge.cloudlab.rootDevice = "/dev/disk/by-uuid/00000000-0000-4000-8000-000000000000";
     };
   in {
-    packages.${system}.default = pkgs.rustPlatform.buildRustPackage {
-      pname = "edgectl";
-      version = "0.1.0";
-      src = ./.;
-      cargoLock.lockFile = ./Cargo.lock;
-      nativeBuildInputs = [pkgs.pkg-config];
-      buildInputs = [pkgs.openssl];
-      # The test suite needs root, network namespaces and sshd; CI runs it (scripts/test.sh).
-      doCheck = false;
-      meta.mainProgram = "edgectl";
+    # The controller and the node agent are one binary; nodes run it as edgectl-agent.service
+    # (edge.agent.package), so the generated flakes take this flake as their `edgectl` input.
+    packages.${system} = rec {
+      default = edgectl;
+      edgectl = pkgs.rustPlatform.buildRustPackage {
+        pname = "edgectl";
+        version = "0.1.0";
+        src = ./.;
+        cargoLock.lockFile = ./Cargo.lock;
+        cargoBuildFlags = ["-p" "edgectl"];
+        nativeBuildInputs = [pkgs.pkg-config];
+        buildInputs = [pkgs.openssl];
+        # The test suite needs root, network namespaces and sshd; CI runs it (scripts/test.sh).
+        doCheck = false;
+        # Generated flakes take the source this binary was built from as their `edgectl` input
+        # unless the topology names another (cluster.edgectl_flake).
+        EDGECTL_FLAKE_REF = "path:${self}";
+        meta.mainProgram = "edgectl";
+      };
     };
 
     nixosModules.default = import ./modules;

@@ -59,6 +59,10 @@ pub struct ClusterSpec {
     pub name: String,
     /// Flake reference for nixpkgs, e.g. "github:NixOS/nixpkgs/nixos-25.11".
     pub nixpkgs: String,
+    /// Flake reference for edgectl itself: the generated flake's `edgectl` input, whose
+    /// package runs as the node agent. Default: the source this edgectl was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edgectl_flake: Option<String>,
     /// The login user on every node (CloudLab: your username); root is reached through sudo.
     pub ssh_user: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,6 +175,7 @@ pub const CHECK_KEYS: &[&str] = &["name", "wasm", "args", "timeout_s"];
 pub const CLUSTER_KEYS: &[&str] = &[
     "name",
     "nixpkgs",
+    "edgectl_flake",
     "ssh_user",
     "confirm_timeout_s",
     "profile_dir",
@@ -215,6 +220,7 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
         ClusterSpec {
             name: r.string(&c, "name", true).unwrap_or_default(),
             nixpkgs: r.string(&c, "nixpkgs", true).unwrap_or_default(),
+            edgectl_flake: r.string(&c, "edgectl_flake", false),
             ssh_user: r.string(&c, "ssh_user", true).unwrap_or_default(),
             confirm_timeout_s: r
                 .integer(&c, "confirm_timeout_s", false, 5, 3600)

@@ -111,6 +111,9 @@ impl Node {
 pub struct Cluster {
     pub name: String,
     pub nixpkgs: String,
+    /// The `edgectl` input of the generated flake; `None`: the source this binary was built from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edgectl_flake: Option<String>,
     pub ssh_user: String,
     pub confirm_timeout_s: u64,
     pub state_version: String,
@@ -215,6 +218,17 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
         )
         .value(format!("{:?}", c.nixpkgs))
         .help("write e.g. \"github:NixOS/nixpkgs/nixos-25.11\"");
+    }
+    if let Some(r) = &c.edgectl_flake
+        && !is_flake_ref(r)
+    {
+        v.err(
+            Kind::InvalidValue,
+            "cluster.edgectl_flake",
+            "`edgectl_flake` must be a flake reference",
+        )
+        .value(format!("{r:?}"))
+        .help("write e.g. \"path:/home/you/edgectl\" or \"github:OWNER/edgectl\", or remove it to use the edgectl you run");
     }
     if !c.ssh_user.is_empty() && !is_username(&c.ssh_user) {
         v.err(
@@ -826,6 +840,7 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
     Some(Cluster {
         name: c.name.clone(),
         nixpkgs: c.nixpkgs.clone(),
+        edgectl_flake: c.edgectl_flake.clone(),
         ssh_user: c.ssh_user.clone(),
         confirm_timeout_s: c.confirm_timeout_s.unwrap_or(DEFAULT_CONFIRM_TIMEOUT_S),
         state_version,

@@ -106,6 +106,7 @@ fn topology() -> impl Strategy<Value = TopologyFile> {
                 cluster: ClusterSpec {
                     name: "prop-lab".into(),
                     nixpkgs: "github:NixOS/nixpkgs/nixos-25.11".into(),
+                    edgectl_flake: None,
                     ssh_user: "alice".into(),
                     confirm_timeout_s: confirm,
                     profile_dir: None,

@@ -243,3 +243,27 @@ fn nul_in_a_value_is_an_error_not_a_broken_file() {
     let e = render(&c).unwrap_err();
     assert!(e.to_string().contains("NUL"), "{e}");
 }
+
+/// The nodes' agent is edgectl's own package: the generated flake takes edgectl as an input
+/// (the topology's `edgectl_flake`, else the source this binary was built from) and sets
+/// `edge.agent.package` from it, before the host file so the host file stays last.
+#[test]
+fn the_agent_package_comes_from_the_edgectl_input() {
+    let mut c = example();
+    let flake = &render(&c).unwrap()["flake.nix"];
+    let default = edgectl_render::default_edgectl_flake();
+    assert!(
+        default.starts_with("git+file:///") || default.starts_with("path:/"),
+        "{default}"
+    );
+    assert!(flake.contains(&format!("url = {default:?};")), "{flake}");
+    assert!(flake.contains(r#"inputs.nixpkgs.follows = "nixpkgs";"#));
+    let pkg = flake
+        .find("{edge.agent.package = edgectl.packages.${system}.edgectl;}")
+        .expect("the agent package is set");
+    assert!(pkg < flake.find("file\n").unwrap(), "{flake}");
+
+    c.edgectl_flake = Some("github:example/edgectl/v1".into());
+    let flake = &render(&c).unwrap()["flake.nix"];
+    assert!(flake.contains(r#"url = "github:example/edgectl/v1";"#), "{flake}");
+}
