@@ -124,6 +124,8 @@ impl Report {
 struct Prepared {
     ssh: Option<SshHost>,
     started: bool,
+    /// The node runs NixOS, where the agent is a service of the applied system.
+    nixos: bool,
     error: Option<String>,
     /// The holder of the node's lock, when an apply is running there.
     applying: Option<String>,
@@ -188,6 +190,7 @@ fn prepare(
     let fail = |e: String| Prepared {
         ssh: None,
         started: false,
+        nixos: false,
         error: Some(e),
         applying: None,
     };
@@ -195,6 +198,10 @@ fn prepare(
         Ok(h) => h,
         Err(e) => return fail(e.to_string()),
     };
+    let nixos = h
+        .run(&argv(["cat", "/etc/os-release"]), false)
+        .map(|o| is_nixos(&o.stdout))
+        .unwrap_or(false);
     let go = || -> Result<bool, String> {
         let id = pki.identity(crate::pki::Party::Node(&node.name))?;
         let dir = opts.agent_dir.trim_end_matches('/');
@@ -210,7 +217,9 @@ fn prepare(
             .run(&argv(["systemctl", "is-active", "edgectl-agent"]), false)
             .map(|o| o.stdout.trim() == "active")
             .unwrap_or(false);
-        if service {
+        // On NixOS the agent is edgectl-agent.service of the applied system, and a generic
+        // binary could not run anyway: NixOS has no /lib64/ld-linux-x86-64.so.2.
+        if service || (nixos && opts.agent_bin.is_none()) {
             return Ok(false);
         }
         let bin = match &opts.agent_bin {
@@ -260,16 +269,27 @@ fn prepare(
         Ok(started) => Prepared {
             ssh: Some(h),
             started,
+            nixos,
             error: None,
             applying,
         },
         Err(e) => Prepared {
             ssh: Some(h),
             started: false,
+            nixos,
             error: Some(e),
             applying,
         },
     }
+}
+
+/// Whether an `/etc/os-release` text describes NixOS.
+pub fn is_nixos(os_release: &str) -> bool {
+    os_release.lines().any(|l| {
+        l.trim()
+            .strip_prefix("ID=")
+            .is_some_and(|v| v.trim_matches(['"', '\'']) == "nixos")
+    })
 }
 
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
@@ -357,6 +377,7 @@ pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineErr
                 h.join().unwrap_or(Prepared {
                     ssh: None,
                     started: false,
+                    nixos: false,
                     error: Some("worker panicked".into()),
                     applying: None,
                 })
@@ -378,8 +399,16 @@ pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineErr
         &user_modules,
     ))?;
 
-    // An agent started here that never answered says why in its log.
+    // An agent started here that never answered says why in its log; a NixOS node's says
+    // where to look, since nothing was started there.
     for (r, p) in report.nodes.iter_mut().zip(&prepared) {
+        if p.nixos && !p.started && r.agent == "unreachable" && p.ssh.is_some() {
+            let e = r.error.get_or_insert_with(String::new);
+            e.push_str(&format!(
+                "; on NixOS the agent is the edgectl-agent service of the applied system (feature \"agent\"), listening on UDP {}: apply a configuration with it, and see `journalctl -u edgectl-agent` on {}",
+                opts.agent_port, r.name
+            ));
+        }
         if p.started
             && r.agent == "unreachable"
             && let Some(h) = &p.ssh
@@ -819,7 +848,7 @@ async fn join_vec<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use super::{STOP_OLD, pair_rounds};
+    use super::{STOP_OLD, is_nixos, pair_rounds};
     use crate::server::{PID_FILE, proc_start_time};
     use std::collections::BTreeSet;
     use std::path::Path;
@@ -897,6 +926,16 @@ mod tests {
             let _ = agent.kill();
         }
         assert!(gone, "the agent the pid file names still runs");
+    }
+
+    #[test]
+    fn nixos_is_told_by_the_id_line_alone() {
+        assert!(is_nixos("NAME=NixOS\nID=nixos\nVERSION_ID=\"25.11\"\n"));
+        assert!(is_nixos("ID=\"nixos\"\n"));
+        assert!(!is_nixos("NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\n"));
+        // A derivative that names NixOS only in ID_LIKE is not NixOS's layout promise.
+        assert!(!is_nixos("ID=somethingelse\nID_LIKE=nixos\n"));
+        assert!(!is_nixos(""));
     }
 
     #[test]
