@@ -33,7 +33,12 @@
       edgectl = pkgs.rustPlatform.buildRustPackage {
         pname = "edgectl";
         version = "0.1.0";
-        src = ./.;
+        # A fixed name, so the source has one store path whichever way the flake was fetched
+        # (the cluster-vm check rebuilds systems inside a VM from a path: copy).
+        src = builtins.path {
+          path = ./.;
+          name = "edgectl-src";
+        };
         cargoLock.lockFile = ./Cargo.lock;
         cargoBuildFlags = ["-p" "edgectl"];
         nativeBuildInputs = [pkgs.pkg-config];
@@ -56,6 +61,8 @@
       lib.listToAttrs (map (name: lib.nameValuePair "host-${name}" (host [exampleBoot] name).config.system.build.toplevel) hostNames)
       // {
         lib-tests = import ./checks/lib-tests-drv.nix {inherit pkgs;};
+        # NixOS VM test (needs KVM): a controller VM runs edgectl apply and verify on two nodes.
+        cluster-vm = import ./checks/cluster-vm.nix {inherit self nixpkgs pkgs;};
       };
   };
 }
