@@ -217,6 +217,53 @@ let
     (eq "agent args" (l.agentArgsFor { }) [ "--listen" "0.0.0.0:7443" "--state-dir" "/var/lib/edgectl-agent" ])
     (eq "agent args custom" (l.agentArgsFor { port = 9000; stateDir = "/srv/a"; }) [ "--listen" "0.0.0.0:9000" "--state-dir" "/srv/a" ])
     (throws "agent port 0 throws" (l.agentArgsFor { port = 0; }))
+
+    # --- firewallFor / firewallParts / nixosFirewallFor -----------------------------------------
+    (eq "firewall of a bare node: sshd only" (l.firewallFor { })
+      { tcp = [ 22 ]; udp = [ ]; tcpRanges = [ ]; interfaces = { }; })
+    (eq "firewall: disabled modules open nothing, whatever else they set"
+      (l.firewallFor { agent.enable = false; zenoh = { enable = false; interfaces = [ "lan0" ]; }; ray = { enable = false; role = "head"; interfaces = [ "lan0" ]; }; })
+      (l.firewallFor { }))
+    (eq "firewall: agent on every interface (QUIC UDP, probe TCP)" (l.firewallFor { agent.enable = true; })
+      { tcp = [ 22 7448 ]; udp = [ 7443 ]; tcpRanges = [ ]; interfaces = { }; })
+    (eq "firewall: agent port option" (l.firewallFor { agent = { enable = true; port = 9443; }; }).udp [ 9443 ])
+    (eq "firewall: zenoh on its interfaces only" (l.firewallFor { zenoh = { enable = true; router = true; interfaces = [ "lan0" ]; }; })
+      { tcp = [ 22 ]; udp = [ ]; tcpRanges = [ ]; interfaces.lan0 = { tcp = [ 7447 ]; udp = [ 7447 ]; tcpRanges = [ ]; }; })
+    (eq "firewall: zenoh listen ports per transport"
+      (l.firewallFor { zenoh = { enable = true; listen = [ "quic/0.0.0.0:7450" ]; interfaces = [ "lan0" ]; }; }).interfaces.lan0
+      { tcp = [ 7447 ]; udp = [ 7447 7450 ]; tcpRanges = [ ]; })
+    (eq "firewall: zenoh without interfaces opens nothing" (l.firewallFor { zenoh.enable = true; }) (l.firewallFor { }))
+    (eq "firewall: ray worker on its interfaces"
+      (l.firewallFor { ray = { enable = true; role = "worker"; interfaces = [ "lan0" ]; }; }).interfaces
+      { lan0 = { tcp = [ 6380 6381 6382 6383 6384 52365 ]; udp = [ ]; tcpRanges = [ { from = 10002; to = 19999; } ]; }; })
+    (eq "firewall: ray without a role opens nothing" (l.firewallFor { ray = { enable = true; interfaces = [ "lan0" ]; }; }).interfaces { })
+    (eq "firewall: ray head custom GCS port" (builtins.elem 7000 (l.firewallFor { ray = { enable = true; role = "head"; port = 7000; interfaces = [ "lan0" ]; }; }).interfaces.lan0.tcp) true)
+    (throws "firewall: bad ray role throws" (l.firewallFor { ray = { enable = true; role = "driver"; interfaces = [ "lan0" ]; }; }))
+    (throws "firewall: bad zenoh endpoint throws" (l.firewallFor { zenoh = { enable = true; listen = [ "sctp/0.0.0.0:1" ]; interfaces = [ "lan0" ]; }; }))
+    (throws "firewall: not an attribute set throws" (l.firewallFor null))
+    (eq "firewall: zenoh and ray on one interface merge (sorted, deduplicated)"
+      (l.firewallFor { zenoh = { enable = true; interfaces = [ "lan0" ]; }; ray = { enable = true; role = "head"; interfaces = [ "lan0" "lan1" ]; }; }).interfaces
+      { lan0 = { tcp = [ 6379 6380 6381 6382 6383 6384 7447 8265 10001 52365 ]; udp = [ 7447 ]; tcpRanges = [ { from = 10002; to = 19999; } ]; };
+        lan1 = { tcp = [ 6379 6380 6381 6382 6383 6384 8265 10001 52365 ]; udp = [ ]; tcpRanges = [ { from = 10002; to = 19999; } ]; }; })
+    (eq "firewall of the example's head (hosts/head.nix)" (l.firewallFor (import ../hosts/head.nix { }).edge)
+      { tcp = [ 22 7448 ]; udp = [ 7443 ]; tcpRanges = [ ];
+        interfaces.lan0 = { tcp = [ 6379 6380 6381 6382 6383 6384 7447 8265 10001 52365 ]; udp = [ 7447 ]; tcpRanges = [ { from = 10002; to = 19999; } ]; }; })
+    (eq "firewall of the example's worker1 (hosts/worker1.nix)" (l.firewallFor (import ../hosts/worker1.nix { }).edge).interfaces.lan0.tcp
+      [ 6380 6381 6382 6383 6384 7447 52365 ])
+    (eq "firewall uses the port table" (let p = l.ports; fw = l.firewallFor { agent.enable = true; }; in fw.tcp == [ p.ssh p.zenohProbe ] && fw.udp == [ p.agent ]) true)
+    (eq "firewall: the agent part is agentFirewallFor on every interface"
+      (let a = l.agentFirewallFor { }; in l.firewallParts.agent { enable = true; } == { inherit (a) tcp udp; tcpRanges = [ ]; interfaces = { }; }) true)
+    (eq "firewall: firewallFor merges the parts"
+      (let e = { agent.enable = true; zenoh = { enable = true; interfaces = [ "lan0" ]; }; ray = { enable = true; role = "worker"; interfaces = [ "lan0" ]; }; };
+       in l.firewallFor e == l.mergeFirewalls [ (l.firewallParts.ssh { }) (l.firewallParts.agent e.agent) (l.firewallParts.zenoh e.zenoh) (l.firewallParts.ray e.ray) ]) true)
+    (eq "firewall: merge drops interfaces that open nothing, sorts ranges"
+      (l.mergeFirewalls [ { interfaces.a = { }; interfaces.b.tcpRanges = [ { from = 9; to = 10; } ]; } { interfaces.b.tcpRanges = [ { from = 1; to = 2; } { from = 9; to = 10; } ]; } ])
+      { tcp = [ ]; udp = [ ]; tcpRanges = [ ]; interfaces.b = { tcp = [ ]; udp = [ ]; tcpRanges = [ { from = 1; to = 2; } { from = 9; to = 10; } ]; }; })
+    (eq "nixosFirewallFor: NixOS option names"
+      (l.nixosFirewallFor (l.firewallFor { agent.enable = true; zenoh = { enable = true; interfaces = [ "lan0" ]; }; }))
+      { allowedTCPPorts = [ 22 7448 ]; allowedUDPPorts = [ 7443 ]; allowedTCPPortRanges = [ ];
+        interfaces.lan0 = { allowedTCPPorts = [ 7447 ]; allowedUDPPorts = [ 7447 ]; allowedTCPPortRanges = [ ]; }; })
+    (eq "zenoh module default listen is the table's zenoh port" l.defaultZenohListen [ "tcp/0.0.0.0:7447" ])
   ];
 
   failed = builtins.filter (c: !c.ok) cases;

@@ -8,7 +8,8 @@ let
   # Forces the validation above: a bad stateDir fails evaluation instead of
   # becoming a tmpfiles rule that chmods a shared directory to 0700.
   stateDir = builtins.seq stateDirectory cfg.stateDir;
-  firewall = edgeLib.agentFirewallFor { port = cfg.port; };
+  # What the agent opens (lib/ports.nix; firewallFor, which the test rig loads, uses the same).
+  firewall = edgeLib.nixosFirewallFor (edgeLib.firewallParts.agent cfg);
 in
 {
   options.edge.agent = {
@@ -38,8 +39,9 @@ in
       # On every interface: the controller reaches the agent over the control network, from
       # off the experiment LAN, and peers reach the probe listener over the LAN. QUIC is UDP;
       # mutual TLS is the guard. The probe port (TCP) listens only while a verify runs.
-      networking.firewall.allowedUDPPorts = firewall.udp;
-      networking.firewall.allowedTCPPorts = firewall.tcp;
+      networking.firewall = {
+        inherit (firewall) allowedUDPPorts allowedTCPPorts allowedTCPPortRanges interfaces;
+      };
     }
     (lib.mkIf (cfg.package != null) {
       systemd.services.edgectl-agent = {

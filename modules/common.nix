@@ -2,6 +2,7 @@
 { config, lib, ... }:
 let
   cfg = config.edge;
+  edgeLib = import ./lib;
 in
 {
   config = {
@@ -19,6 +20,10 @@ in
 
     services.openssh = {
       enable = true;
+      # NixOS's defaults, spelled out: lib/ports.nix's firewallFor (what the test rig's
+      # --nixos nodes open) counts on them.
+      ports = [ edgeLib.ports.ssh ];
+      openFirewall = true;
       settings = {
         PasswordAuthentication = false;
         KbdInteractiveAuthentication = false;

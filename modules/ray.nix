@@ -20,7 +20,9 @@ let
     numCpus = cfg.numCpus;
   };
 
-  firewall = edgeLib.rayFirewallFor { role = cfg.role; port = cfg.port; };
+  # rayFirewallFor of the role on each of cfg.interfaces (lib/ports.nix; firewallFor, which
+  # the test rig loads, uses the same).
+  firewall = edgeLib.nixosFirewallFor (edgeLib.firewallParts.ray cfg);
 
   unit = role: {
     description = "Ray ${role} node";
@@ -61,7 +63,7 @@ in
     };
     port = lib.mkOption {
       type = lib.types.port;
-      default = 6379;
+      default = edgeLib.ports.rayGcs;
       description = "GCS port on the head.";
     };
     numGpus = lib.mkOption {
@@ -90,9 +92,8 @@ in
     systemd.services.ray-head = lib.mkIf (cfg.role == "head") (unit "head");
     systemd.services.ray-worker = lib.mkIf (cfg.role == "worker") (unit "worker");
 
-    networking.firewall.interfaces = lib.genAttrs cfg.interfaces (_: {
-      allowedTCPPorts = firewall.tcp;
-      allowedTCPPortRanges = firewall.tcpRanges;
-    });
+    networking.firewall = {
+      inherit (firewall) allowedTCPPorts allowedUDPPorts allowedTCPPortRanges interfaces;
+    };
   };
 }

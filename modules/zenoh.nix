@@ -4,7 +4,9 @@
 let
   cfg = config.edge.zenoh;
   edgeLib = import ./lib;
-  ports = edgeLib.zenohPortsFor { listen = cfg.listen; };
+  # zenohPortsFor of the listen endpoints on each of cfg.interfaces (lib/ports.nix;
+  # firewallFor, which the test rig loads, uses the same).
+  firewall = edgeLib.nixosFirewallFor (edgeLib.firewallParts.zenoh cfg);
 in
 {
   options.edge.zenoh = {
@@ -16,7 +18,7 @@ in
     };
     listen = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = [ "tcp/0.0.0.0:7447" ];
+      default = edgeLib.defaultZenohListen;
       description = "zenoh listen endpoints.";
     };
     connect = lib.mkOption {
@@ -47,9 +49,8 @@ in
     };
 
     # The zenohd module does not open the firewall itself.
-    networking.firewall.interfaces = lib.genAttrs cfg.interfaces (_: {
-      allowedTCPPorts = ports.tcp;
-      allowedUDPPorts = ports.udp;
-    });
+    networking.firewall = {
+      inherit (firewall) allowedTCPPorts allowedUDPPorts allowedTCPPortRanges interfaces;
+    };
   };
 }
