@@ -13,7 +13,8 @@ pub fn parse_status(text: &str) -> (u32, f64) {
     let mut in_active = false;
     for line in text.lines() {
         let t = line.trim();
-        if t == "Active:" {
+        // Ray's autoscaler v2 lists a node with nothing to run under "Idle:": alive all the same.
+        if t == "Active:" || t == "Idle:" {
             in_active = true;
             continue;
         }
@@ -90,6 +91,8 @@ mod tests {
     fn status_output() {
         let t = "======== Autoscaler status: 2024-11-20 10:00:00 ========\nNode status\n-----\nActive:\n 1 node_4f5e0c\n 1 node_9a8b7c\nPending:\n (no pending nodes)\nRecent failures:\n (no failures)\n\nResources\n-----\nUsage:\n 0.0/16.0 CPU\n 0.0/1.0 GPU\n 0B/20.00GiB memory\n";
         assert_eq!(parse_status(t), (2, 1.0));
+        let v2 = "Node status\n-----\nActive:\n 1 node_4f5e0c\nIdle:\n 1 node_9a8b7c\n 1 node_1b2c3d\nPending:\n 1 node_77aa00\nRecent failures:\n (no failures)\n";
+        assert_eq!(parse_status(v2), (3, 0.0), "pending nodes are not alive");
         assert_eq!(
             parse_status("Active:\n (no active nodes)\nPending:\n"),
             (0, 0.0)

@@ -1602,3 +1602,64 @@ fn plan_during_an_apply_says_so() {
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(plan["nodes"][0]["apply_in_progress"].is_null(), "{plan}");
 }
+
+/// The path a new user takes on NixOS nodes: plan, apply, plan, verify. The applied systems run
+/// the agent as their service (the fixture starts it on activation, as systemd starts
+/// edgectl-agent.service), so `verify` uploads nothing: on these nodes an uploaded generic binary
+/// could not run (their /var is noexec, as NixOS has no FHS loader) and their firewall opens
+/// only what the configuration opens.
+#[test]
+fn nixos_nodes_plan_apply_plan_verify_through_the_agent_service() {
+    let Some(l) = lab_with(3, nixos()) else {
+        return;
+    };
+    let fx = edgectl_rig::agent_fixture(
+        &l.dir.path().join("edgectl-flake"),
+        std::path::Path::new(env!("CARGO_BIN_EXE_edgectl")),
+    )
+    .unwrap();
+    std::fs::write(
+        l.topology(),
+        edgectl_rig::topology_toml_with(&l.rig, &["agent"], 6, &fx),
+    )
+    .unwrap();
+
+    let o = l.run(&["plan", "--json"]);
+    assert_eq!(code(&o), 2, "{}", explain(&o));
+    let o = l.run(&["apply", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    for i in 0..3 {
+        let target = l.target(i);
+        assert_eq!(l.current(i).as_deref(), Some(target.as_str()), "node {i}");
+    }
+    let o = l.run(&["plan", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+
+    let o = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+        .arg("verify")
+        .arg(l.topology())
+        .args(["--identity", l.rig.key.to_str().unwrap()])
+        .args(["--connect-timeout", "5", "--samples", "20", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", explain(&o)));
+    for n in v["nodes"].as_array().unwrap() {
+        assert_eq!(n["agent"], "service", "{n}\n{}", explain(&o));
+    }
+    // Every ordered pair, over both transports.
+    for m in ["quic", "zenoh"] {
+        let pairs = v[m].as_array().unwrap();
+        assert_eq!(pairs.len(), 6, "{m}: {pairs:?}");
+        assert!(
+            pairs
+                .iter()
+                .all(|p| p["samples"].as_u64() > Some(0) && p["error"].is_null()),
+            "{m}: {pairs:?}"
+        );
+    }
+    for i in 0..3 {
+        let up = l.rig.node(i).dir.join("var/lib/edgectl-agent/edgectl");
+        assert!(!up.exists(), "node {i}: verify uploaded {}", up.display());
+    }
+}

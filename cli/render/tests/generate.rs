@@ -265,5 +265,8 @@ fn the_agent_package_comes_from_the_edgectl_input() {
 
     c.edgectl_flake = Some("github:example/edgectl/v1".into());
     let flake = &render(&c).unwrap()["flake.nix"];
-    assert!(flake.contains(r#"url = "github:example/edgectl/v1";"#), "{flake}");
+    assert!(
+        flake.contains(r#"url = "github:example/edgectl/v1";"#),
+        "{flake}"
+    );
 }

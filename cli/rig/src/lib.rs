@@ -113,11 +113,24 @@ pub fn lan_mac(i: usize) -> String {
 /// An edgectl topology whose nodes are this rig's nodes (root login with the rig's key; the
 /// first node is the Zenoh router), for deploy tests and benchmarks. The rig's one bridge is
 /// also the nodes' "experiment LAN", so each node's LAN address is its rig address.
+/// Its `edgectl` input is [`fixture_edgectl`] (no agent in the systems).
 pub fn topology_toml(rig: &Rig, features: &[&str], confirm_timeout_s: u64) -> String {
+    topology_toml_with(rig, features, confirm_timeout_s, &fixture_edgectl())
+}
+
+/// [`topology_toml`] with another flake as the generated flake's `edgectl` input (e.g. an
+/// [`agent_fixture`], whose systems run the agent).
+pub fn topology_toml_with(
+    rig: &Rig,
+    features: &[&str],
+    confirm_timeout_s: u64,
+    edgectl_flake: &Path,
+) -> String {
     let key = std::fs::read_to_string(rig.key.with_extension("pub")).unwrap_or_default();
     let feats: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
     let mut t = format!(
-        "[cluster]\nname = \"rig\"\nnixpkgs = \"github:NixOS/nixpkgs/nixos-25.11\"\nssh_user = \"root\"\nconfirm_timeout_s = {confirm_timeout_s}\nssh_keys = [{:?}]\n\n[defaults]\nprofile = \"c220g5\"\nfeatures = [{}]\n\n",
+        "[cluster]\nname = \"rig\"\nnixpkgs = \"github:NixOS/nixpkgs/nixos-25.11\"\nedgectl_flake = \"path:{}\"\nssh_user = \"root\"\nconfirm_timeout_s = {confirm_timeout_s}\nssh_keys = [{:?}]\n\n[defaults]\nprofile = \"c220g5\"\nfeatures = [{}]\n\n",
+        edgectl_flake.display(),
         key.trim(),
         feats.join(", ")
     );
@@ -142,8 +155,53 @@ pub fn fixture_nixpkgs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-nixpkgs")
 }
 
+/// The fixture flake that stands in for edgectl's own flake (the generated flakes' `edgectl`
+/// input) in deploy tests: no package, so the systems run no agent.
+pub fn fixture_edgectl() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-edgectl")
+}
+
+/// Writes into `dir` a fixture flake whose `packages.x86_64-linux.edgectl` is the binary `bin`
+/// (stripped, to keep the closure small), so that the fixture's systems
+/// run it as their node agent, and returns `dir`.
+pub fn agent_fixture(dir: &Path, bin: &Path) -> Result<PathBuf, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dest = dir.join("edgectl");
+    let _ = fs::remove_file(&dest);
+    let stripped = Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&dest)
+        .arg(bin)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        fs::copy(bin, &dest).map_err(|e| format!("copy {}: {e}", bin.display()))?;
+    }
+    fs::write(dir.join("flake.nix"), AGENT_FIXTURE)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+const AGENT_FIXTURE: &str = r#"# TEST FIXTURE written by edgectl_rig::agent_fixture -- NOT edgectl's flake: its package is
+# the edgectl binary beside this file, a generic Linux build that runs on the rig's nodes.
+{
+  outputs = {self}: {
+    packages.x86_64-linux.edgectl = builtins.derivation {
+      name = "edgectl-test-agent";
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+      PATH = "/usr/bin:/bin";
+      src = ./edgectl;
+      args = ["-c" "mkdir -p $out/bin && cp $src $out/bin/edgectl && chmod 555 $out/bin/edgectl"];
+    };
+  };
+}
+"#;
+
 /// Builds `nixosConfigurations.<node>.config.system.build.toplevel` of the flake in `flake_dir`
-/// with nixpkgs replaced by the test fixture, and returns its store path.
+/// with nixpkgs and edgectl replaced by the test fixtures (so no agent), and returns its store
+/// path.
 pub fn build_fixture_toplevel(flake_dir: &Path, node: &str) -> Result<String, String> {
     // path: URLs because a generated flake inside a git work tree would otherwise only see
     // git-added files.
@@ -162,6 +220,8 @@ pub fn build_fixture_toplevel(flake_dir: &Path, node: &str) -> Result<String, St
             "nixpkgs",
         ])
         .arg(format!("path:{}", fixture_nixpkgs().display()))
+        .args(["--override-input", "edgectl"])
+        .arg(format!("path:{}", fixture_edgectl().display()))
         .arg("--no-write-lock-file")
         .stdin(Stdio::null())
         .output()
@@ -208,6 +268,8 @@ pub struct RigNode {
     sshd: Mutex<Option<Child>>,
     /// With `RigOptions::private_etc`: the host directory seen as `/etc` inside the node.
     pub etc_root: Option<PathBuf>,
+    /// Made with [`RigOptions::nixos`]: NixOS's firewall and a `noexec` `/var` (see there).
+    pub nixos: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -219,12 +281,26 @@ pub struct RigOptions {
     /// `systemd-run` on the login PATH (`/run/current-system/sw/bin`, as on NixOS) starts
     /// transient units the way NixOS does: detached, with a PATH that holds only systemd's
     /// own tools (see `cli/rig/nixos/`).
+    ///
+    /// Its network namespace runs NixOS's default-deny firewall: incoming packets are dropped
+    /// unless they are loopback, ESTABLISHED/RELATED, ICMP echo requests or TCP 22 (sshd), or
+    /// an allow rule admits them. [`NIXOS_FIREWALL`] on the node (what the test fixture's
+    /// activation runs with its system's `firewall.rules`, from modules/lib's `firewallFor`)
+    /// or [`Rig::set_firewall`] replaces the allow rules. And its `/var` is mounted `noexec`,
+    /// where `edgectl verify` uploads its agent (`/var/lib/edgectl-agent`): a generic Linux
+    /// binary cannot run from there, as none can on NixOS, which has no
+    /// `/lib64/ld-linux-x86-64.so.2`.
     pub nixos: bool,
 }
 
 /// The rig's stand-ins for NixOS's systemd tools, installed into `--nixos` nodes' `/run`.
 const NIXOS_SYSTEMD_RUN: &str = include_str!("../nixos/systemd-run");
 const NIXOS_JOURNALCTL: &str = include_str!("../nixos/journalctl");
+const NIXOS_FIREWALL_SH: &str = include_str!("../nixos/edgerig-firewall");
+/// Where a `--nixos` node has the rig's model of NixOS's firewall (`cli/rig/nixos/edgerig-firewall`):
+/// `NIXOS_FIREWALL FILE` makes FILE's rules (`PROTO PORTS [INTERFACE]` lines) the node's allow
+/// rules, `--base` drops them all, `--show` prints them.
+pub const NIXOS_FIREWALL: &str = "/run/edgerig-firewall/edgerig-firewall";
 /// The login PATH of a `--nixos` node: NixOS's system profile first.
 const NIXOS_PATH: &str =
     "/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -260,6 +336,12 @@ impl Rig {
         available()?;
         if n == 0 || n > MAX_NODES {
             return Err(format!("a rig has 1..={MAX_NODES} nodes, not {n}"));
+        }
+        if opts.nixos && tool("iptables-restore").is_none() {
+            return Err(
+                "--nixos nodes need iptables for their firewall (Debian: apt-get install iptables)"
+                    .into(),
+            );
         }
         for r in reap() {
             eprintln!("edgectl-rig: reaped stale {r}");
@@ -314,6 +396,9 @@ impl Rig {
         for i in 0..n {
             let node = rig.create_node(i, &opts)?;
             rig.nodes.push(node);
+            if opts.nixos {
+                rig.firewall_base(i)?;
+            }
         }
         rig.write_ssh_config()?;
         for i in 0..n {
@@ -476,6 +561,7 @@ impl Rig {
                 ("current-system/sw/bin", "systemd-run", NIXOS_SYSTEMD_RUN),
                 ("current-system/sw/bin", "journalctl", NIXOS_JOURNALCTL),
                 ("edgerig-systemd/bin", "journalctl", NIXOS_JOURNALCTL),
+                ("edgerig-firewall", "edgerig-firewall", NIXOS_FIREWALL_SH),
             ] {
                 let d = run_seed.join(d);
                 fs::create_dir_all(&d).map_err(|e| format!("mkdir: {e}"))?;
@@ -506,7 +592,8 @@ impl Rig {
                 // Its own boot id, so a simulated reboot can give it a new one. In a
                 // systemd-nspawn container boot_id is itself a mount of a deleted file, which
                 // cannot be mounted over: this private namespace drops that mount first.
-                "mount --bind \"$4\" /var && { mount --bind \"$6\" /proc/sys/kernel/random/boot_id 2>/dev/null || ",
+                // A NixOS node's /var is noexec (RigOptions::nixos).
+                "mount --bind \"$4\" /var && { [ -z \"$7\" ] || mount -o remount,bind,noexec /var; } && { mount --bind \"$6\" /proc/sys/kernel/random/boot_id 2>/dev/null || ",
                 "{ umount /proc/sys/kernel/random/boot_id && mount --bind \"$6\" /proc/sys/kernel/random/boot_id; }; } && ",
                 "echo ready && exec sleep infinity"
             ))
@@ -517,6 +604,7 @@ impl Rig {
             .arg(&var)
             .arg(&run_seed)
             .arg(&boot_id)
+            .arg(if opts.nixos { "noexec" } else { "" })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -548,6 +636,7 @@ impl Rig {
             holder: Mutex::new(Some(holder)),
             sshd: Mutex::new(None),
             etc_root,
+            nixos: opts.nixos,
         })
     }
 
@@ -789,6 +878,7 @@ impl Rig {
                 "nix_dir": n.nix_dir,
                 "host_key_pub": n.host_key_pub,
                 "veth": n.veth,
+                "nixos": n.nixos,
             })).collect::<Vec<_>>(),
         })
     }
@@ -843,7 +933,8 @@ impl Rig {
     /// Reboots node i as far as edgectl can tell: every process of the node dies (sshd and
     /// its sessions, activations, agents), its /run starts empty again, it gets a new boot id,
     /// the test fixture's running system becomes its boot default (what booting does), and
-    /// sshd answers again after `down`. /nix and /var survive, like disks.
+    /// sshd answers again after `down`. /nix and /var survive, like disks. A `--nixos` node's
+    /// firewall starts again from its base and loads the booted system's `firewall.rules`.
     pub fn reboot(&self, i: usize, down: Duration) {
         self.kill_sshd(i);
         let holder = self.holder_pid(i) as i32;
@@ -871,9 +962,12 @@ impl Rig {
                 "-c",
                 "umount -l /run && mount -t tmpfs -o mode=0755,nosuid,nodev edgerig-run /run && \
                  cp -a \"$1/.\" /run/ && mkdir -p /run/sshd /run/lock && \
-                 t=/nix/var/edgectl-test; if [ -f $t/boot ]; then cp $t/boot $t/current; fi",
+                 t=/nix/var/edgectl-test; if [ -f $t/boot ]; then cp $t/boot $t/current; fi && \
+                 if [ -x \"$2\" ]; then \"$2\" --base && if [ -f $t/current ]; then \
+                 s=$(cat $t/current); if [ -f \"$s/firewall.rules\" ]; then \"$2\" \"$s/firewall.rules\"; fi; fi; fi",
                 "edgerig-reboot",
                 seed.to_str().unwrap_or_default(),
+                NIXOS_FIREWALL,
             ],
         );
         assert!(
@@ -916,6 +1010,53 @@ impl Rig {
             .unwrap_or_default()
             .trim()
             .to_string()
+    }
+
+    /// Installs a `--nixos` node's base firewall (default deny; see [`RigOptions::nixos`]),
+    /// dropping every allow rule.
+    fn firewall_base(&self, i: usize) -> Result<(), String> {
+        let o = self.exec_in(i, &[NIXOS_FIREWALL, "--base"]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "firewall of {}: {}",
+                self.nodes[i].name,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    }
+
+    /// Makes `rules` (lines `PROTO PORTS [INTERFACE]`, the format of [`NIXOS_FIREWALL`]) the
+    /// allow rules of `--nixos` node i's firewall, replacing those it had, as activating a
+    /// system with that firewall would. An invalid rule changes nothing and is an error.
+    pub fn set_firewall(&self, i: usize, rules: &str) -> Result<(), String> {
+        if !self.nodes[i].nixos {
+            return Err(format!(
+                "{} has no firewall: it is not a --nixos node",
+                self.nodes[i].name
+            ));
+        }
+        let o = self.exec_in(
+            i,
+            &[
+                "sh",
+                "-c",
+                "printf '%s' \"$2\" > /run/edgerig-firewall/set.rules && exec \"$1\" /run/edgerig-firewall/set.rules",
+                "edgerig-set-firewall",
+                NIXOS_FIREWALL,
+                rules,
+            ],
+        );
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "firewall of {}: {}",
+                self.nodes[i].name,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
     }
 
     /// Tears the rig down now (the same as dropping it).

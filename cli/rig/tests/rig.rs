@@ -1,13 +1,15 @@
-//! The rig itself: nodes, private /nix, deploy of the fixture system, faults, teardown.
+//! The rig itself: nodes, private /nix, deploy of the fixture system, faults, teardown, and the
+//! `--nixos` nodes' firewall and noexec /var.
 //! Every test skips with a printed reason where the rig cannot run (not root, tools missing).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use edgectl_rig::{NIX_CONFIG, Rig, build_fixture_toplevel, reap, tool};
+use edgectl_rig::{NIX_CONFIG, Rig, RigOptions, build_fixture_toplevel, reap, tool};
 use serde_json::Value;
 
 fn skip() -> bool {
@@ -417,4 +419,359 @@ fn fixture_builds_with_payload() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
+}
+
+fn nixos_opts() -> RigOptions {
+    RigOptions {
+        nixos: true,
+        ..Default::default()
+    }
+}
+
+/// Runs `f` on a thread that has joined node i's network namespace: sockets it opens belong to
+/// the node (and stay there when returned).
+fn in_net<T: Send>(rig: &Rig, i: usize, f: impl FnOnce() -> T + Send) -> T {
+    let ns = fs::File::open(format!("/run/netns/{}", rig.node(i).ns)).expect("node netns");
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a namespace fd we own; CLONE_NEWNET matches its type. Only this thread moves.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// A TCP listener on node i, port `port` (never accepting: the kernel completes handshakes).
+fn listen_tcp(rig: &Rig, i: usize, port: u16) -> TcpListener {
+    in_net(rig, i, || {
+        TcpListener::bind(("0.0.0.0", port)).expect("bind tcp")
+    })
+}
+
+/// A UDP socket on node i, port `port`.
+fn listen_udp(rig: &Rig, i: usize, port: u16) -> UdpSocket {
+    let s = in_net(rig, i, || {
+        UdpSocket::bind(("0.0.0.0", port)).expect("bind udp")
+    });
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    s
+}
+
+/// Whether a TCP connection from node `from` to node `to`'s rig address and `port` is accepted
+/// (a dropped SYN times out).
+fn tcp_open(rig: &Rig, from: usize, to: usize, port: u16) -> bool {
+    let addr = SocketAddr::from((rig.node(to).ip, port));
+    in_net(rig, from, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_ok()
+    })
+}
+
+/// Whether a datagram from node `from` reaches `sock` (on node `to`, port `port`).
+fn udp_open(rig: &Rig, from: usize, to: usize, port: u16, sock: &UdpSocket) -> bool {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let msg = format!(
+        "probe {}",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let addr = SocketAddr::from((rig.node(to).ip, port));
+    in_net(rig, from, || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(msg.as_bytes(), addr).unwrap();
+    });
+    let mut buf = [0u8; 64];
+    // Drop what an earlier probe left; only this probe's datagram counts.
+    while let Ok(n) = sock.recv(&mut buf) {
+        if &buf[..n] == msg.as_bytes() {
+            return true;
+        }
+    }
+    false
+}
+
+fn allow_rules(rig: &Rig, i: usize) -> String {
+    ok(
+        &rig.exec_in(i, &["iptables", "-w", "-S", "edgerig-allow"]),
+        "iptables -S",
+    )
+}
+
+/// A `--nixos` node drops what its configuration does not open (sshd and ICMP echo aside);
+/// the firewall tool replaces the allow rules atomically and idempotently, per interface too.
+#[test]
+fn nixos_nodes_run_a_default_deny_firewall() {
+    if skip() {
+        return;
+    }
+    let rig = Rig::up_with(2, nixos_opts()).expect("rig up");
+    let (tcp, udp) = (18080, 18081);
+    let _l = listen_tcp(&rig, 1, tcp);
+    let u = listen_udp(&rig, 1, udp);
+
+    // A fresh node: sshd answers (from the controller and from a peer), nothing else does.
+    ok(&rig.ssh(1, "true"), "ssh");
+    let cfg = rig.ssh_config.display().to_string();
+    assert_eq!(
+        ok(
+            &rig.exec_in(0, &["ssh", "-F", &cfg, "n2", "hostname"]),
+            "ssh n1 -> n2"
+        ),
+        "n2"
+    );
+    assert!(!tcp_open(&rig, 0, 1, tcp), "TCP open before any rule");
+    assert!(!udp_open(&rig, 0, 1, udp, &u), "UDP open before any rule");
+    assert!(
+        TcpStream::connect_timeout(
+            &SocketAddr::from((rig.node(1).ip, tcp)),
+            Duration::from_millis(500)
+        )
+        .is_err(),
+        "open to the controller"
+    );
+    // Replies to what the node itself opens get back in (ESTABLISHED).
+    assert!(tcp_open(&rig, 1, 0, 22), "n2 -> n1:22");
+    assert_eq!(allow_rules(&rig, 1), "-N edgerig-allow");
+
+    // A rule for another interface opens nothing on eth0.
+    rig.set_firewall(1, &format!("tcp {tcp} eth1\nudp {udp} eth1\n"))
+        .expect("set firewall");
+    assert!(!tcp_open(&rig, 0, 1, tcp));
+    assert!(!udp_open(&rig, 0, 1, udp, &u));
+
+    let rules = format!("# what firewallFor opens\n\ntcp {tcp}\nudp {udp} eth0\n");
+    rig.set_firewall(1, &rules).expect("set firewall");
+    assert!(tcp_open(&rig, 0, 1, tcp), "TCP closed after its rule");
+    assert!(udp_open(&rig, 0, 1, udp, &u), "UDP closed after its rule");
+    let once = allow_rules(&rig, 1);
+    rig.set_firewall(1, &rules).expect("set firewall again");
+    assert_eq!(allow_rules(&rig, 1), once, "applying twice changes nothing");
+    assert_eq!(once.lines().count(), 3, "{once}");
+    assert_eq!(
+        ok(
+            &rig.exec_in(1, &[edgectl_rig::NIXOS_FIREWALL, "--show"]),
+            "--show"
+        ),
+        format!("tcp {tcp}\nudp {udp} eth0")
+    );
+    ok(&rig.ssh(1, "true"), "ssh with rules");
+
+    // An invalid file is refused whole: the rules in force stay.
+    for bad in [
+        "tcp 70000\n",
+        "sctp 5\n",
+        "tcp 9-1\n",
+        "tcp 5 eth0 x\n",
+        "udp 5 e;th\n",
+    ] {
+        let e = rig
+            .set_firewall(1, &format!("tcp 1\n{bad}"))
+            .expect_err(bad);
+        assert!(e.contains("line 2"), "{bad}: {e}");
+    }
+    assert_eq!(allow_rules(&rig, 1), once);
+
+    // Rules replace, never add: a range opens TCP, and UDP is closed again.
+    rig.set_firewall(1, &format!("tcp {}-{} eth0\n", tcp - 5, tcp + 5))
+        .expect("set firewall");
+    assert!(tcp_open(&rig, 0, 1, tcp));
+    assert!(!udp_open(&rig, 0, 1, udp, &u));
+    rig.set_firewall(1, "").expect("no rules");
+    assert!(!tcp_open(&rig, 0, 1, tcp));
+    ok(&rig.ssh(1, "true"), "ssh without rules");
+    // Node 0 was never opened.
+    let _l0 = listen_tcp(&rig, 0, tcp);
+    assert!(!tcp_open(&rig, 1, 0, tcp));
+}
+
+/// What `edgectl verify` would upload to /var/lib/edgectl-agent cannot run on a `--nixos` node
+/// (its /var is noexec, standing in for NixOS's missing FHS loader); on a plain node it runs.
+/// Plain nodes have no firewall.
+#[test]
+fn a_binary_in_var_runs_only_on_plain_nodes() {
+    if skip() {
+        return;
+    }
+    let nixos = Rig::up_with(1, nixos_opts()).expect("rig up --nixos");
+    let plain = Rig::up(1).expect("rig up");
+    let run = "mkdir -p /var/lib/edgectl-agent && cp /bin/true /var/lib/edgectl-agent/edgectl && \
+               /var/lib/edgectl-agent/edgectl && echo ran";
+    let o = nixos.ssh(0, run);
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("Permission denied"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        nixos
+            .node(0)
+            .dir
+            .join("var/lib/edgectl-agent/edgectl")
+            .is_file()
+    );
+    assert_eq!(ok(&plain.ssh(0, run), "run from /var"), "ran");
+
+    // A plain node accepts everything and has neither firewall tool nor rules.
+    let _l = listen_tcp(&plain, 0, 18080);
+    assert!(
+        TcpStream::connect_timeout(
+            &SocketAddr::from((plain.node(0).ip, 18080)),
+            Duration::from_millis(700)
+        )
+        .is_ok()
+    );
+    let rules = ok(
+        &plain.exec_in(0, &["iptables", "-w", "-S", "INPUT"]),
+        "iptables",
+    );
+    assert_eq!(rules, "-P INPUT ACCEPT");
+    assert!(
+        !plain
+            .ssh(0, &format!("test -e {}", edgectl_rig::NIXOS_FIREWALL))
+            .status
+            .success()
+    );
+    assert!(plain.set_firewall(0, "tcp 1\n").is_err());
+}
+
+/// Activating a fixture system on a `--nixos` node loads the firewall that modules/lib's
+/// `firewallFor` computes for its host file (the generated flake's copy of modules/lib), and a
+/// reboot loads the booted system's again.
+#[test]
+fn nixos_activation_loads_the_configured_firewall() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let flake = tmp.path().join("gen");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../modules"),
+        &flake.join("modules"),
+    );
+    fs::create_dir_all(flake.join("hosts")).unwrap();
+    fs::write(
+        flake.join("flake.nix"),
+        r#"{
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+  outputs = { self, nixpkgs }: {
+    nixosModules.default = import ./modules;
+    nixosConfigurations.n2 = nixpkgs.lib.nixosSystem {
+      system = "x86_64-linux";
+      modules = [ self.nixosModules.default (./hosts + "/n2.nix") ];
+    };
+  };
+}
+"#,
+    )
+    .unwrap();
+    fs::write(
+        flake.join("hosts/n2.nix"),
+        r#"{...}: {
+  edge.node = { name = "n2"; roles = []; };
+  edge.agent.enable = true;
+  edge.zenoh = { enable = true; router = false; connect = []; interfaces = [ "eth0" ]; };
+  edge.ray = { enable = true; role = "worker"; headAddress = "10.0.0.1"; interfaces = [ "eth1" ]; };
+}
+"#,
+    )
+    .unwrap();
+    let top = build_fixture_toplevel(&flake, "n2").expect("build");
+    let fw: Value =
+        serde_json::from_str(&fs::read_to_string(format!("{top}/firewall.json")).unwrap()).unwrap();
+    assert_eq!(fw["tcp"], serde_json::json!([22, 7448]), "{fw}");
+    assert_eq!(fw["udp"], serde_json::json!([7443]), "{fw}");
+    assert_eq!(
+        fw["interfaces"]["eth0"]["tcp"],
+        serde_json::json!([7447]),
+        "{fw}"
+    );
+    assert!(
+        fw["interfaces"]["eth1"]["tcp"]
+            .as_array()
+            .unwrap()
+            .contains(&6380.into()),
+        "{fw}"
+    );
+    let rules = fs::read_to_string(format!("{top}/firewall.rules")).unwrap();
+    assert!(
+        rules.lines().any(|l| l == "tcp 10002-19999 eth1"),
+        "{rules}"
+    );
+
+    let rig = Rig::up_with(2, nixos_opts()).expect("rig up");
+    let _agent_probe = listen_tcp(&rig, 1, 7448);
+    let agent = listen_udp(&rig, 1, 7443);
+    let _zenoh = listen_tcp(&rig, 1, 7447);
+    let _ray = listen_tcp(&rig, 1, 6380);
+    assert!(!udp_open(&rig, 0, 1, 7443, &agent));
+    assert!(!tcp_open(&rig, 0, 1, 7448));
+
+    ok(&rig.nix_copy_to(1, &[&top]), "nix copy");
+    ok(
+        &rig.ssh(1, &format!("{top}/bin/switch-to-configuration test")),
+        "switch",
+    );
+    let check = |when: &str| {
+        assert!(udp_open(&rig, 0, 1, 7443, &agent), "{when}: agent (UDP)");
+        assert!(tcp_open(&rig, 0, 1, 7448), "{when}: probe (TCP)");
+        assert!(tcp_open(&rig, 0, 1, 7447), "{when}: zenoh on eth0");
+        assert!(
+            !tcp_open(&rig, 0, 1, 6380),
+            "{when}: ray is open on eth1 only"
+        );
+        assert_eq!(
+            ok(
+                &rig.exec_in(1, &[edgectl_rig::NIXOS_FIREWALL, "--show"]),
+                "--show"
+            ),
+            rules.trim_end(),
+            "{when}"
+        );
+    };
+    check("after switch");
+    // A reboot starts from the base again and loads the booted system's firewall: what was
+    // opened by hand is closed.
+    ok(
+        &rig.ssh(1, &format!("{top}/bin/switch-to-configuration switch")),
+        "switch",
+    );
+    let _extra = listen_tcp(&rig, 1, 18080);
+    rig.set_firewall(1, &format!("{rules}tcp 18080\n"))
+        .expect("set firewall");
+    assert!(tcp_open(&rig, 0, 1, 18080));
+    rig.reboot(1, Duration::from_millis(100));
+    assert!(!tcp_open(&rig, 0, 1, 18080), "open after a reboot");
+    check("after reboot");
+    drop(rig);
+
+    // On a plain node the same system activates, and no firewall appears.
+    let plain = Rig::up(1).expect("rig up");
+    ok(&plain.nix_copy_to(0, &[&top]), "nix copy");
+    ok(
+        &plain.ssh(0, &format!("{top}/bin/switch-to-configuration switch")),
+        "switch on a plain node",
+    );
+    assert_eq!(
+        ok(
+            &plain.exec_in(0, &["iptables", "-w", "-S", "INPUT"]),
+            "iptables"
+        ),
+        "-P INPUT ACCEPT"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
 }
