@@ -49,12 +49,38 @@ in
         wantedBy = [ "multi-user.target" ];
         wants = [ "network-online.target" ];
         after = [ "network-online.target" ];
+        # A NixOS unit's PATH holds only what `path` names: without the system profile the
+        # agent would find none of the tools it reports on (ray, nvidia-smi, wasmtime, ops).
+        path = [ "/run/current-system/sw" ];
         serviceConfig = {
           ExecStart = "${lib.getExe' cfg.package "edgectl"} agent ${lib.escapeShellArgs (edgeLib.agentArgsFor { port = cfg.port; inherit stateDir; })}";
           Restart = "on-failure";
           RestartSec = 5;
           # Root: the agent reads root-owned 0600 keys and inspects hardware.
           StateDirectoryMode = "0700";
+          # Hardened, within what it must do: read hardware and sysctls, open /dev/kvm and the
+          # GPUs (so no PrivateDevices), JIT-compile Wasm (so no MemoryDenyWriteExecute), and
+          # drop each WASI sandbox process to nobody and kill it when late (SETUID, SETGID,
+          # KILL). Nothing but its state directory is writable.
+          CapabilityBoundingSet = [ "CAP_SETUID" "CAP_SETGID" "CAP_KILL" "CAP_DAC_READ_SEARCH" ];
+          NoNewPrivileges = true;
+          ProtectSystem = "strict";
+          ReadWritePaths = [ "-${stateDir}" ];
+          ProtectHome = "read-only";
+          PrivateTmp = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          RestrictSUIDSGID = true;
+          RestrictRealtime = true;
+          RestrictNamespaces = true;
+          LockPersonality = true;
+          SystemCallArchitectures = "native";
+          RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
+          UMask = "0077";
         } // lib.optionalAttrs (stateDirectory != null) {
           StateDirectory = stateDirectory;
         };
