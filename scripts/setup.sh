@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(build-essential pkg-config libssl-dev ca-certificates curl git python3
       nix-bin openssh-server openssh-client iproute2 iptables netcat-openbsd bc
-      util-linux mount e2fsprogs procps tcsh sudo)
+      util-linux mount e2fsprogs procps tcsh sudo shellcheck)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -28,113 +28,27 @@ pub const PROFILE: &str = "/nix/var/nix/profiles/system";
 
 /// Shell functions shared by [`ACTIVATE`] and [`RESOLVE`]; they expect `run`, `new`, `prev`,
 /// `goal` and `log` set.
-const FUNCTIONS: &str = r#"prof=/nix/var/nix/profiles/system
-status() { printf '%s\n' "$1" > "$run/status.tmp" && mv "$run/status.tmp" "$run/status"; }
-# Back to the previous generation's runtime. Its profile and boot default were never changed
-# (that happens only once confirmed), so a reboot lands there too.
-rollback() {
-  if [ -z "$prev" ] || [ ! -e "$prev/bin/switch-to-configuration" ]; then
-    echo "no previous generation to return to" >> "$log"; return 0
-  fi
-  "$prev/bin/switch-to-configuration" test >> "$log" 2>&1
-}
-# $1: the status to end on once back, e.g. "failed 3" or "rolled-back".
-go_back() {
-  status rolling-back
-  if rollback; then status "$1"; else status "rollback-failed $? after $1"; fi
-}
-# The confirmed generation becomes the profile's and the boot default.
-commit() {
-  [ "$goal" = switch ] || return 0
-  nix-env -p "$prof" --set "$new" >> "$log" 2>&1 && "$new/bin/switch-to-configuration" boot >> "$log" 2>&1
-}
-"#;
+const FUNCTIONS: &str = include_str!("sh/activation_functions.sh");
 
 /// Runs on the node as root: `sh -c ACTIVATE edgectl-activate NEW GOAL TIMEOUT TOKEN`.
-const ACTIVATE_BODY: &str = r#"set -u
-new=$1; goal=$2; timeout=$3; token=$4
-# Under NixOS's systemd-run PATH holds only systemd's own tools: name every place the tools
-# of a NixOS or another Linux system live.
-PATH=/run/current-system/sw/bin:$new/sw/bin:/run/wrappers/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}
-export PATH
-run=/nix/var/edgectl/run/$token
-mkdir -p "$run" || exit 1
-# The controller takes this first when the activation did not start in time, so a late start
-# cannot change a node that was reported unchanged.
-mkdir "$run/began" 2>/dev/null || exit 0
-log=$run/log
-cat /proc/sys/kernel/random/boot_id > "$run/boot" 2>/dev/null
-printf '%s\n' "$$" > "$run/pid"
-printf '%s\n' "$new" > "$run/new"
-printf '%s\n' "$goal" > "$run/goal"
-prev=$(readlink -f "$prof" 2>/dev/null || true)
-printf '%s\n' "$prev" > "$run/prev"
-status started
-case "$goal" in
-  dry-activate)
-    if "$new/bin/switch-to-configuration" dry-activate >> "$log" 2>&1; then status done; else status "failed $?"; fi
-    exit 0 ;;
-  boot)
-    if nix-env -p "$prof" --set "$new" >> "$log" 2>&1 && "$new/bin/switch-to-configuration" boot >> "$log" 2>&1; then status done; else status "failed $?"; fi
-    exit 0 ;;
-esac
-status switching
-"$new/bin/switch-to-configuration" test >> "$log" 2>&1
-rc=$?
-if [ "$rc" -ne 0 ]; then
-  mkdir "$run/decided" 2>/dev/null
-  go_back "failed $rc"
-  exit 0
-fi
-# The confirm clock starts now that the switch has finished.
-status activated
-i=0
-while [ "$i" -lt "$timeout" ] && [ ! -e "$run/confirmed" ]; do sleep 1; i=$((i + 1)); done
-if mkdir "$run/decided" 2>/dev/null; then
-  go_back rolled-back
-  exit 0
-fi
-# The confirmation took the decision, perhaps in the last second: wait for its mark.
-while [ ! -e "$run/confirmed" ]; do sleep 1; done
-status committing
-if commit; then status done; else status "commit-failed $?"; fi
-"#;
+const ACTIVATE_BODY: &str = include_str!("sh/activate.sh");
 
 /// Starts ACTIVATE detached: `sh -c LAUNCH edgectl-launch ACTIVATE NEW GOAL TIMEOUT TOKEN`.
 /// systemd-run where systemd runs this node (its /run says so), so the activation is a unit
 /// of its own that survives the SSH session; setsid elsewhere. The launcher's and the unit's
 /// own output go to the run's launch.log.
-pub const LAUNCH: &str = r#"s=$1; shift
-run=/nix/var/edgectl/run/$4
-mkdir -p "$run" || exit 1
-if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
-  printf 'systemd-run\n' > "$run/launcher"
-  exec systemd-run --quiet --collect --unit="edgectl-activate-$4" \
-    --property=StandardOutput="append:$run/launch.log" --property=StandardError="append:$run/launch.log" \
-    /bin/sh -c "$s" edgectl-activate "$@"
-fi
-printf 'setsid\n' > "$run/launcher"
-setsid -f /bin/sh -c "$s" edgectl-activate "$@" </dev/null >>"$run/launch.log" 2>&1
-"#;
+pub const LAUNCH: &str = include_str!("sh/launch_activation.sh");
 
 /// Confirms, if the deadline has not already decided to roll back. Exit 0: confirmed (the
 /// node then makes it the boot default); 2: too late.
-pub const CONFIRM: &str = r#"run=/nix/var/edgectl/run/$1
-[ -d "$run" ] || exit 3
-mkdir "$run/decided" 2>/dev/null || exit 2
-touch "$run/confirmed"
-"#;
+pub const CONFIRM: &str = include_str!("sh/confirm_activation.sh");
 
 /// Exit 0 while the run's activation process lives: same boot, and its pid still an
 /// edgectl-activate (not a pid reused by something else).
-const LIVE: &str = r#"run=/nix/var/edgectl/run/$1
-pid=$(cat "$run/pid" 2>/dev/null); boot=$(cat "$run/boot" 2>/dev/null)
-[ -n "$pid" ] && [ "$boot" = "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)" ] &&
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q edgectl-activate
-"#;
+const LIVE: &str = include_str!("sh/activation_alive.sh");
 
 /// Claims a run that has not begun, so it never will. Exit 0: claimed (nothing changed).
-const ABANDON: &str = r#"mkdir "/nix/var/edgectl/run/$1/began" 2>/dev/null"#;
+const ABANDON: &str = include_str!("sh/abandon_activation.sh");
 
 /// What a later apply runs first: every undecided activation is reported `pending TOKEN`
 /// while its process lives (same boot id, its pid still an edgectl-activate), or decided now
@@ -142,80 +56,40 @@ const ABANDON: &str = r#"mkdir "/nix/var/edgectl/run/$1/began" 2>/dev/null"#;
 /// only confirmed generations become, so the profile goes back to it where a commit was cut
 /// short; in the same boot, an activation whose process was killed is rolled back, and a
 /// confirmed one whose commit was cut short is committed.
-const RESOLVE_BODY: &str = r#"here=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
-for run in /nix/var/edgectl/run/*; do
-  [ -f "$run/status" ] || continue
-  s=$(cat "$run/status")
-  case "$s" in started|switching|activated|rolling-back|committing) ;; *) continue ;; esac
-  token=${run##*/}; log=$run/log
-  new=$(cat "$run/new" 2>/dev/null); prev=$(cat "$run/prev" 2>/dev/null)
-  goal=$(cat "$run/goal" 2>/dev/null); pid=$(cat "$run/pid" 2>/dev/null); boot=$(cat "$run/boot" 2>/dev/null)
-  if [ "$boot" = "$here" ] && [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q edgectl-activate; then
-    echo "pending $token"; continue
-  fi
-  mkdir "$run/decided" 2>/dev/null
-  # A switch the dead process started may still run (setsid and systemd both make the
-  # activation a process group of its own): stop what of it still works on that generation.
-  if [ "$boot" = "$here" ] && [ -n "$pid" ] && [ -n "$new" ]; then
-    for p in $(pgrep -g "$pid" 2>/dev/null); do
-      tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qF "$new" && kill -KILL "$p" 2>/dev/null
-    done
-  fi
-  if [ "$boot" != "$here" ]; then
-    if [ "$s" = committing ] && [ -n "$prev" ]; then
-      nix-env -p "$prof" --set "$prev" >> "$log" 2>&1 && "$prev/bin/switch-to-configuration" boot >> "$log" 2>&1
-    fi
-    status "interrupted by a reboot during $s; the node runs its confirmed generation"
-  else
-    if [ "$s" = started ]; then
-      status "abandoned before any change"
-    elif [ -e "$run/confirmed" ]; then
-      if commit; then status done; else status "commit-failed $?"; fi
-    else
-      go_back "rolled-back after its process died"
-    fi
-  fi
-  echo "resolved $token $(cat "$run/status")"
-done
-# Keep the last 50 runs' logs.
-ls -1dt /nix/var/edgectl/run/* 2>/dev/null | tail -n +51 | while read -r old; do rm -rf "$old"; done
-"#;
+const RESOLVE_BODY: &str = include_str!("sh/resolve_in_flight.sh");
+
+/// What [`resolve_script`] starts with: a PATH that finds the tools of a NixOS or another Linux.
+const RESOLVE_PATH: &str = include_str!("sh/resolve_in_flight_path.sh");
 
 /// The activation script: [`FUNCTIONS`] then its body.
 pub fn activate_script() -> String {
     format!("{FUNCTIONS}{ACTIVATE_BODY}")
 }
 
-/// The in-flight resolver: [`FUNCTIONS`] then its body.
+/// The in-flight resolver: [`RESOLVE_PATH`], [`FUNCTIONS`], then its body.
 pub fn resolve_script() -> String {
-    format!(
-        "PATH=/run/current-system/sw/bin:/run/wrappers/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${{PATH:+:$PATH}}\n{FUNCTIONS}{RESOLVE_BODY}"
-    )
+    format!("{RESOLVE_PATH}{FUNCTIONS}{RESOLVE_BODY}")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `apply --goal`: how far to go, named as `switch-to-configuration` names its verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Goal {
+    /// Build the systems; touch no node.
     Build,
+    /// Build and copy the closures; activate nothing.
     Push,
+    /// Activate now and make it the boot default, once the node confirms.
     Switch,
+    /// Make it the boot default only.
     Boot,
+    /// Activate now, not for the next boot.
     Test,
+    /// Print what activation would do.
     DryActivate,
 }
 
 impl Goal {
-    pub fn parse(s: &str) -> Option<Goal> {
-        Some(match s {
-            "build" => Goal::Build,
-            "push" => Goal::Push,
-            "switch" => Goal::Switch,
-            "boot" => Goal::Boot,
-            "test" => Goal::Test,
-            "dry-activate" => Goal::DryActivate,
-            _ => return None,
-        })
-    }
     /// The `switch-to-configuration` verb, for goals that activate.
     pub fn verb(self) -> Option<&'static str> {
         match self {
@@ -271,13 +145,37 @@ pub const SWITCH_LIMIT: Duration = Duration::from_secs(3600);
 /// How long making a confirmed generation the boot default may take.
 const COMMIT_LIMIT: Duration = Duration::from_secs(600);
 
+/// The protocol's clocks, one value in production; unit tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub start_grace: Duration,
+    pub switch_limit: Duration,
+    pub commit_limit: Duration,
+    /// How much longer than the confirm timeout a switching node may stay out of reach (the
+    /// node rolls back by itself by then).
+    pub reach_grace: Duration,
+    /// Between two reads of the run's status.
+    pub poll: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            start_grace: START_GRACE,
+            switch_limit: SWITCH_LIMIT,
+            commit_limit: COMMIT_LIMIT,
+            reach_grace: Duration::from_secs(15),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
 /// Polls the run's status until `done` says it is final, over `h` or, once that breaks, fresh
 /// connections; `lost` is how long the node may stay out of reach.
 fn wait_status(
     h: &dyn Host,
     token: &str,
-    limit: Duration,
-    lost: Duration,
+    (limit, lost, poll): (Duration, Duration, Duration),
     done: &dyn Fn(&str) -> bool,
 ) -> Result<String, String> {
     let end = Instant::now() + limit;
@@ -292,7 +190,7 @@ fn wait_status(
                 if done(&s) {
                     return Ok(s);
                 }
-                // Every 2 s: is the process that decides this run still there? If it died
+                // Every 8 polls (2 s): is the process that decides this run still there? If it died
                 // (killed, or the node rebooted) nothing would ever decide it: do so now.
                 polls += 1;
                 if !s.is_empty() && polls.is_multiple_of(8) && !alive(on, token) {
@@ -321,7 +219,7 @@ fn wait_status(
         if Instant::now() > end {
             return Err(format!("still undecided after {} s", limit.as_secs()));
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(poll);
     }
 }
 
@@ -372,11 +270,7 @@ fn outcome_of(h: &dyn Host, token: &str, s: &str) -> Outcome {
 
 /// Why an activation did not start: the launcher's output and the unit's journal.
 fn not_started(h: &dyn Host, token: &str) -> String {
-    let script = r#"run=/nix/var/edgectl/run/$1
-l=$(cat "$run/launcher" 2>/dev/null)
-echo "launched with ${l:-?}"
-tail -n 20 "$run/launch.log" 2>/dev/null
-if [ "$l" = systemd-run ]; then journalctl -u "edgectl-activate-$1" -n 20 --no-pager 2>&1; fi"#;
+    let script = include_str!("sh/why_not_started.sh");
     h.run(&argv(["sh", "-c", script, "edgectl-why", token]), true)
         .map(|o| o.stdout.trim().replace('\n', " | "))
         .unwrap_or_else(|e| e.to_string())
@@ -389,6 +283,25 @@ pub fn activate(
     goal: Goal,
     confirm_timeout: Duration,
     on_state: &dyn Fn(&str),
+) -> Result<Outcome, HostError> {
+    activate_with(
+        h,
+        system,
+        goal,
+        confirm_timeout,
+        on_state,
+        &Timing::default(),
+    )
+}
+
+/// [`activate`] on the given clocks.
+pub fn activate_with(
+    h: &dyn Host,
+    system: &str,
+    goal: Goal,
+    confirm_timeout: Duration,
+    on_state: &dyn Fn(&str),
+    t: &Timing,
 ) -> Result<Outcome, HostError> {
     let verb = goal.verb().expect("an activating goal");
     let token = token();
@@ -415,7 +328,9 @@ pub fn activate(
     on_state("activating");
     // Started at all? A missing status after the grace period is taken over, so it never starts
     // later, and reported with what the launcher and the journal say.
-    let began = wait_status(h, &token, START_GRACE, START_GRACE, &|s| !s.is_empty());
+    let began = wait_status(h, &token, (t.start_grace, t.start_grace, t.poll), &|s| {
+        !s.is_empty()
+    });
     if began.is_err() {
         let claimed = h
             .run(
@@ -427,7 +342,7 @@ pub fn activate(
         if claimed {
             return Ok(Outcome::Failed(format!(
                 "activation did not start within {} s; the node was not changed: {}",
-                START_GRACE.as_secs(),
+                t.start_grace.as_secs(),
                 not_started(h, &token)
             )));
         }
@@ -437,8 +352,7 @@ pub fn activate(
     let s = match wait_status(
         h,
         &token,
-        SWITCH_LIMIT,
-        confirm_timeout + Duration::from_secs(15),
+        (t.switch_limit, confirm_timeout + t.reach_grace, t.poll),
         &settled,
     ) {
         Ok(s) => s,
@@ -450,7 +364,7 @@ pub fn activate(
     };
     if s != "activated" {
         let s = if s == "rolling-back" {
-            wait_status(h, &token, COMMIT_LIMIT, COMMIT_LIMIT, &|s| {
+            wait_status(h, &token, (t.commit_limit, t.commit_limit, t.poll), &|s| {
                 s != "rolling-back"
             })
             .unwrap_or(s)
@@ -478,9 +392,12 @@ pub fn activate(
         on_state("committing");
     }
     // Either way the node now finishes on its own: committing, or going back.
-    let last = wait_status(c.as_ref(), &token, COMMIT_LIMIT, COMMIT_LIMIT, &|s| {
-        !matches!(s, "activated" | "committing" | "rolling-back")
-    });
+    let last = wait_status(
+        c.as_ref(),
+        &token,
+        (t.commit_limit, t.commit_limit, t.poll),
+        &|s| !matches!(s, "activated" | "committing" | "rolling-back"),
+    );
     Ok(match last {
         Ok(s) => outcome_of(c.as_ref(), &token, &s),
         Err(e) if o.ok() => Outcome::Unknown(format!("confirmed, but {e}")),
@@ -629,5 +546,254 @@ mod tests {
             out.contains("resolved dead abandoned before any change"),
             "{out}"
         );
+    }
+}
+
+/// The controller's side of the protocol against a scripted node: what it concludes from
+/// each sequence of statuses, and what it asks of the node on the way.
+#[cfg(test)]
+mod protocol {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::fake::{Call, FakeHost, exit, ok};
+
+    const FAST: Timing = Timing {
+        start_grace: Duration::from_millis(100),
+        switch_limit: Duration::from_secs(5),
+        commit_limit: Duration::from_secs(5),
+        reach_grace: Duration::from_millis(50),
+        poll: Duration::from_millis(1),
+    };
+
+    /// A node whose run status goes through `statuses` (one per read, then stays on the last)
+    /// until the controller confirms, after which it reads `after_confirm`.
+    fn node(statuses: &[&str], after_confirm: &str) -> FakeHost {
+        let h = FakeHost::new("n1");
+        let seq: Arc<Mutex<(Vec<String>, bool)>> = Arc::new(Mutex::new((
+            statuses.iter().rev().map(|s| s.to_string()).collect(),
+            false,
+        )));
+        let after = after_confirm.to_string();
+        h.on_name("edgectl-launch", |_| ok(""));
+        h.on_name("edgectl-live", |_| ok(""));
+        h.on(
+            |a| a[0] == "tail",
+            |_| ok("the last lines of the run's log"),
+        );
+        let s = seq.clone();
+        h.on_name("edgectl-status", move |_| {
+            let mut g = s.lock().unwrap();
+            if g.1 {
+                return ok(&after);
+            }
+            let cur = if g.0.len() > 1 {
+                g.0.pop()
+            } else {
+                g.0.last().cloned()
+            };
+            ok(&cur.unwrap_or_default())
+        });
+        let s = seq.clone();
+        h.on_name("edgectl-confirm", move |_| {
+            s.lock().unwrap().1 = true;
+            ok("")
+        });
+        h
+    }
+
+    fn run(h: &FakeHost) -> Outcome {
+        activate_with(
+            h,
+            "/nix/store/new-system",
+            Goal::Switch,
+            Duration::from_secs(2),
+            &|_| {},
+            &FAST,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn confirmed_over_a_new_connection_once_activated() {
+        let h = node(&["started", "switching", "activated"], "done");
+        assert_eq!(run(&h), Outcome::Confirmed);
+        let calls = h.calls();
+        let fresh = calls.iter().position(|c| *c == Call::Fresh).unwrap();
+        let confirm = calls
+            .iter()
+            .position(|c| c.script_name() == Some("edgectl-confirm"))
+            .unwrap();
+        assert!(fresh < confirm, "confirmation rides a new connection");
+        let launch = &calls[0];
+        let Call::Run { argv, root } = launch else {
+            panic!("{launch:?}")
+        };
+        assert!(root);
+        assert_eq!(&argv[5..8], ["/nix/store/new-system", "switch", "2"]);
+    }
+
+    #[test]
+    fn a_launcher_that_fails_is_a_failure_and_nothing_is_awaited() {
+        let h = node(&["started"], "done");
+        h.on_name("edgectl-launch", |_| {
+            exit(1, "sudo: a password is required")
+        });
+        match run(&h) {
+            Outcome::Failed(m) => assert!(m.contains("a password is required"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(h.scripts(), ["edgectl-launch"]);
+    }
+
+    #[test]
+    fn a_run_that_never_starts_is_claimed_and_reported_with_why() {
+        let h = node(&[""], "done");
+        h.on_name("edgectl-abandon", |_| ok(""));
+        h.on_name("edgectl-why", |_| ok("Failed to start: no such unit"));
+        match run(&h) {
+            Outcome::Failed(m) => {
+                assert!(m.contains("did not start"), "{m}");
+                assert!(m.contains("no such unit"), "{m}");
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(!h.scripts().contains(&"edgectl-confirm".to_string()));
+    }
+
+    #[test]
+    fn a_run_that_starts_late_is_followed_when_it_cannot_be_claimed() {
+        // The claim loses the race: the activation began after all, and is followed to its end.
+        let h = node(&["", "", "", "started", "activated"], "done");
+        h.on_name("edgectl-abandon", |_| exit(1, ""));
+        let statuses = Arc::new(Mutex::new(0u32));
+        let n = statuses.clone();
+        h.on_name("edgectl-status", move |_| {
+            let mut g = n.lock().unwrap();
+            *g += 1;
+            // Empty until the start grace is over, then it runs.
+            ok(if *g < 200 { "" } else { "activated" })
+        });
+        h.on_name("edgectl-confirm", |_| ok(""));
+        let o = run(&h);
+        assert!(
+            matches!(o, Outcome::Confirmed | Outcome::Unknown(_)),
+            "{o:?}"
+        );
+        assert!(h.scripts().contains(&"edgectl-abandon".to_string()));
+    }
+
+    #[test]
+    fn no_new_connection_after_activation_means_the_node_decides() {
+        let h = node(&["started", "activated"], "done");
+        h.fail_fresh(Some(HostError::Unreachable("connection refused".into())));
+        match run(&h) {
+            Outcome::Unknown(m) => assert!(m.contains("goes back by itself"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        assert!(!h.scripts().contains(&"edgectl-confirm".to_string()));
+    }
+
+    #[test]
+    fn a_late_confirmation_ends_rolled_back() {
+        let h = node(&["started", "activated"], "rolled-back");
+        h.on_name("edgectl-confirm", |_| exit(2, "too late"));
+        // The node's deadline won: its status moves on without our confirmation.
+        let seen = Arc::new(Mutex::new(false));
+        let s = seen.clone();
+        h.on_name("edgectl-status", move |_| {
+            let mut g = s.lock().unwrap();
+            let first = !*g;
+            *g = true;
+            ok(if first { "activated" } else { "rolled-back" })
+        });
+        match run(&h) {
+            Outcome::RolledBack(m) => assert!(m.contains("not confirmed in time"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn final_statuses_map_to_outcomes() {
+        for (status, want) in [
+            ("failed 3", "Failed"),
+            ("rollback-failed 4", "Failed"),
+            ("rolled-back (activation process died)", "RolledBack"),
+            ("interrupted by a reboot", "RolledBack"),
+            ("abandoned", "Failed"),
+            ("something new", "Unknown"),
+        ] {
+            let h = node(&["started", status], "done");
+            let got = run(&h);
+            let name = match &got {
+                Outcome::Confirmed => "Confirmed",
+                Outcome::Failed(_) => "Failed",
+                Outcome::RolledBack(_) => "RolledBack",
+                Outcome::Unknown(_) => "Unknown",
+            };
+            assert_eq!(name, want, "{status}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn a_dead_activation_process_is_resolved_not_awaited() {
+        // Stuck in "switching" with its process gone: the controller runs the resolver, which
+        // decides the run, instead of waiting out the switch limit.
+        let h = node(&["started", "switching"], "done");
+        h.on_name("edgectl-live", |_| exit(1, ""));
+        let resolved = Arc::new(Mutex::new(false));
+        let r = resolved.clone();
+        h.on_name("edgectl-resolve", move |_| {
+            *r.lock().unwrap() = true;
+            ok("resolved x rolled-back (activation process died)")
+        });
+        let r = resolved.clone();
+        h.on_name("edgectl-status", move |_| {
+            ok(if *r.lock().unwrap() {
+                "rolled-back (activation process died)"
+            } else {
+                "switching"
+            })
+        });
+        match run(&h) {
+            Outcome::RolledBack(m) => assert!(m.contains("process died"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_node_out_of_reach_too_long_is_unknown() {
+        let h = node(&["started"], "done");
+        let n = Arc::new(Mutex::new(0u32));
+        let c = n.clone();
+        h.on_name("edgectl-status", move |_| {
+            let mut g = c.lock().unwrap();
+            *g += 1;
+            if *g < 3 {
+                ok("switching")
+            } else {
+                Err(HostError::Unreachable("no route to host".into()))
+            }
+        });
+        h.fail_fresh(Some(HostError::Unreachable("no route to host".into())));
+        let t = Timing {
+            switch_limit: Duration::from_secs(60),
+            ..FAST
+        };
+        let o = activate_with(
+            &h,
+            "/nix/store/new-system",
+            Goal::Switch,
+            Duration::from_secs(0),
+            &|_| {},
+            &Timing {
+                poll: Duration::from_millis(20),
+                ..t
+            },
+        );
+        match o.unwrap() {
+            Outcome::Unknown(m) => assert!(m.contains("out of reach"), "{m}"),
+            o => panic!("{o:?}"),
+        }
     }
 }

@@ -26,14 +26,15 @@ use std::time::Duration;
 use edgectl_model::Cluster;
 use serde::Serialize;
 
-use crate::engine::{Session, parallel_map};
 use crate::event::{Event, Phase, Sender, State as Ev, emit};
 use crate::host::{Host, SshHost, argv};
 use crate::nixcmd;
+use crate::pool::parallel_map;
+use crate::session::Session;
 
 /// `--fanout`: whether closures spread over the cluster LAN, and whether a node may fall back
 /// to a copy from the controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fanout {
     /// Every node from the controller.
@@ -44,17 +45,6 @@ pub enum Fanout {
     /// Over the LAN or not at all: such a node fails instead (on a slow controller link a
     /// fallback is the difference between minutes and an hour).
     Require,
-}
-
-impl Fanout {
-    pub fn parse(s: &str) -> Option<Fanout> {
-        Some(match s {
-            "off" => Fanout::Off,
-            "on" => Fanout::On,
-            "require" => Fanout::Require,
-            _ => return None,
-        })
-    }
 }
 
 /// Where a node's closure came from.
@@ -106,44 +96,16 @@ pub const KNOWN_HOSTS: &str = "/nix/var/edgectl/known_hosts";
 /// What the cluster key may do on a peer, whatever command the seed asks for: import a store
 /// stream, or serve `nix copy` (the seed's command only selects which). Root through `sudo -n`
 /// where the login user is not root.
-pub const SERVE: &str = r#"#!/bin/sh
-# Written by edgectl: the only thing its cluster key may run on this node.
-if [ "$(id -u)" = 0 ]; then s=; else s="sudo -n"; fi
-case "$SSH_ORIGINAL_COMMAND" in
-  *"--serve --write"*) exec $s nix-store --serve --write ;;
-  *"--import"*) exec $s nix-store --import ;;
-esac
-echo "edgectl cluster key: only Nix store copies are allowed here" >&2
-exit 1
-"#;
+pub const SERVE: &str = include_str!("sh/serve_cluster_key.sh");
 
 /// Lets the cluster key in, restricted to [`SERVE`]: `sh -c AUTHORIZE edgectl-authorize
 /// PUBLIC_KEY SERVE`. Every step's failure is the script's (a key that did not land must not
 /// look added); a file whose last line has no newline gets one first, so the key never glues
 /// onto that line; an unrestricted line for the same key (older edgectl) is replaced.
-pub const AUTHORIZE: &str = r#"k=$1; d="$HOME/.ssh"; f="$d/authorized_keys"; serve="$d/edgectl-serve"
-mkdir -p "$d" && chmod 700 "$d" || exit 1
-printf '%s' "$2" > "$serve.tmp" && chmod 500 "$serve.tmp" && mv -f "$serve.tmp" "$serve" || exit 1
-line="restrict,command=\"/bin/sh '$serve'\" $k"
-if ! grep -qxF "$line" "$f" 2>/dev/null; then
-  if [ -e "$f" ]; then
-    grep -vF "$k" "$f" > "$f.edgectl-tmp"; [ $? -le 1 ] || exit 1
-    if [ -s "$f.edgectl-tmp" ] && [ -n "$(tail -c 1 "$f.edgectl-tmp")" ]; then printf '\n' >> "$f.edgectl-tmp" || exit 1; fi
-  else
-    : > "$f.edgectl-tmp" || exit 1
-  fi
-  printf '%s\n' "$line" >> "$f.edgectl-tmp" && chmod 600 "$f.edgectl-tmp" && mv -f "$f.edgectl-tmp" "$f" || exit 1
-fi
-chmod 600 "$f"
-"#;
+pub const AUTHORIZE: &str = include_str!("sh/authorize_cluster_key.sh");
 
 /// Takes the cluster key out again when the apply is done: `sh -c DEAUTHORIZE x PUBLIC_KEY`.
-pub const DEAUTHORIZE: &str = r#"k=$1; d="$HOME/.ssh"; f="$d/authorized_keys"
-rm -f "$d/edgectl-serve"
-[ -f "$f" ] && grep -qF "$k" "$f" || exit 0
-grep -vF "$k" "$f" > "$f.edgectl-tmp"; [ $? -le 1 ] || exit 1
-chmod 600 "$f.edgectl-tmp" && mv -f "$f.edgectl-tmp" "$f"
-"#;
+pub const DEAUTHORIZE: &str = include_str!("sh/deauthorize_cluster_key.sh");
 
 fn closure_bytes(paths: &[String]) -> Option<u64> {
     let read: Result<BTreeMap<_, _>, String> = paths
@@ -170,7 +132,7 @@ fn mib(b: Option<u64>) -> String {
 
 /// Gets every session's closure onto its node: over the LAN through a seed when `mode` allows
 /// and there are two or more, else straight from the controller.
-pub fn deliver(
+pub fn copy_closures(
     rt: &tokio::runtime::Runtime,
     needing: &[Arc<Session>],
     c: &Cluster,
@@ -293,75 +255,7 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String>
 /// "peer N STATUS PATHS ERROR" per peer (STATUS: ssh's exit status, or `dropped`; PATHS: how
 /// many store paths its import took) and
 /// exits with the seed's own import status.
-const RELAY: &str = r#"set -u
-stall=$1; shift
-mkdir -p /nix/var/edgectl || exit 1
-d=$(mktemp -d /nix/var/edgectl/relay.XXXXXXXX) || exit 1
-trap 'rm -rf "$d"' EXIT
-: > "$d/stream"
-# A background job's stdin is /dev/null unless it is handed over explicitly.
-exec 3<&0
-cat <&3 > "$d/stream" &
-w=$!
-exec 3<&-
-tail -c +1 --pid="$w" -f "$d/stream" | nix-store --import > /dev/null 2> "$d/seed.err" &
-seed=$!
-n=0
-while [ $# -ge 3 ]; do
-  n=$((n+1))
-  mkfifo "$d/$n.fifo" || exit 1
-  tail -c +1 --pid="$w" -f "$d/stream" > "$d/$n.fifo" &
-  echo $! > "$d/$n.tail"
-  ssh -p "$2" -i /nix/var/edgectl/cluster_key -o IdentitiesOnly=yes \
-    -o UserKnownHostsFile=/nix/var/edgectl/known_hosts -o StrictHostKeyChecking=yes \
-    -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 \
-    -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com \
-    -- "$1" "$3" < "$d/$n.fifo" > "$d/$n.out" 2> "$d/$n.err" &
-  echo $! > "$d/$n.ssh"
-  shift 3
-done
-peers=$n
-# The watchdog: a peer makes progress when its reader reads (rchar grows); it may sit idle
-# only while the stream itself does. Otherwise, after STALL seconds, it is dropped.
-(
-  while :; do
-    sleep 1
-    size=$(wc -c < "$d/stream"); now=$(date +%s); busy=0
-    kill -0 "$w" 2>/dev/null && writing=1 || writing=0
-    i=0
-    while [ "$i" -lt "$peers" ]; do
-      i=$((i+1))
-      sp=$(cat "$d/$i.ssh"); tp=$(cat "$d/$i.tail")
-      kill -0 "$sp" 2>/dev/null || continue
-      busy=1
-      r=$(awk '/^rchar/ {print $2}' "/proc/$tp/io" 2>/dev/null)
-      [ -n "$r" ] || continue
-      if [ "$r" != "$(cat "$d/$i.r" 2>/dev/null)" ] || { [ "$writing" = 1 ] && [ "$size" = "$(cat "$d/$i.s" 2>/dev/null)" ]; }; then
-        echo "$r" > "$d/$i.r"; echo "$now" > "$d/$i.t"
-      elif [ $((now - $(cat "$d/$i.t" 2>/dev/null || echo "$now"))) -ge "$stall" ]; then
-        echo "dropped: it read nothing for ${stall} s while the stream had data for it" >> "$d/$i.err"
-        : > "$d/$i.dropped"
-        kill "$sp" "$tp" 2>/dev/null
-      fi
-      echo "$size" > "$d/$i.s"
-    done
-    [ "$busy" = 1 ] || [ "$writing" = 1 ] || exit 0
-  done
-) &
-dog=$!
-wait "$w"
-wait "$seed"; rc=$?
-i=0
-while [ "$i" -lt "$peers" ]; do
-  i=$((i+1)); wait "$(cat "$d/$i.ssh")"; s=$?
-  # Not SSH's 255 (which says the seed could not log in): the peer is reachable.
-  [ -e "$d/$i.dropped" ] && s=dropped
-  printf 'peer %s %s %s %s\n' "$i" "$s" "$(grep -c . "$d/$i.out")" "$(tr '\n' ' ' < "$d/$i.err")"
-done
-kill "$dog" 2>/dev/null
-[ "$rc" = 0 ] || cat "$d/seed.err" >&2
-exit "$rc"
-"#;
+const RELAY: &str = include_str!("sh/relay_closure.sh");
 
 /// Reads a list of store paths from stdin and prints those that are not valid on the node.
 const INVALID: &str = "xargs -r nix-store --check-validity --print-invalid";

@@ -77,13 +77,7 @@ pub trait Host: Send + Sync {
 }
 
 /// Runs as root on the node: stdin -> "$1.tmp" (created under umask 077) -> chmod -> rename.
-pub const UPLOAD: &str = r#"set -e
-umask 077
-mkdir -p "$(dirname "$1")"
-cat > "$1.edgectl-tmp"
-chmod "$2" "$1.edgectl-tmp"
-mv -f "$1.edgectl-tmp" "$1"
-"#;
+pub const UPLOAD: &str = include_str!("sh/upload.sh");
 
 pub fn argv<I: IntoIterator<Item = S>, S: Into<String>>(it: I) -> Vec<String> {
     it.into_iter().map(Into::into).collect()

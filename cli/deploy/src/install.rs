@@ -11,21 +11,29 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{
-    EngineError, Options, Session, open_node, parallel_map, prepare, runtime, target_for, unlock,
-};
 use crate::event::{Phase, Sender, State as Ev, emit};
 use crate::facts::{self, NodeFacts};
 use crate::host::{Host, HostError, HostKey, SshHost, argv};
+use crate::pool::{parallel_map, runtime};
+use crate::run::{EngineError, Options, prepare, target_for};
+use crate::session::{Session, open_node, unlock};
 use crate::state::{Lock, State, now, write_atomic};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// A phase of `install`, in order (`--until` stops after one).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
+    /// Read the node: disks, boot, network, what it runs.
     Facts,
+    /// Make sure the node has a usable Nix.
     Nix,
+    /// Copy the system's closure.
     Copy,
+    /// Make NixOS the boot default (lustrate, bootloader).
     Switch,
+    /// Reboot into NixOS and check it came back.
     Reboot,
 }
 
@@ -37,9 +45,6 @@ impl Step {
         Step::Switch,
         Step::Reboot,
     ];
-    pub fn parse(s: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|x| x.name() == s)
-    }
     pub fn name(self) -> &'static str {
         match self {
             Step::Facts => "facts",
@@ -110,15 +115,9 @@ pub struct InstallResult {
 /// edgectl pinned) survive the switch.
 pub const LUSTRATE: &str = "etc/ssh/ssh_host_ed25519_key\netc/ssh/ssh_host_ed25519_key.pub\netc/ssh/ssh_host_rsa_key\netc/ssh/ssh_host_rsa_key.pub\netc/ssh/ssh_host_ecdsa_key\netc/ssh/ssh_host_ecdsa_key.pub\n";
 
-const SWITCH: &str = r#"set -e
-sys=$1
-nix-env -p /nix/var/nix/profiles/system --set "$sys"
-touch /etc/NIXOS
-NIXOS_INSTALL_BOOTLOADER=1 "$sys/bin/switch-to-configuration" boot
-"#;
+const SWITCH: &str = include_str!("sh/install_switch.sh");
 
-const REBOOT: &str =
-    r#"setsid -f /bin/sh -c 'sleep 2; exec "$@"' edgectl-reboot "$@" </dev/null >/dev/null 2>&1"#;
+const REBOOT: &str = include_str!("sh/reboot_detached.sh");
 
 fn show(a: &[String]) -> String {
     crate::quote::command(a).unwrap_or_default()
@@ -188,14 +187,14 @@ pub fn install(
             let h = if recorded.is_some() {
                 None
             } else {
-                match crate::engine::connect(t.clone()) {
+                match crate::session::connect(t.clone()) {
                     Ok(h) => Some(h),
                     Err(e) => return (name, is, resumed, Err(e.to_string()), None),
                 }
             };
             if recorded.is_some() {
                 // Recorded facts still require the node to answer, to pin its host key.
-                match crate::engine::connect(t) {
+                match crate::session::connect(t) {
                     Ok(h2) => key = h2.host_key(),
                     Err(e) => return (name, is, resumed, Err(e.to_string()), None),
                 }
@@ -335,7 +334,7 @@ pub fn install(
         }
     }
 
-    let heartbeat = crate::engine::Heartbeat::start(sessions.clone());
+    let heartbeat = crate::session::Heartbeat::start(sessions.clone());
 
     // Phase 2: Nix on the node, then the closure (fanned out when several nodes need it).
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
@@ -375,7 +374,7 @@ pub fn install(
             .filter(|s| !failed.contains_key(&s.name) && !states[&s.name].has(Step::Copy))
             .cloned()
             .collect();
-        let got = crate::fanout::deliver(
+        let got = crate::fanout::copy_closures(
             &rt,
             &needing,
             c,

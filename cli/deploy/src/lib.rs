@@ -7,18 +7,27 @@
 #![allow(clippy::result_large_err)]
 
 pub mod activate;
-pub mod engine;
+pub mod apply;
 pub mod event;
 pub mod facts;
+pub mod fake;
 pub mod fanout;
 pub mod host;
 pub mod install;
 pub mod nixcmd;
 pub mod nodenix;
+pub mod plan;
+pub mod pool;
 pub mod progress;
 pub mod quote;
+pub mod report;
+pub mod run;
 pub mod select;
+pub mod session;
 pub mod state;
 
 pub use activate::Goal;
-pub use engine::{ApplyReport, EngineError, Options, Plan, apply, plan};
+pub use apply::apply;
+pub use plan::plan;
+pub use report::{ApplyReport, NodeOutcome, NodeResult, Plan};
+pub use run::{EngineError, Options};

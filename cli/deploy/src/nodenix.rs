@@ -18,13 +18,7 @@ pub const MIN: (u32, u32) = (2, 4);
 const REGINFO: &str = "/nix/var/edgectl/nix.reginfo";
 
 /// Runs as root on the node with a tar of the store paths on stdin. $1: the Nix store path.
-const UNPACK: &str = r#"set -e
-p=$1
-mkdir -p -m 0755 /nix/store /nix/var/nix /usr/local/bin
-tar -C / -xf -
-"$p/bin/nix-store" --load-db < /nix/var/edgectl/nix.reginfo
-for f in "$p"/bin/*; do ln -sfn "$f" /usr/local/bin/; done
-"#;
+const UNPACK: &str = include_str!("sh/unpack_nix.sh");
 
 const APT: &str =
     "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin";

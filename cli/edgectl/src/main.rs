@@ -116,9 +116,9 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         deploy: DeployArgs,
-        /// build, push, switch, boot, test or dry-activate.
-        #[arg(long, default_value = "switch")]
-        goal: String,
+        /// How far to go.
+        #[arg(long, value_enum, default_value = "switch")]
+        goal: edgectl_deploy::Goal,
         /// Seconds a node waits for confirmation before it reverts by itself (default: the
         /// topology's confirm_timeout_s).
         #[arg(long, value_name = "S")]
@@ -127,8 +127,8 @@ enum Command {
         /// cluster LAN (a node the LAN cannot serve gets its copy from this machine, with a
         /// warning); `require`: the same, but such a node fails instead; `off`: copy from this
         /// machine to every node.
-        #[arg(long, value_name = "on|require|off", default_value = "on", value_parser = ["on", "require", "off"])]
-        fanout: String,
+        #[arg(long, value_enum, default_value = "on")]
+        fanout: edgectl_deploy::fanout::Fanout,
     },
     /// Check every node against its profile, the topology and the targets, through the agents.
     #[command(after_help = EXIT_CODES)]
@@ -185,7 +185,19 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which here means "plan found changes": a bad argument is
+    // an error like any other bad input (exit 1); --help and --version are not errors.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::ERROR
+            } else {
+                exit::OK
+            });
+        }
+    };
     let ctx = Ctx {
         color: match cli.color {
             Color::Always => true,
@@ -224,15 +236,7 @@ fn main() -> ExitCode {
             goal,
             confirm_timeout,
             fanout,
-        } => cmd::deploy::apply(
-            &ctx,
-            &file,
-            &deploy,
-            &goal,
-            confirm_timeout,
-            edgectl_deploy::fanout::Fanout::parse(&fanout)
-                .unwrap_or(edgectl_deploy::fanout::Fanout::On),
-        ),
+        } => cmd::deploy::apply(&ctx, &file, &deploy, goal, confirm_timeout, fanout),
         Command::Verify { file, args } => cmd::verify::run(&ctx, &file, &args),
         Command::Agent(a) => cmd::verify::agent(&a),
         Command::Install {

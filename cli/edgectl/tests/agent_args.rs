@@ -69,7 +69,7 @@ fn the_agent_parses_exactly_what_the_module_passes() {
         let mut unknown = args.clone();
         unknown.extend(["--listen-port".to_string(), "7443".to_string()]);
         let o = parse(&unknown);
-        assert_eq!(o.status.code(), Some(2), "{}", explain(&o));
+        assert_eq!(o.status.code(), Some(1), "{}", explain(&o));
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("--listen-port"),
             "{}",
@@ -87,6 +87,6 @@ fn the_agent_parses_exactly_what_the_module_passes() {
             .collect();
         assert_ne!(bad, args, "{attrs}: no listen address in {args:?}");
         let o = parse(&bad);
-        assert_eq!(o.status.code(), Some(2), "{bad:?}\n{}", explain(&o));
+        assert_eq!(o.status.code(), Some(1), "{bad:?}\n{}", explain(&o));
     }
 }

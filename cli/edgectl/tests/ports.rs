@@ -11,24 +11,24 @@ fn the_ports_rust_dials_are_the_ports_the_modules_open() {
         return;
     }
     let p = eval("lib.ports");
-    assert_eq!(p["agent"], edgectl_agent::verify::DEFAULT_AGENT_PORT);
-    assert_eq!(p["zenohProbe"], edgectl_agent::verify::DEFAULT_ZENOH_PORT);
-    assert_eq!(p["rayGcs"], edgectl_agent::verify::RAY_GCS_PORT);
+    assert_eq!(p["agent"], edgectl_verify::verify::DEFAULT_AGENT_PORT);
+    assert_eq!(p["zenohProbe"], edgectl_verify::verify::DEFAULT_ZENOH_PORT);
+    assert_eq!(p["rayGcs"], edgectl_verify::verify::RAY_GCS_PORT);
     assert_eq!(p["zenoh"], edgectl_render::host::ZENOH_PORT);
     // The agent speaks QUIC: its port is opened for UDP, and the probe listener for TCP.
     let fw = eval("lib.agentFirewallFor { }");
     assert_eq!(
         fw["udp"],
-        serde_json::json!([edgectl_agent::verify::DEFAULT_AGENT_PORT])
+        serde_json::json!([edgectl_verify::verify::DEFAULT_AGENT_PORT])
     );
     assert_eq!(
         fw["tcp"],
-        serde_json::json!([edgectl_agent::verify::DEFAULT_ZENOH_PORT])
+        serde_json::json!([edgectl_verify::verify::DEFAULT_ZENOH_PORT])
     );
     // The agent's own arguments listen on the table's port.
     let args = eval("lib.agentArgsFor { }");
     assert_eq!(
         args[1],
-        format!("0.0.0.0:{}", edgectl_agent::verify::DEFAULT_AGENT_PORT)
+        format!("0.0.0.0:{}", edgectl_verify::verify::DEFAULT_AGENT_PORT)
     );
 }

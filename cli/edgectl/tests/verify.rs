@@ -52,7 +52,7 @@ struct MachineHardware {
 }
 
 fn machine_hardware() -> MachineHardware {
-    use edgectl_agent::checks::{DISK_BAND, MEMORY_BAND, parse_cpu_name};
+    use edgectl_verify::checks::{DISK_BAND, MEMORY_BAND, parse_cpu_name};
     let o = Command::new(env!("CARGO_BIN_EXE_edgectl"))
         .args(["agent", "--print-facts"])
         .output()

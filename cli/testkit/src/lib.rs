@@ -14,7 +14,17 @@ use std::path::{Path, PathBuf};
 
 /// The prerequisite names tests use, so `EDGECTL_REQUIRE` has a fixed vocabulary.
 pub const KNOWN: &[&str] = &[
-    "rig", "nix", "shared", "python3", "genilib", "ray", "mkfifo", "loop", "tcsh", "sudo",
+    "rig",
+    "nix",
+    "shared",
+    "python3",
+    "genilib",
+    "ray",
+    "mkfifo",
+    "loop",
+    "tcsh",
+    "sudo",
+    "shellcheck",
 ];
 
 /// `Some(value)` when the prerequisite `what` is present; `None` (a recorded skip) when it is

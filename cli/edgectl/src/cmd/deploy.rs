@@ -1,9 +1,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edgectl_deploy::engine::{Change, EngineError};
+use edgectl_deploy::EngineError;
 use edgectl_deploy::nixcmd::NixArgs;
 use edgectl_deploy::progress::{self, Mode};
+use edgectl_deploy::report::Change;
 use edgectl_deploy::{Goal, Options, Plan};
 use edgectl_model::LoadOptions;
 
@@ -132,19 +133,10 @@ pub fn apply(
     ctx: &Ctx,
     file: &Path,
     a: &DeployArgs,
-    goal: &str,
+    goal: Goal,
     confirm_timeout: Option<u64>,
     fanout: edgectl_deploy::fanout::Fanout,
 ) -> u8 {
-    let Some(goal) = Goal::parse(goal) else {
-        return fail(
-            ctx,
-            a.json,
-            EngineError::Failed(format!(
-                "unknown goal `{goal}`; use build, push, switch, boot, test or dry-activate"
-            )),
-        );
-    };
     let mut opts = options(a);
     opts.goal = goal;
     opts.confirm_timeout = confirm_timeout;
@@ -216,7 +208,7 @@ pub fn apply(
             });
             t.row(vec![
                 n.node.clone(),
-                n.result.clone(),
+                n.result.to_string(),
                 n.generation.map(|g| g.to_string()).unwrap_or("-".into()),
                 from.unwrap_or_else(|| "-".into()),
                 n.message.clone(),
@@ -240,9 +232,9 @@ pub struct InstallArgs {
     /// Read the node and print every command each phase would run; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Stop after this phase: facts, nix, copy, switch or reboot.
-    #[arg(long, value_name = "PHASE")]
-    until: Option<String>,
+    /// Stop after this phase.
+    #[arg(long, value_enum, value_name = "PHASE")]
+    until: Option<edgectl_deploy::install::Step>,
     /// Reboot with this command instead of `systemctl reboot` (then the node counts as back
     /// once it answers, with no new boot id required).
     #[arg(long, value_name = "CMD", num_args = 1.., allow_hyphen_values = true)]
@@ -265,8 +257,7 @@ pub fn install(ctx: &Ctx, file: &Path, a: &DeployArgs, i: InstallArgs) -> u8 {
         nix_from,
         facts_from,
     } = i;
-    let until = until.as_deref();
-    use edgectl_deploy::install::{InstallOptions, Step, install};
+    use edgectl_deploy::install::{InstallOptions, install};
     if a.on.is_none() {
         return fail(
             ctx,
@@ -276,19 +267,6 @@ pub fn install(ctx: &Ctx, file: &Path, a: &DeployArgs, i: InstallArgs) -> u8 {
             ),
         );
     }
-    let until = match until.map(|u| Step::parse(u).ok_or(u)) {
-        None => None,
-        Some(Ok(s)) => Some(s),
-        Some(Err(u)) => {
-            return fail(
-                ctx,
-                a.json,
-                EngineError::Failed(format!(
-                    "unknown phase `{u}`; use facts, nix, copy, switch or reboot"
-                )),
-            );
-        }
-    };
     if let Some(p) = &nix_from
         && let Err(e) = edgectl_deploy::nodenix::controller_nix(Some(p))
     {

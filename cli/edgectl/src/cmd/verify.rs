@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use edgectl_agent::checks::Verdict;
 use edgectl_agent::server::AgentOptions;
-use edgectl_agent::verify::{self, VerifyOptions};
-use edgectl_deploy::engine::EngineError;
+use edgectl_deploy::EngineError;
 use edgectl_model::LoadOptions;
+use edgectl_verify::checks::Verdict;
+use edgectl_verify::verify::{self, VerifyOptions};
 
 use super::fail;
 use crate::table::Table;
@@ -134,7 +134,7 @@ pub fn run(ctx: &Ctx, file: &Path, a: &VerifyArgs) -> u8 {
         Err(e) => return fail(ctx, a.json, e),
     };
     if let Some(dir) = &a.report
-        && let Err(e) = edgectl_agent::report::write(&r, dir)
+        && let Err(e) = edgectl_verify::report::write(&r, dir)
     {
         return fail(ctx, a.json, EngineError::Failed(e));
     }

@@ -5,8 +5,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use edgectl_agent::proto::PairStat;
+
 use crate::checks::Verdict;
-use crate::proto::PairStat;
 use crate::verify::Report;
 
 fn esc(s: &str) -> String {

@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use edgectl_agent::facts::Facts;
+use edgectl_agent::pki::{CONTROLLER, Pki};
+use edgectl_agent::proto::{ColdStart, PairStat, Peer, RayFacts, Request, Response, WasiOutcome};
+use edgectl_agent::server::{CA_FILE, CERT_FILE, KEY_FILE, PID_FILE};
+use edgectl_agent::{client, tls};
 use edgectl_deploy::EngineError;
 use edgectl_deploy::host::{Host, HostKey, SshHost, SshTarget, argv};
 use edgectl_deploy::state::State;
@@ -16,11 +21,6 @@ use quinn::Connection;
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{self, Check, Verdict};
-use crate::facts::Facts;
-use crate::pki::{CONTROLLER, Pki};
-use crate::proto::{ColdStart, PairStat, Peer, RayFacts, Request, Response, WasiOutcome};
-use crate::server::{CA_FILE, CERT_FILE, KEY_FILE, PID_FILE};
-use crate::{client, tls};
 
 pub const DEFAULT_AGENT_DIR: &str = "/var/lib/edgectl-agent";
 pub const DEFAULT_AGENT_PORT: u16 = 7443;
@@ -203,7 +203,7 @@ fn prepare(
         .map(|o| is_nixos(&o.stdout))
         .unwrap_or(false);
     let go = || -> Result<bool, String> {
-        let id = pki.identity(crate::pki::Party::Node(&node.name))?;
+        let id = pki.identity(edgectl_agent::pki::Party::Node(&node.name))?;
         let dir = opts.agent_dir.trim_end_matches('/');
         run_ok(&h, argv(["mkdir", "-p", "-m", "0700", dir]))?;
         let up = |name: &str, bytes: &[u8], mode: u32| {
@@ -264,7 +264,7 @@ fn prepare(
         )?;
         Ok(true)
     };
-    let applying = edgectl_deploy::engine::apply_in_progress(&h);
+    let applying = edgectl_deploy::session::apply_in_progress(&h);
     match go() {
         Ok(started) => Prepared {
             ssh: Some(h),
@@ -483,7 +483,7 @@ async fn collect(
     nodes: &[&Node],
     prepared: &[Prepared],
     ca_pem: &str,
-    controller: &crate::pki::Identity,
+    controller: &edgectl_agent::pki::Identity,
     opts: &VerifyOptions,
     user_modules: &[UserModule],
 ) -> Result<Report, String> {
@@ -548,7 +548,7 @@ async fn collect(
                     timeout_ms: m.timeout.as_millis() as u64,
                 };
                 // The agent answers by the module's limit plus its sandbox's grace.
-                let wait = m.timeout + crate::wasm::PROCESS_GRACE + REQ_TIMEOUT;
+                let wait = m.timeout + edgectl_agent::wasm::PROCESS_GRACE + REQ_TIMEOUT;
                 user.push((
                     m.name.clone(),
                     match client::request(&conn, &req, wait).await {
@@ -648,7 +648,7 @@ async fn collect(
     let mut zenoh = Vec::new();
     if live.len() >= 2 {
         let zep = |a: &SocketAddr| format!("tcp/{}:{}", a.ip(), opts.zenoh_port);
-        let zenoh_attempted = cfg!(feature = "zenoh") && !opts.no_zenoh;
+        let zenoh_attempted = edgectl_agent::ZENOH && !opts.no_zenoh;
         let mut zenoh_ok = zenoh_attempted;
         if zenoh_ok {
             // In order, each connecting to those before it: every pair gets one direct link,
@@ -849,7 +849,7 @@ async fn join_vec<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
 #[cfg(test)]
 mod tests {
     use super::{STOP_OLD, is_nixos, pair_rounds};
-    use crate::server::{PID_FILE, proc_start_time};
+    use edgectl_agent::server::{PID_FILE, proc_start_time};
     use std::collections::BTreeSet;
     use std::path::Path;
     use std::process::{Child, Command};

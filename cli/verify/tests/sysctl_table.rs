@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use edgectl_agent::checks::expected_sysctls;
+use edgectl_verify::checks::expected_sysctls;
 
 /// Keys the modules set that verify deliberately does not compare: set-and-forget tuning whose
 /// value the agent has no row for. A key added to the Nix table fails this test until it is

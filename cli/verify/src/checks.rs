@@ -1,12 +1,11 @@
 //! Facts against expectations: the node's hardware profile, the topology's features and roles,
 //! and the targets. Every check carries both values, so a failure explains itself.
 
+use edgectl_agent::facts::{DiskFact, Facts, GpuFact, NicFact};
+use edgectl_agent::proto::{ColdStart, PairStat, RayFacts, WasiOutcome};
 use edgectl_model::profile::{CpuVendor, DiskKind, Profile};
 use edgectl_model::{Cluster, Feature, Node, Role};
 use serde::{Deserialize, Serialize};
-
-use crate::facts::{DiskFact, Facts, GpuFact, NicFact};
-use crate::proto::{ColdStart, PairStat, RayFacts, WasiOutcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

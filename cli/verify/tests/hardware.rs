@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use edgectl_agent::checks::{self, Check, Verdict, compare_cpu, parse_cpu_name};
 use edgectl_agent::facts::{self, Facts};
 use edgectl_model::profile::CpuVendor;
 use edgectl_model::{Diagnostics, Profile, ProfileSet};
+use edgectl_verify::checks::{self, Check, Verdict, compare_cpu, parse_cpu_name};
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/facts")

@@ -1,0 +1,220 @@
+//! Run preparation, shared by every command: load and validate the topology once, work out
+//! the state directory once, select the nodes, evaluate and build their systems, and say how
+//! to reach each node.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgectl_model::{Cluster, Diagnostics, LoadOptions, Loaded};
+use serde_json::Value;
+
+use crate::activate::Goal;
+use crate::event::{Phase, Sender, State as Ev, emit};
+use crate::host::{HostKey, SshTarget};
+use crate::nixcmd::{self, NixArgs};
+use crate::state::State;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub on: Option<String>,
+    pub parallel: usize,
+    pub goal: Goal,
+    pub confirm_timeout: Option<u64>,
+    pub identity: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub nix: NixArgs,
+    pub load: LoadOptions,
+    /// Upload each closure once and spread it over the cluster LAN (see `fanout`).
+    pub fanout: crate::fanout::Fanout,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            on: None,
+            parallel: 8,
+            goal: Goal::Switch,
+            confirm_timeout: None,
+            identity: None,
+            connect_timeout: Duration::from_secs(10),
+            nix: NixArgs::default(),
+            load: LoadOptions::default(),
+            fanout: crate::fanout::Fanout::On,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum EngineError {
+    Invalid(Diagnostics),
+    Failed(String),
+}
+
+impl From<String> for EngineError {
+    fn from(s: String) -> Self {
+        EngineError::Failed(s)
+    }
+}
+
+/// A stable 64-bit FNV-1a, so saved plans can be compared across runs and builds.
+pub(crate) fn fnv(bytes: impl IntoIterator<Item = u8>) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+pub(crate) struct Prepared {
+    pub(crate) loaded: Loaded,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) selected: Vec<String>,
+    pub(crate) systems: BTreeMap<String, String>,
+    pub(crate) contexts: BTreeMap<String, Value>,
+    pub(crate) topology_hash: String,
+}
+
+pub(crate) fn prepare(
+    topology: &Path,
+    opts: &Options,
+    tx: &Sender,
+    build: bool,
+) -> Result<Prepared, EngineError> {
+    let mut loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
+    // Facts that `edgectl install` found (boot disk, root file system) shape the system.
+    let state_dir0 = crate::state::dir_for(topology);
+    for n in &mut loaded.cluster.nodes {
+        if let Some(f) = crate::install::InstallState::load(&state_dir0, &n.name).facts {
+            n.boot_disk = Some(f.boot.disk.clone());
+            n.root_device = Some(f.boot.root_device.clone());
+        }
+    }
+    let selected = crate::select::select(&loaded.cluster, opts.on.as_deref())?;
+    boot_facts_known(&loaded, &selected, topology)?;
+    let state_dir = crate::state::dir_for(topology);
+    crate::state::ensure(&state_dir)?;
+    let files = edgectl_render::render(&loaded.cluster).map_err(|e| e.to_string())?;
+    let topology_hash = fnv(files.iter().flat_map(|(k, v)| k.bytes().chain(v.bytes())));
+    let flake = state_dir.join("flake");
+    edgectl_render::write::write_dir(&flake, &files, true).map_err(|e| e.to_string())?;
+    let contexts = loaded
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                edgectl_render::host::context(&loaded.cluster, n),
+            )
+        })
+        .collect();
+    let mut p = Prepared {
+        loaded,
+        state_dir,
+        selected,
+        systems: BTreeMap::new(),
+        contexts,
+        topology_hash,
+    };
+    if build {
+        p.systems = build_systems(&p, opts, tx)?;
+    }
+    Ok(p)
+}
+
+/// Evaluates and builds the selected hosts' systems from the flake `prepare` wrote.
+pub(crate) fn build_systems(
+    p: &Prepared,
+    opts: &Options,
+    tx: &Sender,
+) -> Result<BTreeMap<String, String>, EngineError> {
+    emit(
+        tx,
+        "",
+        Phase::Evaluate,
+        Ev::Started,
+        format!("evaluating and building {} host(s)", p.selected.len()),
+    );
+    let systems = nixcmd::build_toplevels(&p.state_dir.join("flake"), &p.selected, &opts.nix)?;
+    emit(
+        tx,
+        "",
+        Phase::Evaluate,
+        Ev::Ok,
+        format!("built {} system(s)", systems.len()),
+    );
+    Ok(systems)
+}
+
+pub(crate) fn target_for(
+    c: &Cluster,
+    node: &str,
+    st: &State,
+    opts: &Options,
+    state_dir: &Path,
+) -> SshTarget {
+    let n = c.node(node).expect("selected nodes exist");
+    let ns = st.nodes.get(node);
+    let pinned = ns.and_then(|s| match (&s.host_key, &s.host_key_public) {
+        (Some(f), Some(p)) => Some(HostKey {
+            fingerprint: f.clone(),
+            public: p.clone(),
+        }),
+        _ => None,
+    });
+    SshTarget {
+        node: node.to_string(),
+        host: n.host.clone(),
+        port: n.port,
+        user: n.user.clone(),
+        identity: opts.identity.clone(),
+        connect_timeout: opts.connect_timeout,
+        pinned,
+        known_hosts: state_dir.join("known_hosts").join(node),
+    }
+}
+
+/// Every node boots through CloudLab's chain loader from a disk and root file system that
+/// only the machine can tell: without them the system would guess (`/dev/sda`), switch fine,
+/// and never come back from its next reboot. So plan and apply refuse, before building or
+/// connecting, and say how to learn them.
+pub(crate) fn boot_facts_known(
+    loaded: &Loaded,
+    selected: &[String],
+    topology: &Path,
+) -> Result<(), EngineError> {
+    let unknown: Vec<&str> = loaded
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| selected.contains(&n.name))
+        .filter(|n| n.boot_disk.is_none() || n.root_device.is_none())
+        .map(|n| n.name.as_str())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::Failed(format!(
+        "{}: the boot disk and root device of {} are unknown, so the built system could not boot again after its next reboot. Record them with `edgectl install {} --on {} --until facts` (read-only), or set `boot_disk` and `root_device` (stable /dev/disk/by-* names) in each [[node]]",
+        topology.display(),
+        unknown.join(", "),
+        topology.display(),
+        unknown.join(",")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_fnv1a_64() {
+        // The published FNV-1a 64-bit test vectors (Fowler, Noll and Vo's test suite).
+        assert_eq!(fnv(*b""), "cbf29ce484222325");
+        assert_eq!(fnv(*b"a"), "af63dc4c8601ec8c");
+        assert_eq!(fnv(*b"foobar"), "85944171f73967e8");
+        assert_eq!(fnv(*b"chongo was here!\n"), "46810940eff5f915");
+    }
+}

@@ -1,0 +1,528 @@
+//! A node opened for a run: connected with its pinned host key, locked against other applies
+//! (with a heartbeat, and a takeover of a lock whose holder is provably dead), any activation
+//! still in flight there waited for or decided, and unlocked at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::activate::{self, Goal};
+use crate::event::{Phase, Sender, State as Ev, emit};
+use crate::host::{Host, HostError, HostKey, SshHost, SshTarget, argv, write_known_hosts};
+use crate::report::{NodeOutcome, NodeResult, result};
+
+/// Connects and makes the node's key known to OpenSSH too (for `nix copy`).
+pub(crate) fn connect(t: SshTarget) -> Result<SshHost, HostError> {
+    let h = SshHost::connect(t.clone())?;
+    if let Some(k) = h.host_key() {
+        let _ = write_known_hosts(&t.known_hosts, &[(t.host.clone(), t.port, k)]);
+    }
+    Ok(h)
+}
+
+/// A node opened for deployment: connected, locked, inspected.
+pub struct Session {
+    pub name: String,
+    pub host: SshHost,
+    pub key: Option<HostKey>,
+    pub system: String,
+    pub current: Option<String>,
+    pub generation: Option<u64>,
+    /// Already on the target (goal switch): nothing to copy or activate.
+    pub unchanged: bool,
+    /// What this run wrote into the node's lock (see [`lock_owner`]).
+    pub lock_owner: String,
+}
+
+pub(crate) fn open_node(
+    name: &str,
+    t: SshTarget,
+    system: &str,
+    goal: Goal,
+    timeout: Duration,
+    expected_current: Option<Option<String>>,
+    tx: &Sender,
+) -> Result<Session, (NodeResult, Option<HostKey>)> {
+    emit(
+        tx,
+        name,
+        Phase::Connect,
+        Ev::Started,
+        format!("{}@{}:{}", t.user, t.host, t.port),
+    );
+    let h = match connect(t) {
+        Ok(h) => h,
+        Err(e) => {
+            emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
+            let kind = if matches!(e, HostError::HostKeyChanged { .. }) {
+                NodeOutcome::Failed
+            } else {
+                NodeOutcome::Unreachable
+            };
+            return Err((result(name, system, kind, e.to_string(), None), None));
+        }
+    };
+    let key = h.host_key();
+    emit(
+        tx,
+        name,
+        Phase::Connect,
+        Ev::Ok,
+        key.as_ref()
+            .map(|k| k.fingerprint.clone())
+            .unwrap_or_default(),
+    );
+    let owner = lock_owner();
+    let stale_min = LOCK_STALE_MIN.to_string();
+    let mut steal = String::new();
+    loop {
+        match h.run(
+            &argv([
+                "sh",
+                "-c",
+                NODE_LOCK,
+                "edgectl-lock",
+                &owner,
+                &stale_min,
+                &steal,
+            ]),
+            true,
+        ) {
+            Ok(o) if o.ok() => {
+                if let Some(from) = o.stdout.trim().strip_prefix("took over from: ") {
+                    emit(
+                        tx,
+                        name,
+                        Phase::Connect,
+                        Ev::Warning,
+                        format!("took over the node lock of an apply that is gone ({from})"),
+                    );
+                }
+                break;
+            }
+            Ok(o) => {
+                let holder = o.stdout.trim().to_string();
+                if steal.is_empty() && holder_is_dead(&holder) {
+                    emit(
+                        tx,
+                        name,
+                        Phase::Connect,
+                        Ev::Progress,
+                        format!("taking over the lock of a killed apply ({holder})"),
+                    );
+                    steal = holder;
+                    continue;
+                }
+                return Err((
+                    result(
+                        name,
+                        system,
+                        NodeOutcome::Failed,
+                        format!("node is locked by another apply ({holder})"),
+                        None,
+                    ),
+                    key,
+                ));
+            }
+            Err(e) => {
+                return Err((
+                    result(name, system, NodeOutcome::Unreachable, e.to_string(), None),
+                    key,
+                ));
+            }
+        }
+    }
+    let fail = |r: NodeResult| {
+        let _ = h.run(
+            &argv(["sh", "-c", NODE_UNLOCK, "edgectl-unlock", &owner]),
+            true,
+        );
+        Err((r, key.clone()))
+    };
+    if let Err(e) = wait_for_in_flight(&h, timeout + Duration::from_secs(30), name, tx) {
+        return fail(result(name, system, NodeOutcome::Failed, e, None));
+    }
+    let (cur, generation) = match activate::current(&h) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(result(
+                name,
+                system,
+                NodeOutcome::Unreachable,
+                e.to_string(),
+                None,
+            ));
+        }
+    };
+    if let Some(exp) = expected_current
+        && exp != cur
+    {
+        return fail(result(
+            name,
+            system,
+            NodeOutcome::Failed,
+            "the node changed since the plan was made; run `edgectl plan` again".into(),
+            generation,
+        ));
+    }
+    let unchanged = goal == Goal::Switch && cur.as_deref() == Some(system);
+    Ok(Session {
+        name: name.into(),
+        host: h,
+        key,
+        system: system.into(),
+        current: cur,
+        generation,
+        unchanged,
+        lock_owner: owner,
+    })
+}
+
+/// Frees the node's lock if it is still this run's: a lock another controller took over
+/// (this one was judged dead) is theirs now and stays.
+/// After a reboot (install) the session is dead: then a fresh connection frees it.
+pub(crate) fn unlock(s: &Session) {
+    let a = argv(["sh", "-c", NODE_UNLOCK, "edgectl-unlock", &s.lock_owner]);
+    if s.host.run(&a, true).is_err()
+        && let Ok(f) = s.host.fresh()
+    {
+        let _ = f.run(&a, true);
+    }
+}
+
+/// Keeps this run's node locks fresh while it works, so a long apply never looks abandoned;
+/// stops (and is joined) when dropped.
+pub(crate) struct Heartbeat {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    pub(crate) fn start(sessions: Vec<Arc<Session>>) -> Heartbeat {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut since = std::time::Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if since.elapsed() < LOCK_HEARTBEAT {
+                    continue;
+                }
+                since = std::time::Instant::now();
+                for s in &sessions {
+                    let _ = s.host.run(
+                        &argv([
+                            "sh",
+                            "-c",
+                            NODE_HEARTBEAT,
+                            "edgectl-heartbeat",
+                            &s.lock_owner,
+                        ]),
+                        true,
+                    );
+                }
+            }
+        });
+        Heartbeat {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How often a run refreshes its node locks, and after how many minutes without a refresh a
+/// lock counts as abandoned (a controller that lost its network or was killed elsewhere).
+const LOCK_HEARTBEAT: Duration = Duration::from_secs(30);
+
+pub(crate) const LOCK_STALE_MIN: u64 = 5;
+
+/// Takes the node lock: `sh -c NODE_LOCK edgectl-lock OWNER STALE_MIN [DEAD_OWNER]`. A free lock
+/// is taken; a held one only when its owner is DEAD_OWNER (proven dead by the caller) or it has
+/// not been refreshed for STALE_MIN minutes, and then as a compare-and-swap under a mutex of its
+/// own, so two controllers that both judged the holder dead cannot both win. Prints the owner
+/// it took over from, or the holder and exit 1.
+const NODE_LOCK: &str = include_str!("sh/lock_take.sh");
+
+/// Prints the holder of the node lock if one is held and alive (refreshed within STALE_MIN).
+pub(crate) const LOCK_HELD: &str = include_str!("sh/lock_holder.sh");
+
+/// Who is applying to this node right now, if anyone: `plan` and `verify` take no lock (they
+/// change nothing), but what they read may change under them, and they say so.
+pub fn apply_in_progress(h: &dyn Host) -> Option<String> {
+    let o = h
+        .run(
+            &argv([
+                "sh",
+                "-c",
+                LOCK_HELD,
+                "edgectl-lock-held",
+                &LOCK_STALE_MIN.to_string(),
+            ]),
+            true,
+        )
+        .ok()?;
+    let holder = o.stdout.trim();
+    (!holder.is_empty()).then(|| holder.to_string())
+}
+
+/// Refreshes the lock if it is still OWNER's (`$1`).
+const NODE_HEARTBEAT: &str = include_str!("sh/lock_heartbeat.sh");
+
+/// Frees the lock if it is still OWNER's (`$1`); exit 1 otherwise.
+pub(crate) const NODE_UNLOCK: &str = include_str!("sh/lock_release.sh");
+
+/// Who holds a node lock: this run, on this controller machine (`machine-id`, so two laptops
+/// both called "laptop" are never mistaken for one), in this process (pid and its start time, so
+/// a reused pid is never mistaken for the holder).
+pub fn lock_owner() -> String {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(activate::token);
+    let pid = std::process::id();
+    format!(
+        "edgectl user={} host={} machine={} pid={pid} start={} run={run}",
+        whoami(),
+        hostname(),
+        machine_id(),
+        start_time(pid).unwrap_or(0)
+    )
+}
+
+fn field<'a>(owner: &'a str, key: &str) -> Option<&'a str> {
+    owner
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Whether the holder of a lock is provably gone: a process of this very machine that no
+/// longer exists, or whose pid now belongs to a process started at another time.
+pub fn holder_is_dead(holder: &str) -> bool {
+    let (Some(machine), Some(pid), Some(start)) = (
+        field(holder, "machine"),
+        field(holder, "pid").and_then(|p| p.parse::<u32>().ok()),
+        field(holder, "start").and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        return false;
+    };
+    machine == machine_id() && start_time(pid) != Some(start)
+}
+
+/// This machine's identity: /etc/machine-id, or the host name where there is none.
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("host-{}", hostname()))
+}
+
+/// A process's start time (clock ticks since boot), field 22 of /proc/PID/stat.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// An earlier activation (from a controller that was killed) must be decided first: one whose
+/// process lives is waited for; one whose process is gone is decided now (see
+/// `activate::RESOLVE_BODY`), so nothing can later roll back what we install.
+fn wait_for_in_flight(
+    h: &dyn Host,
+    limit: Duration,
+    name: &str,
+    tx: &Sender,
+) -> Result<(), String> {
+    let end = std::time::Instant::now() + limit;
+    let mut told = false;
+    let script = activate::resolve_script();
+    loop {
+        let o = h
+            .run(&argv(["sh", "-c", &script, "edgectl-resolve"]), true)
+            .map_err(|e| e.to_string())?;
+        let mut pending = Vec::new();
+        for l in o.stdout.lines() {
+            if let Some(t) = l.strip_prefix("pending ") {
+                pending.push(t.to_string());
+            } else if let Some(r) = l.strip_prefix("resolved ") {
+                let (t, what) = r.split_once(' ').unwrap_or((r, ""));
+                emit(
+                    tx,
+                    name,
+                    Phase::Activate,
+                    Ev::Warning,
+                    format!(
+                        "an earlier activation ({t}) whose process was gone is now decided: {what}"
+                    ),
+                );
+            }
+        }
+        let pending = pending.join(", ");
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if !told {
+            emit(
+                tx,
+                name,
+                Phase::Activate,
+                Ev::Progress,
+                format!("waiting for an earlier activation to confirm or roll back ({pending})"),
+            );
+            told = true;
+        }
+        if std::time::Instant::now() > end {
+            return Err(format!(
+                "an earlier activation ({pending}) is still undecided; try again later"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "root".into())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "controller".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Runs a lock script against a node state folder at `d` instead of /nix/var/edgectl.
+    fn lock_script(script: &str, d: &Path, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script.replace("/nix/var/edgectl", d.to_str().unwrap()))
+            .arg("edgectl-test")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+    fn owner_of(d: &Path) -> String {
+        std::fs::read_to_string(d.join("lock/owner"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+    #[test]
+    fn the_node_lock_is_taken_kept_fresh_and_freed_only_by_its_holder() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        assert!(lock_script(NODE_LOCK, d, &["A", "5", ""]).status.success());
+        assert_eq!(owner_of(d), "A");
+        // Held and fresh: refused, and the holder is named.
+        let o = lock_script(NODE_LOCK, d, &["B", "5", ""]);
+        assert!(!o.status.success());
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "A");
+        // Only the holder refreshes or frees it.
+        let stamp = || {
+            std::fs::metadata(d.join("lock/heartbeat"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        let old = std::process::Command::new("touch")
+            .args(["-d", "10 minutes ago"])
+            .arg(d.join("lock/heartbeat"))
+            .status()
+            .unwrap();
+        assert!(old.success());
+        let before = stamp();
+        assert!(!lock_script(NODE_HEARTBEAT, d, &["B"]).status.success());
+        assert_eq!(stamp(), before);
+        assert!(!lock_script(NODE_UNLOCK, d, &["B"]).status.success());
+        assert_eq!(owner_of(d), "A");
+        assert!(lock_script(NODE_HEARTBEAT, d, &["A"]).status.success());
+        assert!(stamp() > before);
+        // A lock not refreshed for longer than STALE_MIN minutes is taken over, and said so.
+        std::process::Command::new("touch")
+            .args(["-d", "10 minutes ago"])
+            .arg(d.join("lock/heartbeat"))
+            .arg(d.join("lock"))
+            .status()
+            .unwrap();
+        let o = lock_script(NODE_LOCK, d, &["B", "5", ""]);
+        assert!(o.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "took over from: A"
+        );
+        assert_eq!(owner_of(d), "B");
+        // A holder the caller proved dead is taken over at once.
+        let o = lock_script(NODE_LOCK, d, &["C", "5", "B"]);
+        assert!(o.status.success());
+        assert_eq!(owner_of(d), "C");
+        assert!(lock_script(NODE_UNLOCK, d, &["C"]).status.success());
+        assert!(!d.join("lock").exists());
+    }
+    #[test]
+    fn two_controllers_taking_over_the_same_dead_holder_cannot_both_win() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        for round in 0..20 {
+            let _ = std::fs::remove_dir_all(d.join("lock"));
+            assert!(
+                lock_script(NODE_LOCK, d, &["DEAD", "5", ""])
+                    .status
+                    .success()
+            );
+            let (a, b) = std::thread::scope(|s| {
+                let a = s.spawn(|| lock_script(NODE_LOCK, d, &["A", "5", "DEAD"]));
+                let b = s.spawn(|| lock_script(NODE_LOCK, d, &["B", "5", "DEAD"]));
+                (a.join().unwrap(), b.join().unwrap())
+            });
+            let won = [&a, &b].iter().filter(|o| o.status.success()).count();
+            assert_eq!(won, 1, "round {round}: {a:?} {b:?}");
+            let winner = if a.status.success() { "A" } else { "B" };
+            assert_eq!(owner_of(d), winner);
+        }
+    }
+    #[test]
+    fn a_holder_is_dead_only_when_provably_gone_from_this_machine() {
+        let me = lock_owner();
+        assert!(
+            field(&me, "run").is_some() && field(&me, "start").is_some(),
+            "{me}"
+        );
+        assert!(!holder_is_dead(&me), "this very process is alive");
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let gone = c.id();
+        c.wait().unwrap();
+        let dead = me.replace(
+            &format!("pid={}", std::process::id()),
+            &format!("pid={gone}"),
+        );
+        assert!(holder_is_dead(&dead), "{dead}");
+        // A live pid with another start time is a reused pid: its holder is gone too.
+        let reused = me.replace(
+            &format!("start={}", field(&me, "start").unwrap()),
+            "start=1",
+        );
+        assert!(holder_is_dead(&reused));
+        // Another machine's controller, even with this host name: never judged from here.
+        let elsewhere = dead.replace(
+            &format!("machine={}", field(&me, "machine").unwrap()),
+            "machine=0123456789abcdef",
+        );
+        assert!(!holder_is_dead(&elsewhere));
+        assert!(!holder_is_dead("alice@laptop pid 12"));
+    }
+}
