@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edgectl_model::Role;
+use edgectl_model::{Cluster, Role};
 use serde_json::Value;
 
 use crate::activate::{self, Goal, Outcome};
@@ -118,22 +118,7 @@ pub fn apply(
         .collect();
 
     // 3. Activate, wave by wave.
-    let first = |n: &str| {
-        c.node(n)
-            .is_some_and(|x| x.is(Role::ZenohRouter) || x.is(Role::RayHead))
-    };
-    let waves: [Vec<Arc<Session>>; 2] = [
-        sessions
-            .iter()
-            .filter(|s| first(&s.name))
-            .cloned()
-            .collect(),
-        sessions
-            .iter()
-            .filter(|s| !first(&s.name))
-            .cloned()
-            .collect(),
-    ];
+    let waves = waves(c, &sessions, |s| s.name.as_str());
     // Nodes that never got a session are recorded now; every other node the moment it is
     // done, so a controller killed mid-apply leaves a state that knows each finished node
     // (and the host key it was first seen with).
@@ -186,6 +171,17 @@ pub fn apply(
     })
 }
 
+/// The activation order: first the nodes others connect to when they start (Zenoh routers and
+/// the Ray head), then the rest, each wave in the given order.
+fn waves<T: Clone>(c: &Cluster, items: &[T], name: impl Fn(&T) -> &str) -> [Vec<T>; 2] {
+    let first = |n: &str| {
+        c.node(n)
+            .is_some_and(|x| x.is(Role::ZenohRouter) || x.is(Role::RayHead))
+    };
+    let (a, b): (Vec<T>, Vec<T>) = items.iter().cloned().partition(|x| first(name(x)));
+    [a, b]
+}
+
 fn finish_node(
     s: &Session,
     goal: Goal,
@@ -225,7 +221,7 @@ fn finish_node(
         goal.verb().unwrap_or_default(),
     );
     let on_state = |x: &str| emit(tx, name, Phase::Activate, Ev::Progress, x);
-    let outcome = activate::activate(&s.host, system, goal, timeout, &on_state)
+    let outcome = activate::activate(s.host.as_ref(), system, goal, timeout, &on_state)
         .unwrap_or_else(|e| Outcome::Unknown(e.to_string()));
     let after = s
         .host
@@ -280,4 +276,89 @@ fn record(
         s.topology_hash = Some(hash.to_string());
     }
     let _ = s.save(dir);
+}
+
+/// What apply decides per node, against scripted nodes and the example cluster.
+#[cfg(test)]
+mod decisions {
+    use super::*;
+    use crate::fake::{FakeHost, ok};
+
+    fn example() -> Cluster {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/edge-lab.toml");
+        edgectl_model::load(&p, &Default::default())
+            .expect("the example loads")
+            .cluster
+    }
+
+    #[test]
+    fn routers_and_the_ray_head_go_first() {
+        let c = example();
+        let names: Vec<String> = ["worker2", "head", "worker1", "worker3"]
+            .map(String::from)
+            .to_vec();
+        let [first, rest] = waves(&c, &names, |s| s.as_str());
+        assert_eq!(first, ["head"]);
+        assert_eq!(rest, ["worker2", "worker1", "worker3"], "order kept");
+        // A worker turned router joins the first wave.
+        let mut c = c;
+        c.nodes
+            .iter_mut()
+            .find(|n| n.name == "worker3")
+            .unwrap()
+            .roles
+            .insert(Role::ZenohRouter);
+        let [first, _] = waves(&c, &names, |s| s.as_str());
+        assert_eq!(first, ["head", "worker3"]);
+    }
+
+    fn session(h: &FakeHost, unchanged: bool) -> Session {
+        Session {
+            name: "n1".into(),
+            host: Box::new(h.clone()),
+            key: h.host_key(),
+            system: "/nix/store/new".into(),
+            current: Some("/nix/store/old".into()),
+            generation: Some(3),
+            unchanged,
+            lock_owner: "edgectl test".into(),
+        }
+    }
+
+    fn finish(s: &Session, goal: Goal, copy_error: Option<&str>) -> NodeResult {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        finish_node(
+            s,
+            goal,
+            Duration::from_secs(5),
+            copy_error.map(String::from),
+            &tx,
+        )
+    }
+
+    #[test]
+    fn nothing_is_activated_where_nothing_changed_or_the_copy_failed_or_only_a_push_was_asked() {
+        let h = FakeHost::new("n1");
+        let r = finish(&session(&h, true), Goal::Switch, None);
+        assert_eq!(r.result, NodeOutcome::Unchanged);
+        assert_eq!(r.generation, Some(3));
+        let r = finish(&session(&h, false), Goal::Switch, Some("disk full"));
+        assert_eq!(r.result, NodeOutcome::Failed);
+        assert_eq!(r.message, "disk full");
+        let r = finish(&session(&h, false), Goal::Push, None);
+        assert_eq!(r.result, NodeOutcome::Pushed);
+        assert!(h.calls().is_empty(), "{:?}", h.calls());
+    }
+
+    #[test]
+    fn a_confirmed_activation_reports_the_new_generation() {
+        let h = FakeHost::new("n1");
+        h.on_name("edgectl-launch", |_| ok(""));
+        h.on_name("edgectl-status", |_| ok("done"));
+        h.on_name("edgectl-current", |_| ok("/nix/store/new\nsystem-4-link\n"));
+        let r = finish(&session(&h, false), Goal::Switch, None);
+        assert_eq!(r.result, NodeOutcome::Confirmed, "{}", r.message);
+        assert_eq!(r.generation, Some(4));
+        assert_eq!(r.system.as_deref(), Some("/nix/store/new"));
+    }
 }

@@ -182,6 +182,24 @@ impl Host for FakeHost {
         }
     }
 
+    fn run_with_stdin(
+        &self,
+        argv: &[String],
+        root: bool,
+        _input: &mut dyn std::io::Read,
+    ) -> Result<Output, HostError> {
+        self.run(argv, root)
+    }
+
+    fn run_piped(
+        &self,
+        argv: &[String],
+        root: bool,
+        _stdin: std::process::Stdio,
+    ) -> Result<Output, HostError> {
+        self.run(argv, root)
+    }
+
     fn upload(&self, path: &str, _bytes: &[u8], mode: u32) -> Result<(), HostError> {
         lock(&self.inner.calls).push(Call::Upload {
             path: path.into(),

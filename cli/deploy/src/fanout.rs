@@ -27,7 +27,7 @@ use edgectl_model::Cluster;
 use serde::Serialize;
 
 use crate::event::{Event, Phase, Sender, State as Ev, emit};
-use crate::host::{Host, SshHost, argv};
+use crate::host::{Host, argv};
 use crate::nixcmd;
 use crate::pool::parallel_map;
 use crate::session::Session;
@@ -261,7 +261,7 @@ const RELAY: &str = include_str!("sh/relay_closure.sh");
 const INVALID: &str = "xargs -r nix-store --check-validity --print-invalid";
 
 /// The paths of `closure` that this node lacks; all of them when it cannot say.
-fn lacking(h: &SshHost, closure: &[String]) -> Vec<String> {
+fn lacking(h: &dyn Host, closure: &[String]) -> Vec<String> {
     let list = closure.join("\n") + "\n";
     match h.run_with_stdin(&argv(["sh", "-c", INVALID]), true, &mut list.as_bytes()) {
         Ok(o) if o.ok() => o.stdout.lines().map(String::from).collect(),
@@ -269,7 +269,7 @@ fn lacking(h: &SshHost, closure: &[String]) -> Vec<String> {
     }
 }
 
-fn holds(h: &SshHost, paths: &[String]) -> bool {
+fn holds(h: &dyn Host, paths: &[String]) -> bool {
     let mut a = argv(["nix-store", "--check-validity"]);
     a.extend(paths.iter().cloned());
     h.run(&a, true).is_ok_and(|o| o.ok())
@@ -439,8 +439,8 @@ pub fn distribute(
     let asked = parallel_map(rt, parallel, needing.to_vec(), {
         let (closure, public, seed_name) = (closure.clone(), public.clone(), seed.name.clone());
         move |s: Arc<Session>| {
-            let lacks = lacking(&s.host, &closure);
-            let authorized = s.name == seed_name || authorize(&s.host, &public).is_ok();
+            let lacks = lacking(s.host.as_ref(), &closure);
+            let authorized = s.name == seed_name || authorize(s.host.as_ref(), &public).is_ok();
             (s.name.clone(), lacks, authorized)
         }
     });
@@ -493,7 +493,7 @@ pub fn distribute(
         relay(&seed, &live, &stream)
     };
     // A relay that exited 0 imported the whole stream on the seed; otherwise ask the seed.
-    if report.is_ok() || holds(&seed.host, &union) {
+    if report.is_ok() || holds(seed.host.as_ref(), &union) {
         emit_bytes(
             tx,
             &seed.name,
@@ -512,7 +512,7 @@ pub fn distribute(
         let rest: Vec<Peer> = live.into_iter().chain(late).collect();
         let (got, missing): (Vec<Peer>, Vec<Peer>) = rest
             .into_iter()
-            .partition(|p| holds(&p.s.host, std::slice::from_ref(&p.s.system)));
+            .partition(|p| holds(p.s.host.as_ref(), std::slice::from_ref(&p.s.system)));
         for p in got {
             holds_after_relay(&p, tx);
             out.insert(
@@ -584,7 +584,7 @@ pub fn distribute(
             out.insert(p.s.name.clone(), Ok(Delivery::from(Source::Held, None)));
             continue;
         }
-        if holds(&p.s.host, std::slice::from_ref(&p.s.system)) {
+        if holds(p.s.host.as_ref(), std::slice::from_ref(&p.s.system)) {
             holds_after_relay(&p, tx);
             out.insert(
                 p.s.name.clone(),
@@ -699,7 +699,7 @@ fn seed_failed(seed: &Session, e: String, tx: &Sender, out: &mut Deliveries) {
     out.insert(seed.name.clone(), Err(e));
 }
 
-fn authorize(h: &SshHost, public: &str) -> Result<(), String> {
+fn authorize(h: &dyn Host, public: &str) -> Result<(), String> {
     h.run(
         &argv(["sh", "-c", AUTHORIZE, "edgectl-authorize", public, SERVE]),
         false,
@@ -736,7 +736,7 @@ fn copy_via_seed(
         format!("from {} over the LAN{}", seed.name, mib(bytes)),
         bytes,
     );
-    let via_seed = authorize(&p.s.host, public).and_then(|()| {
+    let via_seed = authorize(p.s.host.as_ref(), public).and_then(|()| {
         let mut url = format!("ssh://{}@{}", p.user, p.addr);
         if p.user != "root" {
             url.push_str("?remote-program=sudo%20-n%20nix-store");

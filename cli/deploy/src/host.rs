@@ -74,6 +74,21 @@ pub trait Host: Send + Sync {
     /// Writes `bytes` to `path` as root with `mode`, atomically (temp file, then rename), so
     /// secrets never pass through argv or the Nix store.
     fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), HostError>;
+    /// Runs argv with `input` as its standard input.
+    fn run_with_stdin(
+        &self,
+        argv: &[String],
+        root: bool,
+        input: &mut dyn Read,
+    ) -> Result<Output, HostError>;
+    /// Runs argv with another process's output as its standard input, which does not pass
+    /// through this process (a `nix-store --export` stream).
+    fn run_piped(
+        &self,
+        argv: &[String],
+        root: bool,
+        stdin: std::process::Stdio,
+    ) -> Result<Output, HostError>;
 }
 
 /// Runs as root on the node: stdin -> "$1.tmp" (created under umask 077) -> chmod -> rename.
@@ -326,6 +341,24 @@ impl SshHost {
 impl Host for SshHost {
     fn name(&self) -> &str {
         &self.target.node
+    }
+
+    fn run_with_stdin(
+        &self,
+        argv: &[String],
+        root: bool,
+        input: &mut dyn Read,
+    ) -> Result<Output, HostError> {
+        SshHost::run_with_stdin(self, argv, root, input)
+    }
+
+    fn run_piped(
+        &self,
+        argv: &[String],
+        root: bool,
+        stdin: std::process::Stdio,
+    ) -> Result<Output, HostError> {
+        SshHost::run_piped(self, argv, root, stdin)
     }
 
     fn run(&self, argv: &[String], root: bool) -> Result<Output, HostError> {

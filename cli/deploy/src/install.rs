@@ -348,7 +348,7 @@ pub fn install(
         let tx = tx.clone();
         move |s: Arc<Session>| {
             emit(&tx, &s.name, Phase::Nix, Ev::Started, "checking for Nix");
-            let r = crate::nodenix::ensure(&s.host, &ship);
+            let r = crate::nodenix::ensure(s.host.as_ref(), &ship);
             match &r {
                 Ok(v) => emit(&tx, &s.name, Phase::Nix, Ev::Ok, v.clone()),
                 Err(e) => emit(&tx, &s.name, Phase::Nix, Ev::Failed, e.clone()),
@@ -498,7 +498,7 @@ fn switch_and_reboot(
             .map(|o| o.stdout.trim().to_string())
             .unwrap_or_default()
     };
-    let before = boot_id(&s.host);
+    let before = boot_id(s.host.as_ref());
     let default = vec!["systemctl".to_string(), "reboot".to_string()];
     let cmd = reboot.map(<[String]>::to_vec).unwrap_or(default);
     let a: Vec<String> = ["sh", "-c", REBOOT, "edgectl-reboot"]

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::host::{Host, SshHost, argv};
+use crate::host::{Host, argv};
 
 /// The oldest Nix a node may run: edgectl passes `--extra-experimental-features nix-command`
 /// to `nix path-info` (plan's closure diff) and `nix copy` (fan-out), which Nix 2.4 introduced.
@@ -69,7 +69,7 @@ pub fn controller_nix(explicit: Option<&Path>) -> Result<PathBuf, String> {
     store_path_of(&found).map_err(|e| format!("this machine's Nix cannot be shipped: {e}"))
 }
 
-fn node_version(h: &SshHost) -> Option<(String, (u32, u32))> {
+fn node_version(h: &dyn Host) -> Option<(String, (u32, u32))> {
     let o = h.run(&argv(["nix-store", "--version"]), false).ok()?;
     if !o.ok() {
         return None;
@@ -108,7 +108,7 @@ pub fn planned_commands(ship: Option<&Path>) -> Vec<String> {
 }
 
 /// Makes sure the node has Nix >= [`MIN`]; returns its version line and how it got there.
-pub fn ensure(h: &SshHost, ship: &Result<PathBuf, String>) -> Result<String, String> {
+pub fn ensure(h: &dyn Host, ship: &Result<PathBuf, String>) -> Result<String, String> {
     let had = node_version(h);
     if let Some((line, v)) = &had
         && *v >= MIN
@@ -149,7 +149,7 @@ pub fn ensure(h: &SshHost, ship: &Result<PathBuf, String>) -> Result<String, Str
     }
 }
 
-fn ship_nix(h: &SshHost, p: &Path) -> Result<(), String> {
+fn ship_nix(h: &dyn Host, p: &Path) -> Result<(), String> {
     let out = |c: &mut Command, what: &str| -> Result<Vec<u8>, String> {
         let o = c.output().map_err(|e| format!("cannot run {what}: {e}"))?;
         if o.status.success() {

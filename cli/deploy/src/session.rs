@@ -22,7 +22,7 @@ pub(crate) fn connect(t: SshTarget) -> Result<SshHost, HostError> {
 /// A node opened for deployment: connected, locked, inspected.
 pub struct Session {
     pub name: String,
-    pub host: SshHost,
+    pub host: Box<dyn Host>,
     pub key: Option<HostKey>,
     pub system: String,
     pub current: Option<String>,
@@ -61,6 +61,28 @@ pub(crate) fn open_node(
             return Err((result(name, system, kind, e.to_string(), None), None));
         }
     };
+    open_host(
+        name,
+        Box::new(h),
+        system,
+        goal,
+        timeout,
+        expected_current,
+        tx,
+    )
+}
+
+/// [`open_node`] on a host already connected: lock, wait for or decide an activation still
+/// in flight, read the current system.
+pub(crate) fn open_host(
+    name: &str,
+    h: Box<dyn Host>,
+    system: &str,
+    goal: Goal,
+    timeout: Duration,
+    expected_current: Option<Option<String>>,
+    tx: &Sender,
+) -> Result<Session, (NodeResult, Option<HostKey>)> {
     let key = h.host_key();
     emit(
         tx,
@@ -138,10 +160,10 @@ pub(crate) fn open_node(
         );
         Err((r, key.clone()))
     };
-    if let Err(e) = wait_for_in_flight(&h, timeout + Duration::from_secs(30), name, tx) {
+    if let Err(e) = wait_for_in_flight(h.as_ref(), timeout + Duration::from_secs(30), name, tx) {
         return fail(result(name, system, NodeOutcome::Failed, e, None));
     }
-    let (cur, generation) = match activate::current(&h) {
+    let (cur, generation) = match activate::current(h.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             return fail(result(
@@ -524,5 +546,201 @@ mod tests {
         );
         assert!(!holder_is_dead(&elsewhere));
         assert!(!holder_is_dead("alice@laptop pid 12"));
+    }
+}
+
+/// What the controller decides while opening a node, against scripted nodes: lock taken,
+/// refused or taken over, an earlier activation waited for, a node that changed since the plan.
+#[cfg(test)]
+mod decisions {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::event::Event;
+    use crate::fake::{FakeHost, exit, ok};
+
+    const NEW: &str = "/nix/store/new-system";
+    const OLD: &str = "/nix/store/old-system";
+
+    /// A node on OLD (generation 7) whose lock is free and with nothing in flight.
+    fn node() -> FakeHost {
+        let h = FakeHost::new("n1");
+        h.on_name("edgectl-lock", |_| ok(""));
+        h.on_name("edgectl-unlock", |_| ok(""));
+        h.on_name("edgectl-resolve", |_| ok(""));
+        h.on_name("edgectl-current", |_| {
+            ok(&format!("{OLD}\nsystem-7-link\n"))
+        });
+        h
+    }
+
+    fn open(
+        h: &FakeHost,
+        goal: Goal,
+        expected: Option<Option<String>>,
+    ) -> (Result<Session, (NodeResult, Option<HostKey>)>, Vec<Event>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let r = open_host(
+            "n1",
+            Box::new(h.clone()),
+            NEW,
+            goal,
+            Duration::from_secs(5),
+            expected,
+            &tx,
+        );
+        drop(tx);
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        (r, events)
+    }
+
+    #[test]
+    fn a_free_node_is_locked_read_and_left_locked_for_the_run() {
+        let h = node();
+        let (r, _) = open(&h, Goal::Switch, None);
+        let s = r.ok().expect("opened");
+        assert_eq!(s.current.as_deref(), Some(OLD));
+        assert_eq!(s.generation, Some(7));
+        assert!(!s.unchanged);
+        assert_eq!(
+            h.scripts(),
+            ["edgectl-lock", "edgectl-resolve", "edgectl-current"]
+        );
+        assert!(s.lock_owner.starts_with("edgectl user="));
+    }
+
+    #[test]
+    fn a_node_already_on_the_system_is_unchanged_only_for_switch() {
+        let h = node();
+        h.on_name("edgectl-current", |_| {
+            ok(&format!("{NEW}\nsystem-8-link\n"))
+        });
+        assert!(open(&h, Goal::Switch, None).0.ok().unwrap().unchanged);
+        assert!(!open(&h, Goal::Boot, None).0.ok().unwrap().unchanged);
+    }
+
+    #[test]
+    fn a_lock_held_by_a_live_apply_is_refused_and_named() {
+        let h = node();
+        let holder = "edgectl user=bob host=laptop machine=elsewhere pid=1 start=1 run=x";
+        h.on_name("edgectl-lock", move |_| {
+            Ok(crate::host::Output {
+                status: 1,
+                stdout: format!("{holder}\n"),
+                stderr: String::new(),
+            })
+        });
+        let (r, _) = open(&h, Goal::Switch, None);
+        let (res, key) = r.err().expect("refused");
+        assert_eq!(res.result, NodeOutcome::Failed);
+        assert!(
+            res.message.contains("locked by another apply"),
+            "{}",
+            res.message
+        );
+        assert!(res.message.contains("user=bob"), "{}", res.message);
+        assert!(key.is_some(), "the host key is still recorded");
+        // One attempt, no takeover, and nothing of ours to unlock.
+        assert_eq!(h.scripts(), ["edgectl-lock"]);
+    }
+
+    #[test]
+    fn a_lock_whose_holder_died_here_is_taken_over_once() {
+        let h = node();
+        // A holder on this machine whose process is gone.
+        let dead = format!(
+            "edgectl user=root host=here machine={} pid=4294967 start=1 run=y",
+            machine_id()
+        );
+        let tries: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+        let t = tries.clone();
+        let d = dead.clone();
+        h.on_name("edgectl-lock", move |args| {
+            t.lock().unwrap().push(args.to_vec());
+            if args[2] == d {
+                ok(&format!("took over from: {d}\n"))
+            } else {
+                exit(1, "").map(|mut o| {
+                    o.stdout = format!("{d}\n");
+                    o
+                })
+            }
+        });
+        let (r, events) = open(&h, Goal::Switch, None);
+        assert!(r.is_ok());
+        let tries = tries.lock().unwrap();
+        assert_eq!(tries.len(), 2, "{tries:?}");
+        assert_eq!(tries[0][2], "", "first without stealing");
+        assert_eq!(tries[1][2], dead, "then naming the dead holder");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.state == Ev::Warning && e.message.contains("took over")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_node_changed_since_the_plan_fails_and_is_unlocked() {
+        let h = node();
+        let (r, _) = open(
+            &h,
+            Goal::Switch,
+            Some(Some("/nix/store/what-the-plan-saw".into())),
+        );
+        let (res, _) = r.err().expect("refused");
+        assert_eq!(res.result, NodeOutcome::Failed);
+        assert!(
+            res.message.contains("run `edgectl plan` again"),
+            "{}",
+            res.message
+        );
+        assert_eq!(
+            h.scripts().last().map(String::as_str),
+            Some("edgectl-unlock")
+        );
+    }
+
+    #[test]
+    fn an_earlier_activation_still_running_is_waited_for() {
+        let h = node();
+        let n: Arc<Mutex<u32>> = Arc::default();
+        let c = n.clone();
+        h.on_name("edgectl-resolve", move |_| {
+            let mut g = c.lock().unwrap();
+            *g += 1;
+            ok(if *g < 3 {
+                "pending tok1\n"
+            } else {
+                "resolved tok1 rolled-back\n"
+            })
+        });
+        let (r, events) = open(&h, Goal::Switch, None);
+        assert!(r.is_ok());
+        assert_eq!(*n.lock().unwrap(), 3);
+        assert!(
+            events
+                .iter()
+                .any(|e| e.message.contains("waiting for an earlier activation"))
+        );
+        assert!(events.iter().any(|e| e.message.contains("is now decided")));
+    }
+
+    #[test]
+    fn a_node_that_stops_answering_while_locked_is_unreachable_and_unlocked() {
+        let h = node();
+        h.on_name("edgectl-current", |_| {
+            Err(HostError::Unreachable("connection reset".into()))
+        });
+        let (r, _) = open(&h, Goal::Switch, None);
+        let (res, _) = r.err().expect("refused");
+        assert_eq!(res.result, NodeOutcome::Unreachable);
+        assert_eq!(
+            h.scripts().last().map(String::as_str),
+            Some("edgectl-unlock")
+        );
     }
 }
