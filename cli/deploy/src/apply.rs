@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::activate::{self, Goal, Outcome};
 use crate::event::{Phase, Sender, State as Ev, emit};
-use crate::host::{Host, HostKey, SshTarget};
+use crate::host::{HostKey, SshTarget};
 use crate::pool::{parallel_map, runtime};
 use crate::report::{ApplyReport, NodeOutcome, NodeResult, Plan, result};
 use crate::run::{EngineError, Options, prepare, target_for};
@@ -283,6 +283,7 @@ fn record(
 mod decisions {
     use super::*;
     use crate::fake::{FakeHost, ok};
+    use crate::host::Host;
 
     fn example() -> Cluster {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/edge-lab.toml");

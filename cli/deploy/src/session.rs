@@ -574,11 +574,9 @@ mod decisions {
         h
     }
 
-    fn open(
-        h: &FakeHost,
-        goal: Goal,
-        expected: Option<Option<String>>,
-    ) -> (Result<Session, (NodeResult, Option<HostKey>)>, Vec<Event>) {
+    type Opened = Result<Session, (NodeResult, Option<HostKey>)>;
+
+    fn open(h: &FakeHost, goal: Goal, expected: Option<Option<String>>) -> (Opened, Vec<Event>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let r = open_host(
             "n1",
@@ -601,7 +599,7 @@ mod decisions {
     fn a_free_node_is_locked_read_and_left_locked_for_the_run() {
         let h = node();
         let (r, _) = open(&h, Goal::Switch, None);
-        let s = r.ok().expect("opened");
+        let Ok(s) = r else { panic!("not opened") };
         assert_eq!(s.current.as_deref(), Some(OLD));
         assert_eq!(s.generation, Some(7));
         assert!(!s.unchanged);
