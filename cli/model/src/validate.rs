@@ -10,7 +10,9 @@ use crate::diag::{DiagMut, Diagnostic, Kind, did_you_mean};
 use crate::net::{Ipv4Cidr, Mac, is_host, is_nixos_hostname, is_simple_name, is_username};
 use crate::profile::{Profile, ProfileSet};
 use crate::read::Reader;
-use crate::topology::{DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_SSH_PORT, TargetsSpec, TopologyFile};
+use crate::topology::{
+    DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_SSH_PORT, LanSpec, NodeSpec, TargetsSpec, TopologyFile,
+};
 
 macro_rules! named_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),* $(,)? }) => {
@@ -198,213 +200,347 @@ fn suggest(word: &str, names: impl Iterator<Item = &'static str>) -> String {
 /// returns `None` when there was any.
 pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) -> Option<Cluster> {
     let before = r.diags.len();
-    let mut v = V { r };
-    let c = &file.cluster;
-
-    if !c.name.is_empty() && !is_simple_name(&c.name) {
-        v.err(
-            Kind::InvalidValue,
-            "cluster.name",
-            "cluster name may use only letters, digits, `-` and `_` (at most 63)",
-        )
-        .value(format!("{:?}", c.name))
-        .help("rename it, e.g. \"edge-lab\"");
-    }
-    if !c.nixpkgs.is_empty() && !is_flake_ref(&c.nixpkgs) {
-        v.err(
-            Kind::InvalidValue,
-            "cluster.nixpkgs",
-            "`nixpkgs` must be a flake reference",
-        )
-        .value(format!("{:?}", c.nixpkgs))
-        .help("write e.g. \"github:NixOS/nixpkgs/nixos-25.11\"");
-    }
-    if let Some(r) = &c.edgectl_flake
-        && !is_flake_ref(r)
-    {
-        v.err(
-            Kind::InvalidValue,
-            "cluster.edgectl_flake",
-            "`edgectl_flake` must be a flake reference",
-        )
-        .value(format!("{r:?}"))
-        .help("write e.g. \"path:/home/you/edgectl\" or \"github:OWNER/edgectl\", or remove it to use the edgectl you run");
-    }
-    if !c.ssh_user.is_empty() && !is_username(&c.ssh_user) {
-        v.err(
-            Kind::InvalidValue,
-            "cluster.ssh_user",
-            "not a valid Linux user name",
-        )
-        .value(format!("{:?}", c.ssh_user))
-        .help("use your CloudLab user name: lowercase letters, digits, `_` and `-`");
-    }
-    if let Some(sv) = &c.state_version
-        && release_of(&format!("nixos-{sv}")).as_deref() != Some(sv.as_str())
-    {
-        v.err(
-            Kind::InvalidValue,
-            "cluster.state_version",
-            "`state_version` must look like \"25.11\"",
-        )
-        .value(format!("{sv:?}"))
-        .help("use the NixOS release the nodes were first installed with, e.g. \"25.11\"");
-    }
-    for (i, k) in c.ssh_keys.iter().enumerate() {
-        if k.contains('\n')
-            || k.split_whitespace().count() < 2
-            || !k.starts_with(|ch: char| ch.is_ascii_alphanumeric())
-        {
-            v.err(Kind::InvalidValue, &format!("cluster.ssh_keys[{i}]"), "not a single-line SSH public key")
-                .value(k.clone())
-                .help("paste the one line of your `~/.ssh/id_ed25519.pub` (\"ssh-ed25519 AAAA... you@host\")");
-        } else if let Err(why) = crate::sshkey::check(k) {
-            v.err(Kind::InvalidValue, &format!("cluster.ssh_keys[{i}]"), format!("not a usable SSH public key: {why}"))
-                .value(k.clone())
-                .help("sshd ignores such a key, and the nodes would lock you out: paste the whole line of your `~/.ssh/id_ed25519.pub`");
-        }
-    }
-    if file.nodes.is_empty() {
-        v.r.diags.push(
-            Diagnostic::at(
-                Kind::NoNodes,
-                &v.r.src.clone(),
-                0..0,
-                "the topology has no nodes",
-            )
-            .field("node")
-            .help("add at least one [[node]] with name, host and profile"),
-        );
-    }
-
-    // Networks declared up front.
-    let mut networks: Vec<Network> = Vec::new();
-    for (name, n) in &file.networks {
-        let path = format!("network.{name}");
-        if !is_simple_name(name) {
-            v.err(
-                Kind::InvalidValue,
-                &path,
-                "network names may use only letters, digits, `-` and `_`",
-            )
-            .value(format!("{name:?}"))
-            .help("rename it, e.g. [network.lan0]");
-        }
-        match Ipv4Cidr::parse(&n.subnet) {
-            Err(e) => {
-                v.err(
-                    Kind::InvalidAddress,
-                    &format!("{path}.subnet"),
-                    format!("bad subnet: {e}"),
-                )
-                .value(format!("{:?}", n.subnet))
-                .help("write the subnet as NETWORK/PREFIX, e.g. \"10.10.1.0/24\"");
-            }
-            Ok(s) if s.network() != s => {
-                v.err(
-                    Kind::InvalidAddress,
-                    &format!("{path}.subnet"),
-                    format!("subnet has host bits set; the network is {}", s.network()),
-                )
-                .value(format!("{:?}", n.subnet))
-                .help(format!("write \"{}\"", s.network()));
-            }
-            Ok(s) => {
-                if let Some(o) = networks.iter().find(|o| o.subnet.overlaps(&s)) {
-                    let other = o.name.clone();
-                    v.err(
-                        Kind::InvalidValue,
-                        &format!("{path}.subnet"),
-                        format!("subnet overlaps network `{other}` ({})", o.subnet),
-                    )
-                    .value(format!("{:?}", n.subnet))
-                    .help("give each LAN its own subnet");
-                }
-                networks.push(Network {
-                    name: name.clone(),
-                    subnet: s,
-                    vlan: n.vlan,
-                    implicit: false,
-                });
-            }
-        }
-    }
-
-    // Defaults.
-    let default_features = match &file.defaults.features {
-        None => Some(BTreeSet::new()),
-        Some(list) => parse_features(&mut v, list, "defaults.features", &BTreeSet::new(), true),
+    let mut ck = Check {
+        v: V { r },
+        file,
+        profiles,
+        networks: Vec::new(),
+        default_features: None,
+        names: HashMap::new(),
+        hosts: HashMap::new(),
+        macs: HashMap::new(),
+        addrs: HashMap::new(),
     };
-    if let Some(p) = &file.defaults.profile
-        && !profiles.contains(p)
-    {
-        unknown_profile(&mut v, "defaults.profile", p, profiles);
-    }
+    ck.check_cluster_table();
+    ck.check_ssh_keys();
+    ck.check_has_nodes();
+    ck.declare_networks();
+    ck.read_defaults();
 
     let mut nodes: Vec<Node> = Vec::with_capacity(file.nodes.len());
-    let mut names: HashMap<String, (usize, String)> = HashMap::new();
-    let mut hosts: HashMap<(&str, u16), usize> = HashMap::new();
-    let mut macs: HashMap<Mac, String> = HashMap::new();
-    let mut addrs: HashMap<(String, Ipv4Addr), String> = HashMap::new();
     let mut node_ok = true;
-
     for (i, n) in file.nodes.iter().enumerate() {
+        match ck.check_node(i, n) {
+            Some(node) => nodes.push(node),
+            None => node_ok = false,
+        }
+    }
+
+    // Cluster-wide role rules.
+    ck.check_ray_heads();
+    ck.check_zenoh_router(&nodes);
+
+    if ck.v.r.diags.len() > before || !node_ok {
+        return None;
+    }
+    Some(ck.into_cluster(nodes))
+}
+
+/// What the steps of [`validate`] share: where to report, the inputs, the networks, and what
+/// earlier nodes used (names, hosts, MACs and addresses must be unique across nodes).
+struct Check<'a, 'f> {
+    v: V<'a>,
+    file: &'f TopologyFile,
+    profiles: &'a mut ProfileSet,
+    /// The declared networks, then those inferred from node addresses.
+    networks: Vec<Network>,
+    /// The `[defaults]` feature set; `None` when it had an error.
+    default_features: Option<BTreeSet<Feature>>,
+    /// Lowercased node name to the first node's index and spelling.
+    names: HashMap<String, (usize, String)>,
+    hosts: HashMap<(&'f str, u16), usize>,
+    macs: HashMap<Mac, String>,
+    addrs: HashMap<(String, Ipv4Addr), String>,
+}
+
+/// The parts of a node's checks that later checks of the same node need.
+struct NodeCtx<'n> {
+    /// The node's index in the file.
+    i: usize,
+    /// `node[i]`: the path every field of this node is reported under.
+    np: String,
+    /// How messages name the node: by its name, or as `node[i]` when it has none.
+    label: String,
+    n: &'n NodeSpec,
+}
+
+impl<'f> Check<'_, 'f> {
+    /// The `[cluster]` table's own values, each checked on its own.
+    fn check_cluster_table(&mut self) {
+        let c = &self.file.cluster;
+        if !c.name.is_empty() && !is_simple_name(&c.name) {
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    "cluster.name",
+                    "cluster name may use only letters, digits, `-` and `_` (at most 63)",
+                )
+                .value(format!("{:?}", c.name))
+                .help("rename it, e.g. \"edge-lab\"");
+        }
+        if !c.nixpkgs.is_empty() && !is_flake_ref(&c.nixpkgs) {
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    "cluster.nixpkgs",
+                    "`nixpkgs` must be a flake reference",
+                )
+                .value(format!("{:?}", c.nixpkgs))
+                .help("write e.g. \"github:NixOS/nixpkgs/nixos-25.11\"");
+        }
+        if let Some(r) = &c.edgectl_flake
+            && !is_flake_ref(r)
+        {
+            self.v.err(
+                Kind::InvalidValue,
+                "cluster.edgectl_flake",
+                "`edgectl_flake` must be a flake reference",
+            )
+            .value(format!("{r:?}"))
+            .help("write e.g. \"path:/home/you/edgectl\" or \"github:OWNER/edgectl\", or remove it to use the edgectl you run");
+        }
+        if !c.ssh_user.is_empty() && !is_username(&c.ssh_user) {
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    "cluster.ssh_user",
+                    "not a valid Linux user name",
+                )
+                .value(format!("{:?}", c.ssh_user))
+                .help("use your CloudLab user name: lowercase letters, digits, `_` and `-`");
+        }
+        if let Some(sv) = &c.state_version
+            && release_of(&format!("nixos-{sv}")).as_deref() != Some(sv.as_str())
+        {
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    "cluster.state_version",
+                    "`state_version` must look like \"25.11\"",
+                )
+                .value(format!("{sv:?}"))
+                .help("use the NixOS release the nodes were first installed with, e.g. \"25.11\"");
+        }
+    }
+
+    fn check_ssh_keys(&mut self) {
+        for (i, k) in self.file.cluster.ssh_keys.iter().enumerate() {
+            if k.contains('\n')
+                || k.split_whitespace().count() < 2
+                || !k.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+            {
+                self.v.err(Kind::InvalidValue, &format!("cluster.ssh_keys[{i}]"), "not a single-line SSH public key")
+                    .value(k.clone())
+                    .help("paste the one line of your `~/.ssh/id_ed25519.pub` (\"ssh-ed25519 AAAA... you@host\")");
+            } else if let Err(why) = crate::sshkey::check(k) {
+                self.v.err(Kind::InvalidValue, &format!("cluster.ssh_keys[{i}]"), format!("not a usable SSH public key: {why}"))
+                    .value(k.clone())
+                    .help("sshd ignores such a key, and the nodes would lock you out: paste the whole line of your `~/.ssh/id_ed25519.pub`");
+            }
+        }
+    }
+
+    fn check_has_nodes(&mut self) {
+        if self.file.nodes.is_empty() {
+            let v = &mut self.v;
+            v.r.diags.push(
+                Diagnostic::at(
+                    Kind::NoNodes,
+                    &v.r.src.clone(),
+                    0..0,
+                    "the topology has no nodes",
+                )
+                .field("node")
+                .help("add at least one [[node]] with name, host and profile"),
+            );
+        }
+    }
+
+    /// Networks declared up front.
+    fn declare_networks(&mut self) {
+        for (name, n) in &self.file.networks {
+            let path = format!("network.{name}");
+            if !is_simple_name(name) {
+                self.v
+                    .err(
+                        Kind::InvalidValue,
+                        &path,
+                        "network names may use only letters, digits, `-` and `_`",
+                    )
+                    .value(format!("{name:?}"))
+                    .help("rename it, e.g. [network.lan0]");
+            }
+            match Ipv4Cidr::parse(&n.subnet) {
+                Err(e) => {
+                    self.v
+                        .err(
+                            Kind::InvalidAddress,
+                            &format!("{path}.subnet"),
+                            format!("bad subnet: {e}"),
+                        )
+                        .value(format!("{:?}", n.subnet))
+                        .help("write the subnet as NETWORK/PREFIX, e.g. \"10.10.1.0/24\"");
+                }
+                Ok(s) if s.network() != s => {
+                    self.v
+                        .err(
+                            Kind::InvalidAddress,
+                            &format!("{path}.subnet"),
+                            format!("subnet has host bits set; the network is {}", s.network()),
+                        )
+                        .value(format!("{:?}", n.subnet))
+                        .help(format!("write \"{}\"", s.network()));
+                }
+                Ok(s) => {
+                    if let Some(o) = self.networks.iter().find(|o| o.subnet.overlaps(&s)) {
+                        let other = o.name.clone();
+                        self.v
+                            .err(
+                                Kind::InvalidValue,
+                                &format!("{path}.subnet"),
+                                format!("subnet overlaps network `{other}` ({})", o.subnet),
+                            )
+                            .value(format!("{:?}", n.subnet))
+                            .help("give each LAN its own subnet");
+                    }
+                    self.networks.push(Network {
+                        name: name.clone(),
+                        subnet: s,
+                        vlan: n.vlan,
+                        implicit: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Defaults: the feature set every node starts from, and the default profile (checked
+    /// here once, not for every node that uses it).
+    fn read_defaults(&mut self) {
+        let defaults = &self.file.defaults;
+        self.default_features = match &defaults.features {
+            None => Some(BTreeSet::new()),
+            Some(list) => parse_features(
+                &mut self.v,
+                list,
+                "defaults.features",
+                &BTreeSet::new(),
+                true,
+            ),
+        };
+        if let Some(p) = &defaults.profile
+            && !self.profiles.contains(p)
+        {
+            unknown_profile(&mut self.v, "defaults.profile", p, self.profiles);
+        }
+    }
+
+    /// Checks node `i` and builds it; `None` when its profile or features could not be worked
+    /// out (the other checks report without stopping the node).
+    fn check_node(&mut self, i: usize, n: &'f NodeSpec) -> Option<Node> {
         let np = format!("node[{i}]");
         let label = if n.name.is_empty() {
             np.clone()
         } else {
             format!("node `{}`", n.name)
         };
+        let node = NodeCtx { i, np, label, n };
 
-        if !n.name.is_empty() {
-            if !is_nixos_hostname(&n.name) {
-                let hint = if n.name.contains('.') {
-                    format!(
-                        "NixOS host names have no dots: use \"{}\" and keep the full name in `host`",
-                        n.name.split('.').next().unwrap_or("node")
-                    )
-                } else {
-                    "use letters, digits, `-` and `_`, starting and ending with a letter or digit (at most 63)".to_string()
-                };
-                v.err(
+        self.check_node_name(&node);
+        let port = n
+            .port
+            .or(self.file.defaults.port)
+            .unwrap_or(DEFAULT_SSH_PORT);
+        self.check_node_host(&node, port);
+        let user = self.node_user(&node);
+        self.check_device_paths(&node);
+        let control_ip = self.node_control_ip(&node);
+        let (profile, profile_path) = self.node_profile(&node);
+        let roles = self.node_roles(&node);
+        let features = self.node_features(&node, &roles);
+        if let (Some(fs), Some(p)) = (&features, &profile) {
+            self.check_cuda_has_gpu(&node, fs, p, &profile_path);
+        }
+        self.check_tags(&node);
+        let interfaces = self.node_interfaces(&node);
+
+        Some(Node {
+            name: n.name.clone(),
+            host: n.host.clone(),
+            port,
+            user,
+            profile: profile?,
+            roles,
+            features: features?,
+            tags: n.tags.clone(),
+            control_ip,
+            interfaces,
+            boot_disk: n.boot_disk.clone(),
+            root_device: n.root_device.clone(),
+        })
+    }
+
+    /// A valid NixOS host name, unique across nodes even ignoring case.
+    fn check_node_name(&mut self, node: &NodeCtx<'f>) {
+        let (i, np, n) = (node.i, &node.np, node.n);
+        if n.name.is_empty() {
+            return;
+        }
+        if !is_nixos_hostname(&n.name) {
+            let hint = if n.name.contains('.') {
+                format!(
+                    "NixOS host names have no dots: use \"{}\" and keep the full name in `host`",
+                    n.name.split('.').next().unwrap_or("node")
+                )
+            } else {
+                "use letters, digits, `-` and `_`, starting and ending with a letter or digit (at most 63)".to_string()
+            };
+            self.v
+                .err(
                     Kind::InvalidHostname,
                     &format!("{np}.name"),
                     "node name is not a valid NixOS host name",
                 )
                 .value(format!("{:?}", n.name))
                 .help(hint);
-            }
-            // Names that differ only in case are one name to DNS (the agent's certificate is
-            // `<node>.node.edgectl`) and to a case-insensitive controller disk (macOS), where
-            // each node's keys live in a folder named after it.
-            let key = n.name.to_ascii_lowercase();
-            if let Some(&(first, ref other)) = names.get(&key) {
-                let line = v.line_of(&format!("node[{first}].name"));
-                let msg = if *other == n.name {
-                    format!("node name `{}` is already used on line {line}", n.name)
-                } else {
-                    format!(
-                        "node name `{}` differs from `{other}` (line {line}) only in case, which DNS and some file systems do not tell apart",
-                        n.name
-                    )
-                };
-                v.err(Kind::DuplicateName, &format!("{np}.name"), msg)
-                    .value(format!("{:?}", n.name))
-                    .help("give every node a unique name");
-            } else {
-                names.insert(key, (i, n.name.clone()));
-            }
         }
+        // Names that differ only in case are one name to DNS (the agent's certificate is
+        // `<node>.node.edgectl`) and to a case-insensitive controller disk (macOS), where
+        // each node's keys live in a folder named after it.
+        let key = n.name.to_ascii_lowercase();
+        if let Some(&(first, ref other)) = self.names.get(&key) {
+            let line = self.v.line_of(&format!("node[{first}].name"));
+            let msg = if *other == n.name {
+                format!("node name `{}` is already used on line {line}", n.name)
+            } else {
+                format!(
+                    "node name `{}` differs from `{other}` (line {line}) only in case, which DNS and some file systems do not tell apart",
+                    n.name
+                )
+            };
+            self.v
+                .err(Kind::DuplicateName, &format!("{np}.name"), msg)
+                .value(format!("{:?}", n.name))
+                .help("give every node a unique name");
+        } else {
+            self.names.insert(key, (i, n.name.clone()));
+        }
+    }
 
-        let port = n.port.or(file.defaults.port).unwrap_or(DEFAULT_SSH_PORT);
-        if !n.host.is_empty() {
-            if !is_host(&n.host) {
-                v.err(Kind::InvalidHostname, &format!("{np}.host"), "`host` is neither a DNS name nor an IP address")
-                    .value(format!("{:?}", n.host))
-                    .help("write the node's SSH address, e.g. \"c220g5-110231.wisc.cloudlab.us\" or \"128.105.144.10\"");
-            } else if let Some(&first) = hosts.get(&(n.host.as_str(), port)) {
-                let line = v.line_of(&format!("node[{first}].host"));
-                v.err(
+    /// A DNS name or IP address, and no other node at the same address and port.
+    fn check_node_host(&mut self, node: &NodeCtx<'f>, port: u16) {
+        let (i, np, n) = (node.i, &node.np, node.n);
+        if n.host.is_empty() {
+            return;
+        }
+        if !is_host(&n.host) {
+            self.v.err(Kind::InvalidHostname, &format!("{np}.host"), "`host` is neither a DNS name nor an IP address")
+                .value(format!("{:?}", n.host))
+                .help("write the node's SSH address, e.g. \"c220g5-110231.wisc.cloudlab.us\" or \"128.105.144.10\"");
+        } else if let Some(&first) = self.hosts.get(&(n.host.as_str(), port)) {
+            let line = self.v.line_of(&format!("node[{first}].host"));
+            self.v
+                .err(
                     Kind::DuplicateHost,
                     &format!("{np}.host"),
                     format!(
@@ -414,20 +550,34 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 )
                 .value(format!("{:?}", n.host))
                 .help("each node needs its own SSH address (or a different `port`)");
-            } else {
-                hosts.insert((&n.host, port), i);
-            }
+        } else {
+            self.hosts.insert((&n.host, port), i);
         }
-        let user = n.user.clone().unwrap_or_else(|| c.ssh_user.clone());
+    }
+
+    /// The node's SSH user: its own `user`, checked, or the cluster's.
+    fn node_user(&mut self, node: &NodeCtx<'f>) -> String {
+        let (np, n) = (&node.np, node.n);
+        let user = n
+            .user
+            .clone()
+            .unwrap_or_else(|| self.file.cluster.ssh_user.clone());
         if n.user.is_some() && !is_username(&user) {
-            v.err(
-                Kind::InvalidValue,
-                &format!("{np}.user"),
-                "not a valid Linux user name",
-            )
-            .value(format!("{user:?}"))
-            .help("use lowercase letters, digits, `_` and `-`");
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    &format!("{np}.user"),
+                    "not a valid Linux user name",
+                )
+                .value(format!("{user:?}"))
+                .help("use lowercase letters, digits, `_` and `-`");
         }
+        user
+    }
+
+    /// `boot_disk` and `root_device`, where set, must be plain device paths.
+    fn check_device_paths(&mut self, node: &NodeCtx<'f>) {
+        let (np, n) = (&node.np, node.n);
         for (key, value) in [("boot_disk", &n.boot_disk), ("root_device", &n.root_device)] {
             if let Some(d) = value
                 && (!d.starts_with("/dev/")
@@ -436,50 +586,64 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                         c.is_whitespace() || c.is_control() || c == '"' || c == '$' || c == '\\'
                     }))
             {
-                v.err(Kind::InvalidValue, &format!("{np}.{key}"), format!("`{key}` must be a device path such as /dev/disk/by-id/..."))
+                self.v.err(Kind::InvalidValue, &format!("{np}.{key}"), format!("`{key}` must be a device path such as /dev/disk/by-id/..."))
                     .value(format!("{d:?}"))
                     .help("use the stable name `edgectl install --until facts` prints, or remove the key and let install record it");
             }
         }
-        let control_ip = match &n.control_ip {
+    }
+
+    fn node_control_ip(&mut self, node: &NodeCtx<'f>) -> Option<IpAddr> {
+        let (np, n) = (&node.np, node.n);
+        match &n.control_ip {
             None => None,
             Some(s) => match s.parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
                 Err(_) => {
-                    v.err(Kind::InvalidAddress, &format!("{np}.control_ip"), "`control_ip` is not an IP address")
+                    self.v.err(Kind::InvalidAddress, &format!("{np}.control_ip"), "`control_ip` is not an IP address")
                         .value(format!("{s:?}"))
                         .help("write the node's public control address, e.g. \"128.105.145.194\", or remove it");
                     None
                 }
             },
-        };
+        }
+    }
 
-        // Profile.
+    /// Profile: the node's or the default one, resolved. Also returns the path it came from,
+    /// where a conflict with the profile is reported when no feature entry is to blame.
+    fn node_profile(&mut self, node: &NodeCtx<'f>) -> (Option<Arc<Profile>>, String) {
+        let (np, label, n) = (&node.np, &node.label, node.n);
         let profile_path = if n.profile.is_some() {
             format!("{np}.profile")
         } else {
             "defaults.profile".to_string()
         };
-        let profile = match n.profile.as_ref().or(file.defaults.profile.as_ref()) {
+        let profile = match n.profile.as_ref().or(self.file.defaults.profile.as_ref()) {
             None => {
-                v.err(
-                    Kind::MissingField,
-                    &np,
-                    format!("{label} has no hardware profile"),
-                )
-                .help("add `profile = \"c220g5\"` to the node, or to [defaults]");
+                self.v
+                    .err(
+                        Kind::MissingField,
+                        np,
+                        format!("{label} has no hardware profile"),
+                    )
+                    .help("add `profile = \"c220g5\"` to the node, or to [defaults]");
                 None
             }
-            Some(p) if !profiles.contains(p) => {
+            Some(p) if !self.profiles.contains(p) => {
+                // An unknown default profile was reported once, by `read_defaults`.
                 if n.profile.is_some() {
-                    unknown_profile(&mut v, &profile_path, p, profiles);
+                    unknown_profile(&mut self.v, &profile_path, p, self.profiles);
                 }
                 None
             }
-            Some(p) => profiles.resolve(p, &mut v.r.diags).ok(),
+            Some(p) => self.profiles.resolve(p, &mut self.v.r.diags).ok(),
         };
+        (profile, profile_path)
+    }
 
-        // Roles.
+    /// Roles, by name; unknown ones are reported and left out.
+    fn node_roles(&mut self, node: &NodeCtx<'f>) -> BTreeSet<Role> {
+        let (np, n) = (&node.np, node.n);
         let mut roles = BTreeSet::new();
         for (j, role) in n.roles.iter().enumerate() {
             match Role::from_name(role) {
@@ -488,23 +652,38 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 }
                 None => {
                     let help = suggest(role, Role::names());
-                    v.err(
-                        Kind::UnknownRole,
-                        &format!("{np}.roles[{j}]"),
-                        format!("unknown role `{role}`"),
-                    )
-                    .value(format!("{role:?}"))
-                    .help(help);
+                    self.v
+                        .err(
+                            Kind::UnknownRole,
+                            &format!("{np}.roles[{j}]"),
+                            format!("unknown role `{role}`"),
+                        )
+                        .value(format!("{role:?}"))
+                        .help(help);
                 }
             }
         }
+        roles
+    }
 
-        // Features: the node's list modifies or replaces the defaults; roles add what they need.
-        let mut features = default_features.clone().and_then(|d| {
-            parse_features(&mut v, &n.features, &format!("{np}.features"), &d, false)
+    /// Features: the node's list modifies or replaces the defaults; roles add what they need.
+    fn node_features(
+        &mut self,
+        node: &NodeCtx<'f>,
+        roles: &BTreeSet<Role>,
+    ) -> Option<BTreeSet<Feature>> {
+        let (np, label, n) = (&node.np, &node.label, node.n);
+        let mut features = self.default_features.clone().and_then(|d| {
+            parse_features(
+                &mut self.v,
+                &n.features,
+                &format!("{np}.features"),
+                &d,
+                false,
+            )
         });
         if let Some(fs) = &mut features {
-            for role in &roles {
+            for role in roles {
                 let need = role.needs();
                 if n.features
                     .iter()
@@ -515,208 +694,82 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                         .iter()
                         .position(|f| f.strip_prefix('-') == Some(need.as_str()))
                         .unwrap_or(0);
-                    v.err(Kind::FeatureConflict, &format!("{np}.features[{j}]"), format!("{label} has role `{role}` but removes feature `{need}`, which the role needs"))
+                    self.v.err(Kind::FeatureConflict, &format!("{np}.features[{j}]"), format!("{label} has role `{role}` but removes feature `{need}`, which the role needs"))
                         .value(format!("\"-{need}\""))
                         .help(format!("remove \"-{need}\", or drop the role `{role}`"));
                 }
                 fs.insert(need);
             }
         }
-        if let (Some(fs), Some(p)) = (&features, &profile)
-            && fs.contains(&Feature::Cuda)
-            && !p.has_gpu()
-        {
-            let at = n
-                .features
-                .iter()
-                .position(|f| f.trim_start_matches('+') == "cuda")
-                .map(|j| format!("{np}.features[{j}]"))
-                .or_else(|| {
-                    let d = file.defaults.features.as_ref()?;
-                    d.iter()
-                        .position(|f| f == "cuda")
-                        .map(|j| format!("defaults.features[{j}]"))
-                })
-                .unwrap_or(profile_path.clone());
-            let gpu_profiles: Vec<&str> = Vec::from_iter(["c240g5", "c4130", "d7525"]);
-            v.err(Kind::CudaWithoutGpu, &at, format!("{label} enables `cuda` but its profile `{}` has no GPU", p.name))
-                    .value("\"cuda\"")
-                    .help(format!(
-                        "use a profile with a GPU ({}), declare one that `extends = \"{}\"` with a [[gpu]], or remove cuda from this node",
-                        gpu_profiles.join(", "),
-                        p.name
-                    ));
-        }
+        features
+    }
 
+    /// `cuda` needs a GPU: reported at the entry that enabled it, else at the profile.
+    fn check_cuda_has_gpu(
+        &mut self,
+        node: &NodeCtx<'f>,
+        features: &BTreeSet<Feature>,
+        p: &Profile,
+        profile_path: &str,
+    ) {
+        let (np, label, n) = (&node.np, &node.label, node.n);
+        if !features.contains(&Feature::Cuda) || p.has_gpu() {
+            return;
+        }
+        let at = n
+            .features
+            .iter()
+            .position(|f| f.trim_start_matches('+') == "cuda")
+            .map(|j| format!("{np}.features[{j}]"))
+            .or_else(|| {
+                let d = self.file.defaults.features.as_ref()?;
+                d.iter()
+                    .position(|f| f == "cuda")
+                    .map(|j| format!("defaults.features[{j}]"))
+            })
+            .unwrap_or(profile_path.to_string());
+        let gpu_profiles: Vec<&str> = Vec::from_iter(["c240g5", "c4130", "d7525"]);
+        self.v.err(Kind::CudaWithoutGpu, &at, format!("{label} enables `cuda` but its profile `{}` has no GPU", p.name))
+                .value("\"cuda\"")
+                .help(format!(
+                    "use a profile with a GPU ({}), declare one that `extends = \"{}\"` with a [[gpu]], or remove cuda from this node",
+                    gpu_profiles.join(", "),
+                    p.name
+                ));
+    }
+
+    fn check_tags(&mut self, node: &NodeCtx<'f>) {
+        let (np, n) = (&node.np, node.n);
         for (j, tag) in n.tags.iter().enumerate() {
             if !is_simple_name(tag) {
-                v.err(
-                    Kind::InvalidValue,
-                    &format!("{np}.tags[{j}]"),
-                    "tags may use only letters, digits, `-` and `_`",
-                )
-                .value(format!("{tag:?}"))
-                .help("tags are used in selectors such as `--on @gpu`; rename it");
+                self.v
+                    .err(
+                        Kind::InvalidValue,
+                        &format!("{np}.tags[{j}]"),
+                        "tags may use only letters, digits, `-` and `_`",
+                    )
+                    .value(format!("{tag:?}"))
+                    .help("tags are used in selectors such as `--on @gpu`; rename it");
             }
         }
+    }
 
-        // Experiment-LAN interfaces.
+    /// Experiment-LAN interfaces. One without a valid MAC is checked but not kept (edgectl
+    /// finds the NIC on the node by its MAC).
+    fn node_interfaces(&mut self, node: &NodeCtx<'f>) -> Vec<Interface> {
+        let (np, label, n) = (&node.np, &node.label, node.n);
         let mut interfaces = Vec::new();
         for (j, l) in n.lan.iter().enumerate() {
             let lp = format!("{np}.lan[{j}]");
-            let mac = if l.mac.is_empty() {
-                None
-            } else {
-                match Mac::parse(&l.mac) {
-                    Ok(m) => {
-                        if let Some(other) = macs.get(&m) {
-                            let other = other.clone();
-                            v.err(Kind::DuplicateMac, &format!("{lp}.mac"), format!("MAC {m} is already used by {other}"))
-                                .value(format!("{:?}", l.mac))
-                                .help("every interface has its own MAC; copy it from `ip link` or the CloudLab manifest");
-                        } else {
-                            macs.insert(m, label.clone());
-                        }
-                        Some(m)
-                    }
-                    Err(e) => {
-                        v.err(
-                            Kind::InvalidMac,
-                            &format!("{lp}.mac"),
-                            format!("bad MAC address: {e}"),
-                        )
-                        .value(format!("{:?}", l.mac))
-                        .help(
-                            "write 12 hex digits, e.g. \"90e2ba24d115\" or \"90:e2:ba:24:d1:15\"",
-                        );
-                        None
-                    }
-                }
-            };
-            let addr = if l.address.is_empty() {
-                None
-            } else {
-                match Ipv4Cidr::parse(&l.address) {
-                    Ok(a) if a.is_network_address() || a.is_broadcast_address() => {
-                        let which = if a.is_network_address() {
-                            "network"
-                        } else {
-                            "broadcast"
-                        };
-                        v.err(
-                            Kind::AddressOutsidePrefix,
-                            &format!("{lp}.address"),
-                            format!(
-                                "{} is the {which} address of {}, not a host address",
-                                a.addr,
-                                a.network()
-                            ),
-                        )
-                        .value(format!("{:?}", l.address))
-                        .help(format!(
-                            "pick a host address inside {}, e.g. {}",
-                            a.network(),
-                            Ipv4Addr::from(u32::from(a.network().addr) + 1)
-                        ));
-                        None
-                    }
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        v.err(
-                            Kind::InvalidAddress,
-                            &format!("{lp}.address"),
-                            format!("bad address: {e}"),
-                        )
-                        .value(format!("{:?}", l.address))
-                        .help("write the address with its prefix length, e.g. \"10.10.1.2/24\"");
-                        None
-                    }
-                }
-            };
+            let mac = self.lan_mac(&lp, label, l);
+            let addr = self.lan_address(&lp, l);
             let Some(addr) = addr else { continue };
-            let net_name = match &l.network {
-                Some(name) => match networks.iter().find(|x| &x.name == name) {
-                    None => {
-                        let known: Vec<&str> = networks.iter().map(|x| x.name.as_str()).collect();
-                        let help = match did_you_mean(name, known.iter().copied()) {
-                            Some(m) => format!("did you mean \"{m}\"?"),
-                            None if known.is_empty() => format!(
-                                "declare it: [network.{name}] subnet = \"{}\"",
-                                addr.network()
-                            ),
-                            None => format!("declared networks: {}", known.join(", ")),
-                        };
-                        v.err(
-                            Kind::UnknownNetwork,
-                            &format!("{lp}.network"),
-                            format!("unknown network `{name}`"),
-                        )
-                        .value(format!("{name:?}"))
-                        .help(help);
-                        continue;
-                    }
-                    Some(net)
-                        if !net.subnet.contains(addr.addr) || net.subnet.prefix != addr.prefix =>
-                    {
-                        v.err(
-                            Kind::AddressOutsidePrefix,
-                            &format!("{lp}.address"),
-                            format!("{addr} is not inside network `{name}` ({})", net.subnet),
-                        )
-                        .value(format!("{:?}", l.address))
-                        .help(format!(
-                            "use an address in {} with prefix /{}",
-                            net.subnet, net.subnet.prefix
-                        ));
-                        continue;
-                    }
-                    Some(net) => net.name.clone(),
-                },
-                None => match networks.iter().find(|x| x.subnet.contains(addr.addr)) {
-                    Some(net) if net.subnet.prefix != addr.prefix => {
-                        let (nn, ns) = (net.name.clone(), net.subnet);
-                        v.err(
-                            Kind::AddressOutsidePrefix,
-                            &format!("{lp}.address"),
-                            format!(
-                                "{addr} has prefix /{} but its network `{nn}` is {ns}",
-                                addr.prefix
-                            ),
-                        )
-                        .value(format!("{:?}", l.address))
-                        .help(format!("write \"{}/{}\"", addr.addr, ns.prefix));
-                        continue;
-                    }
-                    Some(net) => net.name.clone(),
-                    None => {
-                        let name = format!("lan{}", networks.iter().filter(|x| x.implicit).count());
-                        networks.push(Network {
-                            name: name.clone(),
-                            subnet: addr.network(),
-                            vlan: l.vlan,
-                            implicit: true,
-                        });
-                        name
-                    }
-                },
+            let Some(net_name) = self.lan_network(&lp, l, addr) else {
+                continue;
             };
-            if let Some(other) = addrs.get(&(net_name.clone(), addr.addr)) {
-                let other = other.clone();
-                v.err(
-                    Kind::DuplicateAddress,
-                    &format!("{lp}.address"),
-                    format!(
-                        "address {} is already used by {other} on network `{net_name}`",
-                        addr.addr
-                    ),
-                )
-                .value(format!("{:?}", l.address))
-                .help("give every interface on a LAN its own address");
-            } else {
-                addrs.insert((net_name.clone(), addr.addr), label.clone());
-            }
+            self.check_unique_address(&lp, label, l, &net_name, addr);
             let vlan = l.vlan.or_else(|| {
-                networks
+                self.networks
                     .iter()
                     .find(|x| x.name == net_name)
                     .and_then(|x| x.vlan)
@@ -730,69 +783,244 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                 });
             }
         }
-
-        match (profile, features) {
-            (Some(profile), Some(features)) => nodes.push(Node {
-                name: n.name.clone(),
-                host: n.host.clone(),
-                port,
-                user,
-                profile,
-                roles,
-                features,
-                tags: n.tags.clone(),
-                control_ip,
-                interfaces,
-                boot_disk: n.boot_disk.clone(),
-                root_device: n.root_device.clone(),
-            }),
-            _ => node_ok = false,
-        }
+        interfaces
     }
 
-    // Cluster-wide role rules.
-    let heads: Vec<usize> = file
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.roles.iter().any(|r| r == "ray-head"))
-        .map(|(i, _)| i)
-        .collect();
-    if heads.len() > 1 {
-        let first = file.nodes[heads[0]].name.clone();
-        for &i in &heads[1..] {
-            let j = file.nodes[i]
-                .roles
-                .iter()
-                .position(|r| r == "ray-head")
-                .unwrap_or(0);
-            v.err(
-                Kind::RayTwoHeads,
-                &format!("node[{i}].roles[{j}]"),
-                format!("a second Ray head: `{first}` is already the head"),
-            )
-            .value("\"ray-head\"")
-            .help("a Ray cluster has exactly one head; make this node a \"ray-worker\"");
+    /// The interface's MAC, parsed and unique across the cluster; `None` when empty or bad.
+    fn lan_mac(&mut self, lp: &str, label: &str, l: &LanSpec) -> Option<Mac> {
+        if l.mac.is_empty() {
+            return None;
+        }
+        match Mac::parse(&l.mac) {
+            Ok(m) => {
+                if let Some(other) = self.macs.get(&m) {
+                    let other = other.clone();
+                    self.v.err(Kind::DuplicateMac, &format!("{lp}.mac"), format!("MAC {m} is already used by {other}"))
+                        .value(format!("{:?}", l.mac))
+                        .help("every interface has its own MAC; copy it from `ip link` or the CloudLab manifest");
+                } else {
+                    self.macs.insert(m, label.to_string());
+                }
+                Some(m)
+            }
+            Err(e) => {
+                self.v
+                    .err(
+                        Kind::InvalidMac,
+                        &format!("{lp}.mac"),
+                        format!("bad MAC address: {e}"),
+                    )
+                    .value(format!("{:?}", l.mac))
+                    .help("write 12 hex digits, e.g. \"90e2ba24d115\" or \"90:e2:ba:24:d1:15\"");
+                None
+            }
         }
     }
-    if heads.is_empty() {
-        let wants_ray = file.nodes.iter().enumerate().find_map(|(i, n)| {
-            n.roles
-                .iter()
-                .position(|r| r == "ray-worker")
-                .map(|j| format!("node[{i}].roles[{j}]"))
-        });
-        if let Some(at) = wants_ray {
-            v.err(Kind::RayNoHead, &at, "Ray workers but no Ray head")
-                .value("\"ray-worker\"")
-                .help("give exactly one node the role \"ray-head\"");
+
+    /// The interface's address with its prefix, a host address; `None` when empty or bad.
+    fn lan_address(&mut self, lp: &str, l: &LanSpec) -> Option<Ipv4Cidr> {
+        if l.address.is_empty() {
+            return None;
+        }
+        match Ipv4Cidr::parse(&l.address) {
+            Ok(a) if a.is_network_address() || a.is_broadcast_address() => {
+                let which = if a.is_network_address() {
+                    "network"
+                } else {
+                    "broadcast"
+                };
+                self.v
+                    .err(
+                        Kind::AddressOutsidePrefix,
+                        &format!("{lp}.address"),
+                        format!(
+                            "{} is the {which} address of {}, not a host address",
+                            a.addr,
+                            a.network()
+                        ),
+                    )
+                    .value(format!("{:?}", l.address))
+                    .help(format!(
+                        "pick a host address inside {}, e.g. {}",
+                        a.network(),
+                        Ipv4Addr::from(u32::from(a.network().addr) + 1)
+                    ));
+                None
+            }
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.v
+                    .err(
+                        Kind::InvalidAddress,
+                        &format!("{lp}.address"),
+                        format!("bad address: {e}"),
+                    )
+                    .value(format!("{:?}", l.address))
+                    .help("write the address with its prefix length, e.g. \"10.10.1.2/24\"");
+                None
+            }
         }
     }
-    let has_router = file
-        .nodes
-        .iter()
-        .any(|n| n.roles.iter().any(|r| r == "zenoh-router"));
-    if !has_router {
+
+    /// The network the interface is on: the one it names, which must hold its address, or the
+    /// one whose subnet holds it, or a new implicit `lanN`. `None` after reporting why not.
+    fn lan_network(&mut self, lp: &str, l: &LanSpec, addr: Ipv4Cidr) -> Option<String> {
+        match &l.network {
+            Some(name) => match self.networks.iter().find(|x| &x.name == name) {
+                None => {
+                    let known: Vec<&str> = self.networks.iter().map(|x| x.name.as_str()).collect();
+                    let help = match did_you_mean(name, known.iter().copied()) {
+                        Some(m) => format!("did you mean \"{m}\"?"),
+                        None if known.is_empty() => format!(
+                            "declare it: [network.{name}] subnet = \"{}\"",
+                            addr.network()
+                        ),
+                        None => format!("declared networks: {}", known.join(", ")),
+                    };
+                    self.v
+                        .err(
+                            Kind::UnknownNetwork,
+                            &format!("{lp}.network"),
+                            format!("unknown network `{name}`"),
+                        )
+                        .value(format!("{name:?}"))
+                        .help(help);
+                    None
+                }
+                Some(net)
+                    if !net.subnet.contains(addr.addr) || net.subnet.prefix != addr.prefix =>
+                {
+                    self.v
+                        .err(
+                            Kind::AddressOutsidePrefix,
+                            &format!("{lp}.address"),
+                            format!("{addr} is not inside network `{name}` ({})", net.subnet),
+                        )
+                        .value(format!("{:?}", l.address))
+                        .help(format!(
+                            "use an address in {} with prefix /{}",
+                            net.subnet, net.subnet.prefix
+                        ));
+                    None
+                }
+                Some(net) => Some(net.name.clone()),
+            },
+            None => match self.networks.iter().find(|x| x.subnet.contains(addr.addr)) {
+                Some(net) if net.subnet.prefix != addr.prefix => {
+                    let (nn, ns) = (net.name.clone(), net.subnet);
+                    self.v
+                        .err(
+                            Kind::AddressOutsidePrefix,
+                            &format!("{lp}.address"),
+                            format!(
+                                "{addr} has prefix /{} but its network `{nn}` is {ns}",
+                                addr.prefix
+                            ),
+                        )
+                        .value(format!("{:?}", l.address))
+                        .help(format!("write \"{}/{}\"", addr.addr, ns.prefix));
+                    None
+                }
+                Some(net) => Some(net.name.clone()),
+                None => {
+                    let name =
+                        format!("lan{}", self.networks.iter().filter(|x| x.implicit).count());
+                    self.networks.push(Network {
+                        name: name.clone(),
+                        subnet: addr.network(),
+                        vlan: l.vlan,
+                        implicit: true,
+                    });
+                    Some(name)
+                }
+            },
+        }
+    }
+
+    /// No two interfaces on one network may share an address.
+    fn check_unique_address(
+        &mut self,
+        lp: &str,
+        label: &str,
+        l: &LanSpec,
+        net_name: &str,
+        addr: Ipv4Cidr,
+    ) {
+        if let Some(other) = self.addrs.get(&(net_name.to_string(), addr.addr)) {
+            let other = other.clone();
+            self.v
+                .err(
+                    Kind::DuplicateAddress,
+                    &format!("{lp}.address"),
+                    format!(
+                        "address {} is already used by {other} on network `{net_name}`",
+                        addr.addr
+                    ),
+                )
+                .value(format!("{:?}", l.address))
+                .help("give every interface on a LAN its own address");
+        } else {
+            self.addrs
+                .insert((net_name.to_string(), addr.addr), label.to_string());
+        }
+    }
+
+    /// A Ray cluster has one head: every `ray-head` after the first is reported, and workers
+    /// with no head at all.
+    fn check_ray_heads(&mut self) {
+        let file = self.file;
+        let heads: Vec<usize> = file
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.roles.iter().any(|r| r == "ray-head"))
+            .map(|(i, _)| i)
+            .collect();
+        if heads.len() > 1 {
+            let first = file.nodes[heads[0]].name.clone();
+            for &i in &heads[1..] {
+                let j = file.nodes[i]
+                    .roles
+                    .iter()
+                    .position(|r| r == "ray-head")
+                    .unwrap_or(0);
+                self.v
+                    .err(
+                        Kind::RayTwoHeads,
+                        &format!("node[{i}].roles[{j}]"),
+                        format!("a second Ray head: `{first}` is already the head"),
+                    )
+                    .value("\"ray-head\"")
+                    .help("a Ray cluster has exactly one head; make this node a \"ray-worker\"");
+            }
+        }
+        if heads.is_empty() {
+            let wants_ray = file.nodes.iter().enumerate().find_map(|(i, n)| {
+                n.roles
+                    .iter()
+                    .position(|r| r == "ray-worker")
+                    .map(|j| format!("node[{i}].roles[{j}]"))
+            });
+            if let Some(at) = wants_ray {
+                self.v
+                    .err(Kind::RayNoHead, &at, "Ray workers but no Ray head")
+                    .value("\"ray-worker\"")
+                    .help("give exactly one node the role \"ray-head\"");
+            }
+        }
+    }
+
+    /// Zenoh peers need a router: reported where `zenoh` was enabled for the first node built
+    /// (one whose profile and features resolved).
+    fn check_zenoh_router(&mut self, nodes: &[Node]) {
+        let file = self.file;
+        let has_router = file
+            .nodes
+            .iter()
+            .any(|n| n.roles.iter().any(|r| r == "zenoh-router"));
+        if has_router {
+            return;
+        }
         let zenoh_at = nodes
             .iter()
             .zip(0..)
@@ -819,38 +1047,42 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
                     .unwrap_or(format!("node[{i}]"))
             });
         if let Some(at) = zenoh_at {
-            v.err(
-                Kind::ZenohNoRouter,
-                &at,
-                "`zenoh` is enabled but no node has the role \"zenoh-router\"",
-            )
-            .value("\"zenoh\"")
-            .help("give at least one node the role \"zenoh-router\" (peers connect to routers)");
+            self.v
+                .err(
+                    Kind::ZenohNoRouter,
+                    &at,
+                    "`zenoh` is enabled but no node has the role \"zenoh-router\"",
+                )
+                .value("\"zenoh\"")
+                .help(
+                    "give at least one node the role \"zenoh-router\" (peers connect to routers)",
+                );
         }
     }
 
-    if v.r.diags.len() > before || !node_ok {
-        return None;
+    /// The typed cluster, once every check passed.
+    fn into_cluster(self, nodes: Vec<Node>) -> Cluster {
+        let c = &self.file.cluster;
+        let state_version = c
+            .state_version
+            .clone()
+            .or_else(|| release_of(&c.nixpkgs))
+            .unwrap_or_else(|| DEFAULT_STATE_VERSION.to_string());
+        Cluster {
+            name: c.name.clone(),
+            nixpkgs: c.nixpkgs.clone(),
+            edgectl_flake: c.edgectl_flake.clone(),
+            ssh_user: c.ssh_user.clone(),
+            confirm_timeout_s: c.confirm_timeout_s.unwrap_or(DEFAULT_CONFIRM_TIMEOUT_S),
+            state_version,
+            site: c.site.clone(),
+            expires: c.expires.clone(),
+            ssh_keys: c.ssh_keys.clone(),
+            networks: self.networks,
+            nodes,
+            targets: self.file.targets.clone(),
+        }
     }
-    let state_version = c
-        .state_version
-        .clone()
-        .or_else(|| release_of(&c.nixpkgs))
-        .unwrap_or_else(|| DEFAULT_STATE_VERSION.to_string());
-    Some(Cluster {
-        name: c.name.clone(),
-        nixpkgs: c.nixpkgs.clone(),
-        edgectl_flake: c.edgectl_flake.clone(),
-        ssh_user: c.ssh_user.clone(),
-        confirm_timeout_s: c.confirm_timeout_s.unwrap_or(DEFAULT_CONFIRM_TIMEOUT_S),
-        state_version,
-        site: c.site.clone(),
-        expires: c.expires.clone(),
-        ssh_keys: c.ssh_keys.clone(),
-        networks,
-        nodes,
-        targets: file.targets.clone(),
-    })
 }
 
 fn unknown_profile(v: &mut V<'_>, path: &str, p: &str, profiles: &ProfileSet) {
