@@ -409,7 +409,9 @@ impl<'d> Input<'d> {
             if self.shadowed.contains(m.as_str()) {
                 continue;
             }
-            let known: Vec<&str> = self.ifaces.keys().copied().collect();
+            // Sorted, so a tie between equally close names is broken the same way every run.
+            let mut known: Vec<&str> = self.ifaces.keys().copied().collect();
+            known.sort_unstable();
             let help = match did_you_mean(m, known.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => "every <interface_ref> must name the client_id of an <interface> inside a <node>".to_string(),

@@ -45,11 +45,31 @@ impl Default for Options {
     }
 }
 
+/// Why a command could not run at all (a node's own failure is its [`NodeResult`] instead).
+///
+/// [`NodeResult`]: crate::report::NodeResult
 #[derive(Debug)]
 pub enum EngineError {
+    /// The topology is invalid: every problem, with file, line and a fix.
     Invalid(Diagnostics),
+    /// Anything else, worded to say what to do about it.
     Failed(String),
 }
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Invalid(d) => write!(
+                f,
+                "the topology has {} problem(s); run `edgectl check` on it to see each with its fix",
+                d.0.len()
+            ),
+            EngineError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
 
 impl From<String> for EngineError {
     fn from(s: String) -> Self {
