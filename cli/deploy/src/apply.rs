@@ -264,8 +264,7 @@ fn record(
     let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
     let e: &mut NodeState = s.nodes.entry(name.to_string()).or_default();
     if let Some(k) = &r.1 {
-        e.host_key = Some(k.fingerprint.clone());
-        e.host_key_public = Some(k.public.clone());
+        e.host_key = Some(k.clone());
     }
     e.last_result = Some(r.0.result.to_string());
     if r.0.result.applied() {

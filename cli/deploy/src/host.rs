@@ -52,14 +52,7 @@ impl std::fmt::Display for HostError {
     }
 }
 
-/// A node's SSH host key as recorded in the state file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostKey {
-    /// `SHA256:...` as OpenSSH prints it.
-    pub fingerprint: String,
-    /// `ssh-ed25519 AAAA...`, for the known_hosts file that `nix copy` (OpenSSH) reads.
-    pub public: String,
-}
+pub use crate::state::HostKey;
 
 pub trait Host: Send + Sync {
     fn name(&self) -> &str;

@@ -233,8 +233,7 @@ pub fn install(
     for (name, is, resumed, r, key) in facts_out {
         if let Some(k) = key {
             let e = st.nodes.entry(name.clone()).or_default();
-            e.host_key.get_or_insert(k.fingerprint);
-            e.host_key_public.get_or_insert(k.public);
+            e.host_key.get_or_insert(k);
         }
         let ok = r.is_ok();
         results.insert(

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::activate::Goal;
 use crate::event::{Phase, Sender, State as Ev, emit};
-use crate::host::{HostKey, SshTarget};
+use crate::host::SshTarget;
 use crate::nixcmd::{self, NixArgs};
 use crate::state::State;
 
@@ -177,13 +177,7 @@ pub(crate) fn target_for(
 ) -> SshTarget {
     let n = c.node(node).expect("selected nodes exist");
     let ns = st.nodes.get(node);
-    let pinned = ns.and_then(|s| match (&s.host_key, &s.host_key_public) {
-        (Some(f), Some(p)) => Some(HostKey {
-            fingerprint: f.clone(),
-            public: p.clone(),
-        }),
-        _ => None,
-    });
+    let pinned = ns.and_then(|s| s.host_key.clone());
     SshTarget {
         node: node.to_string(),
         host: n.host.clone(),

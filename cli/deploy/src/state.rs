@@ -8,6 +8,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// A node's SSH host key as recorded in the state file (its two fields are the file's
+/// `host_key` and `host_key_public`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKey {
+    /// `SHA256:...` as OpenSSH prints it.
+    #[serde(rename = "host_key")]
+    pub fingerprint: String,
+    /// `ssh-ed25519 AAAA...`, for the known_hosts file that `nix copy` (OpenSSH) reads.
+    #[serde(rename = "host_key_public")]
+    pub public: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
     /// The system store path last activated and confirmed.
@@ -15,10 +27,9 @@ pub struct NodeState {
     pub system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_key_public: Option<String>,
+    /// The SSH host key seen at first contact; any other is refused.
+    #[serde(flatten)]
+    pub host_key: Option<HostKey>,
     /// The edge.* settings applied, for option-level plans.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub options: Option<serde_json::Value>,
@@ -165,6 +176,29 @@ pub fn now() -> u64 {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_pinned_host_key_keeps_the_files_two_fields() {
+        let old = r#"{"system":"/nix/store/x","host_key":"SHA256:abc","host_key_public":"ssh-ed25519 AAAA"}"#;
+        let n: NodeState = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            n.host_key,
+            Some(HostKey {
+                fingerprint: "SHA256:abc".into(),
+                public: "ssh-ed25519 AAAA".into()
+            })
+        );
+        let back: serde_json::Value = serde_json::to_value(&n).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(old).unwrap()
+        );
+        // Half a key pins nothing, as before; no key writes neither field.
+        let half: NodeState = serde_json::from_str(r#"{"host_key":"SHA256:abc"}"#).unwrap();
+        assert_eq!(half.host_key, None);
+        let none = serde_json::to_string(&NodeState::default()).unwrap();
+        assert!(!none.contains("host_key"), "{none}");
+    }
 
     #[test]
     fn the_state_folder_is_private_and_ignored_by_git() {

@@ -14,7 +14,7 @@ use edgectl_agent::proto::{ColdStart, PairStat, Peer, RayFacts, Request, Respons
 use edgectl_agent::server::{CA_FILE, CERT_FILE, KEY_FILE, PID_FILE};
 use edgectl_agent::{client, tls};
 use edgectl_deploy::EngineError;
-use edgectl_deploy::host::{Host, HostKey, SshHost, SshTarget, argv};
+use edgectl_deploy::host::{Host, SshHost, SshTarget, argv};
 use edgectl_deploy::state::State;
 use edgectl_model::{Feature, LoadOptions, Node};
 use quinn::Connection;
@@ -351,13 +351,7 @@ pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineErr
             .iter()
             .map(|n| {
                 let ns = st.nodes.get(&n.name);
-                let pinned = ns.and_then(|s| match (&s.host_key, &s.host_key_public) {
-                    (Some(f), Some(p)) => Some(HostKey {
-                        fingerprint: f.clone(),
-                        public: p.clone(),
-                    }),
-                    _ => None,
-                });
+                let pinned = ns.and_then(|s| s.host_key.clone());
                 let target = SshTarget {
                     node: n.name.clone(),
                     host: n.host.clone(),
