@@ -14,7 +14,7 @@ use crate::event::{Phase, Sender, State as Ev, emit};
 use crate::host::{HostKey, SshTarget};
 use crate::pool::{parallel_map, runtime};
 use crate::report::{ApplyReport, NodeOutcome, NodeResult, Plan, result};
-use crate::run::{EngineError, Options, prepare, target_for};
+use crate::run::{EngineError, Options, Run, prepare, target_for};
 use crate::session::{Heartbeat, Session, open_node, unlock};
 use crate::state::{Lock, NodeState, State, now};
 
@@ -22,14 +22,13 @@ use crate::state::{Lock, NodeState, State, now};
 /// selected node (connect, lock, inspect), distribute the closures (fanned out over the
 /// cluster LAN, or copied per node), then activate wave by wave, routers and the Ray head first.
 pub fn apply(
-    topology: &Path,
+    run: Run,
     saved: Option<&Plan>,
     opts: &Options,
     tx: Sender,
 ) -> Result<ApplyReport, EngineError> {
-    let state_dir = crate::state::dir_for(topology);
-    let _lock = Lock::acquire(&state_dir)?;
-    let p = prepare(topology, opts, &tx, true)?;
+    let _lock = Lock::acquire(&run.state_dir)?;
+    let p = prepare(run, opts, &tx, true)?;
     if let Some(plan) = saved
         && plan.topology_hash != p.topology_hash
     {

@@ -9,81 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::event::{Phase, Sender, State as Ev, emit};
-use crate::facts::{self, NodeFacts};
+use crate::facts::{self};
 use crate::host::{Host, HostError, HostKey, SshHost, argv};
+pub use crate::install_state::{InstallState, Step};
 use crate::pool::{parallel_map, runtime};
-use crate::run::{EngineError, Options, prepare, target_for};
+use crate::run::{EngineError, Options, Run, prepare, target_for};
 use crate::session::{Session, open_node, unlock};
-use crate::state::{Lock, State, now, write_atomic};
-
-/// A phase of `install`, in order (`--until` stops after one).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Step {
-    /// Read the node: disks, boot, network, what it runs.
-    Facts,
-    /// Make sure the node has a usable Nix.
-    Nix,
-    /// Copy the system's closure.
-    Copy,
-    /// Make NixOS the boot default (lustrate, bootloader).
-    Switch,
-    /// Reboot into NixOS and check it came back.
-    Reboot,
-}
-
-impl Step {
-    pub const ALL: [Step; 5] = [
-        Step::Facts,
-        Step::Nix,
-        Step::Copy,
-        Step::Switch,
-        Step::Reboot,
-    ];
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::Facts => "facts",
-            Step::Nix => "nix",
-            Step::Copy => "copy",
-            Step::Switch => "switch",
-            Step::Reboot => "reboot",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct InstallState {
-    #[serde(default)]
-    pub done: Vec<Step>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub facts: Option<NodeFacts>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub system: Option<String>,
-}
-
-impl InstallState {
-    fn path(state_dir: &Path, node: &str) -> PathBuf {
-        state_dir.join("install").join(format!("{node}.json"))
-    }
-    pub fn load(state_dir: &Path, node: &str) -> InstallState {
-        std::fs::read(Self::path(state_dir, node))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-    fn save(&self, state_dir: &Path, node: &str) -> Result<(), String> {
-        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        write_atomic(&Self::path(state_dir, node), &text).map_err(|e| e.to_string())
-    }
-    fn has(&self, s: Step) -> bool {
-        self.done.contains(&s)
-    }
-}
+use crate::state::{Lock, State, now};
 
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -147,16 +82,15 @@ fn gather(
 }
 
 pub fn install(
-    topology: &Path,
+    run: Run,
     opts: &Options,
     io: &InstallOptions,
     tx: Sender,
 ) -> Result<Vec<InstallResult>, EngineError> {
-    let state_dir = crate::state::dir_for(topology);
+    let state_dir = run.state_dir.clone();
     let _lock = Lock::acquire(&state_dir)?;
-    let loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
-    let selected = crate::select::select(&loaded.cluster, opts.on.as_deref())?;
-    let c = &loaded.cluster;
+    let selected = run.selected.clone();
+    let c = &run.loaded.cluster;
     let mut st = State::load(&state_dir)?;
     let rt = runtime(opts.parallel);
     let mut results: BTreeMap<String, InstallResult> = BTreeMap::new();
@@ -262,9 +196,9 @@ pub fn install(
     }
 
     // Build every system (with the facts applied) in one evaluation.
-    let mut bopts = opts.clone();
-    bopts.on = Some(ready.join(","));
-    let p = prepare(topology, &bopts, &tx, true)?;
+    let mut build = run.on(ready.clone());
+    build.merge_install_facts();
+    let p = prepare(build, opts, &tx, true)?;
 
     if io.dry_run {
         for n in &ready {

@@ -2,7 +2,6 @@
 //! in one round trip each, without taking its lock.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -13,7 +12,7 @@ use crate::host::{Host, SshHost, SshTarget, argv};
 use crate::nixcmd;
 use crate::pool::runtime;
 use crate::report::{Change, NodePlan, OptionChange, Plan};
-use crate::run::{EngineError, Options, build_systems, prepare, target_for};
+use crate::run::{EngineError, Options, Run, build_systems, prepare, target_for};
 use crate::session::connect;
 use crate::session::{LOCK_HELD, LOCK_STALE_MIN};
 use crate::state::State;
@@ -58,8 +57,9 @@ pub fn option_changes(old: Option<&Value>, new: &Value) -> Vec<OptionChange> {
         .collect()
 }
 
-pub fn plan(topology: &Path, opts: &Options, tx: Sender) -> Result<Plan, EngineError> {
-    let mut p = prepare(topology, opts, &tx, false)?;
+pub fn plan(run: Run, opts: &Options, tx: Sender) -> Result<Plan, EngineError> {
+    let topology = run.topology.display().to_string();
+    let mut p = prepare(run, opts, &tx, false)?;
     let st = State::load(&p.state_dir)?;
     let rt = runtime(opts.parallel);
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
@@ -113,7 +113,7 @@ pub fn plan(topology: &Path, opts: &Options, tx: Sender) -> Result<Plan, EngineE
         out
     });
     Ok(Plan {
-        topology: topology.display().to_string(),
+        topology,
         topology_hash: p.topology_hash,
         nodes,
     })

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::activate::Goal;
 use crate::event::{Phase, Sender, State as Ev, emit};
 use crate::host::SshTarget;
+use crate::install_state::InstallState;
 use crate::nixcmd::{self, NixArgs};
 use crate::state::State;
 
@@ -87,6 +88,52 @@ pub(crate) fn fnv(bytes: impl IntoIterator<Item = u8>) -> String {
     format!("{h:016x}")
 }
 
+/// One command's inputs, worked out once and passed down: the topology loaded (with the facts
+/// `install` recorded), its state directory (created, private), and the selected nodes.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub topology: PathBuf,
+    pub loaded: Loaded,
+    pub state_dir: PathBuf,
+    pub selected: Vec<String>,
+}
+
+impl Run {
+    pub fn load(topology: &Path, load: &LoadOptions, on: Option<&str>) -> Result<Run, EngineError> {
+        let loaded = edgectl_model::load(topology, load).map_err(EngineError::Invalid)?;
+        let selected = crate::select::select(&loaded.cluster, on)?;
+        let state_dir = crate::state::dir_for(topology);
+        crate::state::ensure(&state_dir)?;
+        let mut run = Run {
+            topology: topology.to_path_buf(),
+            loaded,
+            state_dir,
+            selected,
+        };
+        run.merge_install_facts();
+        Ok(run)
+    }
+
+    /// Facts that `edgectl install` recorded (boot disk, root file system) shape the system;
+    /// `install` calls this again once it has found them.
+    pub fn merge_install_facts(&mut self) {
+        for n in &mut self.loaded.cluster.nodes {
+            if let Some(f) = InstallState::load(&self.state_dir, &n.name).facts {
+                n.boot_disk = Some(f.boot.disk.clone());
+                n.root_device = Some(f.boot.root_device.clone());
+            }
+        }
+    }
+
+    /// The same run on other nodes of the cluster.
+    pub fn on(&self, nodes: Vec<String>) -> Run {
+        Run {
+            selected: nodes,
+            ..self.clone()
+        }
+    }
+}
+
 pub(crate) struct Prepared {
     pub(crate) loaded: Loaded,
     pub(crate) state_dir: PathBuf,
@@ -96,25 +143,21 @@ pub(crate) struct Prepared {
     pub(crate) topology_hash: String,
 }
 
+/// Renders the run's flake into its state directory and, with `build`, builds the selected
+/// systems; refuses first a node whose boot facts are unknown.
 pub(crate) fn prepare(
-    topology: &Path,
+    run: Run,
     opts: &Options,
     tx: &Sender,
     build: bool,
 ) -> Result<Prepared, EngineError> {
-    let mut loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
-    // Facts that `edgectl install` found (boot disk, root file system) shape the system.
-    let state_dir0 = crate::state::dir_for(topology);
-    for n in &mut loaded.cluster.nodes {
-        if let Some(f) = crate::install::InstallState::load(&state_dir0, &n.name).facts {
-            n.boot_disk = Some(f.boot.disk.clone());
-            n.root_device = Some(f.boot.root_device.clone());
-        }
-    }
-    let selected = crate::select::select(&loaded.cluster, opts.on.as_deref())?;
-    boot_facts_known(&loaded, &selected, topology)?;
-    let state_dir = crate::state::dir_for(topology);
-    crate::state::ensure(&state_dir)?;
+    let Run {
+        topology,
+        loaded,
+        state_dir,
+        selected,
+    } = run;
+    boot_facts_known(&loaded, &selected, &topology)?;
     let files = edgectl_render::render(&loaded.cluster).map_err(|e| e.to_string())?;
     let topology_hash = fnv(files.iter().flat_map(|(k, v)| k.bytes().chain(v.bytes())));
     let flake = state_dir.join("flake");

@@ -13,9 +13,9 @@ use edgectl_agent::pki::{CONTROLLER, Pki};
 use edgectl_agent::proto::{ColdStart, PairStat, Peer, RayFacts, Request, Response, WasiOutcome};
 use edgectl_agent::server::{CA_FILE, CERT_FILE, KEY_FILE, PID_FILE};
 use edgectl_agent::{client, tls};
-use edgectl_deploy::EngineError;
 use edgectl_deploy::host::{Host, SshHost, SshTarget, argv};
 use edgectl_deploy::state::State;
+use edgectl_deploy::{EngineError, Run};
 use edgectl_model::{Feature, LoadOptions, Node};
 use quinn::Connection;
 use serde::{Deserialize, Serialize};
@@ -315,13 +315,13 @@ fn peer_ip(node: &Node, facts: Option<&Facts>, host: IpAddr) -> IpAddr {
     host
 }
 
-pub fn verify(topology: &Path, opts: &VerifyOptions) -> Result<Report, EngineError> {
+/// Verifies the run's selected nodes (`opts.on` and `opts.load` were used to make `run`).
+pub fn verify(run: &Run, opts: &VerifyOptions) -> Result<Report, EngineError> {
     let t0 = Instant::now();
-    let loaded = edgectl_model::load(topology, &opts.load).map_err(EngineError::Invalid)?;
+    let (topology, loaded) = (run.topology.as_path(), &run.loaded);
     let cluster = &loaded.cluster;
-    let selected = edgectl_deploy::select::select(cluster, opts.on.as_deref())?;
-    let state_dir = edgectl_deploy::state::dir_for(topology);
-    edgectl_deploy::state::ensure(&state_dir)?;
+    let selected = run.selected.clone();
+    let state_dir = run.state_dir.clone();
     let st = State::load(&state_dir)?;
     let pki = Pki::open(&state_dir.join("pki"), &cluster.name)?;
     let controller = pki.identity(CONTROLLER)?;

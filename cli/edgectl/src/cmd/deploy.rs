@@ -1,10 +1,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edgectl_deploy::EngineError;
 use edgectl_deploy::nixcmd::NixArgs;
 use edgectl_deploy::progress::{self, Mode};
 use edgectl_deploy::report::Change;
+use edgectl_deploy::{EngineError, Run};
 use edgectl_deploy::{Goal, Options, Plan};
 use edgectl_model::LoadOptions;
 
@@ -46,12 +46,16 @@ fn short(p: &Option<String>) -> String {
 
 pub fn plan(ctx: &Ctx, file: &Path, a: &DeployArgs, out: Option<&Path>) -> u8 {
     let opts = options(a);
+    let run = match Run::load(file, &opts.load, opts.on.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return fail(ctx, a.json, e),
+    };
     let (tx, r) = progress::start(if a.json {
         Mode::Quiet
     } else {
         Mode::detect(false)
     });
-    let res = edgectl_deploy::plan(file, &opts, tx);
+    let res = edgectl_deploy::plan(run, &opts, tx);
     r.finish();
     let plan = match res {
         Ok(p) => p,
@@ -171,8 +175,12 @@ pub fn apply(
         } else {
             (file.to_path_buf(), None)
         };
+    let run = match Run::load(&topology, &opts.load, opts.on.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return fail(ctx, a.json, e),
+    };
     let (tx, r) = progress::start(Mode::detect(a.json));
-    let res = edgectl_deploy::apply(&topology, saved.as_ref(), &opts, tx);
+    let res = edgectl_deploy::apply(run, saved.as_ref(), &opts, tx);
     r.finish();
     let report = match res {
         Ok(r) => r,
@@ -279,8 +287,13 @@ pub fn install(ctx: &Ctx, file: &Path, a: &DeployArgs, i: InstallArgs) -> u8 {
         until,
         nix_from,
     };
+    let opts = options(a);
+    let run = match Run::load(file, &opts.load, opts.on.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return fail(ctx, a.json, e),
+    };
     let (tx, r) = progress::start(Mode::detect(a.json));
-    let res = install(file, &options(a), &io, tx);
+    let res = install(run, &opts, &io, tx);
     r.finish();
     let results = match res {
         Ok(r) => r,

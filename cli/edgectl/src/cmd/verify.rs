@@ -129,7 +129,11 @@ pub fn run(ctx: &Ctx, file: &Path, a: &VerifyArgs) -> u8 {
         samples: a.samples.max(1),
         no_zenoh: a.no_zenoh,
     };
-    let r = match verify::verify(file, &opts) {
+    let run = match edgectl_deploy::Run::load(file, &opts.load, opts.on.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return fail(ctx, a.json, e),
+    };
+    let r = match verify::verify(&run, &opts) {
         Ok(r) => r,
         Err(e) => return fail(ctx, a.json, e),
     };
