@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::activate;
-use crate::event::{Phase, Sender, State as Ev, emit};
+use crate::event::{Phase, Sender, State as Ev, emit, step};
 use crate::host::{Host, SshHost, SshTarget, argv};
 use crate::nixcmd;
 use crate::pool::runtime;
@@ -135,17 +135,14 @@ fn inspect_script() -> String {
 const INSPECT_CURRENT: &str = include_str!("sh/inspect_current_system.sh");
 
 fn inspect(name: &str, t: SshTarget, tx: &Sender) -> Result<Probe, String> {
-    emit(
-        tx,
-        name,
-        Phase::Connect,
-        Ev::Started,
-        format!("{}@{}", t.user, t.host),
-    );
-    let h = connect(t).map_err(|e| {
-        emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
-        e.to_string()
-    })?;
+    let what = format!("{}@{}", t.user, t.host);
+    let h = step(tx, name, Phase::Connect, what, || {
+        connect(t).map(|h| {
+            let key = h.host_key().map(|k| k.fingerprint).unwrap_or_default();
+            (h, key)
+        })
+    })
+    .map_err(|e| e.to_string())?;
     let o = h
         .run(
             &argv([

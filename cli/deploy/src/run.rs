@@ -10,7 +10,7 @@ use edgectl_model::{Cluster, Diagnostics, LoadOptions, Loaded};
 use serde_json::Value;
 
 use crate::activate::Goal;
-use crate::event::{Phase, Sender, State as Ev, emit};
+use crate::event::{Phase, Sender, step};
 use crate::host::SshTarget;
 use crate::install_state::InstallState;
 use crate::nixcmd::{self, NixArgs};
@@ -193,21 +193,18 @@ pub(crate) fn build_systems(
     opts: &Options,
     tx: &Sender,
 ) -> Result<BTreeMap<String, String>, EngineError> {
-    emit(
+    let systems = step(
         tx,
         "",
         Phase::Evaluate,
-        Ev::Started,
         format!("evaluating and building {} host(s)", p.selected.len()),
-    );
-    let systems = nixcmd::build_toplevels(&p.state_dir.join("flake"), &p.selected, &opts.nix)?;
-    emit(
-        tx,
-        "",
-        Phase::Evaluate,
-        Ev::Ok,
-        format!("built {} system(s)", systems.len()),
-    );
+        || {
+            nixcmd::build_toplevels(&p.state_dir.join("flake"), &p.selected, &opts.nix).map(|s| {
+                let done = format!("built {} system(s)", s.len());
+                (s, done)
+            })
+        },
+    )?;
     Ok(systems)
 }
 
