@@ -125,6 +125,18 @@ impl Run {
         }
     }
 
+    /// The key to log in with: `--identity` when given, else the topology's `ssh_identity`
+    /// (relative to the topology file), else None (ssh-agent, then ~/.ssh/id_*).
+    pub fn identity(&self, flag: Option<&Path>) -> Option<PathBuf> {
+        flag.map(Path::to_path_buf).or_else(|| {
+            self.loaded
+                .cluster
+                .ssh_identity
+                .as_ref()
+                .map(|rel| self.topology.parent().unwrap_or(Path::new(".")).join(rel))
+        })
+    }
+
     /// The same run on other nodes of the cluster.
     pub fn on(&self, nodes: Vec<String>) -> Run {
         Run {

@@ -167,6 +167,10 @@ enum Command {
     /// Export the topology for elsewhere (a CloudLab geni-lib profile).
     #[command(subcommand)]
     Export(cmd::cloudlab::ExportCmd),
+    /// A cluster of local nodes on this machine to try plan, apply and verify on (root; the
+    /// nodes run stand-in systems, not NixOS).
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -244,6 +248,7 @@ fn main() -> ExitCode {
             deploy,
             install,
         } => cmd::deploy::install(&ctx, &file, &deploy, install),
+        Command::Lab(c) => cmd::lab::run(&ctx, c),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -65,6 +65,10 @@ pub struct ClusterSpec {
     pub edgectl_flake: Option<String>,
     /// The login user on every node (CloudLab: your username); root is reached through sudo.
     pub ssh_user: String,
+    /// The private key to log in with, relative to this file (default: ssh-agent, then
+    /// ~/.ssh/id_*); `--identity` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_identity: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirm_timeout_s: Option<u64>,
     /// A directory of extra `*.toml` hardware profiles, relative to this file.
@@ -177,6 +181,7 @@ pub const CLUSTER_KEYS: &[&str] = &[
     "nixpkgs",
     "edgectl_flake",
     "ssh_user",
+    "ssh_identity",
     "confirm_timeout_s",
     "profile_dir",
     "state_version",
@@ -222,6 +227,7 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
             nixpkgs: r.string(&c, "nixpkgs", true).unwrap_or_default(),
             edgectl_flake: r.string(&c, "edgectl_flake", false),
             ssh_user: r.string(&c, "ssh_user", true).unwrap_or_default(),
+            ssh_identity: r.string(&c, "ssh_identity", false),
             confirm_timeout_s: r
                 .integer(&c, "confirm_timeout_s", false, 5, 3600)
                 .map(|n| n as u64),

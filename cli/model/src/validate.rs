@@ -117,6 +117,9 @@ pub struct Cluster {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edgectl_flake: Option<String>,
     pub ssh_user: String,
+    /// The login key, as written (relative to the topology file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_identity: Option<String>,
     pub confirm_timeout_s: u64,
     pub state_version: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1073,6 +1076,7 @@ impl<'f> Check<'_, 'f> {
             nixpkgs: c.nixpkgs.clone(),
             edgectl_flake: c.edgectl_flake.clone(),
             ssh_user: c.ssh_user.clone(),
+            ssh_identity: c.ssh_identity.clone(),
             confirm_timeout_s: c.confirm_timeout_s.unwrap_or(DEFAULT_CONFIRM_TIMEOUT_S),
             state_version,
             site: c.site.clone(),

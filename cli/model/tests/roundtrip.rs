@@ -108,6 +108,7 @@ fn topology() -> impl Strategy<Value = TopologyFile> {
                     nixpkgs: "github:NixOS/nixpkgs/nixos-25.11".into(),
                     edgectl_flake: None,
                     ssh_user: "alice".into(),
+                    ssh_identity: None,
                     confirm_timeout_s: confirm,
                     profile_dir: None,
                     state_version: None,

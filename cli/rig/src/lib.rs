@@ -155,6 +155,32 @@ pub fn fixture_nixpkgs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-nixpkgs")
 }
 
+/// A topology for `edgectl lab`: [`topology_toml_with`], but self-contained: nixpkgs is the test
+/// fixture itself (no `--override-input` needed) and the login key is `ssh_identity`, a path
+/// relative to the topology file.
+pub fn lab_topology_toml(
+    rig: &Rig,
+    features: &[&str],
+    edgectl_flake: &Path,
+    ssh_identity: &str,
+) -> String {
+    let t = topology_toml_with(rig, features, 30, edgectl_flake);
+    t.replacen("name = \"rig\"\n", "name = \"lab\"\n", 1)
+        .replacen(
+        "nixpkgs = \"github:NixOS/nixpkgs/nixos-25.11\"\n",
+        &format!(
+            "# The test fixture that stands in for nixpkgs: these nodes run stand-in systems, not NixOS.\nnixpkgs = \"path:{}\"\nstate_version = \"25.11\"\n",
+            fixture_nixpkgs().display()
+        ),
+        1,
+    )
+    .replacen(
+        "ssh_user = \"root\"\n",
+        &format!("ssh_user = \"root\"\nssh_identity = {ssh_identity:?}\n"),
+        1,
+    )
+}
+
 /// The fixture flake that stands in for edgectl's own flake (the generated flakes' `edgectl`
 /// input) in deploy tests: no package, so the systems run no agent.
 pub fn fixture_edgectl() -> PathBuf {

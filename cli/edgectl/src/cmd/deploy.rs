@@ -45,11 +45,12 @@ fn short(p: &Option<String>) -> String {
 }
 
 pub fn plan(ctx: &Ctx, file: &Path, a: &DeployArgs, out: Option<&Path>) -> u8 {
-    let opts = options(a);
+    let mut opts = options(a);
     let run = match Run::load(file, &opts.load, opts.on.as_deref()) {
         Ok(r) => r,
         Err(e) => return fail(ctx, a.json, e),
     };
+    opts.identity = run.identity(opts.identity.as_deref());
     let (tx, r) = progress::start(if a.json {
         Mode::Quiet
     } else {
@@ -179,6 +180,7 @@ pub fn apply(
         Ok(r) => r,
         Err(e) => return fail(ctx, a.json, e),
     };
+    opts.identity = run.identity(opts.identity.as_deref());
     let (tx, r) = progress::start(Mode::detect(a.json));
     let res = edgectl_deploy::apply(run, saved.as_ref(), &opts, tx);
     r.finish();
@@ -287,11 +289,12 @@ pub fn install(ctx: &Ctx, file: &Path, a: &DeployArgs, i: InstallArgs) -> u8 {
         until,
         nix_from,
     };
-    let opts = options(a);
+    let mut opts = options(a);
     let run = match Run::load(file, &opts.load, opts.on.as_deref()) {
         Ok(r) => r,
         Err(e) => return fail(ctx, a.json, e),
     };
+    opts.identity = run.identity(opts.identity.as_deref());
     let (tx, r) = progress::start(Mode::detect(a.json));
     let res = install(run, &opts, &io, tx);
     r.finish();

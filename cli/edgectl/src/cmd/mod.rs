@@ -2,6 +2,7 @@ pub mod check;
 pub mod cloudlab;
 pub mod deploy;
 pub mod generate;
+pub mod lab;
 pub mod profiles;
 pub mod verify;
 

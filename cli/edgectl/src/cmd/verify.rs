@@ -115,7 +115,7 @@ fn paint(ctx: &Ctx, v: Verdict) -> String {
 }
 
 pub fn run(ctx: &Ctx, file: &Path, a: &VerifyArgs) -> u8 {
-    let opts = VerifyOptions {
+    let mut opts = VerifyOptions {
         on: a.on.clone(),
         identity: a.identity.clone(),
         connect_timeout: Duration::from_secs(a.connect_timeout.max(1)),
@@ -133,6 +133,7 @@ pub fn run(ctx: &Ctx, file: &Path, a: &VerifyArgs) -> u8 {
         Ok(r) => r,
         Err(e) => return fail(ctx, a.json, e),
     };
+    opts.identity = run.identity(opts.identity.as_deref());
     let r = match verify::verify(&run, &opts) {
         Ok(r) => r,
         Err(e) => return fail(ctx, a.json, e),
