@@ -8,6 +8,7 @@
 
 pub mod activate;
 pub mod apply;
+pub mod day2;
 pub mod event;
 pub mod facts;
 pub mod fake;

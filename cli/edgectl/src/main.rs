@@ -15,7 +15,8 @@ Exit codes:
   0  success, or nothing to change
   1  error: invalid input or a failed step (nothing was changed by the failing step)
   2  `plan` found changes
-  3  `apply` finished but some nodes failed or rolled back
+  3  `apply` finished but some nodes failed or rolled back; `exec`: the command failed
+     or could not run on some node; `status`: some node could not be read
   4  `verify` ran and some checks failed";
 
 #[derive(Parser)]
@@ -167,6 +168,39 @@ enum Command {
     /// Export the topology for elsewhere (a CloudLab geni-lib profile).
     #[command(subcommand)]
     Export(cmd::cloudlab::ExportCmd),
+    /// Run a command on the selected nodes, its output prefixed with each node's name.
+    #[command(after_help = EXIT_CODES)]
+    Exec {
+        /// The topology file.
+        file: PathBuf,
+        #[command(flatten)]
+        deploy: DeployArgs,
+        /// Run it as root (through `sudo -n` when the login user is not root).
+        #[arg(long)]
+        root: bool,
+        /// The command and its arguments, after `--` (passed as argv, never through a shell
+        /// of ours).
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Per node: the system the last apply recorded, the one running now, drift, the lock holder.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        /// The topology file.
+        file: PathBuf,
+        #[command(flatten)]
+        deploy: DeployArgs,
+    },
+    /// Log in to one node with its user, key and pinned host key.
+    #[command(after_help = EXIT_CODES)]
+    Ssh {
+        /// The topology file.
+        file: PathBuf,
+        /// The node's name.
+        node: String,
+        #[command(flatten)]
+        deploy: DeployArgs,
+    },
     /// A cluster of local nodes on this machine to try plan, apply and verify on (root; the
     /// nodes run stand-in systems, not NixOS).
     #[command(subcommand)]
@@ -249,6 +283,14 @@ fn main() -> ExitCode {
             install,
         } => cmd::deploy::install(&ctx, &file, &deploy, install),
         Command::Lab(c) => cmd::lab::run(&ctx, c),
+        Command::Exec {
+            file,
+            deploy,
+            root,
+            command,
+        } => cmd::day2::exec(&ctx, &file, &deploy, root, &command),
+        Command::Status { file, deploy } => cmd::day2::status(&ctx, &file, &deploy),
+        Command::Ssh { file, node, deploy } => cmd::day2::ssh(&ctx, &file, &node, &deploy),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -12,7 +12,7 @@ use super::fail;
 use crate::table::Table;
 use crate::{Ctx, DeployArgs, exit};
 
-fn options(a: &DeployArgs) -> Options {
+pub(crate) fn options(a: &DeployArgs) -> Options {
     Options {
         on: a.on.clone(),
         parallel: a.parallel.max(1),

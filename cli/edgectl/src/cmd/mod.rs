@@ -1,5 +1,6 @@
 pub mod check;
 pub mod cloudlab;
+pub mod day2;
 pub mod deploy;
 pub mod generate;
 pub mod lab;
