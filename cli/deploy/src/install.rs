@@ -3,6 +3,11 @@
 //! distribution" (system profile, /etc/NIXOS, /etc/NIXOS_LUSTRATE, `switch-to-configuration
 //! boot`). Completed phases are recorded in `.edgectl/install/<node>.json`, so an install killed
 //! at any point resumes from the phase that had not completed.
+//!
+//! [`install`] runs the phases in order as methods of one `Install`; each node's work in a
+//! phase runs on a worker thread as a method of `Worker`, wrapped by [`step`] so the phase
+//! always ends in an ok or failed event. What a node still needs is decided once, from its
+//! record alone, by `resume_from`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::event::{Phase, Sender, State as Ev, emit};
-use crate::facts::{self};
-use crate::host::{Host, HostError, HostKey, SshHost, argv};
+use crate::event::{Phase, Sender, step};
+use crate::facts::{self, NodeFacts};
+use crate::host::{Host, HostError, HostKey, SshTarget, argv};
 pub use crate::install_state::{InstallState, Step};
 use crate::pool::{parallel_map, runtime};
 use crate::run::{EngineError, Options, Run, prepare, target_for};
-use crate::session::{Session, open_node, unlock};
+use crate::session::{Heartbeat, Session, open_node, unlock};
 use crate::state::{Lock, State, now};
 
 #[derive(Debug, Clone)]
@@ -54,31 +59,38 @@ const SWITCH: &str = include_str!("sh/install_switch.sh");
 
 const REBOOT: &str = include_str!("sh/reboot_detached.sh");
 
-fn show(a: &[String]) -> String {
-    crate::quote::command(a).unwrap_or_default()
+/// What a run does on one node, decided from its record alone, before anything connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resume {
+    /// The first phase not done, reported as `resumed_from` (None: nothing left to do).
+    pub(crate) from: Option<Step>,
+    /// The phases this run works on, in order: each not done and not after `--until`. Nothing
+    /// after facts runs on a node that has already rebooted into NixOS.
+    pub(crate) todo: Vec<Step>,
+    /// Whether the node goes on past facts: its system is built (and listed by a dry run), and
+    /// it is opened and locked, even when every phase up to `--until` is done already.
+    pub(crate) opens: bool,
 }
 
-fn gather(
-    h: Option<&SshHost>,
-    recorded: Option<&Path>,
-    node: &str,
-) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    for (name, cmd) in facts::COMMANDS {
-        let text = match (recorded, h) {
-            (Some(dir), _) => std::fs::read_to_string(dir.join(node).join(name))
-                .map_err(|e| format!("recorded fact {name}: {e}"))?,
-            (None, Some(h)) => {
-                let o = h
-                    .run(&argv(cmd.iter().copied()), false)
-                    .map_err(|e| e.to_string())?;
-                o.stdout
-            }
-            (None, None) => unreachable!("a live gather needs a connection"),
-        };
-        out.insert(name.to_string(), text);
+pub(crate) fn resume_from(record: &InstallState, until: Option<Step>) -> Resume {
+    let opens = !record.has(Step::Reboot) && until != Some(Step::Facts);
+    let todo = Step::ALL
+        .into_iter()
+        .filter(|s| !record.has(*s) && until.is_none_or(|u| *s <= u))
+        .filter(|s| *s == Step::Facts || opens)
+        .collect();
+    Resume {
+        from: Step::ALL.into_iter().find(|s| !record.has(*s)),
+        todo,
+        opens,
     }
-    Ok(out)
+}
+
+/// How the controller reaches a node: a new connection, its host key checked against the pin.
+type Connect = Arc<dyn Fn(SshTarget) -> Result<Box<dyn Host>, HostError> + Send + Sync>;
+
+fn ssh() -> Connect {
+    Arc::new(|t| crate::session::connect(t).map(|h| Box::new(h) as Box<dyn Host>))
 }
 
 pub fn install(
@@ -87,401 +99,1081 @@ pub fn install(
     io: &InstallOptions,
     tx: Sender,
 ) -> Result<Vec<InstallResult>, EngineError> {
-    let state_dir = run.state_dir.clone();
-    let _lock = Lock::acquire(&state_dir)?;
-    let selected = run.selected.clone();
-    let c = &run.loaded.cluster;
-    let mut st = State::load(&state_dir)?;
-    let rt = runtime(opts.parallel);
-    let mut results: BTreeMap<String, InstallResult> = BTreeMap::new();
-    let stop = |s: Step| io.until.is_some_and(|u| s > u);
+    install_with(run, opts, io, tx, ssh())
+}
 
-    // Phase 1: facts (read-only), for every node that has not recorded them.
-    let jobs: Vec<(String, crate::host::SshTarget, Vec<String>, InstallState)> = selected
-        .iter()
-        .map(|n| {
-            let macs = c
-                .node(n)
-                .map(|x| x.interfaces.iter().map(|i| i.mac.to_string()).collect())
-                .unwrap_or_default();
-            (
-                n.clone(),
-                target_for(c, n, &st, opts, &state_dir),
-                macs,
-                InstallState::load(&state_dir, n),
-            )
-        })
-        .collect();
-    let (recorded, tx1, dir1) = (io.facts_from.clone(), tx.clone(), state_dir.clone());
-    let facts_out = parallel_map(&rt, opts.parallel, jobs, move |(name, t, macs, mut is)| {
-        let resumed = Step::ALL.into_iter().find(|s| !is.has(*s));
-        let mut key: Option<HostKey> = None;
-        if !is.has(Step::Facts) {
-            emit(&tx1, &name, Phase::Facts, Ev::Started, "reading the node");
-            let h = if recorded.is_some() {
-                None
-            } else {
-                match crate::session::connect(t.clone()) {
-                    Ok(h) => Some(h),
-                    Err(e) => return (name, is, resumed, Err(e.to_string()), None),
-                }
-            };
-            if recorded.is_some() {
-                // Recorded facts still require the node to answer, to pin its host key.
-                match crate::session::connect(t) {
-                    Ok(h2) => key = h2.host_key(),
-                    Err(e) => return (name, is, resumed, Err(e.to_string()), None),
-                }
-            } else {
-                key = h.as_ref().and_then(|h| h.host_key());
-            }
-            let f = gather(h.as_ref(), recorded.as_deref(), &name)
-                .and_then(|out| facts::node_facts(&out, &macs));
-            match f {
-                Ok(f) => {
-                    emit(
-                        &tx1,
-                        &name,
-                        Phase::Facts,
-                        Ev::Ok,
-                        format!(
-                            "{} {}; GRUB -> {}; control {}",
-                            f.os_id, f.os_version, f.boot.grub_device, f.control_interface
-                        ),
-                    );
-                    is.facts = Some(f);
-                    is.done.push(Step::Facts);
-                    if let Err(e) = is.save(&dir1, &name) {
-                        return (name, is, resumed, Err(e), key);
-                    }
-                }
-                Err(e) => {
-                    emit(&tx1, &name, Phase::Facts, Ev::Failed, e.clone());
-                    return (name, is, resumed, Err(e), key);
-                }
-            }
-        }
-        (name, is, resumed, Ok(()), key)
-    });
-    let mut states: BTreeMap<String, InstallState> = BTreeMap::new();
-    for (name, is, resumed, r, key) in facts_out {
-        if let Some(k) = key {
-            let e = st.nodes.entry(name.clone()).or_default();
-            e.host_key.get_or_insert(k);
-        }
-        let ok = r.is_ok();
-        results.insert(
-            name.clone(),
-            InstallResult {
-                node: name.clone(),
-                resumed_from: resumed,
-                done: is.done.clone(),
-                ok,
-                message: r.err().unwrap_or_default(),
-                commands: vec![],
-            },
-        );
-        if ok {
-            states.insert(name, is);
-        }
+fn install_with(
+    run: Run,
+    opts: &Options,
+    io: &InstallOptions,
+    tx: Sender,
+    connect: Connect,
+) -> Result<Vec<InstallResult>, EngineError> {
+    let _lock = Lock::acquire(&run.state_dir)?;
+    let mut i = Install::new(run, opts, io, tx, connect)?;
+    i.facts()?;
+    let ready = i.ready();
+    if ready.is_empty() {
+        return Ok(i.finish());
     }
-    st.save(&state_dir)?;
-    let ready: Vec<String> = states
-        .iter()
-        .filter(|(_, s)| !s.has(Step::Reboot))
-        .map(|(n, _)| n.clone())
-        .collect();
-    if ready.is_empty() || stop(Step::Nix) {
-        return Ok(finish(results, &states));
-    }
-
-    // Build every system (with the facts applied) in one evaluation.
-    let mut build = run.on(ready.clone());
-    build.merge_install_facts();
-    let p = prepare(build, opts, &tx, true)?;
-
+    let systems = i.build(&ready)?;
     if io.dry_run {
-        for n in &ready {
-            let sys = &p.systems[n];
-            let f = states[n].facts.as_ref().expect("facts recorded");
-            let reboot = io
-                .reboot_command
-                .clone()
-                .unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]);
-            let ship = crate::nodenix::controller_nix(io.nix_from.as_deref()).ok();
-            let mut cmds = crate::nodenix::planned_commands(ship.as_deref());
-            cmds.extend([
-                format!(
-                    "nix copy --to ssh://{}@{} {sys}",
-                    c.node(n).map(|x| x.user.as_str()).unwrap_or("root"),
-                    c.node(n).map(|x| x.host.as_str()).unwrap_or("")
-                ),
-                format!(
-                    "write /etc/NIXOS_LUSTRATE (keeps: {})",
-                    LUSTRATE.trim().replace('\n', ", ")
-                ),
-                show(&argv(["sh", "-c", SWITCH, "edgectl-install", sys])),
-                format!(
-                    "# GRUB goes to {} (first partition of {})",
-                    f.boot.grub_device, f.boot.disk
-                ),
-                show(&argv(
-                    ["sh", "-c", REBOOT, "edgectl-reboot"]
-                        .into_iter()
-                        .map(String::from)
-                        .chain(reboot),
-                )),
-            ]);
-            if let Some(r) = results.get_mut(n) {
-                r.commands = cmds;
-            }
-        }
-        return Ok(finish(results, &states));
+        i.dry_run(&ready, &systems);
+        return Ok(i.finish());
     }
-
     // Phases 2 to 4 need a session with the node's lock held.
-    let sess_jobs: Vec<(String, crate::host::SshTarget, String)> = ready
-        .iter()
-        .map(|n| {
-            (
-                n.clone(),
-                target_for(c, n, &st, opts, &state_dir),
-                p.systems[n].clone(),
-            )
-        })
-        .collect();
-    let (tx2, goal) = (tx.clone(), crate::Goal::Boot);
-    let opened = parallel_map(&rt, opts.parallel, sess_jobs, move |(name, t, sys)| {
-        open_node(&name, t, &sys, goal, Duration::from_secs(60), None, &tx2)
-    });
-    let mut sessions: Vec<Arc<Session>> = Vec::new();
-    for o in opened {
-        match o {
-            Ok(s) => sessions.push(Arc::new(s)),
-            Err((r, _)) => {
-                if let Some(x) = results.get_mut(&r.node) {
-                    x.ok = false;
-                    x.message = r.message;
-                }
-            }
-        }
-    }
-
-    let heartbeat = crate::session::Heartbeat::start(sessions.clone());
-
-    // Phase 2: Nix on the node, then the closure (fanned out when several nodes need it).
-    let mut failed: BTreeMap<String, String> = BTreeMap::new();
-    let ship = Arc::new(crate::nodenix::controller_nix(io.nix_from.as_deref()));
-    let lacking_nix: Vec<Arc<Session>> = sessions
-        .iter()
-        .filter(|s| !states[&s.name].has(Step::Nix))
-        .cloned()
-        .collect();
-    let got = parallel_map(&rt, opts.parallel, lacking_nix, {
-        let tx = tx.clone();
-        move |s: Arc<Session>| {
-            emit(&tx, &s.name, Phase::Nix, Ev::Started, "checking for Nix");
-            let r = crate::nodenix::ensure(s.host.as_ref(), &ship);
-            match &r {
-                Ok(v) => emit(&tx, &s.name, Phase::Nix, Ev::Ok, v.clone()),
-                Err(e) => emit(&tx, &s.name, Phase::Nix, Ev::Failed, e.clone()),
-            }
-            (s.name.clone(), r)
-        }
-    });
-    for (name, r) in got {
-        match r {
-            Ok(_) => {
-                let is = states.get_mut(&name).expect("state");
-                is.done.push(Step::Nix);
-                let _ = is.save(&state_dir, &name);
-            }
-            Err(e) => {
-                failed.insert(name, e);
-            }
-        }
-    }
-    if !stop(Step::Copy) {
-        let needing: Vec<Arc<Session>> = sessions
-            .iter()
-            .filter(|s| !failed.contains_key(&s.name) && !states[&s.name].has(Step::Copy))
-            .cloned()
-            .collect();
-        let got = crate::fanout::copy_closures(
-            &rt,
-            &needing,
-            c,
-            &state_dir,
-            opts.parallel,
-            opts.fanout,
-            &tx,
-        );
-        for s in &needing {
-            match got.get(&s.name) {
-                Some(Err(e)) => {
-                    failed.insert(s.name.clone(), e.clone());
-                }
-                Some(Ok(_)) | None => {
-                    let is = states.get_mut(&s.name).expect("state");
-                    is.done.push(Step::Copy);
-                    is.system = Some(s.system.clone());
-                    let _ = is.save(&state_dir, &s.name);
-                }
-            }
-        }
-    }
-
-    // Phase 3 (switch) and 4 (reboot) per node.
-    if !stop(Step::Switch) {
-        let jobs: Vec<(Arc<Session>, InstallState)> = sessions
-            .iter()
-            .filter(|s| !failed.contains_key(&s.name))
-            .map(|s| (s.clone(), states[&s.name].clone()))
-            .collect();
-        let (tx4, dir4, reboot, until) = (
-            tx.clone(),
-            state_dir.clone(),
-            io.reboot_command.clone(),
-            io.until,
-        );
-        let outs = parallel_map(&rt, opts.parallel, jobs, move |(s, mut is)| {
-            let r = switch_and_reboot(&s, &mut is, &dir4, reboot.as_deref(), until, &tx4);
-            (s.name.clone(), is, r)
-        });
-        for (name, is, r) in outs {
-            if let Err(e) = r {
-                failed.insert(name.clone(), e);
-            } else if is.has(Step::Reboot) {
-                let e = st.nodes.entry(name.clone()).or_default();
-                e.system = is.system.clone();
-                e.applied_at = Some(now());
-                e.last_result = Some("installed".into());
-            }
-            states.insert(name, is);
-        }
-        st.save(&state_dir)?;
-    }
+    let sessions = i.open(&ready, &systems);
+    let heartbeat = Heartbeat::start(sessions.clone());
+    i.nix(&sessions);
+    i.copy(&sessions);
+    let saved = i.switch_and_reboot(&sessions);
     drop(heartbeat);
     for s in &sessions {
         unlock(s);
     }
-    for (n, e) in failed {
-        if let Some(r) = results.get_mut(&n) {
-            r.ok = false;
-            r.message = e;
-        }
-    }
-    Ok(finish(results, &states))
+    saved?;
+    Ok(i.finish())
 }
 
-fn finish(
-    mut results: BTreeMap<String, InstallResult>,
-    states: &BTreeMap<String, InstallState>,
-) -> Vec<InstallResult> {
-    for (n, r) in results.iter_mut() {
-        if let Some(s) = states.get(n) {
-            r.done = s.done.clone();
-        }
-    }
-    results.into_values().collect()
+/// One node in the run.
+struct Node {
+    /// What install recorded there, as it stands now.
+    record: InstallState,
+    resume: Resume,
+    /// Why a phase failed there: later phases leave the node alone, and its result says this.
+    failed: Option<String>,
+    /// What a dry run would run there.
+    commands: Vec<String>,
 }
 
-fn switch_and_reboot(
-    s: &Session,
-    is: &mut InstallState,
-    dir: &Path,
-    reboot: Option<&[String]>,
-    until: Option<crate::install::Step>,
-    tx: &Sender,
-) -> Result<(), String> {
-    let name = s.name.as_str();
-    if !is.has(Step::Switch) {
-        emit(
+impl Node {
+    fn wants(&self, s: Step) -> bool {
+        self.failed.is_none() && self.resume.todo.contains(&s)
+    }
+}
+
+/// One `edgectl install`: the run, its options, the controller's state, and every node.
+struct Install<'a> {
+    run: Run,
+    opts: &'a Options,
+    io: &'a InstallOptions,
+    tx: Sender,
+    rt: tokio::runtime::Runtime,
+    /// Pinned host keys and installed systems, saved after facts and after the reboots.
+    state: State,
+    nodes: BTreeMap<String, Node>,
+    worker: Worker,
+}
+
+impl<'a> Install<'a> {
+    fn new(
+        run: Run,
+        opts: &'a Options,
+        io: &'a InstallOptions,
+        tx: Sender,
+        connect: Connect,
+    ) -> Result<Install<'a>, EngineError> {
+        let state = State::load(&run.state_dir)?;
+        let nodes = run
+            .selected
+            .iter()
+            .map(|n| {
+                let record = InstallState::load(&run.state_dir, n);
+                let resume = resume_from(&record, io.until);
+                let node = Node {
+                    record,
+                    resume,
+                    failed: None,
+                    commands: vec![],
+                };
+                (n.clone(), node)
+            })
+            .collect();
+        let worker = Worker {
+            tx: tx.clone(),
+            state_dir: run.state_dir.clone(),
+            recorded: io.facts_from.clone(),
+            reboot: io.reboot_command.clone(),
+            wait: REBOOT_WAIT,
+            connect,
+        };
+        Ok(Install {
+            rt: runtime(opts.parallel),
+            run,
+            opts,
+            io,
             tx,
-            name,
-            Phase::Switch,
-            Ev::Started,
-            "NIXOS_LUSTRATE and switch-to-configuration boot",
-        );
-        s.host
-            .upload("/etc/NIXOS_LUSTRATE", LUSTRATE.as_bytes(), 0o644)
-            .map_err(|e| e.to_string())?;
-        let o = s
-            .host
-            .run(
-                &argv(["sh", "-c", SWITCH, "edgectl-install", &s.system]),
-                true,
-            )
-            .map_err(|e| e.to_string())?;
-        if !o.ok() {
-            let e = format!("switch-to-configuration boot failed: {}", o.stderr.trim());
-            emit(tx, name, Phase::Switch, Ev::Failed, e.clone());
-            return Err(e);
+            state,
+            nodes,
+            worker,
+        })
+    }
+
+    /// A node's work in a phase came back: its record, its failure, the key it answered with.
+    fn absorb(&mut self, d: Done) {
+        if let Some(k) = d.key {
+            let e = self.state.nodes.entry(d.name.clone()).or_default();
+            e.host_key.get_or_insert(k);
         }
-        emit(tx, name, Phase::Switch, Ev::Ok, "boots NixOS next");
-        is.done.push(Step::Switch);
-        is.save(dir, name)?;
+        let n = self.nodes.get_mut(&d.name).expect("a selected node");
+        n.record = d.record;
+        if let Err(e) = d.result {
+            n.failed = Some(e);
+        }
     }
-    if until.is_some_and(|u| u < Step::Reboot) || is.has(Step::Reboot) {
-        return Ok(());
+
+    fn target(&self, node: &str) -> SshTarget {
+        let c = &self.run.loaded.cluster;
+        target_for(c, node, &self.state, self.opts, &self.run.state_dir)
     }
-    emit(tx, name, Phase::Reboot, Ev::Started, "rebooting");
-    let boot_id = |h: &dyn Host| {
-        h.run(&argv(["cat", "/proc/sys/kernel/random/boot_id"]), false)
-            .map(|o| o.stdout.trim().to_string())
-            .unwrap_or_default()
-    };
-    let before = boot_id(s.host.as_ref());
-    let default = vec!["systemctl".to_string(), "reboot".to_string()];
-    let cmd = reboot.map(<[String]>::to_vec).unwrap_or(default);
-    let a: Vec<String> = ["sh", "-c", REBOOT, "edgectl-reboot"]
-        .into_iter()
-        .map(String::from)
-        .chain(cmd)
-        .collect();
-    let _ = s.host.run(&a, true);
-    // A real reboot changes the boot id; a custom reboot command (the test rig restarts sshd
-    // instead) is done once the node answers again.
-    let need_new_boot = reboot.is_none();
-    let end = Instant::now() + Duration::from_secs(900);
-    std::thread::sleep(Duration::from_secs(3));
-    loop {
-        match s.host.fresh() {
-            Ok(h) => {
-                if !need_new_boot || boot_id(h.as_ref()) != before {
-                    let cur = h
-                        .run(&argv(["sh", "-c", "if [ -e /run/current-system ]; then readlink -f /run/current-system; else readlink -f /nix/var/nix/profiles/system; fi"]), false)
-                        .map(|o| o.stdout.trim().to_string())
-                        .unwrap_or_default();
-                    if cur != s.system {
-                        let e = format!("after the reboot the node runs {cur:?}, not {}", s.system);
-                        emit(tx, name, Phase::Reboot, Ev::Failed, e.clone());
-                        return Err(e);
-                    }
-                    emit(
-                        tx,
-                        name,
-                        Phase::Reboot,
-                        Ev::Ok,
-                        "NixOS is up, same host key",
-                    );
-                    is.done.push(Step::Reboot);
-                    is.save(dir, name)?;
-                    return Ok(());
+
+    /// Phase 1 (read-only), on every node that has not recorded its facts; pins host keys.
+    fn facts(&mut self) -> Result<(), EngineError> {
+        let c = &self.run.loaded.cluster;
+        let jobs: Vec<FactsJob> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.wants(Step::Facts))
+            .map(|(name, n)| FactsJob {
+                name: name.clone(),
+                target: self.target(name),
+                macs: c
+                    .node(name)
+                    .map(|x| x.interfaces.iter().map(|i| i.mac.to_string()).collect())
+                    .unwrap_or_default(),
+                record: n.record.clone(),
+            })
+            .collect();
+        let w = self.worker.clone();
+        for d in parallel_map(&self.rt, self.opts.parallel, jobs, move |j| w.facts(j)) {
+            self.absorb(d);
+        }
+        self.state.save(&self.run.state_dir)?;
+        Ok(())
+    }
+
+    /// The nodes that go on past facts.
+    fn ready(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.failed.is_none() && n.resume.opens)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Builds every ready node's system, with the facts applied, in one evaluation.
+    fn build(&self, ready: &[String]) -> Result<BTreeMap<String, String>, EngineError> {
+        let mut build = self.run.on(ready.to_vec());
+        build.merge_install_facts();
+        Ok(prepare(build, self.opts, &self.tx, true)?.systems)
+    }
+
+    /// `--dry-run`: every command the later phases would run, per node; nothing runs.
+    fn dry_run(&mut self, ready: &[String], systems: &BTreeMap<String, String>) {
+        let ship = crate::nodenix::controller_nix(self.io.nix_from.as_deref()).ok();
+        let reboot = reboot_argv(self.io.reboot_command.as_deref());
+        for name in ready {
+            let c = self.run.loaded.cluster.node(name);
+            let login = (
+                c.map(|x| x.user.as_str()).unwrap_or("root"),
+                c.map(|x| x.host.as_str()).unwrap_or(""),
+            );
+            let n = self.nodes.get_mut(name).expect("a selected node");
+            let f = n.record.facts.as_ref().expect("facts recorded");
+            n.commands = planned(ship.as_deref(), login, &systems[name], f, &reboot);
+        }
+    }
+
+    /// Connects to, locks and inspects every ready node.
+    fn open(&mut self, ready: &[String], systems: &BTreeMap<String, String>) -> Vec<Arc<Session>> {
+        let jobs: Vec<(String, SshTarget, String)> = ready
+            .iter()
+            .map(|n| (n.clone(), self.target(n), systems[n].clone()))
+            .collect();
+        let tx = self.tx.clone();
+        let opened = parallel_map(&self.rt, self.opts.parallel, jobs, move |(name, t, sys)| {
+            let timeout = Duration::from_secs(60);
+            open_node(&name, t, &sys, crate::Goal::Boot, timeout, None, &tx)
+        });
+        let mut sessions = Vec::new();
+        for o in opened {
+            match o {
+                Ok(s) => sessions.push(Arc::new(s)),
+                Err((r, _)) => {
+                    let n = self.nodes.get_mut(&r.node).expect("a selected node");
+                    n.failed = Some(r.message);
                 }
             }
-            Err(HostError::HostKeyChanged { expected, found }) => {
-                let e = format!(
-                    "the SSH host key changed across the reboot ({expected} -> {found}); NIXOS_LUSTRATE should have kept it: check /etc/ssh on the node"
-                );
-                emit(tx, name, Phase::Reboot, Ev::Failed, e.clone());
-                return Err(e);
+        }
+        sessions
+    }
+
+    /// The sessions of the nodes that still want any of `phases`, with what they want.
+    fn jobs(&self, sessions: &[Arc<Session>], phases: &[Step]) -> Vec<NodeJob> {
+        sessions
+            .iter()
+            .filter(|x| phases.iter().any(|p| self.nodes[&x.name].wants(*p)))
+            .map(|x| {
+                let n = &self.nodes[&x.name];
+                NodeJob {
+                    session: x.clone(),
+                    record: n.record.clone(),
+                    todo: n.resume.todo.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Phase 2, first half: a usable Nix on every node that lacks one.
+    fn nix(&mut self, sessions: &[Arc<Session>]) {
+        let ship = Arc::new(crate::nodenix::controller_nix(self.io.nix_from.as_deref()));
+        let jobs = self.jobs(sessions, &[Step::Nix]);
+        let w = self.worker.clone();
+        for d in parallel_map(&self.rt, self.opts.parallel, jobs, move |j| w.nix(j, &ship)) {
+            self.absorb(d);
+        }
+    }
+
+    /// Phase 2, second half: the closures (fanned out when several nodes need theirs).
+    fn copy(&mut self, sessions: &[Arc<Session>]) {
+        let needing: Vec<Arc<Session>> = self
+            .jobs(sessions, &[Step::Copy])
+            .into_iter()
+            .map(|j| j.session)
+            .collect();
+        if needing.is_empty() {
+            return;
+        }
+        let got = crate::fanout::copy_closures(
+            &self.rt,
+            &needing,
+            &self.run.loaded.cluster,
+            &self.run.state_dir,
+            self.opts.parallel,
+            self.opts.fanout,
+            &self.tx,
+        );
+        for s in &needing {
+            let n = self.nodes.get_mut(&s.name).expect("a selected node");
+            match got.get(&s.name) {
+                Some(Err(e)) => n.failed = Some(e.clone()),
+                Some(Ok(_)) | None => {
+                    n.record.done.push(Step::Copy);
+                    n.record.system = Some(s.system.clone());
+                    // A record lost here only means the copy is checked again next time.
+                    let _ = n.record.save(&self.run.state_dir, &s.name);
+                }
             }
-            Err(_) => {}
         }
-        if Instant::now() > end {
-            return Err("the node did not come back within 15 minutes; recover it from the CloudLab portal (reload) if it does not boot".into());
+    }
+
+    /// Phases 3 (switch) and 4 (reboot), one node after the other on each worker, so a node
+    /// reboots as soon as it has switched; installed systems go into the state.
+    fn switch_and_reboot(&mut self, sessions: &[Arc<Session>]) -> Result<(), EngineError> {
+        let jobs = self.jobs(sessions, &[Step::Switch, Step::Reboot]);
+        if jobs.is_empty() {
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_secs(2));
+        let w = self.worker.clone();
+        let outs = parallel_map(&self.rt, self.opts.parallel, jobs, move |j| {
+            w.switch_and_reboot(j)
+        });
+        for d in outs {
+            let (name, ok) = (d.name.clone(), d.result.is_ok());
+            self.absorb(d);
+            let record = &self.nodes[&name].record;
+            if ok && record.has(Step::Reboot) {
+                let e = self.state.nodes.entry(name.clone()).or_default();
+                e.system = record.system.clone();
+                e.applied_at = Some(now());
+                e.last_result = Some("installed".into());
+            }
+        }
+        self.state.save(&self.run.state_dir)?;
+        Ok(())
+    }
+
+    /// Every node's result, in name order.
+    fn finish(self) -> Vec<InstallResult> {
+        self.nodes
+            .into_iter()
+            .map(|(name, n)| InstallResult {
+                node: name,
+                resumed_from: n.resume.from,
+                done: n.record.done,
+                ok: n.failed.is_none(),
+                message: n.failed.unwrap_or_default(),
+                commands: n.commands,
+            })
+            .collect()
+    }
+}
+
+/// A node's facts phase, as a worker thread needs it.
+struct FactsJob {
+    name: String,
+    target: SshTarget,
+    /// The node's experiment MACs, from the topology.
+    macs: Vec<String>,
+    record: InstallState,
+}
+
+/// A node's later phases, as a worker thread needs them.
+struct NodeJob {
+    session: Arc<Session>,
+    record: InstallState,
+    /// The phases the node still wants (`Resume::todo`).
+    todo: Vec<Step>,
+}
+
+/// What a node's work on a worker thread brings back.
+struct Done {
+    name: String,
+    record: InstallState,
+    result: Result<(), String>,
+    /// The host key the node answered with (facts only).
+    key: Option<HostKey>,
+}
+
+/// How a reboot is waited for: a pause before the first knock, then a knock every `poll`,
+/// for at most `limit` in all.
+#[derive(Debug, Clone, Copy)]
+struct RebootWait {
+    settle: Duration,
+    poll: Duration,
+    limit: Duration,
+}
+
+const REBOOT_WAIT: RebootWait = RebootWait {
+    settle: Duration::from_secs(3),
+    poll: Duration::from_secs(2),
+    limit: Duration::from_secs(900),
+};
+
+/// What every node's work needs on a worker thread, cloned out of the run.
+#[derive(Clone)]
+struct Worker {
+    tx: Sender,
+    state_dir: PathBuf,
+    /// `--facts-from`.
+    recorded: Option<PathBuf>,
+    /// `--reboot-command`.
+    reboot: Option<Vec<String>>,
+    wait: RebootWait,
+    connect: Connect,
+}
+
+impl Worker {
+    fn facts(&self, j: FactsJob) -> Done {
+        let FactsJob {
+            name,
+            target,
+            macs,
+            mut record,
+        } = j;
+        let mut key = None;
+        let result = step(&self.tx, &name, Phase::Facts, "reading the node", || {
+            let h = (self.connect)(target).map_err(|e| e.to_string())?;
+            key = h.host_key();
+            let out = match &self.recorded {
+                // Recorded facts still require the node to answer, to pin its host key.
+                Some(dir) => {
+                    drop(h);
+                    read_recorded(dir, &name)?
+                }
+                None => read_live(h.as_ref())?,
+            };
+            let f = facts::node_facts(&out, &macs)?;
+            let said = format!(
+                "{} {}; GRUB -> {}; control {}",
+                f.os_id, f.os_version, f.boot.grub_device, f.control_interface
+            );
+            record.facts = Some(f);
+            record.done.push(Step::Facts);
+            record.save(&self.state_dir, &name)?;
+            Ok(((), said))
+        });
+        Done {
+            name,
+            record,
+            result,
+            key,
+        }
+    }
+
+    fn nix(&self, j: NodeJob, ship: &Result<PathBuf, String>) -> Done {
+        let NodeJob {
+            session: s,
+            mut record,
+            ..
+        } = j;
+        let result = step(&self.tx, &s.name, Phase::Nix, "checking for Nix", || {
+            crate::nodenix::ensure(s.host.as_ref(), ship).map(|v| ((), v))
+        });
+        if result.is_ok() {
+            record.done.push(Step::Nix);
+            // A record lost here only means Nix is checked again next time.
+            let _ = record.save(&self.state_dir, &s.name);
+        }
+        Done {
+            name: s.name.clone(),
+            record,
+            result,
+            key: None,
+        }
+    }
+
+    fn switch_and_reboot(&self, j: NodeJob) -> Done {
+        let NodeJob {
+            session: s,
+            mut record,
+            todo,
+        } = j;
+        let mut result = Ok(());
+        if todo.contains(&Step::Switch) {
+            result = self.switch(&s, &mut record);
+        }
+        if result.is_ok() && todo.contains(&Step::Reboot) {
+            result = self.reboot(&s, &mut record);
+        }
+        Done {
+            name: s.name.clone(),
+            record,
+            result,
+            key: None,
+        }
+    }
+
+    /// Phase 3: keep the host keys through the switch, and make NixOS the boot default.
+    fn switch(&self, s: &Session, record: &mut InstallState) -> Result<(), String> {
+        let what = "NIXOS_LUSTRATE and switch-to-configuration boot";
+        step(&self.tx, &s.name, Phase::Switch, what, || {
+            s.host
+                .upload("/etc/NIXOS_LUSTRATE", LUSTRATE.as_bytes(), 0o644)
+                .map_err(|e| e.to_string())?;
+            let o = s
+                .host
+                .run(&switch_argv(&s.system), true)
+                .map_err(|e| e.to_string())?;
+            if !o.ok() {
+                let e = o.stderr.trim();
+                return Err(format!("switch-to-configuration boot failed: {e}"));
+            }
+            record.done.push(Step::Switch);
+            record.save(&self.state_dir, &s.name)?;
+            Ok(((), "boots NixOS next".into()))
+        })
+    }
+
+    /// Phase 4: reboot, and check that NixOS came back with the same host key and the system.
+    fn reboot(&self, s: &Session, record: &mut InstallState) -> Result<(), String> {
+        step(&self.tx, &s.name, Phase::Reboot, "rebooting", || {
+            let before = boot_id(s.host.as_ref());
+            let _ = s.host.run(&reboot_argv(self.reboot.as_deref()), true);
+            self.wait_for_nixos(s, &before)?;
+            record.done.push(Step::Reboot);
+            record.save(&self.state_dir, &s.name)?;
+            Ok(((), "NixOS is up, same host key".into()))
+        })
+    }
+
+    /// Waits until the node answers again (on a new boot id, for a real reboot), then checks
+    /// it runs the installed system.
+    fn wait_for_nixos(&self, s: &Session, boot_before: &str) -> Result<(), String> {
+        // A real reboot changes the boot id; a custom reboot command (the test rig restarts sshd
+        // instead) is done once the node answers again.
+        let need_new_boot = self.reboot.is_none();
+        let end = Instant::now() + self.wait.limit;
+        std::thread::sleep(self.wait.settle);
+        loop {
+            match s.host.fresh() {
+                Ok(h) if !need_new_boot || boot_id(h.as_ref()) != boot_before => {
+                    let cur = running_system(h.as_ref());
+                    if cur != s.system {
+                        return Err(format!(
+                            "after the reboot the node runs {cur:?}, not {}",
+                            s.system
+                        ));
+                    }
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(HostError::HostKeyChanged { expected, found }) => {
+                    return Err(format!(
+                        "the SSH host key changed across the reboot ({expected} -> {found}); NIXOS_LUSTRATE should have kept it: check /etc/ssh on the node"
+                    ));
+                }
+                Err(_) => {}
+            }
+            if Instant::now() > end {
+                return Err("the node did not come back within 15 minutes; recover it from the CloudLab portal (reload) if it does not boot".into());
+            }
+            std::thread::sleep(self.wait.poll);
+        }
+    }
+}
+
+/// The outputs of `facts::COMMANDS`, run on the node.
+fn read_live(h: &dyn Host) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (name, cmd) in facts::COMMANDS {
+        let o = h
+            .run(&argv(cmd.iter().copied()), false)
+            .map_err(|e| e.to_string())?;
+        out.insert(name.to_string(), o.stdout);
+    }
+    Ok(out)
+}
+
+/// The outputs of `facts::COMMANDS`, as recorded under `dir/<node>/`.
+fn read_recorded(dir: &Path, node: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (name, _) in facts::COMMANDS {
+        let text = std::fs::read_to_string(dir.join(node).join(name))
+            .map_err(|e| format!("recorded fact {name}: {e}"))?;
+        out.insert(name.to_string(), text);
+    }
+    Ok(out)
+}
+
+fn switch_argv(system: &str) -> Vec<String> {
+    argv(["sh", "-c", SWITCH, "edgectl-install", system])
+}
+
+/// The reboot, detached so the SSH session can end first (default `systemctl reboot`).
+fn reboot_argv(command: Option<&[String]>) -> Vec<String> {
+    let default = vec!["systemctl".to_string(), "reboot".to_string()];
+    ["sh", "-c", REBOOT, "edgectl-reboot"]
+        .into_iter()
+        .map(String::from)
+        .chain(command.map(<[String]>::to_vec).unwrap_or(default))
+        .collect()
+}
+
+fn boot_id(h: &dyn Host) -> String {
+    h.run(&argv(["cat", "/proc/sys/kernel/random/boot_id"]), false)
+        .map(|o| o.stdout.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The system the node runs (or, before its first NixOS boot, the one its profile names).
+fn running_system(h: &dyn Host) -> String {
+    h.run(&argv(["sh", "-c", "if [ -e /run/current-system ]; then readlink -f /run/current-system; else readlink -f /nix/var/nix/profiles/system; fi"]), false)
+        .map(|o| o.stdout.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn show(a: &[String]) -> String {
+    crate::quote::command(a).unwrap_or_default()
+}
+
+/// A dry run's commands for one node reached as `login` (user, host).
+fn planned(
+    ship: Option<&Path>,
+    (user, host): (&str, &str),
+    system: &str,
+    f: &NodeFacts,
+    reboot: &[String],
+) -> Vec<String> {
+    let mut cmds = crate::nodenix::planned_commands(ship);
+    cmds.extend([
+        format!("nix copy --to ssh://{user}@{host} {system}"),
+        format!(
+            "write /etc/NIXOS_LUSTRATE (keeps: {})",
+            LUSTRATE.trim().replace('\n', ", ")
+        ),
+        show(&switch_argv(system)),
+        format!(
+            "# GRUB goes to {} (first partition of {})",
+            f.boot.grub_device, f.boot.disk
+        ),
+        show(reboot),
+    ]);
+    cmds
+}
+
+#[cfg(test)]
+mod resumption {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::event::{Event, State as Ev};
+    use crate::fake::{Call, FakeHost, exit, ok};
+
+    const SYS: &str = "/nix/store/aaaa-nixos-system-n1";
+
+    fn record(done: &[Step]) -> InstallState {
+        InstallState {
+            done: done.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<(Phase, Ev, String)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| (e.phase, e.state, e.message))
+            .collect()
+    }
+
+    // What a node's record alone decides.
+
+    #[test]
+    fn a_new_node_runs_every_phase() {
+        let r = resume_from(&InstallState::default(), None);
+        assert_eq!(r.from, Some(Step::Facts));
+        assert_eq!(r.todo, Step::ALL);
+        assert!(r.opens);
+    }
+
+    #[test]
+    fn recorded_facts_resume_at_nix() {
+        let r = resume_from(&record(&[Step::Facts]), None);
+        assert_eq!(r.from, Some(Step::Nix));
+        assert_eq!(r.todo, [Step::Nix, Step::Copy, Step::Switch, Step::Reboot]);
+        assert!(r.opens);
+    }
+
+    #[test]
+    fn until_stops_after_that_phase() {
+        let r = resume_from(&record(&[Step::Facts]), Some(Step::Copy));
+        assert_eq!(r.from, Some(Step::Nix));
+        assert_eq!(r.todo, [Step::Nix, Step::Copy]);
+        // --until facts reads the node and nothing more: no build, no lock.
+        let r = resume_from(&InstallState::default(), Some(Step::Facts));
+        assert_eq!(r.todo, [Step::Facts]);
+        assert!(!r.opens);
+        let r = resume_from(&record(&[Step::Facts]), Some(Step::Facts));
+        assert_eq!((r.from, r.todo, r.opens), (Some(Step::Nix), vec![], false));
+    }
+
+    #[test]
+    fn a_switched_node_resumes_at_the_reboot() {
+        let r = resume_from(
+            &record(&[Step::Facts, Step::Nix, Step::Copy, Step::Switch]),
+            None,
+        );
+        assert_eq!((r.from, r.todo), (Some(Step::Reboot), vec![Step::Reboot]));
+    }
+
+    #[test]
+    fn a_node_with_every_phase_done_has_nothing_left_to_do() {
+        for until in [None, Some(Step::Switch), Some(Step::Facts)] {
+            let r = resume_from(&record(&Step::ALL), until);
+            assert_eq!(
+                (r.from, r.todo, r.opens),
+                (None, vec![], false),
+                "{until:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_done_up_to_until_is_still_built_and_opened() {
+        // As before the phases were methods: a dry run lists its commands, and the node is
+        // locked for a run that has nothing to do there.
+        let r = resume_from(
+            &record(&[Step::Facts, Step::Nix, Step::Copy]),
+            Some(Step::Copy),
+        );
+        assert_eq!(
+            (r.from, r.todo, r.opens),
+            (Some(Step::Switch), vec![], true)
+        );
+    }
+
+    // The run up to the build, on a real topology and a fake node.
+
+    const TOPOLOGY: &str = r#"
+[cluster]
+name = "t"
+nixpkgs = "github:NixOS/nixpkgs/nixos-25.11"
+ssh_user = "root"
+ssh_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVkZ2VjdGwgZXhhbXBsZTogcmVwbGFjZSBpdCBub3ch t@t"]
+
+[defaults]
+profile = "c220g5"
+
+[[node]]
+name = "n1"
+host = "192.0.2.1"
+lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
+"#;
+
+    /// The c220g5 layout that `tests/facts.rs` checks, whose experiment MAC is n1's.
+    fn layout() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/facts/c220g5-ssd-boot")
+    }
+
+    /// A node answering the facts commands as that layout.
+    fn ubuntu() -> FakeHost {
+        let h = FakeHost::new("n1");
+        for (name, cmd) in facts::COMMANDS {
+            let text = std::fs::read_to_string(layout().join(name)).unwrap();
+            let want = argv(cmd.iter().copied());
+            h.on(move |a| a == want.as_slice(), move |_| ok(&text));
+        }
+        h
+    }
+
+    struct Lab {
+        _dir: tempfile::TempDir,
+        run: Run,
+        /// How many times the run connected.
+        dialed: Arc<AtomicUsize>,
+    }
+
+    fn lab(done: &[Step]) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, TOPOLOGY).unwrap();
+        let run = Run::load(&file, &Default::default(), Some("n1")).expect("topology loads");
+        if !done.is_empty() {
+            let mut r = record(done);
+            if done.contains(&Step::Facts) {
+                let out = read_recorded(layout().parent().unwrap(), "c220g5-ssd-boot");
+                r.facts = Some(facts::node_facts(&out.unwrap(), &["90e2ba24d115".into()]).unwrap());
+            }
+            r.save(&run.state_dir, "n1").unwrap();
+        }
+        Lab {
+            _dir: dir,
+            run,
+            dialed: Arc::default(),
+        }
+    }
+
+    impl Lab {
+        fn install(
+            &self,
+            h: Result<FakeHost, HostError>,
+            io: InstallOptions,
+        ) -> (Vec<InstallResult>, Vec<(Phase, Ev, String)>) {
+            let dialed = self.dialed.clone();
+            let connect: Connect = Arc::new(move |_| {
+                dialed.fetch_add(1, Ordering::SeqCst);
+                h.clone().map(|h| Box::new(h) as Box<dyn Host>)
+            });
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let opts = Options::default();
+            let r = install_with(self.run.clone(), &opts, &io, tx, connect).expect("install");
+            (r, drain(rx))
+        }
+    }
+
+    fn until(u: Step) -> InstallOptions {
+        InstallOptions {
+            dry_run: false,
+            facts_from: None,
+            reboot_command: None,
+            until: Some(u),
+            nix_from: None,
+        }
+    }
+
+    #[test]
+    fn until_facts_reads_a_new_node_pins_its_key_and_goes_no_further() {
+        let l = lab(&[]);
+        let h = ubuntu();
+        let (r, events) = l.install(Ok(h.clone()), until(Step::Facts));
+        assert_eq!(r.len(), 1);
+        assert!(r[0].ok, "{}", r[0].message);
+        assert_eq!(r[0].resumed_from, Some(Step::Facts));
+        assert_eq!(r[0].done, [Step::Facts]);
+        // Only the read-only commands ran: no lock, no build, no switch.
+        assert_eq!(h.calls().len(), facts::COMMANDS.len());
+        assert!(
+            h.calls()
+                .iter()
+                .all(|c| matches!(c, Call::Run { root: false, .. }))
+        );
+        assert_eq!(
+            events,
+            [
+                (Phase::Facts, Ev::Started, "reading the node".into()),
+                (
+                    Phase::Facts,
+                    Ev::Ok,
+                    "ubuntu 22.04; GRUB -> /dev/disk/by-id/wwn-0x55cd2e414d9a1234-part1; control eno1".into()
+                ),
+            ]
+        );
+        let saved = InstallState::load(&l.run.state_dir, "n1");
+        assert_eq!(saved.done, [Step::Facts]);
+        assert_eq!(saved.facts.unwrap().control_interface, "eno1");
+        let st = State::load(&l.run.state_dir).unwrap();
+        assert_eq!(
+            st.nodes["n1"].host_key,
+            h.host_key(),
+            "pinned at first contact"
+        );
+    }
+
+    #[test]
+    fn recorded_facts_still_need_the_node_to_answer() {
+        let l = lab(&[]);
+        let rec = tempfile::tempdir().unwrap();
+        std::fs::create_dir(rec.path().join("n1")).unwrap();
+        for e in std::fs::read_dir(layout()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), rec.path().join("n1").join(e.file_name())).unwrap();
+        }
+        let io = InstallOptions {
+            facts_from: Some(rec.path().to_path_buf()),
+            ..until(Step::Facts)
+        };
+        // Unreachable: it fails, and its phase ends so.
+        let down = HostError::Unreachable("no route to host".into());
+        let (r, events) = l.install(Err(down), io.clone());
+        assert!(!r[0].ok);
+        assert_eq!(r[0].message, "unreachable: no route to host");
+        assert_eq!(
+            (r[0].resumed_from, r[0].done.clone()),
+            (Some(Step::Facts), vec![])
+        );
+        assert_eq!(events.last().map(|e| e.1), Some(Ev::Failed));
+        assert!(InstallState::load(&l.run.state_dir, "n1").done.is_empty());
+        // Reachable: the facts come from the recording, the key from the node.
+        let h = FakeHost::new("n1");
+        let (r, _) = l.install(Ok(h.clone()), io);
+        assert!(r[0].ok, "{}", r[0].message);
+        assert_eq!(r[0].done, [Step::Facts]);
+        assert!(h.calls().is_empty(), "nothing run: {:?}", h.calls());
+        let st = State::load(&l.run.state_dir).unwrap();
+        assert_eq!(st.nodes["n1"].host_key, h.host_key());
+    }
+
+    #[test]
+    fn facts_that_refuse_the_node_are_its_failure() {
+        let l = lab(&[]);
+        let h = ubuntu();
+        h.on(|a| a == ["cat", "/etc/os-release"], |_| ok("ID=nixos\n"));
+        let (r, events) = l.install(Ok(h), until(Step::Facts));
+        assert!(!r[0].ok);
+        assert_eq!(r[0].message, "already NixOS, use `edgectl apply`");
+        assert_eq!(
+            events.last(),
+            Some(&(Phase::Facts, Ev::Failed, r[0].message.clone()))
+        );
+    }
+
+    #[test]
+    fn recorded_facts_are_not_read_again() {
+        let l = lab(&[Step::Facts]);
+        let (r, events) = l.install(Ok(ubuntu()), until(Step::Facts));
+        assert!(r[0].ok);
+        assert_eq!(r[0].resumed_from, Some(Step::Nix));
+        assert_eq!(r[0].done, [Step::Facts]);
+        assert_eq!(l.dialed.load(Ordering::SeqCst), 0, "not contacted");
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn an_installed_node_is_left_alone() {
+        let l = lab(&Step::ALL);
+        let io = InstallOptions {
+            until: None,
+            ..until(Step::Facts)
+        };
+        let (r, events) = l.install(Ok(ubuntu()), io);
+        assert!(r[0].ok);
+        assert_eq!(r[0].resumed_from, None, "nothing left to do");
+        assert_eq!(r[0].done, Step::ALL);
+        assert_eq!(l.dialed.load(Ordering::SeqCst), 0, "not contacted");
+        assert!(events.is_empty(), "nothing built: {events:?}");
+    }
+
+    // A node's later phases on a worker, over an open session.
+
+    const FAST: RebootWait = RebootWait {
+        settle: Duration::from_millis(1),
+        poll: Duration::from_millis(1),
+        limit: Duration::from_secs(5),
+    };
+
+    /// A node that switches, "reboots" (the rig's way: `--reboot-command`) and comes back on
+    /// `running`.
+    fn node(running: &'static str) -> FakeHost {
+        let h = FakeHost::new("n1");
+        h.on_name("edgectl-install", |_| ok(""));
+        h.on_name("edgectl-reboot", |_| ok(""));
+        h.on(
+            |a| a[0] == "cat" && a[1].ends_with("boot_id"),
+            |_| ok("b1\n"),
+        );
+        h.on(
+            |a| a.len() == 3 && a[2].contains("/run/current-system"),
+            move |_| ok(&format!("{running}\n")),
+        );
+        h
+    }
+
+    fn worker(dir: &Path) -> (Worker, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let w = Worker {
+            tx,
+            state_dir: dir.to_path_buf(),
+            recorded: None,
+            reboot: Some(vec!["true".into()]),
+            wait: FAST,
+            connect: Arc::new(|_| Err(HostError::Unreachable("sessions only".into()))),
+        };
+        (w, rx)
+    }
+
+    /// Runs phases 3 and 4 for a node with `done` recorded, up to `until`.
+    fn later(h: &FakeHost, done: &[Step], until: Option<Step>) -> (Done, Vec<(Phase, Ev, String)>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, rx) = worker(dir.path());
+        let rec = record(done);
+        let j = NodeJob {
+            session: Arc::new(Session {
+                name: "n1".into(),
+                host: Box::new(h.clone()),
+                key: h.host_key(),
+                system: SYS.into(),
+                current: None,
+                generation: None,
+                unchanged: false,
+                lock_owner: "edgectl test".into(),
+            }),
+            todo: resume_from(&rec, until).todo,
+            record: rec,
+        };
+        let d = w.switch_and_reboot(j);
+        if d.result.is_ok() {
+            let saved = InstallState::load(dir.path(), "n1");
+            assert_eq!(saved.done, d.record.done, "what is done is recorded");
+        }
+        drop(w);
+        (d, drain(rx))
+    }
+
+    const COPIED: [Step; 3] = [Step::Facts, Step::Nix, Step::Copy];
+
+    #[test]
+    fn a_copied_node_switches_reboots_and_comes_back_on_its_system() {
+        let h = node(SYS);
+        let (d, events) = later(&h, &COPIED, None);
+        assert_eq!(d.result, Ok(()));
+        assert_eq!(d.record.done, Step::ALL);
+        assert_eq!(
+            h.calls()[0],
+            Call::Upload {
+                path: "/etc/NIXOS_LUSTRATE".into(),
+                mode: 0o644
+            }
+        );
+        assert_eq!(h.scripts(), ["edgectl-install", "edgectl-reboot"]);
+        assert!(h.calls().contains(&Call::Fresh));
+        let states: Vec<(Phase, Ev)> = events.iter().map(|e| (e.0, e.1)).collect();
+        assert_eq!(
+            states,
+            [
+                (Phase::Switch, Ev::Started),
+                (Phase::Switch, Ev::Ok),
+                (Phase::Reboot, Ev::Started),
+                (Phase::Reboot, Ev::Ok),
+            ]
+        );
+    }
+
+    #[test]
+    fn until_switch_does_not_reboot() {
+        let h = node(SYS);
+        let (d, _) = later(&h, &COPIED, Some(Step::Switch));
+        assert_eq!(d.result, Ok(()));
+        assert_eq!(d.record.done.last(), Some(&Step::Switch));
+        assert_eq!(h.scripts(), ["edgectl-install"]);
+    }
+
+    #[test]
+    fn a_switched_node_only_reboots() {
+        let h = node(SYS);
+        let switched = [Step::Facts, Step::Nix, Step::Copy, Step::Switch];
+        let (d, _) = later(&h, &switched, None);
+        assert_eq!(d.result, Ok(()));
+        assert_eq!(d.record.done, Step::ALL);
+        assert!(!h.calls().iter().any(|c| matches!(c, Call::Upload { .. })));
+        assert_eq!(h.scripts(), ["edgectl-reboot"]);
+    }
+
+    #[test]
+    fn a_failed_switch_is_not_recorded_and_nothing_reboots() {
+        let h = node(SYS);
+        h.on_name("edgectl-install", |_| exit(1, "grub-install: error\n"));
+        let (d, events) = later(&h, &COPIED, None);
+        assert_eq!(
+            d.result,
+            Err("switch-to-configuration boot failed: grub-install: error".into())
+        );
+        assert_eq!(d.record.done, COPIED);
+        assert_eq!(h.scripts(), ["edgectl-install"]);
+        assert_eq!(
+            events.last().map(|e| (e.0, e.1)),
+            Some((Phase::Switch, Ev::Failed))
+        );
+    }
+
+    #[test]
+    fn a_changed_host_key_after_the_reboot_fails_it() {
+        let h = node(SYS);
+        h.fail_fresh(Some(HostError::HostKeyChanged {
+            expected: "SHA256:old".into(),
+            found: "SHA256:new".into(),
+        }));
+        let (d, events) = later(&h, &COPIED, None);
+        let e = d.result.unwrap_err();
+        assert!(
+            e.contains("host key changed across the reboot (SHA256:old -> SHA256:new)"),
+            "{e}"
+        );
+        assert_eq!(
+            d.record.done.last(),
+            Some(&Step::Switch),
+            "switched, not rebooted"
+        );
+        assert_eq!(events.last(), Some(&(Phase::Reboot, Ev::Failed, e)));
+    }
+
+    #[test]
+    fn a_node_back_on_another_system_fails_the_reboot() {
+        let h = node("/nix/store/bbbb-ubuntu-leftover");
+        let (d, _) = later(&h, &COPIED, None);
+        assert_eq!(
+            d.result,
+            Err(format!(
+                "after the reboot the node runs \"/nix/store/bbbb-ubuntu-leftover\", not {SYS}"
+            ))
+        );
+        assert!(!d.record.has(Step::Reboot));
+    }
+
+    #[test]
+    fn a_dry_run_lists_every_later_command_in_order() {
+        let out = read_recorded(layout().parent().unwrap(), "c220g5-ssd-boot").unwrap();
+        let f = facts::node_facts(&out, &[]).unwrap();
+        let reboot = reboot_argv(Some(&["true".to_string()]));
+        let cmds = planned(None, ("root", "192.0.2.1"), SYS, &f, &reboot);
+        let tail: Vec<&str> = cmds
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(tail[0], format!("nix copy --to ssh://root@192.0.2.1 {SYS}"));
+        assert!(
+            tail[1].starts_with("write /etc/NIXOS_LUSTRATE (keeps: etc/ssh/ssh_host_ed25519_key, ")
+        );
+        assert!(
+            tail[2].contains("edgectl-install") && tail[2].ends_with(SYS),
+            "{}",
+            tail[2]
+        );
+        assert_eq!(
+            tail[3],
+            "# GRUB goes to /dev/disk/by-id/wwn-0x55cd2e414d9a1234-part1 (first partition of /dev/disk/by-id/wwn-0x55cd2e414d9a1234)"
+        );
+        assert!(tail[4].ends_with("edgectl-reboot true"), "{}", tail[4]);
     }
 }
