@@ -2,8 +2,8 @@
 //! and the Ray head first), and record each node the moment it is done.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use edgectl_model::{Cluster, Role};
@@ -11,10 +11,11 @@ use serde_json::Value;
 
 use crate::activate::{self, Goal, Outcome};
 use crate::event::{Phase, Sender, State as Ev, emit};
-use crate::host::{HostKey, SshTarget};
+use crate::fanout::{Deliveries, Delivery};
+use crate::host::HostKey;
 use crate::pool::{parallel_map, runtime};
 use crate::report::{ApplyReport, NodeOutcome, NodeResult, Plan, result};
-use crate::run::{EngineError, Options, Run, prepare, target_for};
+use crate::run::{EngineError, Options, Prepared, Run, prepare, target_for};
 use crate::session::{Heartbeat, Session, open_node, unlock};
 use crate::state::{Lock, NodeState, State, now};
 
@@ -37,137 +38,226 @@ pub fn apply(
         ));
     }
     if opts.goal == Goal::Build {
-        let nodes = p
-            .selected
-            .iter()
-            .map(|n| NodeResult {
-                node: n.clone(),
-                result: NodeOutcome::Built,
-                system: p.systems.get(n).cloned(),
-                generation: None,
-                message: String::new(),
-                closure: None,
-            })
-            .collect();
-        return Ok(ApplyReport {
-            goal: opts.goal,
-            nodes,
-        });
+        return Ok(built(&p, opts.goal));
     }
-    let st = Arc::new(Mutex::new(State::load(&p.state_dir)?));
-    let timeout = Duration::from_secs(
-        opts.confirm_timeout
-            .unwrap_or(p.loaded.cluster.confirm_timeout_s),
-    );
-    let c = &p.loaded.cluster;
-    let rt = runtime(opts.parallel);
+    let mut a = ApplyRun::new(p, opts, tx)?;
+    let sessions = a.open(saved);
+    let _heartbeat = Heartbeat::start(sessions.clone());
+    let deliveries = a.distribute(&sessions);
+    a.activate(sessions, deliveries);
+    Ok(a.finish())
+}
 
-    // 1. Open every node.
-    let targets: Vec<(String, SshTarget, Option<Option<String>>)> = p
+/// `--goal build`: the systems are built, and no node is touched.
+fn built(p: &Prepared, goal: Goal) -> ApplyReport {
+    let nodes = p
         .selected
         .iter()
-        .map(|n| {
-            let t = target_for(
-                c,
-                n,
-                &st.lock().unwrap_or_else(|e| e.into_inner()),
-                opts,
-                &p.state_dir,
-            );
-            let expected = saved
-                .and_then(|pl| pl.nodes.iter().find(|x| &x.node == n))
-                .map(|x| x.current.clone());
-            (n.clone(), t, expected)
+        .map(|n| NodeResult {
+            node: n.clone(),
+            result: NodeOutcome::Built,
+            system: p.systems.get(n).cloned(),
+            generation: None,
+            message: String::new(),
+            closure: None,
         })
         .collect();
-    let opened: Vec<Result<Session, (NodeResult, Option<HostKey>)>> =
-        parallel_map(&rt, opts.parallel, targets, {
-            let (systems, tx, goal) = (p.systems.clone(), tx.clone(), opts.goal);
+    ApplyReport { goal, nodes }
+}
+
+/// One apply once its systems are built. Its phases run in order ([`open`](Self::open),
+/// [`distribute`](Self::distribute), [`activate`](Self::activate), [`finish`](Self::finish)),
+/// and every node's result lands in `done` the moment the node is done, opened or not.
+struct ApplyRun<'a> {
+    cluster: Cluster,
+    selected: Vec<String>,
+    systems: BTreeMap<String, String>,
+    opts: &'a Options,
+    rt: tokio::runtime::Runtime,
+    end: Arc<NodeEnd>,
+    /// Each node's result, with the host key it was seen with.
+    done: BTreeMap<String, (NodeResult, Option<HostKey>)>,
+}
+
+impl<'a> ApplyRun<'a> {
+    /// Takes over what `prepare` worked out, and loads the recorded state.
+    fn new(p: Prepared, opts: &'a Options, tx: Sender) -> Result<ApplyRun<'a>, EngineError> {
+        let Prepared {
+            loaded,
+            state_dir,
+            selected,
+            systems,
+            contexts,
+            topology_hash,
+        } = p;
+        let end = NodeEnd {
+            st: Mutex::new(State::load(&state_dir)?),
+            tx,
+            goal: opts.goal,
+            timeout: Duration::from_secs(
+                opts.confirm_timeout
+                    .unwrap_or(loaded.cluster.confirm_timeout_s),
+            ),
+            state_dir,
+            contexts,
+            topology_hash,
+        };
+        Ok(ApplyRun {
+            cluster: loaded.cluster,
+            selected,
+            systems,
+            opts,
+            rt: runtime(opts.parallel),
+            end: Arc::new(end),
+            done: BTreeMap::new(),
+        })
+    }
+
+    /// Opens every selected node (connect, lock, decide any activation in flight, read its
+    /// system); a node that cannot be opened is done here, with why.
+    fn open(&mut self, saved: Option<&Plan>) -> Vec<Arc<Session>> {
+        let targets: Vec<_> = self
+            .selected
+            .iter()
+            .map(|n| {
+                let t = target_for(
+                    &self.cluster,
+                    n,
+                    &self.end.state(),
+                    self.opts,
+                    &self.end.state_dir,
+                );
+                let expected = saved
+                    .and_then(|pl| pl.nodes.iter().find(|x| &x.node == n))
+                    .map(|x| x.current.clone());
+                (n.clone(), t, expected)
+            })
+            .collect();
+        let (systems, tx) = (self.systems.clone(), self.end.tx.clone());
+        let (goal, timeout) = (self.end.goal, self.end.timeout);
+        let opened = parallel_map(
+            &self.rt,
+            self.opts.parallel,
+            targets,
             move |(name, t, expected)| {
                 open_node(&name, t, &systems[&name], goal, timeout, expected, &tx)
-            }
-        });
-    let mut finished: BTreeMap<String, (NodeResult, Option<HostKey>)> = BTreeMap::new();
-    let mut sessions: Vec<Arc<Session>> = Vec::new();
-    for o in opened {
-        match o {
-            Ok(s) => sessions.push(Arc::new(s)),
-            Err(r) => {
-                finished.insert(r.0.node.clone(), r);
-            }
-        }
-    }
-
-    let _heartbeat = Heartbeat::start(sessions.clone());
-
-    // 2. Distribute closures to the nodes that need them.
-    let needing: Vec<Arc<Session>> = sessions.iter().filter(|s| !s.unchanged).cloned().collect();
-    let deliveries = crate::fanout::copy_closures(
-        &rt,
-        &needing,
-        c,
-        &p.state_dir,
-        opts.parallel,
-        opts.fanout,
-        &tx,
-    );
-    let copy_errors: BTreeMap<String, String> = deliveries
-        .iter()
-        .filter_map(|(n, r)| r.as_ref().err().map(|e| (n.clone(), e.clone())))
-        .collect();
-
-    // 3. Activate, wave by wave.
-    let waves = waves(c, &sessions, |s| s.name.as_str());
-    // Nodes that never got a session are recorded now; every other node the moment it is
-    // done, so a controller killed mid-apply leaves a state that knows each finished node
-    // (and the host key it was first seen with).
-    for (name, r) in &finished {
-        record(
-            &st,
-            &p.state_dir,
-            name,
-            r,
-            p.contexts[name].clone(),
-            &p.topology_hash,
+            },
         );
-    }
-    let deliveries = Arc::new(deliveries);
-    for wave in waves {
-        let out = parallel_map(&rt, opts.parallel, wave, {
-            let (tx, copy_errors, goal) = (tx.clone(), copy_errors.clone(), opts.goal);
-            let (st, dir, contexts, hash, deliveries) = (
-                st.clone(),
-                p.state_dir.clone(),
-                p.contexts.clone(),
-                p.topology_hash.clone(),
-                deliveries.clone(),
-            );
-            move |s: Arc<Session>| {
-                let mut r = finish_node(&s, goal, timeout, copy_errors.get(&s.name).cloned(), &tx);
-                unlock(&s);
-                r.closure = deliveries
-                    .get(&s.name)
-                    .and_then(|d| d.as_ref().ok().cloned());
-                let r = (r, s.key.clone());
-                let ctx = contexts.get(&s.name).cloned().unwrap_or_default();
-                record(&st, &dir, &s.name, &r, ctx, &hash);
-                r
+        let mut sessions = Vec::new();
+        for o in opened {
+            match o {
+                Ok(s) => sessions.push(Arc::new(s)),
+                Err(r) => {
+                    self.done.insert(r.0.node.clone(), r);
+                }
             }
-        });
-        for r in out {
-            finished.insert(r.0.node.clone(), r);
+        }
+        sessions
+    }
+
+    /// Gets the closures onto the nodes that need them (fanned out or direct, see `fanout`).
+    fn distribute(&self, sessions: &[Arc<Session>]) -> Deliveries {
+        let needing: Vec<Arc<Session>> =
+            sessions.iter().filter(|s| !s.unchanged).cloned().collect();
+        crate::fanout::copy_closures(
+            &self.rt,
+            &needing,
+            &self.cluster,
+            &self.end.state_dir,
+            self.opts.parallel,
+            self.opts.fanout,
+            &self.end.tx,
+        )
+    }
+
+    /// Finishes the opened nodes wave by wave (see [`waves`]).
+    fn activate(&mut self, sessions: Vec<Arc<Session>>, deliveries: Deliveries) {
+        // Nodes that never got a session are recorded now; every other node the moment it is
+        // done, so a controller killed mid-apply leaves a state that knows each finished node
+        // (and the host key it was first seen with).
+        for (name, r) in &self.done {
+            self.end.record(name, r);
+        }
+        let deliveries = Arc::new(deliveries);
+        for wave in waves(&self.cluster, &sessions, |s| s.name.as_str()) {
+            let (end, deliveries) = (self.end.clone(), deliveries.clone());
+            let out = parallel_map(
+                &self.rt,
+                self.opts.parallel,
+                wave,
+                move |s: Arc<Session>| end.node(&s, deliveries.get(&s.name)),
+            );
+            for r in out {
+                self.done.insert(r.0.node.clone(), r);
+            }
         }
     }
-    let mut results = Vec::new();
-    for name in &p.selected {
-        if let Some(r) = finished.remove(name) {
-            results.push(r.0);
+
+    /// The report: every node's result, in the order the nodes were selected.
+    fn finish(mut self) -> ApplyReport {
+        let nodes = self
+            .selected
+            .iter()
+            .filter_map(|n| self.done.remove(n))
+            .map(|r| r.0)
+            .collect();
+        ApplyReport {
+            goal: self.opts.goal,
+            nodes,
         }
     }
-    Ok(ApplyReport {
-        goal: opts.goal,
-        nodes: results,
-    })
+}
+
+/// What finishing an opened node needs, shared with the worker threads: activate it, unlock
+/// it, and record it in the state.
+struct NodeEnd {
+    tx: Sender,
+    goal: Goal,
+    timeout: Duration,
+    st: Mutex<State>,
+    state_dir: PathBuf,
+    contexts: BTreeMap<String, Value>,
+    topology_hash: String,
+}
+
+impl NodeEnd {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Activates an opened node (unless its closure did not arrive), unlocks and records it.
+    fn node(
+        &self,
+        s: &Session,
+        delivery: Option<&Result<Delivery, String>>,
+    ) -> (NodeResult, Option<HostKey>) {
+        let copy_error = delivery.and_then(|d| d.as_ref().err().cloned());
+        let mut r = finish_node(s, self.goal, self.timeout, copy_error, &self.tx);
+        unlock(s);
+        r.closure = delivery.and_then(|d| d.as_ref().ok().cloned());
+        let r = (r, s.key.clone());
+        self.record(&s.name, &r);
+        r
+    }
+
+    /// Updates and saves the state after each node, so a controller killed mid-apply leaves a
+    /// file that describes every node it finished.
+    fn record(&self, name: &str, r: &(NodeResult, Option<HostKey>)) {
+        let mut s = self.state();
+        let e: &mut NodeState = s.nodes.entry(name.to_string()).or_default();
+        if let Some(k) = &r.1 {
+            e.host_key = Some(k.clone());
+        }
+        e.last_result = Some(r.0.result.to_string());
+        if r.0.result.applied() {
+            e.system = r.0.system.clone();
+            e.generation = r.0.generation.or(e.generation);
+            e.options = Some(self.contexts.get(name).cloned().unwrap_or_default());
+            e.applied_at = Some(now());
+            s.topology_hash = Some(self.topology_hash.clone());
+        }
+        let _ = s.save(&self.state_dir);
+    }
 }
 
 /// The activation order: first the nodes others connect to when they start (Zenoh routers and
@@ -181,6 +271,9 @@ fn waves<T: Clone>(c: &Cluster, items: &[T], name: impl Fn(&T) -> &str) -> [Vec<
     [a, b]
 }
 
+/// One opened node's end: nothing to do when it already runs its system, the copy's failure
+/// when its closure did not arrive, only the copy for `--goal push`, else its activation; then
+/// its `done` event.
 fn finish_node(
     s: &Session,
     goal: Goal,
@@ -189,36 +282,29 @@ fn finish_node(
     tx: &Sender,
 ) -> NodeResult {
     let (name, system) = (s.name.as_str(), s.system.as_str());
-    if s.unchanged {
-        emit(tx, name, Phase::Done, Ev::Skipped, "already on this system");
-        return result(
-            name,
-            system,
-            NodeOutcome::Unchanged,
-            "already on this system".into(),
-            s.generation,
-        );
-    }
-    if let Some(e) = copy_error {
+    let r = if s.unchanged {
+        let msg = "already on this system".into();
+        result(name, system, NodeOutcome::Unchanged, msg, s.generation)
+    } else if let Some(e) = copy_error {
+        // The copy phase has already ended in this failure: no `done` event of its own.
         return result(name, system, NodeOutcome::Failed, e, s.generation);
-    }
-    if goal == Goal::Push {
-        emit(tx, name, Phase::Done, Ev::Ok, "closure copied");
-        return result(
-            name,
-            system,
-            NodeOutcome::Pushed,
-            "closure copied".into(),
-            s.generation,
-        );
-    }
-    emit(
-        tx,
-        name,
-        Phase::Activate,
-        Ev::Started,
-        goal.verb().unwrap_or_default(),
-    );
+    } else if goal == Goal::Push {
+        let msg = "closure copied".into();
+        result(name, system, NodeOutcome::Pushed, msg, s.generation)
+    } else {
+        activate_node(s, goal, timeout, tx)
+    };
+    let (state, shown) = done_event(&r);
+    emit(tx, name, Phase::Done, state, shown);
+    r
+}
+
+/// Activates the node's new system under the confirm protocol, then reads the generation it
+/// is on from a new connection.
+fn activate_node(s: &Session, goal: Goal, timeout: Duration, tx: &Sender) -> NodeResult {
+    let (name, system) = (s.name.as_str(), s.system.as_str());
+    let verb = goal.verb().unwrap_or_default();
+    emit(tx, name, Phase::Activate, Ev::Started, verb);
     let on_state = |x: &str| emit(tx, name, Phase::Activate, Ev::Progress, x);
     let outcome = activate::activate(s.host.as_ref(), system, goal, timeout, &on_state)
         .unwrap_or_else(|e| Outcome::Unknown(e.to_string()));
@@ -228,57 +314,38 @@ fn finish_node(
         .ok()
         .and_then(|f| activate::current(f.as_ref()).ok());
     let generation = after.as_ref().and_then(|a| a.1).or(s.generation);
-    let (kind, msg, ev) = match outcome {
-        Outcome::Confirmed => (
-            NodeOutcome::Confirmed,
-            "activated and confirmed".to_string(),
-            Ev::Ok,
-        ),
-        Outcome::Failed(m) => (NodeOutcome::Failed, m, Ev::Failed),
-        Outcome::RolledBack(m) => (NodeOutcome::RolledBack, m, Ev::RolledBack),
-        Outcome::Unknown(m) => (NodeOutcome::Unknown, m, Ev::Failed),
+    let (kind, msg) = match outcome {
+        Outcome::Confirmed => (NodeOutcome::Confirmed, "activated and confirmed".into()),
+        Outcome::Failed(m) => (NodeOutcome::Failed, m),
+        Outcome::RolledBack(m) => (NodeOutcome::RolledBack, m),
+        Outcome::Unknown(m) => (NodeOutcome::Unknown, m),
     };
-    let shown = if kind == NodeOutcome::Confirmed {
-        format!(
-            "generation {}",
-            generation.map(|g| g.to_string()).unwrap_or("-".into())
-        )
-    } else {
-        msg.clone()
-    };
-    emit(tx, name, Phase::Done, ev, shown);
     result(name, system, kind, msg, generation)
 }
 
-/// Updates and saves the state after each node, so a controller killed mid-apply leaves a
-/// file that describes every node it finished.
-fn record(
-    st: &Mutex<State>,
-    dir: &Path,
-    name: &str,
-    r: &(NodeResult, Option<HostKey>),
-    ctx: Value,
-    hash: &str,
-) {
-    let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-    let e: &mut NodeState = s.nodes.entry(name.to_string()).or_default();
-    if let Some(k) = &r.1 {
-        e.host_key = Some(k.clone());
-    }
-    e.last_result = Some(r.0.result.to_string());
-    if r.0.result.applied() {
-        e.system = r.0.system.clone();
-        e.generation = r.0.generation.or(e.generation);
-        e.options = Some(ctx);
-        e.applied_at = Some(now());
-        s.topology_hash = Some(hash.to_string());
-    }
-    let _ = s.save(dir);
+/// A finished node's `done` event from its result: the new generation when it confirmed,
+/// else its message.
+fn done_event(r: &NodeResult) -> (Ev, String) {
+    let state = match r.result {
+        NodeOutcome::Unchanged => Ev::Skipped,
+        NodeOutcome::Confirmed | NodeOutcome::Pushed | NodeOutcome::Built => Ev::Ok,
+        NodeOutcome::RolledBack => Ev::RolledBack,
+        NodeOutcome::Failed | NodeOutcome::Unreachable | NodeOutcome::Unknown => Ev::Failed,
+    };
+    let shown = if r.result == NodeOutcome::Confirmed {
+        let g = r.generation.map(|g| g.to_string());
+        format!("generation {}", g.unwrap_or("-".into()))
+    } else {
+        r.message.clone()
+    };
+    (state, shown)
 }
 
 /// What apply decides per node, against scripted nodes and the example cluster.
 #[cfg(test)]
 mod decisions {
+    use std::path::Path;
+
     use super::*;
     use crate::fake::{FakeHost, ok};
     use crate::host::Host;
@@ -325,14 +392,27 @@ mod decisions {
     }
 
     fn finish(s: &Session, goal: Goal, copy_error: Option<&str>) -> NodeResult {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        finish_node(
+        finish_seen(s, goal, copy_error).0
+    }
+
+    /// [`finish_node`], and the events it sent as (phase, state, message).
+    fn finish_seen(
+        s: &Session,
+        goal: Goal,
+        copy_error: Option<&str>,
+    ) -> (NodeResult, Vec<(Phase, Ev, String)>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let r = finish_node(
             s,
             goal,
             Duration::from_secs(5),
             copy_error.map(String::from),
             &tx,
-        )
+        );
+        let seen = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| (e.phase, e.state, e.message))
+            .collect();
+        (r, seen)
     }
 
     #[test]
@@ -359,5 +439,161 @@ mod decisions {
         assert_eq!(r.result, NodeOutcome::Confirmed, "{}", r.message);
         assert_eq!(r.generation, Some(4));
         assert_eq!(r.system.as_deref(), Some("/nix/store/new"));
+    }
+
+    #[test]
+    fn each_finished_node_ends_in_one_done_event_unless_its_copy_already_failed() {
+        let h = FakeHost::new("n1");
+        let done = |ev: Ev, m: &str| vec![(Phase::Done, ev, m.to_string())];
+        let (_, seen) = finish_seen(&session(&h, true), Goal::Switch, None);
+        assert_eq!(seen, done(Ev::Skipped, "already on this system"));
+        let (_, seen) = finish_seen(&session(&h, false), Goal::Push, None);
+        assert_eq!(seen, done(Ev::Ok, "closure copied"));
+        let (_, seen) = finish_seen(&session(&h, false), Goal::Switch, Some("disk full"));
+        assert_eq!(seen, [], "the copy phase reported the failure");
+    }
+
+    #[test]
+    fn an_activation_starts_with_its_verb_and_ends_with_the_generation() {
+        let h = FakeHost::new("n1");
+        h.on_name("edgectl-launch", |_| ok(""));
+        h.on_name("edgectl-status", |_| ok("done"));
+        h.on_name("edgectl-current", |_| ok("/nix/store/new\nsystem-4-link\n"));
+        let (_, seen) = finish_seen(&session(&h, false), Goal::Boot, None);
+        assert_eq!(
+            seen.first(),
+            Some(&(Phase::Activate, Ev::Started, "boot".to_string()))
+        );
+        assert_eq!(
+            seen.last(),
+            Some(&(Phase::Done, Ev::Ok, "generation 4".to_string()))
+        );
+        let middle = &seen[1..seen.len() - 1];
+        assert!(
+            middle
+                .iter()
+                .all(|(p, e, _)| (*p, *e) == (Phase::Activate, Ev::Progress)),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn the_done_event_says_how_the_node_ended() {
+        let r = |o: NodeOutcome, generation: Option<u64>| {
+            done_event(&result("n1", "/nix/store/new", o, "why".into(), generation))
+        };
+        assert_eq!(
+            r(NodeOutcome::Confirmed, Some(7)),
+            (Ev::Ok, "generation 7".into())
+        );
+        assert_eq!(
+            r(NodeOutcome::Confirmed, None),
+            (Ev::Ok, "generation -".into())
+        );
+        assert_eq!(
+            r(NodeOutcome::Unchanged, Some(7)),
+            (Ev::Skipped, "why".into())
+        );
+        assert_eq!(r(NodeOutcome::Pushed, None), (Ev::Ok, "why".into()));
+        assert_eq!(
+            r(NodeOutcome::RolledBack, None),
+            (Ev::RolledBack, "why".into())
+        );
+        for o in [
+            NodeOutcome::Failed,
+            NodeOutcome::Unknown,
+            NodeOutcome::Unreachable,
+        ] {
+            assert_eq!(r(o, None), (Ev::Failed, "why".into()), "{o}");
+        }
+    }
+
+    fn end(dir: &Path, goal: Goal) -> NodeEnd {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        NodeEnd {
+            tx,
+            goal,
+            timeout: Duration::from_secs(5),
+            st: Mutex::new(State::load(dir).unwrap()),
+            state_dir: dir.to_path_buf(),
+            contexts: [(
+                "n1".to_string(),
+                serde_json::json!({"ray": {"enable": true}}),
+            )]
+            .into(),
+            topology_hash: "h1".into(),
+        }
+    }
+
+    #[test]
+    fn a_node_is_recorded_as_applied_only_when_it_runs_the_new_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = FakeHost::new("n1");
+        let e = end(dir.path(), Goal::Switch);
+        let failed = result(
+            "n1",
+            "/nix/store/new",
+            NodeOutcome::RolledBack,
+            "late".into(),
+            Some(3),
+        );
+        e.record("n1", &(failed, h.host_key()));
+        let st = State::load(dir.path()).unwrap();
+        let n = &st.nodes["n1"];
+        assert_eq!(n.last_result.as_deref(), Some("rolled-back"));
+        assert_eq!(n.host_key, h.host_key(), "the key is pinned even so");
+        assert_eq!(
+            (&n.system, &n.options, &st.topology_hash),
+            (&None, &None, &None)
+        );
+
+        let ok = result(
+            "n1",
+            "/nix/store/new",
+            NodeOutcome::Confirmed,
+            String::new(),
+            None,
+        );
+        e.record("n1", &(ok, None));
+        let st = State::load(dir.path()).unwrap();
+        let n = &st.nodes["n1"];
+        assert_eq!(n.last_result.as_deref(), Some("confirmed"));
+        assert_eq!(n.system.as_deref(), Some("/nix/store/new"));
+        assert_eq!(
+            n.options,
+            Some(serde_json::json!({"ray": {"enable": true}}))
+        );
+        assert_eq!(n.host_key, h.host_key(), "kept when none was seen");
+        assert_eq!(st.topology_hash.as_deref(), Some("h1"));
+    }
+
+    #[test]
+    fn a_finished_node_is_unlocked_recorded_and_keeps_where_its_closure_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = FakeHost::new("n1");
+        h.on_name("edgectl-unlock", |_| ok(""));
+        let from = Delivery {
+            from: crate::fanout::Source::Controller,
+            seed: None,
+            fallback_reason: None,
+        };
+        let e = end(dir.path(), Goal::Push);
+        let (r, key) = e.node(&session(&h, false), Some(&Ok(from.clone())));
+        assert_eq!(r.result, NodeOutcome::Pushed, "{}", r.message);
+        assert_eq!(r.closure, Some(from));
+        assert_eq!(key, h.host_key());
+        assert_eq!(h.scripts(), ["edgectl-unlock"]);
+        let st = State::load(dir.path()).unwrap();
+        assert_eq!(st.nodes["n1"].last_result.as_deref(), Some("pushed"));
+
+        // A closure that did not arrive: failed with the copy's error, and unlocked too.
+        let (r, _) = end(dir.path(), Goal::Switch)
+            .node(&session(&h, false), Some(&Err("disk full".to_string())));
+        assert_eq!(
+            (r.result, r.message.as_str()),
+            (NodeOutcome::Failed, "disk full")
+        );
+        assert_eq!(r.closure, None);
+        assert_eq!(h.scripts(), ["edgectl-unlock", "edgectl-unlock"]);
     }
 }
