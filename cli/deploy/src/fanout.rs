@@ -82,6 +82,15 @@ impl Delivery {
             fallback_reason: None,
         }
     }
+
+    /// From the controller, though meant to come over the LAN, for `why`.
+    fn fallback(why: String) -> Delivery {
+        Delivery {
+            from: Source::ControllerFallback,
+            seed: None,
+            fallback_reason: Some(why),
+        }
+    }
 }
 
 /// Each node's delivery, or why it has no closure.
@@ -141,7 +150,7 @@ pub fn copy_closures(
     mode: Fanout,
     tx: &Sender,
 ) -> Deliveries {
-    if mode != Fanout::Off && needing.len() >= 2 {
+    if fans_out(mode, needing.len()) {
         let out = distribute(
             rt,
             needing,
@@ -176,7 +185,7 @@ fn forget_cluster_key(
         return;
     };
     let public = public.trim().to_string();
-    let seed = needing[0].name.clone();
+    let seed = choose_seed(needing).0.name.clone();
     parallel_map(rt, parallel, needing.to_vec(), move |s: Arc<Session>| {
         if s.name == seed {
             let _ = s
@@ -357,31 +366,24 @@ fn relay(seed: &Session, live: &[Peer], paths: &[String]) -> Result<String, Stri
     }
 }
 
-/// Distributes every needing node's system; returns the nodes whose copy failed, with why.
-pub fn distribute(
-    rt: &tokio::runtime::Runtime,
-    needing: &[Arc<Session>],
-    c: &Cluster,
-    state_dir: &Path,
-    parallel: usize,
-    require: bool,
-    tx: &Sender,
-) -> Deliveries {
-    let mut out = Deliveries::new();
-    let seed = needing[0].clone();
-    let fb = Fallback {
-        rt,
-        parallel,
-        require,
-        tx,
-    };
-    let union: Vec<String> = needing
-        .iter()
-        .map(|s| s.system.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let peers: Vec<Peer> = needing[1..]
+/// The seed: the first node in rollout order that needs a closure; the rest are its peers.
+/// [`forget_cluster_key`] asks the same, to know which node holds the private key.
+fn choose_seed<T>(needing: &[T]) -> (&T, &[T]) {
+    needing
+        .split_first()
+        .expect("fan-out serves two or more nodes")
+}
+
+/// Whether [`copy_closures`] fans out: when `mode` allows and there are two or more nodes (a
+/// single node has no peer to serve, so it is copied from the controller, even under
+/// `--fanout require`).
+fn fans_out(mode: Fanout, needing: usize) -> bool {
+    mode != Fanout::Off && needing >= 2
+}
+
+/// The peers as the seed reaches them over the LAN (a session whose node `c` lacks is left out).
+fn lan_peers(c: &Cluster, peers: &[Arc<Session>]) -> Vec<Peer> {
+    peers
         .iter()
         .filter_map(|p| {
             c.node(&p.name).map(|n| Peer {
@@ -391,143 +393,84 @@ pub fn distribute(
                 user: n.user.clone(),
             })
         })
-        .collect();
-    let closures = Closures::read(rt, parallel, &union);
-    let bytes = closures.bytes(&union);
-    let closure: Vec<String> = closures
-        .paths(&union)
-        .keys()
-        .map(|p| p.to_string())
-        .collect();
-    let seeded = (|| {
-        if !closures.complete(&union) {
-            return Err("cannot read the closures on the controller".to_string());
-        }
-        let (private, public) = ensure_cluster_key(state_dir)?;
-        seed.host
-            .upload(CLUSTER_KEY, &private, 0o600)
-            .map_err(|e| e.to_string())?;
-        let mut known = String::new();
-        for p in &peers {
-            if let Some(k) = &p.s.key {
-                let h = if p.port == 22 {
-                    p.addr.clone()
-                } else {
-                    format!("[{}]:{}", p.addr, p.port)
-                };
-                known.push_str(&format!("{h} {}\n", k.public));
-            }
-        }
-        seed.host
-            .upload(KNOWN_HOSTS, known.as_bytes(), 0o644)
-            .map_err(|e| e.to_string())?;
-        Ok(public)
-    })();
-    let public = match seeded {
-        Ok(p) => p,
-        Err(e) => {
-            let why = format!("seeding {} failed: {e}", seed.name);
-            seed_failed(&seed, e, tx, &mut out);
-            fb.run(
-                peers.into_iter().map(|p| (p, why.clone())).collect(),
-                &mut out,
-            );
-            return out;
-        }
-    };
-    // Every node says what it lacks and lets the seed in, all at once.
-    let asked = parallel_map(rt, parallel, needing.to_vec(), {
-        let (closure, public, seed_name) = (closure.clone(), public.clone(), seed.name.clone());
-        move |s: Arc<Session>| {
-            let lacks = lacking(s.host.as_ref(), &closure);
-            let authorized = s.name == seed_name || authorize(s.host.as_ref(), &public).is_ok();
-            (s.name.clone(), lacks, authorized)
-        }
-    });
-    let mut stream = BTreeSet::new();
-    let mut unauthorized = BTreeSet::new();
-    for (name, lacks, ok) in asked {
-        stream.extend(lacks);
-        if !ok {
-            unauthorized.insert(name);
-        }
-    }
-    let stream: Vec<String> = stream.into_iter().collect();
-    let (live, late): (Vec<Peer>, Vec<Peer>) = {
-        let mut live = Vec::new();
-        let mut late = Vec::new();
-        for p in peers {
-            if live.len() < parallel.max(1) && !unauthorized.contains(&p.s.name) {
-                live.push(p);
+        .collect()
+}
+
+/// The seed's known_hosts: each peer's pinned host key under the name the seed dials.
+fn known_hosts(peers: &[Peer]) -> String {
+    let mut known = String::new();
+    for p in peers {
+        if let Some(k) = &p.s.key {
+            let h = if p.port == 22 {
+                p.addr.clone()
             } else {
-                late.push(p);
+                format!("[{}]:{}", p.addr, p.port)
+            };
+            known.push_str(&format!("{h} {}\n", k.public));
+        }
+    }
+    known
+}
+
+/// What the nodes answered before the upload.
+#[derive(Debug, PartialEq, Eq)]
+struct Asked {
+    /// Every path some node lacks, sorted: the export stream.
+    stream: Vec<String>,
+    /// The peers that did not let the cluster key in: the relay cannot log in to them.
+    unauthorized: BTreeSet<String>,
+}
+
+impl Asked {
+    /// From each node's (name, paths it lacks, whether it let the seed in).
+    fn tally(answers: impl IntoIterator<Item = (String, Vec<String>, bool)>) -> Asked {
+        let mut stream = BTreeSet::new();
+        let mut unauthorized = BTreeSet::new();
+        for (name, lacks, ok) in answers {
+            stream.extend(lacks);
+            if !ok {
+                unauthorized.insert(name);
             }
         }
-        (live, late)
-    };
-    emit_bytes(
-        tx,
-        &seed.name,
-        Ev::Started,
-        format!(
-            "seed: from controller, all {} closures{}, relayed to {} peer(s) as it arrives",
-            union.len(),
-            mib(bytes),
-            live.len()
-        ),
-        bytes,
-    );
-    for p in &live {
-        let b = closures.bytes(std::slice::from_ref(&p.s.system));
-        emit_bytes(
-            tx,
-            &p.s.name,
-            Ev::Started,
-            format!("from {} over the LAN{}", seed.name, mib(b)),
-            b,
-        );
-    }
-    let report = if stream.is_empty() {
-        Ok(String::new())
-    } else {
-        relay(&seed, &live, &stream)
-    };
-    // A relay that exited 0 imported the whole stream on the seed; otherwise ask the seed.
-    if report.is_ok() || holds(seed.host.as_ref(), &union) {
-        emit_bytes(
-            tx,
-            &seed.name,
-            Ev::Ok,
-            "seed holds every closure".into(),
-            bytes,
-        );
-        out.insert(seed.name.clone(), Ok(Delivery::from(Source::Seed, None)));
-    } else {
-        let e = report
-            .clone()
-            .err()
-            .unwrap_or_else(|| "the seed lacks closures after the upload".into());
-        let why = format!("the seed {} failed: {e}", seed.name);
-        seed_failed(&seed, e, tx, &mut out);
-        let rest: Vec<Peer> = live.into_iter().chain(late).collect();
-        let (got, missing): (Vec<Peer>, Vec<Peer>) = rest
-            .into_iter()
-            .partition(|p| holds(p.s.host.as_ref(), std::slice::from_ref(&p.s.system)));
-        for p in got {
-            holds_after_relay(&p, tx);
-            out.insert(
-                p.s.name.clone(),
-                Ok(Delivery::from(Source::SeedStream, Some(&seed))),
-            );
+        Asked {
+            stream: stream.into_iter().collect(),
+            unauthorized,
         }
-        fb.run(
-            missing.into_iter().map(|p| (p, why.clone())).collect(),
-            &mut out,
-        );
-        return out;
     }
-    // The relay's word on each peer: "peer N STATUS PATHS ERROR".
-    let said = |i: usize| -> (Option<i32>, Option<usize>, String) {
+}
+
+/// The peers the relay serves while the upload arrives (the first `parallel` the seed can log
+/// in to), and those that copy from the seed after it (the rest, in order).
+fn split_live<T>(
+    peers: Vec<T>,
+    parallel: usize,
+    unauthorized: impl Fn(&T) -> bool,
+) -> (Vec<T>, Vec<T>) {
+    let mut live = Vec::new();
+    let mut late = Vec::new();
+    for p in peers {
+        if live.len() < parallel.max(1) && !unauthorized(&p) {
+            live.push(p);
+        } else {
+            late.push(p);
+        }
+    }
+    (live, late)
+}
+
+/// The relay's word on one peer: "peer N STATUS PATHS ERROR" (see [`RELAY`]).
+#[derive(Debug, PartialEq, Eq)]
+struct Said {
+    /// ssh's exit status; None when `dropped` or not reported.
+    code: Option<i32>,
+    /// How many store paths its import took.
+    paths: Option<usize>,
+    err: String,
+}
+
+impl Said {
+    /// On the `i`th live peer (from 0), in the relay's report, or the reason it broke.
+    fn of(report: &Result<String, String>, i: usize) -> Said {
         let tag = format!("peer {} ", i + 1);
         match report
             .as_ref()
@@ -536,138 +479,394 @@ pub fn distribute(
             Ok(Some(l)) => {
                 let (code, rest) = l.split_once(' ').unwrap_or((l, ""));
                 let (paths, err) = rest.split_once(' ').unwrap_or((rest, ""));
-                (
-                    code.parse().ok(),
-                    paths.parse().ok(),
-                    err.trim().to_string(),
-                )
+                Said {
+                    code: code.parse().ok(),
+                    paths: paths.parse().ok(),
+                    err: err.trim().to_string(),
+                }
             }
-            Ok(None) => (None, None, "no report".into()),
-            Err(e) => (None, None, e.clone()),
-        }
-    };
-    let sizes = closures.paths(&union);
-    let stream_bytes: u64 = stream.iter().filter_map(|p| sizes.get(p.as_str())).sum();
-    let mut again = Vec::new();
-    let mut direct = Vec::new();
-    for (i, p) in live.into_iter().enumerate() {
-        // Status 0 and every path imported: the peer's import took the whole stream, which
-        // holds all it lacked, while the seed was receiving it.
-        let (code, paths, err) = said(i);
-        if code == Some(0) && paths == Some(stream.len()) {
-            emit_bytes(
-                tx,
-                &p.s.name,
-                Ev::Ok,
-                format!(
-                    "streamed from {} during the upload: {} paths{}",
-                    seed.name,
-                    stream.len(),
-                    mib(Some(stream_bytes))
-                ),
-                Some(stream_bytes),
-            );
-            out.insert(
-                p.s.name.clone(),
-                Ok(Delivery::from(Source::SeedStream, Some(&seed))),
-            );
-            continue;
-        }
-        if stream.is_empty() {
-            emit(
-                tx,
-                &p.s.name,
-                Phase::Copy,
-                Ev::Ok,
-                "already held every path",
-            );
-            out.insert(p.s.name.clone(), Ok(Delivery::from(Source::Held, None)));
-            continue;
-        }
-        if holds(p.s.host.as_ref(), std::slice::from_ref(&p.s.system)) {
-            holds_after_relay(&p, tx);
-            out.insert(
-                p.s.name.clone(),
-                Ok(Delivery::from(Source::SeedStream, Some(&seed))),
-            );
-            continue;
-        }
-        // 255: the seed's SSH could not reach or log in to the peer, which a `nix copy` from
-        // the seed would only repeat.
-        let next = if code == Some(255) {
-            "copying from the controller"
-        } else {
-            "copying again"
-        };
-        emit(
-            tx,
-            &p.s.name,
-            Phase::Copy,
-            Ev::Progress,
-            format!("the relay did not reach it ({err}); {next}"),
-        );
-        if code == Some(255) {
-            let why = format!("{} could not log in to it over SSH: {err}", seed.name);
-            direct.push((p, why));
-        } else {
-            again.push(p);
+            Ok(None) => Said {
+                code: None,
+                paths: None,
+                err: "no report".into(),
+            },
+            Err(e) => Said {
+                code: None,
+                paths: None,
+                err: e.clone(),
+            },
         }
     }
-    again.extend(late);
-    fb.run(direct, &mut out);
-    let (seed2, tx2, closures) = (seed.clone(), tx.clone(), Arc::new(closures));
-    let copied = parallel_map(rt, parallel, again, move |p: Peer| {
-        let r = copy_via_seed(&seed2, &p, &public, &closures, &tx2);
-        (p, r)
-    });
-    let mut failed = Vec::new();
-    for (p, r) in copied {
-        match r {
-            Ok(()) => {
-                out.insert(
-                    p.s.name.clone(),
-                    Ok(Delivery::from(Source::SeedCopy, Some(&seed))),
-                );
-            }
-            Err(e) => failed.push((p, format!("the copy from {} failed: {e}", seed.name))),
-        }
-    }
-    fb.run(failed, &mut out);
-    out
 }
 
-/// Peers the LAN could not serve, each with the reason: copied from the controller with a
-/// warning, or, with `--fanout require`, failed without a copy.
-struct Fallback<'a> {
+/// What becomes of a live peer once the seed holds every closure.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterRelay {
+    /// Status 0 and every path imported: the peer's import took the whole stream, which holds
+    /// all it lacked, while the seed was receiving it.
+    Streamed,
+    /// Nothing was streamed: no node lacked a path.
+    Held,
+    /// Unless it holds its system anyway, copied again this way.
+    Unsure(Retry),
+}
+
+/// How a live peer the relay did not serve gets its closure.
+#[derive(Debug, PartialEq, Eq)]
+enum Retry {
+    /// `nix copy` from the seed.
+    FromSeed,
+    /// From the controller (a fallback, or a failure under `--fanout require`), for this reason.
+    FromController(String),
+}
+
+impl Retry {
+    fn says(&self) -> &'static str {
+        match self {
+            Retry::FromSeed => "copying again",
+            Retry::FromController(_) => "copying from the controller",
+        }
+    }
+}
+
+fn after_relay(said: &Said, stream_len: usize, seed: &str) -> AfterRelay {
+    if said.code == Some(0) && said.paths == Some(stream_len) {
+        return AfterRelay::Streamed;
+    }
+    if stream_len == 0 {
+        return AfterRelay::Held;
+    }
+    // 255: the seed's SSH could not reach or log in to the peer, which a `nix copy` from the
+    // seed would only repeat.
+    AfterRelay::Unsure(if said.code == Some(255) {
+        Retry::FromController(format!(
+            "{seed} could not log in to it over SSH: {}",
+            said.err
+        ))
+    } else {
+        Retry::FromSeed
+    })
+}
+
+/// A peer the LAN could not serve, for `why`: the warning it gets when it may be copied from
+/// the controller instead, or under `--fanout require` the error it fails with.
+fn fall_back_or_fail(require: bool, why: &str) -> Result<String, String> {
+    if require {
+        Err(format!(
+            "fan-out is required, but {why}; not copied from the controller (`--fanout on` allows that)"
+        ))
+    } else {
+        Ok(format!(
+            "copying from the controller instead of over the LAN: {why}"
+        ))
+    }
+}
+
+/// Distributes every needing node's system: the seed gets the stream from the controller and
+/// relays it to up to `parallel` peers as it arrives; the rest copy from the seed afterwards,
+/// and a peer the LAN cannot serve falls back to the controller (fails when `require`).
+/// Returns each node's delivery, or why it has no closure.
+pub fn distribute(
+    rt: &tokio::runtime::Runtime,
+    needing: &[Arc<Session>],
+    c: &Cluster,
+    state_dir: &Path,
+    parallel: usize,
+    require: bool,
+    tx: &Sender,
+) -> Deliveries {
+    let (seed, rest) = choose_seed(needing);
+    let mut d = Distribution::start(rt, seed, needing, parallel, require, tx);
+    let peers = lan_peers(c, rest);
+    let public = match d.seed_keys(&peers, state_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            let why = format!("seeding {} failed: {e}", d.seed.name);
+            d.seed_failed(e);
+            d.fall_back(peers.into_iter().map(|p| (p, why.clone())).collect());
+            return d.out;
+        }
+    };
+    let asked = d.ask(needing, &public);
+    let (live, late) = split_live(peers, parallel, |p| asked.unauthorized.contains(&p.s.name));
+    d.announce(&live);
+    let report = if asked.stream.is_empty() {
+        Ok(String::new())
+    } else {
+        relay(&d.seed, &live, &asked.stream)
+    };
+    if let Err(e) = d.seed_holds(&report) {
+        d.seed_lost(e, live.into_iter().chain(late).collect());
+        return d.out;
+    }
+    let (again, direct) = d.settle(live, &report, &asked.stream);
+    d.fall_back(direct);
+    d.copy_again(again.into_iter().chain(late).collect(), &public);
+    d.out
+}
+
+/// One fan-out under way: the seed, the closures, and each node's delivery so far.
+struct Distribution<'a> {
     rt: &'a tokio::runtime::Runtime,
     parallel: usize,
     require: bool,
     tx: &'a Sender,
+    seed: Arc<Session>,
+    /// Every needing node's system, once each.
+    union: Vec<String>,
+    closures: Arc<Closures>,
+    /// The size of `union`'s closure, when the controller could read it.
+    bytes: Option<u64>,
+    out: Deliveries,
 }
 
-impl Fallback<'_> {
-    fn run(&self, peers: Vec<(Peer, String)>, out: &mut Deliveries) {
+impl<'a> Distribution<'a> {
+    fn start(
+        rt: &'a tokio::runtime::Runtime,
+        seed: &Arc<Session>,
+        needing: &[Arc<Session>],
+        parallel: usize,
+        require: bool,
+        tx: &'a Sender,
+    ) -> Distribution<'a> {
+        let union: Vec<String> = needing
+            .iter()
+            .map(|s| s.system.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let closures = Closures::read(rt, parallel, &union);
+        Distribution {
+            rt,
+            parallel,
+            require,
+            tx,
+            seed: seed.clone(),
+            bytes: closures.bytes(&union),
+            union,
+            closures: Arc::new(closures),
+            out: Deliveries::new(),
+        }
+    }
+
+    fn delivery(&self, from: Source) -> Delivery {
+        Delivery::from(from, Some(&self.seed))
+    }
+
+    /// Puts the cluster key and the peers' host keys on the seed; returns the key's public half.
+    fn seed_keys(&self, peers: &[Peer], state_dir: &Path) -> Result<String, String> {
+        if !self.closures.complete(&self.union) {
+            return Err("cannot read the closures on the controller".to_string());
+        }
+        let (private, public) = ensure_cluster_key(state_dir)?;
+        self.seed
+            .host
+            .upload(CLUSTER_KEY, &private, 0o600)
+            .map_err(|e| e.to_string())?;
+        self.seed
+            .host
+            .upload(KNOWN_HOSTS, known_hosts(peers).as_bytes(), 0o644)
+            .map_err(|e| e.to_string())?;
+        Ok(public)
+    }
+
+    /// Every node says what it lacks and lets the seed in, all at once.
+    fn ask(&self, needing: &[Arc<Session>], public: &str) -> Asked {
+        let closure: Vec<String> = self
+            .closures
+            .paths(&self.union)
+            .keys()
+            .map(|p| p.to_string())
+            .collect();
+        let (public, seed) = (public.to_string(), self.seed.name.clone());
+        Asked::tally(parallel_map(
+            self.rt,
+            self.parallel,
+            needing.to_vec(),
+            move |s: Arc<Session>| {
+                let lacks = lacking(s.host.as_ref(), &closure);
+                let authorized = s.name == seed || authorize(s.host.as_ref(), &public).is_ok();
+                (s.name.clone(), lacks, authorized)
+            },
+        ))
+    }
+
+    /// The upload begins: to the seed, and on to the live peers as it arrives.
+    fn announce(&self, live: &[Peer]) {
+        emit_bytes(
+            self.tx,
+            &self.seed.name,
+            Ev::Started,
+            format!(
+                "seed: from controller, all {} closures{}, relayed to {} peer(s) as it arrives",
+                self.union.len(),
+                mib(self.bytes),
+                live.len()
+            ),
+            self.bytes,
+        );
+        for p in live {
+            let b = self.closures.bytes(std::slice::from_ref(&p.s.system));
+            emit_bytes(
+                self.tx,
+                &p.s.name,
+                Ev::Started,
+                format!("from {} over the LAN{}", self.seed.name, mib(b)),
+                b,
+            );
+        }
+    }
+
+    /// Records the seed's delivery if it holds every closure, else says why not.
+    fn seed_holds(&mut self, report: &Result<String, String>) -> Result<(), String> {
+        // A relay that exited 0 imported the whole stream on the seed; otherwise ask the seed.
+        if report.is_ok() || holds(self.seed.host.as_ref(), &self.union) {
+            emit_bytes(
+                self.tx,
+                &self.seed.name,
+                Ev::Ok,
+                "seed holds every closure".into(),
+                self.bytes,
+            );
+            let seed = self.seed.name.clone();
+            self.out
+                .insert(seed, Ok(Delivery::from(Source::Seed, None)));
+            return Ok(());
+        }
+        Err(report
+            .clone()
+            .err()
+            .unwrap_or_else(|| "the seed lacks closures after the upload".into()))
+    }
+
+    fn seed_failed(&mut self, e: String) {
+        emit(
+            self.tx,
+            &self.seed.name,
+            Phase::Copy,
+            Ev::Failed,
+            format!("seeding failed: {e}; falling back to per-node copies"),
+        );
+        self.out.insert(self.seed.name.clone(), Err(e));
+    }
+
+    /// The seed failed during the upload: a peer the stream reached keeps what it got, every
+    /// other falls back.
+    fn seed_lost(&mut self, e: String, peers: Vec<Peer>) {
+        let why = format!("the seed {} failed: {e}", self.seed.name);
+        self.seed_failed(e);
+        let (got, missing): (Vec<Peer>, Vec<Peer>) = peers
+            .into_iter()
+            .partition(|p| holds(p.s.host.as_ref(), std::slice::from_ref(&p.s.system)));
+        for p in got {
+            holds_after_relay(&p, self.tx);
+            let d = self.delivery(Source::SeedStream);
+            self.out.insert(p.s.name.clone(), Ok(d));
+        }
+        self.fall_back(missing.into_iter().map(|p| (p, why.clone())).collect());
+    }
+
+    /// Each live peer by the relay's word on it (see [`after_relay`]); returns those to copy
+    /// again from the seed, and those to copy from the controller, with why.
+    fn settle(
+        &mut self,
+        live: Vec<Peer>,
+        report: &Result<String, String>,
+        stream: &[String],
+    ) -> (Vec<Peer>, Vec<(Peer, String)>) {
+        let sizes = self.closures.paths(&self.union);
+        let stream_bytes: u64 = stream.iter().filter_map(|p| sizes.get(p.as_str())).sum();
+        let (mut again, mut direct) = (Vec::new(), Vec::new());
+        for (i, p) in live.into_iter().enumerate() {
+            let said = Said::of(report, i);
+            let name = p.s.name.clone();
+            let retry = match after_relay(&said, stream.len(), &self.seed.name) {
+                AfterRelay::Streamed => {
+                    let m = format!(
+                        "streamed from {} during the upload: {} paths{}",
+                        self.seed.name,
+                        stream.len(),
+                        mib(Some(stream_bytes))
+                    );
+                    emit_bytes(self.tx, &name, Ev::Ok, m, Some(stream_bytes));
+                    let d = self.delivery(Source::SeedStream);
+                    self.out.insert(name, Ok(d));
+                    continue;
+                }
+                AfterRelay::Held => {
+                    emit(
+                        self.tx,
+                        &name,
+                        Phase::Copy,
+                        Ev::Ok,
+                        "already held every path",
+                    );
+                    self.out
+                        .insert(name, Ok(Delivery::from(Source::Held, None)));
+                    continue;
+                }
+                AfterRelay::Unsure(retry) => retry,
+            };
+            if holds(p.s.host.as_ref(), std::slice::from_ref(&p.s.system)) {
+                holds_after_relay(&p, self.tx);
+                let d = self.delivery(Source::SeedStream);
+                self.out.insert(name, Ok(d));
+                continue;
+            }
+            let m = format!(
+                "the relay did not reach it ({}); {}",
+                said.err,
+                retry.says()
+            );
+            emit(self.tx, &name, Phase::Copy, Ev::Progress, m);
+            match retry {
+                Retry::FromController(why) => direct.push((p, why)),
+                Retry::FromSeed => again.push(p),
+            }
+        }
+        (again, direct)
+    }
+
+    /// The peers the relay did not serve, each with `nix copy` from the seed; one whose copy
+    /// fails falls back.
+    fn copy_again(&mut self, again: Vec<Peer>, public: &str) {
+        let (seed, tx) = (self.seed.clone(), self.tx.clone());
+        let (closures, public) = (self.closures.clone(), public.to_string());
+        let copied = parallel_map(self.rt, self.parallel, again, move |p: Peer| {
+            let r = copy_via_seed(&seed, &p, &public, &closures, &tx);
+            (p, r)
+        });
+        let mut failed = Vec::new();
+        for (p, r) in copied {
+            match r {
+                Ok(()) => {
+                    let d = self.delivery(Source::SeedCopy);
+                    self.out.insert(p.s.name.clone(), Ok(d));
+                }
+                Err(e) => failed.push((p, format!("the copy from {} failed: {e}", self.seed.name))),
+            }
+        }
+        self.fall_back(failed);
+    }
+
+    /// Peers the LAN could not serve, each with the reason: copied from the controller with a
+    /// warning, or, with `--fanout require`, failed without a copy.
+    fn fall_back(&mut self, peers: Vec<(Peer, String)>) {
         let mut go = Vec::new();
         for (p, why) in peers {
-            if self.require {
-                let e = format!(
-                    "fan-out is required, but {why}; not copied from the controller (`--fanout on` allows that)"
-                );
-                emit(self.tx, &p.s.name, Phase::Copy, Ev::Failed, e.clone());
-                out.insert(p.s.name.clone(), Err(e));
-            } else {
-                emit(
-                    self.tx,
-                    &p.s.name,
-                    Phase::Copy,
-                    Ev::Warning,
-                    format!("copying from the controller instead of over the LAN: {why}"),
-                );
-                go.push((p, why));
+            match fall_back_or_fail(self.require, &why) {
+                Ok(warning) => {
+                    emit(self.tx, &p.s.name, Phase::Copy, Ev::Warning, warning);
+                    go.push((p, why));
+                }
+                Err(e) => {
+                    emit(self.tx, &p.s.name, Phase::Copy, Ev::Failed, e.clone());
+                    self.out.insert(p.s.name.clone(), Err(e));
+                }
             }
         }
         let tx = self.tx.clone();
-        for (name, why, r) in parallel_map(
+        let copied = parallel_map(
             self.rt,
             self.parallel,
             go,
@@ -675,28 +874,11 @@ impl Fallback<'_> {
                 let r = copy_from_controller(&p.s, &tx);
                 (p.s.name.clone(), why, r)
             },
-        ) {
-            out.insert(
-                name,
-                r.map(|()| Delivery {
-                    from: Source::ControllerFallback,
-                    seed: None,
-                    fallback_reason: Some(why),
-                }),
-            );
+        );
+        for (name, why, r) in copied {
+            self.out.insert(name, r.map(|()| Delivery::fallback(why)));
         }
     }
-}
-
-fn seed_failed(seed: &Session, e: String, tx: &Sender, out: &mut Deliveries) {
-    emit(
-        tx,
-        &seed.name,
-        Phase::Copy,
-        Ev::Failed,
-        format!("seeding failed: {e}; falling back to per-node copies"),
-    );
-    out.insert(seed.name.clone(), Err(e));
 }
 
 fn authorize(h: &dyn Host, public: &str) -> Result<(), String> {
@@ -858,5 +1040,430 @@ mod tests {
         let o = authorize(t2.path(), "ssh-ed25519 AAAAcluster edgectl");
         assert!(!o.status.success());
         assert!(String::from_utf8_lossy(&o.stderr).contains("authorized_keys"));
+    }
+}
+
+/// What fan-out decides, in pure functions and against scripted nodes: the seed, the stream,
+/// which peers the relay serves, what its report means, and when a peer falls back to the
+/// controller or fails instead. The rig proves the real copies.
+#[cfg(test)]
+mod decisions {
+    use super::*;
+    use crate::fake::{Call, FakeHost, ok};
+    use crate::host::Host;
+
+    fn example() -> Cluster {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/edge-lab.toml");
+        edgectl_model::load(&p, &Default::default())
+            .expect("the example loads")
+            .cluster
+    }
+
+    fn system(name: &str) -> String {
+        // Not a store path the controller has: reading its closure fails at once.
+        format!("/nix/store/fake-{name}-system")
+    }
+
+    fn node(name: &str) -> (FakeHost, Arc<Session>) {
+        let h = FakeHost::new(name);
+        let s = Session {
+            name: name.into(),
+            host: Box::new(h.clone()),
+            key: h.host_key(),
+            system: system(name),
+            current: None,
+            generation: None,
+            unchanged: false,
+            lock_owner: "edgectl test".into(),
+        };
+        (h, Arc::new(s))
+    }
+
+    /// Answers `nix-store --check-validity PATHS` on `h`: they are all there.
+    fn holding(h: &FakeHost) {
+        h.on(
+            |a| a.len() >= 2 && a[0] == "nix-store" && a[1] == "--check-validity",
+            |_| ok(""),
+        );
+    }
+
+    fn peer(s: &Arc<Session>, port: u16) -> Peer {
+        Peer {
+            s: s.clone(),
+            addr: format!("10.10.1.{}", s.name.len()),
+            port,
+            user: "root".into(),
+        }
+    }
+
+    /// (node, state, message) of every event sent so far.
+    fn events(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::event::Event>,
+    ) -> Vec<(String, Ev, String)> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push((e.node, e.state, e.message));
+        }
+        out
+    }
+
+    fn copies(h: &FakeHost) -> Vec<Vec<String>> {
+        h.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Copy(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn fanned(seed: &str, from: Source) -> Result<Delivery, String> {
+        Ok(Delivery {
+            from,
+            seed: Some(seed.into()),
+            fallback_reason: None,
+        })
+    }
+
+    /// A fan-out whose seed is `seed` and whose closures the controller could not read.
+    fn distribution<'a>(
+        rt: &'a tokio::runtime::Runtime,
+        tx: &'a Sender,
+        seed: &Arc<Session>,
+        require: bool,
+    ) -> Distribution<'a> {
+        Distribution {
+            rt,
+            parallel: 4,
+            require,
+            tx,
+            seed: seed.clone(),
+            union: vec![seed.system.clone()],
+            closures: Arc::new(Closures(BTreeMap::new())),
+            bytes: None,
+            out: Deliveries::new(),
+        }
+    }
+
+    #[test]
+    fn fan_out_takes_a_mode_that_allows_it_and_two_nodes_and_seeds_the_first() {
+        assert!(!fans_out(Fanout::Off, 4));
+        // One node has no peer: it is copied from the controller, even when fan-out is required.
+        assert!(!fans_out(Fanout::On, 1));
+        assert!(!fans_out(Fanout::Require, 1));
+        assert!(fans_out(Fanout::On, 2));
+        assert!(fans_out(Fanout::Require, 3));
+        let (seed, peers) = choose_seed(&["worker2", "head", "worker1"]);
+        assert_eq!((*seed, peers), ("worker2", &["head", "worker1"][..]));
+    }
+
+    #[test]
+    fn the_stream_is_every_path_some_node_lacks_and_peers_the_seed_cannot_enter_wait() {
+        let asked = Asked::tally([
+            ("head".to_string(), vec!["/nix/store/b".into()], true),
+            (
+                "worker1".to_string(),
+                vec!["/nix/store/a".into(), "/nix/store/b".into()],
+                false,
+            ),
+            ("worker2".to_string(), vec![], true),
+        ]);
+        assert_eq!(asked.stream, ["/nix/store/a", "/nix/store/b"]);
+        assert_eq!(asked.unauthorized, BTreeSet::from(["worker1".to_string()]));
+
+        let peers = ["w1", "w2", "w3", "w4", "w5"];
+        let (live, late) = split_live(peers.to_vec(), 2, |p| *p == "w2");
+        assert_eq!(live, ["w1", "w3"], "up to --parallel, the seed may log in");
+        assert_eq!(late, ["w2", "w4", "w5"], "the rest, in order");
+        let (live, late) = split_live(peers.to_vec(), 0, |_| false);
+        assert_eq!((live.len(), late.len()), (1, 4), "at least one streams");
+    }
+
+    #[test]
+    fn the_relays_word_on_a_peer_is_found_by_its_number() {
+        let report: Result<String, String> = Ok("peer 10 0 7 \n\
+             peer 1 0 7 \n\
+             peer 2 255 0 ssh: connect to host 10.10.1.3 port 22: Connection refused \n\
+             peer 3 dropped 2 \n"
+            .into());
+        let said = |code, paths, err: &str| Said {
+            code,
+            paths,
+            err: err.into(),
+        };
+        assert_eq!(Said::of(&report, 0), said(Some(0), Some(7), ""));
+        assert_eq!(
+            Said::of(&report, 1),
+            said(
+                Some(255),
+                Some(0),
+                "ssh: connect to host 10.10.1.3 port 22: Connection refused"
+            )
+        );
+        assert_eq!(Said::of(&report, 2), said(None, Some(2), ""), "dropped");
+        assert_eq!(Said::of(&report, 3), said(None, None, "no report"));
+        let broken = Err("import on the seed: disk full".to_string());
+        assert_eq!(
+            Said::of(&broken, 0),
+            said(None, None, "import on the seed: disk full")
+        );
+    }
+
+    #[test]
+    fn after_the_relay_a_peer_is_streamed_held_or_copied_again_from_the_seed_or_controller() {
+        let said = |code, paths, err: &str| Said {
+            code,
+            paths,
+            err: err.into(),
+        };
+        let after = |s: Said, n| after_relay(&s, n, "head");
+        assert_eq!(after(said(Some(0), Some(5), ""), 5), AfterRelay::Streamed);
+        // Exit 0 but fewer paths than the stream: not known to be complete.
+        assert_eq!(
+            after(said(Some(0), Some(4), ""), 5),
+            AfterRelay::Unsure(Retry::FromSeed)
+        );
+        assert_eq!(after(said(None, None, "no report"), 0), AfterRelay::Held);
+        assert_eq!(
+            after(said(None, Some(1), "stalled"), 5),
+            AfterRelay::Unsure(Retry::FromSeed)
+        );
+        // The seed could not log in: a `nix copy` from it would fail the same way.
+        assert_eq!(
+            after(said(Some(255), Some(0), "Permission denied"), 5),
+            AfterRelay::Unsure(Retry::FromController(
+                "head could not log in to it over SSH: Permission denied".into()
+            ))
+        );
+        assert_eq!(Retry::FromSeed.says(), "copying again");
+        assert_eq!(
+            Retry::FromController(String::new()).says(),
+            "copying from the controller"
+        );
+    }
+
+    #[test]
+    fn a_peer_the_lan_cannot_serve_is_warned_about_or_under_require_fails() {
+        assert_eq!(
+            fall_back_or_fail(false, "the seed head failed: x"),
+            Ok(
+                "copying from the controller instead of over the LAN: the seed head failed: x"
+                    .into()
+            )
+        );
+        assert_eq!(
+            fall_back_or_fail(true, "the seed head failed: x"),
+            Err("fan-out is required, but the seed head failed: x; not copied from the controller (`--fanout on` allows that)".into())
+        );
+    }
+
+    #[test]
+    fn the_seeds_known_hosts_name_each_peer_as_it_dials_it() {
+        let (_, a) = node("a");
+        let (_, bb) = node("bb");
+        let h = FakeHost::new("ccc");
+        let keyless = Arc::new(Session {
+            name: "ccc".into(),
+            host: Box::new(h),
+            key: None,
+            system: system("ccc"),
+            current: None,
+            generation: None,
+            unchanged: false,
+            lock_owner: String::new(),
+        });
+        let peers = [peer(&a, 22), peer(&bb, 2222), peer(&keyless, 22)];
+        assert_eq!(
+            known_hosts(&peers),
+            "10.10.1.1 ssh-ed25519 AAAAfakea\n[10.10.1.2]:2222 ssh-ed25519 AAAAfakebb\n"
+        );
+    }
+
+    #[test]
+    fn one_node_or_fanout_off_is_copied_from_the_controller() {
+        let rt = crate::pool::runtime(4);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let state = tempfile::tempdir().unwrap();
+        let c = example();
+        let (h, head) = node("head");
+        let got = copy_closures(
+            &rt,
+            std::slice::from_ref(&head),
+            &c,
+            state.path(),
+            4,
+            Fanout::Require,
+            &tx,
+        );
+        let direct = Ok(Delivery::from(Source::Controller, None));
+        assert_eq!(got["head"], direct);
+        assert_eq!(copies(&h), [vec![system("head")]]);
+        let (w, worker1) = node("worker1");
+        w.fail_copy(Some("connection reset".into()));
+        let got = copy_closures(&rt, &[head, worker1], &c, state.path(), 4, Fanout::Off, &tx);
+        assert_eq!(got["head"], direct);
+        assert_eq!(got["worker1"], Err("connection reset".into()));
+        assert!(h.scripts().is_empty(), "no cluster key with --fanout off");
+    }
+
+    #[test]
+    fn a_seed_that_cannot_be_prepared_sends_its_peers_to_the_controller_or_fails_them() {
+        let rt = crate::pool::runtime(4);
+        let state = tempfile::tempdir().unwrap();
+        let c = example();
+        let why = "seeding worker2 failed: cannot read the closures on the controller";
+        for mode in [Fanout::On, Fanout::Require] {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            // In rollout order: the first is the seed.
+            let nodes = ["worker2", "head", "worker1"].map(node);
+            let needing: Vec<_> = nodes.iter().map(|(_, s)| s.clone()).collect();
+            let got = copy_closures(&rt, &needing, &c, state.path(), 4, mode, &tx);
+            assert_eq!(
+                got["worker2"],
+                Err("cannot read the closures on the controller".into())
+            );
+            assert!(nodes[0].0.calls().is_empty(), "nothing went to the seed");
+            let ev = events(&mut rx);
+            assert!(ev.contains(&(
+                "worker2".into(),
+                Ev::Failed,
+                "seeding failed: cannot read the closures on the controller; falling back to per-node copies".into()
+            )));
+            for (h, s) in &nodes[1..] {
+                if mode == Fanout::On {
+                    assert_eq!(got[&s.name], Ok(Delivery::fallback(why.into())));
+                    assert_eq!(copies(h), [vec![s.system.clone()]]);
+                    let warned = fall_back_or_fail(false, why).unwrap();
+                    assert!(ev.contains(&(s.name.clone(), Ev::Warning, warned)));
+                } else {
+                    let e = fall_back_or_fail(true, why).unwrap_err();
+                    assert_eq!(got[&s.name], Err(e.clone()));
+                    assert!(copies(h).is_empty(), "{}: copied anyway", s.name);
+                    assert!(ev.contains(&(s.name.clone(), Ev::Failed, e)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_cluster_key_leaves_the_seed_and_every_peer_afterwards() {
+        let rt = crate::pool::runtime(4);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(
+            state.path().join("cluster_key.pub"),
+            "ssh-ed25519 AAAAkey edgectl\n",
+        )
+        .unwrap();
+        let nodes = ["worker1", "head"].map(node);
+        for (h, _) in &nodes {
+            h.on(|_| true, |_| ok(""));
+        }
+        let needing: Vec<_> = nodes.iter().map(|(_, s)| s.clone()).collect();
+        copy_closures(&rt, &needing, &example(), state.path(), 4, Fanout::On, &tx);
+        let seed = nodes[0].0.calls();
+        let rm = argv(["rm", "-f", CLUSTER_KEY, KNOWN_HOSTS]);
+        assert!(
+            seed.contains(&Call::Run {
+                argv: rm,
+                root: true
+            }),
+            "{seed:?}"
+        );
+        assert_eq!(nodes[1].0.scripts(), ["edgectl-deauthorize"]);
+        let Some(Call::Run { argv, .. }) = nodes[1].0.calls().pop() else {
+            panic!("no call")
+        };
+        assert_eq!(argv[4], "ssh-ed25519 AAAAkey edgectl");
+    }
+
+    #[test]
+    fn after_the_relay_each_live_peer_is_judged_by_its_report_then_by_its_store() {
+        let rt = crate::pool::runtime(4);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_, head) = node("head");
+        let nodes = ["w1", "w2", "w3", "w4"].map(node);
+        holding(&nodes[3].0);
+        let live: Vec<Peer> = nodes.iter().map(|(_, s)| peer(s, 22)).collect();
+        let stream: Vec<String> = ["a", "b", "c"].map(|p| format!("/nix/store/{p}")).into();
+        // w1 took it all; the seed could not log in to w2; w3's import failed; w4 unreported.
+        let report =
+            Ok("peer 1 0 3 \npeer 2 255 0 Connection refused\npeer 3 1 2 import failed\n".into());
+        let mut d = distribution(&rt, &tx, &head, false);
+        let (again, direct) = d.settle(live, &report, &stream);
+        assert_eq!(d.out["w1"], fanned("head", Source::SeedStream));
+        assert_eq!(
+            d.out["w4"],
+            fanned("head", Source::SeedStream),
+            "holds its system"
+        );
+        assert_eq!(d.out.len(), 2);
+        let names = |v: Vec<&Peer>| v.iter().map(|p| p.s.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(again.iter().collect()), ["w3"]);
+        assert_eq!(names(direct.iter().map(|(p, _)| p).collect()), ["w2"]);
+        assert_eq!(
+            direct[0].1,
+            "head could not log in to it over SSH: Connection refused"
+        );
+        let ev = events(&mut rx);
+        assert!(ev.contains(&(
+            "w2".into(),
+            Ev::Progress,
+            "the relay did not reach it (Connection refused); copying from the controller".into()
+        )));
+        assert!(ev.contains(&(
+            "w3".into(),
+            Ev::Progress,
+            "the relay did not reach it (import failed); copying again".into()
+        )));
+        // Under --fanout require the one the LAN cannot serve fails.
+        d.require = true;
+        d.fall_back(direct);
+        assert!(
+            d.out["w2"]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("fan-out is required")
+        );
+        assert!(copies(&nodes[1].0).is_empty());
+
+        // Nothing to stream: every peer already held everything.
+        let mut d = distribution(&rt, &tx, &head, false);
+        let live: Vec<Peer> = nodes.iter().map(|(_, s)| peer(s, 22)).collect();
+        let (again, direct) = d.settle(live, &Ok(String::new()), &[]);
+        assert!(again.is_empty() && direct.is_empty());
+        assert!(
+            d.out
+                .values()
+                .all(|r| r == &Ok(Delivery::from(Source::Held, None)))
+        );
+    }
+
+    #[test]
+    fn a_seed_lost_mid_upload_leaves_peers_what_the_stream_gave_them() {
+        let rt = crate::pool::runtime(4);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let (seed_host, head) = node("head");
+        let broken: Result<String, String> = Err("import on the seed: disk full".into());
+        // The relay broke off, but the seed holds every closure: it counts as seeded.
+        holding(&seed_host);
+        let mut d = distribution(&rt, &tx, &head, false);
+        assert_eq!(d.seed_holds(&broken), Ok(()));
+        assert_eq!(d.out["head"], Ok(Delivery::from(Source::Seed, None)));
+        // It does not: the seed failed, and its peers hold their system or fall back.
+        let (seed_host, head) = node("head");
+        let mut d = distribution(&rt, &tx, &head, false);
+        let e = d.seed_holds(&broken).unwrap_err();
+        assert_eq!(e, "import on the seed: disk full");
+        assert!(!seed_host.calls().is_empty(), "the seed was asked");
+        let nodes = ["w1", "w2"].map(node);
+        holding(&nodes[0].0);
+        d.seed_lost(e, nodes.iter().map(|(_, s)| peer(s, 22)).collect());
+        assert_eq!(d.out["head"], Err("import on the seed: disk full".into()));
+        assert_eq!(d.out["w1"], fanned("head", Source::SeedStream));
+        let why = "the seed head failed: import on the seed: disk full";
+        assert_eq!(d.out["w2"], Ok(Delivery::fallback(why.into())));
+        assert!(copies(&nodes[0].0).is_empty());
+        assert_eq!(copies(&nodes[1].0), [vec![system("w2")]]);
     }
 }

@@ -320,14 +320,56 @@ pub fn verify(run: &Run, opts: &VerifyOptions) -> Result<Report, EngineError> {
     let t0 = Instant::now();
     let (topology, loaded) = (run.topology.as_path(), &run.loaded);
     let cluster = &loaded.cluster;
-    let selected = run.selected.clone();
     let state_dir = run.state_dir.clone();
     let st = State::load(&state_dir)?;
     let pki = Pki::open(&state_dir.join("pki"), &cluster.name)?;
     let controller = pki.identity(CONTROLLER)?;
+    let user_modules = user_modules(topology, &loaded.file.checks)?;
+    let exe = if opts.agent_bin.is_none() {
+        own_binary()?
+    } else {
+        Vec::new()
+    };
+    let nodes: Vec<&Node> = run
+        .selected
+        .iter()
+        .filter_map(|n| cluster.node(n))
+        .collect();
+    let prepared = prepare_all(&nodes, &st, &state_dir, &pki, opts, &exe);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut report = rt.block_on(collect(
+        cluster,
+        &nodes,
+        &prepared,
+        &pki.ca_pem,
+        &controller,
+        opts,
+        &user_modules,
+    ))?;
+    explain_unreachable(&mut report.nodes, &prepared, opts);
+    // Stop what this run started, whatever happened above.
+    stop_started(&prepared, opts);
+    report.cluster = cluster.name.clone();
+    report.topology = topology.display().to_string();
+    report.latency_p99_ms = cluster.targets.latency_p99_ms;
+    report.summary = summary(&report.checks);
+    report.ok = !report.failed();
+    report.timings.total_ms = ms(t0.elapsed());
+    Ok(report)
+}
+
+/// The topology's `[[check]]`s, their modules read from beside the topology file.
+fn user_modules(
+    topology: &Path,
+    checks: &[edgectl_model::topology::CheckSpec],
+) -> Result<Vec<UserModule>, String> {
     let base = topology.parent().unwrap_or(Path::new("."));
     let mut user_modules = Vec::new();
-    for c in &loaded.file.checks {
+    for c in checks {
         let p = base.join(&c.wasm);
         let b = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         user_modules.push(UserModule {
@@ -337,16 +379,26 @@ pub fn verify(run: &Run, opts: &VerifyOptions) -> Result<Report, EngineError> {
             timeout: Duration::from_secs_f64(c.timeout_s.unwrap_or(USER_CHECK_TIMEOUT_S)),
         });
     }
-    let exe = if opts.agent_bin.is_none() {
-        let p = std::env::current_exe()
-            .map_err(|e| format!("cannot find edgectl's own binary: {e}"))?;
-        std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?
-    } else {
-        Vec::new()
-    };
-    let nodes: Vec<&Node> = selected.iter().filter_map(|n| cluster.node(n)).collect();
+    Ok(user_modules)
+}
 
-    let prepared: Vec<Prepared> = std::thread::scope(|s| {
+/// This edgectl binary, to upload as the agent.
+fn own_binary() -> Result<Vec<u8>, String> {
+    let p =
+        std::env::current_exe().map_err(|e| format!("cannot find edgectl's own binary: {e}"))?;
+    std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Prepares every node's agent at once, each over SSH with its pinned host key.
+fn prepare_all(
+    nodes: &[&Node],
+    st: &State,
+    state_dir: &Path,
+    pki: &Pki,
+    opts: &VerifyOptions,
+    exe: &[u8],
+) -> Vec<Prepared> {
+    std::thread::scope(|s| {
         let hs: Vec<_> = nodes
             .iter()
             .map(|n| {
@@ -362,7 +414,6 @@ pub fn verify(run: &Run, opts: &VerifyOptions) -> Result<Report, EngineError> {
                     pinned,
                     known_hosts: state_dir.join("known_hosts").join(&n.name),
                 };
-                let (pki, exe) = (&pki, &exe);
                 s.spawn(move || prepare(n, target, pki, opts, exe))
             })
             .collect();
@@ -377,25 +428,13 @@ pub fn verify(run: &Run, opts: &VerifyOptions) -> Result<Report, EngineError> {
                 })
             })
             .collect()
-    });
+    })
+}
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut report = rt.block_on(collect(
-        cluster,
-        &nodes,
-        &prepared,
-        &pki.ca_pem,
-        &controller,
-        opts,
-        &user_modules,
-    ))?;
-
-    // An agent started here that never answered says why in its log; a NixOS node's says
-    // where to look, since nothing was started there.
-    for (r, p) in report.nodes.iter_mut().zip(&prepared) {
+/// An agent started here that never answered says why in its log; a NixOS node's says
+/// where to look, since nothing was started there.
+fn explain_unreachable(reports: &mut [NodeReport], prepared: &[Prepared], opts: &VerifyOptions) {
+    for (r, p) in reports.iter_mut().zip(prepared) {
         if p.nixos && !p.started && r.agent == "unreachable" && p.ssh.is_some() {
             let e = r.error.get_or_insert_with(String::new);
             e.push_str(&format!(
@@ -419,8 +458,11 @@ pub fn verify(run: &Run, opts: &VerifyOptions) -> Result<Report, EngineError> {
             }
         }
     }
-    // Stop what this run started, whatever happened above.
-    for p in &prepared {
+}
+
+/// Stops the agents this run started.
+fn stop_started(prepared: &[Prepared], opts: &VerifyOptions) {
+    for p in prepared {
         if p.started
             && let Some(h) = &p.ssh
         {
@@ -428,19 +470,18 @@ pub fn verify(run: &Run, opts: &VerifyOptions) -> Result<Report, EngineError> {
             let _ = h.run(&argv(["sh", "-c", STOP_OLD, "edgectl-stop", &pid]), true);
         }
     }
-    report.cluster = cluster.name.clone();
-    report.topology = topology.display().to_string();
-    report.latency_p99_ms = cluster.targets.latency_p99_ms;
-    for c in &report.checks {
+}
+
+fn summary(checks: &[Check]) -> Summary {
+    let mut s = Summary::default();
+    for c in checks {
         match c.verdict {
-            Verdict::Pass => report.summary.pass += 1,
-            Verdict::Fail => report.summary.fail += 1,
-            Verdict::Skip => report.summary.skip += 1,
+            Verdict::Pass => s.pass += 1,
+            Verdict::Fail => s.fail += 1,
+            Verdict::Skip => s.skip += 1,
         }
     }
-    report.ok = !report.failed();
-    report.timings.total_ms = ms(t0.elapsed());
-    Ok(report)
+    s
 }
 
 async fn connect_agent(
@@ -471,6 +512,10 @@ struct UserModule {
     timeout: Duration,
 }
 
+/// An agent as the matrix uses it: its node's index in `nodes`, its connection, and the
+/// address its peers reach it at.
+type Live<'a> = (usize, &'a Connection, SocketAddr);
+
 #[allow(clippy::too_many_arguments)]
 async fn collect(
     cluster: &edgectl_model::Cluster,
@@ -486,290 +531,45 @@ async fn collect(
     let mut reports: Vec<NodeReport> = nodes
         .iter()
         .zip(prepared)
-        .map(|(n, p)| NodeReport {
-            name: n.name.clone(),
-            agent: if p.error.is_some() {
-                "unreachable".into()
-            } else if p.started {
-                "started".into()
-            } else {
-                "service".into()
-            },
-            error: p.error.clone(),
-            apply_in_progress: p.applying.clone(),
-            ..Default::default()
-        })
+        .map(|(n, p)| first_report(n, p))
         .collect();
     let mut checks = Vec::new();
-    let ray_wanted = cluster.nodes.iter().any(|n| n.has(Feature::Ray));
-
-    // Every agent answers its own questions concurrently.
-    let per_node = nodes.iter().zip(prepared).map(|(n, p)| {
-        let ep = ep.clone();
-        let host_addr = resolve(&n.host, opts.agent_port);
-        let has_ray_head = n.is(edgectl_model::Role::RayHead) && ray_wanted;
-        let wasm = n.has(Feature::Wasm);
-        let failed = p.error.clone();
-        async move {
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            let addr = host_addr.ok_or_else(|| format!("cannot resolve {}", n.host))?;
-            let conn = connect_agent(&ep, addr, &n.name, Duration::from_secs(15)).await?;
-            let facts = match client::request(&conn, &Request::Facts, REQ_TIMEOUT).await? {
-                Response::Facts(f) => *f,
-                Response::Error { message } => return Err(message),
-                other => return Err(format!("unexpected answer {other:?}")),
-            };
-            let cold = if wasm {
-                Some(
-                    match client::request(&conn, &Request::WasmColdStart, REQ_TIMEOUT).await {
-                        Ok(Response::ColdStart(c)) => Ok(c),
-                        Ok(Response::Error { message }) => Err(message),
-                        Ok(o) => Err(format!("unexpected answer {o:?}")),
-                        Err(e) => Err(e),
-                    },
-                )
-            } else {
-                None
-            };
-            let mut user = Vec::new();
-            for m in user_modules {
-                let req = Request::RunWasi {
-                    name: m.name.clone(),
-                    module_b64: m.module_b64.clone(),
-                    args: m.args.clone(),
-                    timeout_ms: m.timeout.as_millis() as u64,
-                };
-                // The agent answers by the module's limit plus its sandbox's grace.
-                let wait = m.timeout + edgectl_agent::wasm::PROCESS_GRACE + REQ_TIMEOUT;
-                user.push((
-                    m.name.clone(),
-                    match client::request(&conn, &req, wait).await {
-                        Ok(Response::Wasi(o)) => Ok(o),
-                        Ok(Response::Error { message }) => Err(message),
-                        Ok(o) => Err(format!("unexpected answer {o:?}")),
-                        Err(e) => Err(e),
-                    },
-                ));
-            }
-            let ray = if has_ray_head {
-                // The head's GCS listens on the node's cluster address (modules/lib/ray.nix).
-                let req = Request::RayStatus {
-                    address: Some(format!(
-                        "{}:{}",
-                        peer_ip(n, Some(&facts), addr.ip()),
-                        RAY_GCS_PORT
-                    )),
-                };
-                Some(match client::request(&conn, &req, REQ_TIMEOUT).await {
-                    Ok(Response::Ray(r)) => Ok(r),
-                    Ok(Response::Error { message }) => Err(message),
-                    Ok(o) => Err(format!("unexpected answer {o:?}")),
-                    Err(e) => Err(e),
-                })
-            } else {
-                None
-            };
-            Ok((conn, addr, facts, cold, user, ray))
-        }
-    });
-    let results = join_vec(per_node.collect()).await;
+    let answers = ask_agents(&ep, cluster, nodes, prepared, opts, user_modules).await;
     let mut conns: Vec<Option<(Connection, SocketAddr)>> = Vec::new();
-    for ((n, r), res) in nodes.iter().zip(reports.iter_mut()).zip(results) {
-        match res {
+    for ((n, r), a) in nodes.iter().zip(reports.iter_mut()).zip(answers) {
+        conns.push(match a {
             Err(e) => {
-                r.agent = "unreachable".into();
-                r.error = Some(e.clone());
-                checks.push(Check {
-                    node: n.name.clone(),
-                    category: "agent".into(),
-                    name: "agent reachable".into(),
-                    expected: "answers over QUIC with mutual TLS".into(),
-                    actual: e,
-                    verdict: Verdict::Fail,
-                    reason: None,
-                });
-                conns.push(None);
+                checks.push(unreachable(n, r, e));
+                None
             }
-            Ok((conn, addr, facts, cold, user, ray)) => {
-                checks.extend(checks::hardware(n, &facts));
-                checks.extend(checks::config(n, &facts));
-                if let Some(c) = &cold {
-                    checks.extend(checks::wasm(
-                        n,
-                        &facts,
-                        c.as_ref().map_err(String::as_str),
-                        cluster.targets.wasm_cold_start_ms,
-                    ));
-                    r.wasm_cold_start = c.as_ref().ok().cloned();
-                }
-                for (name, o) in &user {
-                    checks.push(checks::user(
-                        &n.name,
-                        name,
-                        o.as_ref().map_err(String::as_str),
-                    ));
-                    if let Ok(o) = o {
-                        r.user_checks.insert(name.clone(), o.clone());
-                    }
-                }
-                if let Some(ray) = &ray {
-                    checks.extend(checks::ray(
-                        cluster,
-                        n,
-                        ray.as_ref().map_err(String::as_str),
-                    ));
-                    r.ray = ray.as_ref().ok().cloned();
-                }
-                let ip = peer_ip(n, Some(&facts), addr.ip());
-                r.address = Some(ip.to_string());
-                r.facts = Some(facts);
-                conns.push(Some((conn, SocketAddr::new(ip, opts.agent_port))));
-            }
-        }
+            Ok(a) => Some(judge(cluster, n, r, a, opts.agent_port, &mut checks)),
+        });
     }
     let agents_ms = ms(t_agents.elapsed());
 
     // The matrix, between the agents that answered.
     let t_matrix = Instant::now();
-    let live: Vec<(usize, &Connection, SocketAddr)> = conns
+    let live: Vec<Live> = conns
         .iter()
         .enumerate()
         .filter_map(|(i, c)| c.as_ref().map(|(c, a)| (i, c, *a)))
         .collect();
-    let mut quic = Vec::new();
-    let mut zenoh = Vec::new();
-    if live.len() >= 2 {
-        let zep = |a: &SocketAddr| format!("tcp/{}:{}", a.ip(), opts.zenoh_port);
-        let zenoh_attempted = edgectl_agent::ZENOH && !opts.no_zenoh;
-        let mut zenoh_ok = zenoh_attempted;
-        if zenoh_ok {
-            // In order, each connecting to those before it: every pair gets one direct link,
-            // and every endpoint it dials is already listening.
-            for (k, (i, conn, addr)) in live.iter().enumerate() {
-                let req = Request::ZenohOpen {
-                    me: nodes[*i].name.clone(),
-                    listen: zep(addr),
-                    connect: live[..k].iter().map(|(_, _, a)| zep(a)).collect(),
-                };
-                match client::request(conn, &req, Duration::from_secs(20)).await {
-                    Ok(Response::Ok) => {}
-                    Ok(Response::Error { message }) | Err(message) => {
-                        checks.push(Check {
-                            node: nodes[*i].name.clone(),
-                            category: "network".into(),
-                            name: "zenoh session".into(),
-                            expected: format!("peer session on {}", zep(addr)),
-                            actual: message,
-                            verdict: Verdict::Fail,
-                            reason: None,
-                        });
-                        zenoh_ok = false;
-                        break;
-                    }
-                    Ok(o) => return Err(format!("unexpected answer {o:?}")),
-                }
-            }
-        }
-        // Rounds in which every node is in at most one probe, as sender or as echo: probes
-        // never compete for a node's CPU, and n nodes take 2(n-1) (or 2n) rounds, not n(n-1).
-        let directed = pair_rounds(live.len()).into_iter().flat_map(|r| {
-            let back: Vec<(usize, usize)> = r.iter().map(|&(a, b)| (b, a)).collect();
-            [r, back]
-        });
-        for round in directed {
-            let reqs: Vec<_> = round
-                .iter()
-                .map(|&(x, y)| {
-                    let (i, conn, _) = live[x];
-                    let (j, _, addr) = live[y];
-                    let req = Request::Matrix {
-                        me: nodes[i].name.clone(),
-                        peers: vec![Peer {
-                            name: nodes[j].name.clone(),
-                            quic: addr,
-                            zenoh: zep(&addr),
-                        }],
-                        samples: opts.samples,
-                        zenoh: zenoh_ok,
-                    };
-                    async move {
-                        (
-                            i,
-                            client::request(conn, &req, Duration::from_secs(300)).await,
-                        )
-                    }
-                })
-                .collect();
-            for (i, res) in join_vec(reqs).await {
-                match res {
-                    Ok(Response::Matrix { quic: q, zenoh: z }) => {
-                        quic.extend(q);
-                        zenoh.extend(z);
-                    }
-                    Ok(Response::Error { message }) | Err(message) => checks.push(Check {
-                        node: nodes[i].name.clone(),
-                        category: "network".into(),
-                        name: "latency matrix".into(),
-                        expected: "measured".into(),
-                        actual: message,
-                        verdict: Verdict::Fail,
-                        reason: None,
-                    }),
-                    Ok(o) => return Err(format!("unexpected answer {o:?}")),
-                }
-            }
-        }
-        // Zenoh's listeners ask for no certificate: none stays open after the matrix, on a
-        // service agent either (which closes it by itself when this connection ends, too).
-        if zenoh_attempted {
-            let closes = live.iter().map(|(_, conn, _)| {
-                client::request(conn, &Request::ZenohClose, Duration::from_secs(10))
-            });
-            join_vec(closes.collect()).await;
-        }
-    }
-    let order: BTreeMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
-    let key = |s: &PairStat| {
-        (
-            order.get(s.from.as_str()).copied(),
-            order.get(s.to.as_str()).copied(),
-        )
+    let (mut quic, mut zenoh) = if live.len() >= 2 {
+        matrix(nodes, &live, opts, &mut checks).await?
+    } else {
+        Default::default()
     };
-    quic.sort_by_key(key);
-    zenoh.sort_by_key(key);
+    let order = node_order(nodes);
+    sort_pairs(&order, &mut quic);
+    sort_pairs(&order, &mut zenoh);
     let t = cluster.targets.latency_p99_ms;
     checks.extend(quic.iter().map(|s| checks::latency("quic", s, t)));
     checks.extend(zenoh.iter().map(|s| checks::latency("zenoh", s, t)));
     let matrix_ms = ms(t_matrix.elapsed());
 
-    // Agents this run started go now; a service stays.
-    for ((_, p), c) in nodes.iter().zip(prepared).zip(&conns) {
-        if let Some((conn, _)) = c {
-            if p.started {
-                let _ = client::request(conn, &Request::Shutdown, Duration::from_secs(2)).await;
-            }
-            conn.close(0u32.into(), b"done");
-        }
-    }
+    release(prepared, &conns).await;
     ep.wait_idle().await;
-    // Order: per node as the topology lists them, then category.
-    let order: BTreeMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
-    checks.sort_by_key(|c| {
-        (
-            order.get(c.node.as_str()).copied().unwrap_or(usize::MAX),
-            category_rank(&c.category),
-        )
-    });
+    sort_checks(&order, &mut checks);
     Ok(Report {
         nodes: reports,
         checks,
@@ -782,6 +582,385 @@ async fn collect(
         },
         ..Default::default()
     })
+}
+
+/// A node's report before its agent is asked anything: how its agent was prepared.
+fn first_report(n: &Node, p: &Prepared) -> NodeReport {
+    NodeReport {
+        name: n.name.clone(),
+        agent: if p.error.is_some() {
+            "unreachable".into()
+        } else if p.started {
+            "started".into()
+        } else {
+            "service".into()
+        },
+        error: p.error.clone(),
+        apply_in_progress: p.applying.clone(),
+        ..Default::default()
+    }
+}
+
+/// What one agent answered.
+struct Answers {
+    conn: Connection,
+    addr: SocketAddr,
+    facts: Facts,
+    /// Asked on nodes with the wasm feature.
+    cold: Option<Result<ColdStart, String>>,
+    /// Each `[[check]]` by name.
+    user: Vec<(String, Result<WasiOutcome, String>)>,
+    /// Asked of the Ray head, where the cluster wants Ray.
+    ray: Option<Result<RayFacts, String>>,
+}
+
+/// An agent's answer of the kind `want` takes, the error it sent, or why none came.
+fn answer<T>(
+    r: Result<Response, String>,
+    want: impl FnOnce(Response) -> Result<T, Response>,
+) -> Result<T, String> {
+    match r? {
+        Response::Error { message } => Err(message),
+        o => want(o).map_err(|o| format!("unexpected answer {o:?}")),
+    }
+}
+
+/// Every agent answers its own questions concurrently; the answers in `nodes`' order.
+async fn ask_agents(
+    ep: &quinn::Endpoint,
+    cluster: &edgectl_model::Cluster,
+    nodes: &[&Node],
+    prepared: &[Prepared],
+    opts: &VerifyOptions,
+    user_modules: &[UserModule],
+) -> Vec<Result<Answers, String>> {
+    let ray_wanted = cluster.nodes.iter().any(|n| n.has(Feature::Ray));
+    let asks = nodes.iter().zip(prepared).map(|(n, p)| {
+        let host_addr = resolve(&n.host, opts.agent_port);
+        let has_ray_head = n.is(edgectl_model::Role::RayHead) && ray_wanted;
+        let failed = p.error.clone();
+        async move {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let addr = host_addr.ok_or_else(|| format!("cannot resolve {}", n.host))?;
+            ask_agent(ep, n, addr, has_ray_head, user_modules).await
+        }
+    });
+    join_vec(asks.collect()).await
+}
+
+/// One agent's facts, its wasm cold start, the `[[check]]`s and, on the Ray head, Ray's status.
+async fn ask_agent(
+    ep: &quinn::Endpoint,
+    n: &Node,
+    addr: SocketAddr,
+    has_ray_head: bool,
+    user_modules: &[UserModule],
+) -> Result<Answers, String> {
+    let conn = connect_agent(ep, addr, &n.name, Duration::from_secs(15)).await?;
+    let facts = answer(
+        client::request(&conn, &Request::Facts, REQ_TIMEOUT).await,
+        |r| match r {
+            Response::Facts(f) => Ok(*f),
+            o => Err(o),
+        },
+    )?;
+    let cold = if n.has(Feature::Wasm) {
+        let r = client::request(&conn, &Request::WasmColdStart, REQ_TIMEOUT).await;
+        Some(answer(r, |r| match r {
+            Response::ColdStart(c) => Ok(c),
+            o => Err(o),
+        }))
+    } else {
+        None
+    };
+    let user = run_user_checks(&conn, user_modules).await;
+    let ray = if has_ray_head {
+        // The head's GCS listens on the node's cluster address (modules/lib/ray.nix).
+        let req = Request::RayStatus {
+            address: Some(format!(
+                "{}:{}",
+                peer_ip(n, Some(&facts), addr.ip()),
+                RAY_GCS_PORT
+            )),
+        };
+        let r = client::request(&conn, &req, REQ_TIMEOUT).await;
+        Some(answer(r, |r| match r {
+            Response::Ray(r) => Ok(r),
+            o => Err(o),
+        }))
+    } else {
+        None
+    };
+    Ok(Answers {
+        conn,
+        addr,
+        facts,
+        cold,
+        user,
+        ray,
+    })
+}
+
+/// Each `[[check]]` module on one agent, one after another.
+async fn run_user_checks(
+    conn: &Connection,
+    user_modules: &[UserModule],
+) -> Vec<(String, Result<WasiOutcome, String>)> {
+    let mut user = Vec::new();
+    for m in user_modules {
+        let req = Request::RunWasi {
+            name: m.name.clone(),
+            module_b64: m.module_b64.clone(),
+            args: m.args.clone(),
+            timeout_ms: m.timeout.as_millis() as u64,
+        };
+        // The agent answers by the module's limit plus its sandbox's grace.
+        let wait = m.timeout + edgectl_agent::wasm::PROCESS_GRACE + REQ_TIMEOUT;
+        let r = answer(client::request(conn, &req, wait).await, |r| match r {
+            Response::Wasi(o) => Ok(o),
+            o => Err(o),
+        });
+        user.push((m.name.clone(), r));
+    }
+    user
+}
+
+/// An agent that did not answer: its report says why, and so does a failed check.
+fn unreachable(n: &Node, r: &mut NodeReport, e: String) -> Check {
+    r.agent = "unreachable".into();
+    r.error = Some(e.clone());
+    Check {
+        node: n.name.clone(),
+        category: "agent".into(),
+        name: "agent reachable".into(),
+        expected: "answers over QUIC with mutual TLS".into(),
+        actual: e,
+        verdict: Verdict::Fail,
+        reason: None,
+    }
+}
+
+/// Judges one agent's answers into `out` and keeps them in its report; returns its connection
+/// and the address its peers reach its agent at.
+fn judge(
+    cluster: &edgectl_model::Cluster,
+    n: &Node,
+    r: &mut NodeReport,
+    a: Answers,
+    agent_port: u16,
+    out: &mut Vec<Check>,
+) -> (Connection, SocketAddr) {
+    out.extend(checks::hardware(n, &a.facts));
+    out.extend(checks::config(n, &a.facts));
+    if let Some(c) = &a.cold {
+        out.extend(checks::wasm(
+            n,
+            &a.facts,
+            c.as_ref().map_err(String::as_str),
+            cluster.targets.wasm_cold_start_ms,
+        ));
+        r.wasm_cold_start = c.as_ref().ok().cloned();
+    }
+    for (name, o) in &a.user {
+        out.push(checks::user(
+            &n.name,
+            name,
+            o.as_ref().map_err(String::as_str),
+        ));
+        if let Ok(o) = o {
+            r.user_checks.insert(name.clone(), o.clone());
+        }
+    }
+    if let Some(ray) = &a.ray {
+        out.extend(checks::ray(
+            cluster,
+            n,
+            ray.as_ref().map_err(String::as_str),
+        ));
+        r.ray = ray.as_ref().ok().cloned();
+    }
+    let ip = peer_ip(n, Some(&a.facts), a.addr.ip());
+    r.address = Some(ip.to_string());
+    r.facts = Some(a.facts);
+    (a.conn, SocketAddr::new(ip, agent_port))
+}
+
+fn zenoh_endpoint(a: &SocketAddr, port: u16) -> String {
+    format!("tcp/{}:{}", a.ip(), port)
+}
+
+/// The latency matrix between the `live` agents: QUIC, and Zenoh unless it is off or a
+/// session would not open.
+async fn matrix(
+    nodes: &[&Node],
+    live: &[Live<'_>],
+    opts: &VerifyOptions,
+    checks: &mut Vec<Check>,
+) -> Result<(Vec<PairStat>, Vec<PairStat>), String> {
+    let zenoh_attempted = edgectl_agent::ZENOH && !opts.no_zenoh;
+    let zenoh_ok = zenoh_attempted && open_zenoh(nodes, live, opts.zenoh_port, checks).await?;
+    let pairs = probe(nodes, live, opts, zenoh_ok, checks).await?;
+    // Zenoh's listeners ask for no certificate: none stays open after the matrix, on a
+    // service agent either (which closes it by itself when this connection ends, too).
+    if zenoh_attempted {
+        let closes = live.iter().map(|(_, conn, _)| {
+            client::request(conn, &Request::ZenohClose, Duration::from_secs(10))
+        });
+        join_vec(closes.collect()).await;
+    }
+    Ok(pairs)
+}
+
+/// Opens a Zenoh peer session on every live agent; false, with a failed check, where one
+/// does not open.
+async fn open_zenoh(
+    nodes: &[&Node],
+    live: &[Live<'_>],
+    port: u16,
+    checks: &mut Vec<Check>,
+) -> Result<bool, String> {
+    // In order, each connecting to those before it: every pair gets one direct link,
+    // and every endpoint it dials is already listening.
+    for (k, (i, conn, addr)) in live.iter().enumerate() {
+        let req = Request::ZenohOpen {
+            me: nodes[*i].name.clone(),
+            listen: zenoh_endpoint(addr, port),
+            connect: live[..k]
+                .iter()
+                .map(|(_, _, a)| zenoh_endpoint(a, port))
+                .collect(),
+        };
+        match client::request(conn, &req, Duration::from_secs(20)).await {
+            Ok(Response::Ok) => {}
+            Ok(Response::Error { message }) | Err(message) => {
+                checks.push(Check {
+                    node: nodes[*i].name.clone(),
+                    category: "network".into(),
+                    name: "zenoh session".into(),
+                    expected: format!("peer session on {}", zenoh_endpoint(addr, port)),
+                    actual: message,
+                    verdict: Verdict::Fail,
+                    reason: None,
+                });
+                return Ok(false);
+            }
+            Ok(o) => return Err(format!("unexpected answer {o:?}")),
+        }
+    }
+    Ok(true)
+}
+
+/// Rounds of (sender, echo) pairs, every ordered pair once: each of [`pair_rounds`], then
+/// the same pairs the other way.
+fn directed_rounds(n: usize) -> Vec<Vec<(usize, usize)>> {
+    pair_rounds(n)
+        .into_iter()
+        .flat_map(|r| {
+            let back: Vec<(usize, usize)> = r.iter().map(|&(a, b)| (b, a)).collect();
+            [r, back]
+        })
+        .collect()
+}
+
+/// Each live agent measures its round trips to each other, over QUIC and (when `zenoh`)
+/// Zenoh.
+async fn probe(
+    nodes: &[&Node],
+    live: &[Live<'_>],
+    opts: &VerifyOptions,
+    zenoh: bool,
+    checks: &mut Vec<Check>,
+) -> Result<(Vec<PairStat>, Vec<PairStat>), String> {
+    let (mut quic, mut zen) = (Vec::new(), Vec::new());
+    // Rounds in which every node is in at most one probe, as sender or as echo: probes
+    // never compete for a node's CPU, and n nodes take 2(n-1) (or 2n) rounds, not n(n-1).
+    for round in directed_rounds(live.len()) {
+        let reqs: Vec<_> = round
+            .iter()
+            .map(|&(x, y)| {
+                let (i, conn, _) = live[x];
+                let (j, _, addr) = live[y];
+                let req = Request::Matrix {
+                    me: nodes[i].name.clone(),
+                    peers: vec![Peer {
+                        name: nodes[j].name.clone(),
+                        quic: addr,
+                        zenoh: zenoh_endpoint(&addr, opts.zenoh_port),
+                    }],
+                    samples: opts.samples,
+                    zenoh,
+                };
+                async move {
+                    (
+                        i,
+                        client::request(conn, &req, Duration::from_secs(300)).await,
+                    )
+                }
+            })
+            .collect();
+        for (i, res) in join_vec(reqs).await {
+            match res {
+                Ok(Response::Matrix { quic: q, zenoh: z }) => {
+                    quic.extend(q);
+                    zen.extend(z);
+                }
+                Ok(Response::Error { message }) | Err(message) => checks.push(Check {
+                    node: nodes[i].name.clone(),
+                    category: "network".into(),
+                    name: "latency matrix".into(),
+                    expected: "measured".into(),
+                    actual: message,
+                    verdict: Verdict::Fail,
+                    reason: None,
+                }),
+                Ok(o) => return Err(format!("unexpected answer {o:?}")),
+            }
+        }
+    }
+    Ok((quic, zen))
+}
+
+/// Each node's place in the topology.
+fn node_order<'a>(nodes: &[&'a Node]) -> BTreeMap<&'a str, usize> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect()
+}
+
+/// Pairs in the topology's order, by sender then peer.
+fn sort_pairs(order: &BTreeMap<&str, usize>, pairs: &mut [PairStat]) {
+    pairs.sort_by_key(|s| {
+        (
+            order.get(s.from.as_str()).copied(),
+            order.get(s.to.as_str()).copied(),
+        )
+    });
+}
+
+/// Checks per node as the topology lists them, then by category.
+fn sort_checks(order: &BTreeMap<&str, usize>, checks: &mut [Check]) {
+    checks.sort_by_key(|c| {
+        (
+            order.get(c.node.as_str()).copied().unwrap_or(usize::MAX),
+            category_rank(&c.category),
+        )
+    });
+}
+
+/// Agents this run started go now; a service stays.
+async fn release(prepared: &[Prepared], conns: &[Option<(Connection, SocketAddr)>]) {
+    for (p, c) in prepared.iter().zip(conns) {
+        if let Some((conn, _)) = c {
+            if p.started {
+                let _ = client::request(conn, &Request::Shutdown, Duration::from_secs(2)).await;
+            }
+            conn.close(0u32.into(), b"done");
+        }
+    }
 }
 
 /// Round-robin (circle method) schedule of all unordered pairs of `n` items.
@@ -842,8 +1021,13 @@ async fn join_vec<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use super::{STOP_OLD, is_nixos, pair_rounds};
+    use super::{
+        Check, Prepared, Response, STOP_OLD, Summary, Verdict, answer, directed_rounds,
+        first_report, is_nixos, node_order, pair_rounds, sort_checks, sort_pairs, summary,
+    };
+    use edgectl_agent::proto::PairStat;
     use edgectl_agent::server::{PID_FILE, proc_start_time};
+    use edgectl_model::Node;
     use std::collections::BTreeSet;
     use std::path::Path;
     use std::process::{Child, Command};
@@ -946,5 +1130,141 @@ mod tests {
             }
             assert_eq!(all.len(), n * n.saturating_sub(1) / 2, "n={n}");
         }
+    }
+
+    #[test]
+    fn every_ordered_pair_is_probed_once_and_no_node_twice_per_round() {
+        for n in 0..9 {
+            let rounds = directed_rounds(n);
+            assert_eq!(rounds.len(), 2 * pair_rounds(n).len(), "n={n}");
+            let mut all = BTreeSet::new();
+            for r in &rounds {
+                let mut seen = BTreeSet::new();
+                for &(a, b) in r {
+                    assert!(seen.insert(a) && seen.insert(b), "n={n} {r:?}");
+                    assert!(all.insert((a, b)), "pair twice, n={n}");
+                }
+            }
+            assert_eq!(all.len(), n * n.saturating_sub(1), "n={n}");
+        }
+    }
+
+    fn prepared(error: Option<&str>, started: bool) -> Prepared {
+        Prepared {
+            ssh: None,
+            started,
+            nixos: false,
+            error: error.map(String::from),
+            applying: Some("edgectl user=bob".into()),
+        }
+    }
+
+    fn example() -> Vec<Node> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/edge-lab.toml");
+        edgectl_model::load(&p, &Default::default())
+            .expect("the example loads")
+            .cluster
+            .nodes
+    }
+
+    #[test]
+    fn a_nodes_report_starts_from_how_its_agent_was_prepared() {
+        let nodes = example();
+        let r = first_report(&nodes[0], &prepared(Some("ssh: refused"), true));
+        assert_eq!(
+            (r.agent.as_str(), r.error.as_deref()),
+            ("unreachable", Some("ssh: refused"))
+        );
+        assert_eq!(r.apply_in_progress.as_deref(), Some("edgectl user=bob"));
+        assert_eq!(
+            first_report(&nodes[0], &prepared(None, true)).agent,
+            "started"
+        );
+        let r = first_report(&nodes[0], &prepared(None, false));
+        assert_eq!(
+            (r.name.as_str(), r.agent.as_str()),
+            (nodes[0].name.as_str(), "service")
+        );
+    }
+
+    fn check(node: &str, category: &str, verdict: Verdict) -> Check {
+        Check {
+            node: node.into(),
+            category: category.into(),
+            name: String::new(),
+            expected: String::new(),
+            actual: String::new(),
+            verdict,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn pairs_and_checks_follow_the_topology_then_the_category() {
+        let all = example();
+        let nodes: Vec<&Node> = all.iter().rev().collect();
+        let (a, b, c) = (&nodes[0].name, &nodes[1].name, &nodes[2].name);
+        let order = node_order(&nodes);
+        let mut pairs = vec![
+            PairStat::new(c, a),
+            PairStat::new(b, a),
+            PairStat::new(a, c),
+            PairStat::new(a, b),
+        ];
+        sort_pairs(&order, &mut pairs);
+        let got: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|p| (p.from.as_str(), p.to.as_str()))
+            .collect();
+        assert_eq!(got, [(a.as_str(), b.as_str()), (a, c), (b, a), (c, a)]);
+        let mut checks = vec![
+            check("elsewhere", "agent", Verdict::Fail),
+            check(b, "network", Verdict::Pass),
+            check(b, "hardware", Verdict::Pass),
+            check(a, "ray", Verdict::Skip),
+            check(a, "agent", Verdict::Fail),
+        ];
+        sort_checks(&order, &mut checks);
+        let got: Vec<(&str, &str)> = checks
+            .iter()
+            .map(|c| (c.node.as_str(), c.category.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (a.as_str(), "agent"),
+                (a, "ray"),
+                (b, "hardware"),
+                (b, "network"),
+                ("elsewhere", "agent")
+            ]
+        );
+        let Summary { pass, fail, skip } = summary(&checks);
+        assert_eq!((pass, fail, skip), (2, 2, 1));
+    }
+
+    #[test]
+    fn an_agents_answer_is_the_kind_asked_for_or_says_why_not() {
+        let ok = |r: Response| match r {
+            Response::Ok => Ok(()),
+            o => Err(o),
+        };
+        assert_eq!(answer(Ok(Response::Ok), ok), Ok(()));
+        let refused = Response::Error {
+            message: "no such module".into(),
+        };
+        assert_eq!(answer(Ok(refused), ok), Err("no such module".into()));
+        assert_eq!(answer(Err("timed out".into()), ok), Err("timed out".into()));
+        let other = answer(
+            Ok(Response::Matrix {
+                quic: vec![],
+                zenoh: vec![],
+            }),
+            ok,
+        );
+        assert_eq!(
+            other,
+            Err("unexpected answer Matrix { quic: [], zenoh: [] }".into())
+        );
     }
 }
