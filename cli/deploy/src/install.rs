@@ -490,7 +490,9 @@ impl Worker {
             );
             record.facts = Some(f);
             record.done.push(Step::Facts);
-            record.save(&self.state_dir, &name)?;
+            record
+                .save(&self.state_dir, &name)
+                .map_err(|e| e.to_string())?;
             Ok(((), said))
         });
         Done {
@@ -560,7 +562,9 @@ impl Worker {
                 return Err(format!("switch-to-configuration boot failed: {e}"));
             }
             record.done.push(Step::Switch);
-            record.save(&self.state_dir, &s.name)?;
+            record
+                .save(&self.state_dir, &s.name)
+                .map_err(|e| e.to_string())?;
             Ok(((), "boots NixOS next".into()))
         })
     }
@@ -572,7 +576,9 @@ impl Worker {
             let _ = s.host.run(&reboot_argv(self.reboot.as_deref()), true);
             self.wait_for_nixos(s, &before)?;
             record.done.push(Step::Reboot);
-            record.save(&self.state_dir, &s.name)?;
+            record
+                .save(&self.state_dir, &s.name)
+                .map_err(|e| e.to_string())?;
             Ok(((), "NixOS is up, same host key".into()))
         })
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::facts::NodeFacts;
-use crate::state::write_atomic;
+use crate::state::{StateError, write_atomic};
 
 /// A phase of `install`, in order (`--until` stops after one).
 #[derive(
@@ -65,9 +65,11 @@ impl InstallState {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
-    pub(crate) fn save(&self, state_dir: &Path, node: &str) -> Result<(), String> {
-        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        write_atomic(&Self::path(state_dir, node), &text).map_err(|e| e.to_string())
+    pub(crate) fn save(&self, state_dir: &Path, node: &str) -> Result<(), StateError> {
+        let path = Self::path(state_dir, node);
+        // Serializing plain data cannot fail; an empty file would be worse than an error.
+        let text = serde_json::to_vec_pretty(self).unwrap_or_default();
+        write_atomic(&path, &text).map_err(|error| StateError::Io { path, error })
     }
     pub(crate) fn has(&self, s: Step) -> bool {
         self.done.contains(&s)

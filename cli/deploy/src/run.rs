@@ -72,6 +72,12 @@ impl std::fmt::Display for EngineError {
 
 impl std::error::Error for EngineError {}
 
+impl From<crate::state::StateError> for EngineError {
+    fn from(e: crate::state::StateError) -> Self {
+        EngineError::Failed(e.to_string())
+    }
+}
+
 impl From<String> for EngineError {
     fn from(s: String) -> Self {
         EngineError::Failed(s)

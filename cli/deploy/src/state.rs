@@ -50,6 +50,54 @@ pub struct State {
     pub nodes: BTreeMap<String, NodeState>,
 }
 
+/// Why the state directory could not be used; each message names the file and what to do.
+#[derive(Debug)]
+pub enum StateError {
+    /// A file of the state directory could not be read or written.
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// `state.json` exists but is not edgectl state.
+    Corrupt { path: PathBuf, error: String },
+    /// Another edgectl run holds the state directory.
+    Busy { path: PathBuf, holder: String },
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            StateError::Corrupt { path, error } => write!(
+                f,
+                "{}: {error} (fix the file, or remove it to forget what was applied and the pinned host keys)",
+                path.display()
+            ),
+            StateError::Busy { path, holder } => write!(
+                f,
+                "another `edgectl apply` holds {} (pid {holder}); wait for it to finish",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StateError::Io { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |error| StateError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
 pub fn dir_for(topology: &Path) -> PathBuf {
     topology
         .parent()
@@ -71,45 +119,48 @@ const GITIGNORE: &str =
 
 /// Creates the state folder readable by its owner only (it holds private keys), tightens one
 /// an older edgectl created world-readable, and keeps it out of the user's repository.
-pub fn ensure(dir: &Path) -> Result<(), String> {
+pub fn ensure(dir: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |e: std::io::Error| format!("{}: {e}", dir.display());
     if !dir.is_dir() {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(err)?;
+            .map_err(io(dir))?;
     }
-    let mode = fs::metadata(dir).map_err(err)?.permissions().mode();
+    let mode = fs::metadata(dir).map_err(io(dir))?.permissions().mode();
     if mode & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700)).map_err(err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700)).map_err(io(dir))?;
     }
     let ignore = dir.join(".gitignore");
     if !ignore.exists() {
-        write_atomic(&ignore, GITIGNORE.as_bytes()).map_err(err)?;
+        write_atomic(&ignore, GITIGNORE.as_bytes()).map_err(io(&ignore))?;
     }
     Ok(())
 }
 
 impl State {
-    pub fn load(dir: &Path) -> Result<State, String> {
+    pub fn load(dir: &Path) -> Result<State, StateError> {
         let p = dir.join("state.json");
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| format!("{}: {e} (fix or remove the file)", p.display())),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StateError::Corrupt {
+                path: p.clone(),
+                error: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
                 version: 1,
                 ..Default::default()
             }),
-            Err(e) => Err(format!("{}: {e}", p.display())),
+            Err(e) => Err(io(&p)(e)),
         }
     }
 
-    pub fn save(&self, dir: &Path) -> Result<(), String> {
-        let mut text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let p = dir.join("state.json");
+        // Serializing plain data cannot fail; an empty file would be worse than an error.
+        let mut text = serde_json::to_vec_pretty(self).unwrap_or_default();
         text.push(b'\n');
-        write_atomic(&dir.join("state.json"), &text).map_err(|e| format!("{}: {e}", dir.display()))
+        write_atomic(&p, &text).map_err(io(&p))
     }
 }
 
@@ -138,7 +189,7 @@ pub struct Lock {
 }
 
 impl Lock {
-    pub fn acquire(dir: &Path) -> Result<Lock, String> {
+    pub fn acquire(dir: &Path) -> Result<Lock, StateError> {
         ensure(dir)?;
         let p = dir.join("apply.lock");
         let f = fs::OpenOptions::new()
@@ -146,7 +197,7 @@ impl Lock {
             .truncate(false)
             .write(true)
             .open(&p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
+            .map_err(io(&p))?;
         match f.try_lock() {
             Ok(()) => {
                 let _ = f.set_len(0);
@@ -155,11 +206,10 @@ impl Lock {
             }
             Err(_) => {
                 let holder = fs::read_to_string(&p).unwrap_or_default();
-                Err(format!(
-                    "another `edgectl apply` holds {} (pid {}); wait for it to finish",
-                    p.display(),
-                    holder.trim()
-                ))
+                Err(StateError::Busy {
+                    path: p,
+                    holder: holder.trim().to_string(),
+                })
             }
         }
     }
