@@ -6,22 +6,25 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use edgectl_model::{Cluster, Role};
+use edgectl_model::{Cluster, Role, SecretWhen};
 use serde_json::Value;
 
 use crate::activate::{self, Goal, Outcome};
 use crate::event::{Phase, Sender, State as Ev, emit};
 use crate::fanout::{Deliveries, Delivery};
 use crate::host::HostKey;
+use crate::host::{Host, argv};
 use crate::pool::{parallel_map, runtime};
 use crate::report::{ApplyReport, NodeOutcome, NodeResult, Plan, result};
 use crate::run::{EngineError, Options, Prepared, Run, prepare, target_for};
+use crate::secrets::{self, Material, Secrets};
 use crate::session::{Heartbeat, Session, open_node, unlock};
 use crate::state::{Lock, NodeState, State, now};
 
-/// Applies the topology (or a saved plan, which must still match the cluster): open every
-/// selected node (connect, lock, inspect), distribute the closures (fanned out over the
-/// cluster LAN, or copied per node), then activate wave by wave, routers and the Ray head first.
+/// Applies the topology (or a saved plan, which must still match the cluster): read the
+/// selected nodes' secrets, open every selected node (connect, lock, inspect), distribute the
+/// closures (fanned out over the cluster LAN, or copied per node), then activate wave by
+/// wave, routers and the Ray head first.
 pub fn apply(
     run: Run,
     saved: Option<&Plan>,
@@ -29,6 +32,17 @@ pub fn apply(
     tx: Sender,
 ) -> Result<ApplyReport, EngineError> {
     let _lock = Lock::acquire(&run.state_dir)?;
+    // Every secret is read before anything is built or any node touched, so a missing file
+    // or a failing command changes nothing.
+    let secrets = if secrets::goal_uploads(opts.goal) {
+        let s = Secrets::read(&run.loaded.cluster, &run.topology, &run.selected)?;
+        if let Some(plan) = saved {
+            s.check_plan(plan, &run.selected)?;
+        }
+        s
+    } else {
+        Secrets::default()
+    };
     let p = prepare(run, opts, &tx, true)?;
     if let Some(plan) = saved
         && plan.topology_hash != p.topology_hash
@@ -41,11 +55,143 @@ pub fn apply(
         return Ok(built(&p, opts.goal));
     }
     let mut a = ApplyRun::new(p, opts, tx)?;
+    a.set_secrets(secrets);
     let sessions = a.open(saved);
     let _heartbeat = Heartbeat::start(sessions.clone());
     let deliveries = a.distribute(&sessions);
     a.activate(sessions, deliveries);
     Ok(a.finish())
+}
+
+/// `edgectl rollback`: switches every selected node back to an earlier generation of its own
+/// (`to`, or the one before the one it runs), with apply's lock, waves and confirm-or-revert.
+/// Nothing is built or copied: a generation's closure is on its node already. The state
+/// records the system, but no topology options, since the node no longer runs the topology's.
+pub fn rollback(
+    run: Run,
+    to: Option<u64>,
+    opts: &Options,
+    tx: Sender,
+) -> Result<ApplyReport, EngineError> {
+    let _lock = Lock::acquire(&run.state_dir)?;
+    let st = State::load(&run.state_dir)?;
+    let rt = runtime(opts.parallel);
+    let targets: Vec<_> = run
+        .selected
+        .iter()
+        .map(|n| target_for(&run.loaded.cluster, n, &st, opts, &run.state_dir))
+        .collect();
+    let found = parallel_map(&rt, opts.parallel, targets, move |t| {
+        let name = t.node.clone();
+        let r = crate::session::connect(t)
+            .map_err(|e| (NodeOutcome::Unreachable, e.to_string()))
+            .and_then(|h| rollback_target(&h, to).map_err(|e| (NodeOutcome::Failed, e)));
+        (name, r)
+    });
+    let mut systems = BTreeMap::new();
+    let mut failed = Vec::new();
+    for (name, r) in found {
+        match r {
+            Ok((_, system)) => {
+                systems.insert(name, system);
+            }
+            Err((kind, why)) => {
+                emit(&tx, &name, Phase::Done, Ev::Failed, why.clone());
+                failed.push(result(&name, "", kind, why, None));
+            }
+        }
+    }
+    let all = run.selected.clone();
+    let p = Prepared {
+        selected: systems.keys().cloned().collect(),
+        systems,
+        contexts: BTreeMap::new(),
+        topology_hash: st.topology_hash.clone().unwrap_or_default(),
+        loaded: run.loaded,
+        state_dir: run.state_dir,
+    };
+    let mut o = opts.clone();
+    o.goal = Goal::Switch;
+    let mut a = ApplyRun::new(p, &o, tx)?;
+    let sessions = a.open(None);
+    let _heartbeat = Heartbeat::start(sessions.clone());
+    a.activate(sessions, Deliveries::new());
+    for r in failed {
+        a.done.insert(r.node.clone(), (r, None));
+    }
+    a.selected = all;
+    Ok(a.finish())
+}
+
+/// The generation `to` (or the newest one before the current) of the node's system profile,
+/// as its number and store path.
+fn rollback_target(h: &dyn Host, to: Option<u64>) -> Result<(u64, String), String> {
+    let o = h
+        .run(
+            &argv([
+                "sh",
+                "-c",
+                LIST_GENERATIONS,
+                "edgectl-generations",
+                activate::PROFILE,
+            ]),
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+    pick_generation(&o.stdout, to)
+}
+
+const LIST_GENERATIONS: &str = include_str!("sh/list_generations.sh");
+
+/// Reads `list_generations.sh`'s output and picks the target.
+fn pick_generation(listing: &str, to: Option<u64>) -> Result<(u64, String), String> {
+    let mut gens: Vec<(u64, String)> = Vec::new();
+    let mut current = None;
+    for l in listing.lines() {
+        let (a, b) = l.split_once(' ').unwrap_or((l, ""));
+        if a == "current" {
+            current = b
+                .trim()
+                .strip_prefix("system-")
+                .and_then(|r| r.strip_suffix("-link"))
+                .and_then(|n| n.parse::<u64>().ok());
+        } else if let Ok(n) = a.parse::<u64>()
+            && b.starts_with("/nix/store/")
+        {
+            gens.push((n, b.trim().to_string()));
+        }
+    }
+    gens.sort();
+    let list = || {
+        gens.iter()
+            .map(|g| g.0.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(current) = current else {
+        return Err(
+            "the node's system profile names no generation; nothing to roll back to".into(),
+        );
+    };
+    match to {
+        Some(n) if n == current => Err(format!("the node already runs generation {n}")),
+        Some(n) => gens
+            .iter()
+            .find(|g| g.0 == n)
+            .cloned()
+            .ok_or_else(|| format!("the node has no generation {n} (it has {})", list())),
+        None => gens
+            .iter()
+            .rev()
+            .find(|g| g.0 < current)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "the node has no generation before {current} (it has {}); nothing to roll back to",
+                    list()
+                )
+            }),
+    }
 }
 
 /// `--goal build`: the systems are built, and no node is touched.
@@ -101,6 +247,7 @@ impl<'a> ApplyRun<'a> {
             state_dir,
             contexts,
             topology_hash,
+            secrets: Secrets::default(),
         };
         Ok(ApplyRun {
             cluster: loaded.cluster,
@@ -111,6 +258,13 @@ impl<'a> ApplyRun<'a> {
             end: Arc::new(end),
             done: BTreeMap::new(),
         })
+    }
+
+    /// The secrets its nodes get (none unless set: rollback writes none).
+    fn set_secrets(&mut self, s: Secrets) {
+        if let Some(end) = Arc::get_mut(&mut self.end) {
+            end.secrets = s;
+        }
     }
 
     /// Opens every selected node (connect, lock, decide any activation in flight, read its
@@ -218,6 +372,8 @@ struct NodeEnd {
     state_dir: PathBuf,
     contexts: BTreeMap<String, Value>,
     topology_hash: String,
+    /// Each node's secrets, written around its activation.
+    secrets: Secrets,
 }
 
 impl NodeEnd {
@@ -232,7 +388,8 @@ impl NodeEnd {
         delivery: Option<&Result<Delivery, String>>,
     ) -> (NodeResult, Option<HostKey>) {
         let copy_error = delivery.and_then(|d| d.as_ref().err().cloned());
-        let mut r = finish_node(s, self.goal, self.timeout, copy_error, &self.tx);
+        let secrets = self.secrets.for_node(&s.name);
+        let mut r = finish_node(s, self.goal, self.timeout, copy_error, secrets, &self.tx);
         unlock(s);
         r.closure = delivery.and_then(|d| d.as_ref().ok().cloned());
         let r = (r, s.key.clone());
@@ -271,18 +428,30 @@ fn waves<T: Clone>(c: &Cluster, items: &[T], name: impl Fn(&T) -> &str) -> [Vec<
     [a, b]
 }
 
-/// One opened node's end: nothing to do when it already runs its system, the copy's failure
-/// when its closure did not arrive, only the copy for `--goal push`, else its activation; then
-/// its `done` event.
+/// One opened node's end: nothing to do but its secrets when it already runs its system, the
+/// copy's failure when its closure did not arrive, only the copy for `--goal push`, else its
+/// activation between its "before" and "after" secrets; then its `done` event. A secret that
+/// cannot be written fails the node (before activation: nothing is activated), and its
+/// `secrets` step's failure is the node's last event.
 fn finish_node(
     s: &Session,
     goal: Goal,
     timeout: Duration,
     copy_error: Option<String>,
+    secrets: &[Arc<Material>],
     tx: &Sender,
 ) -> NodeResult {
     let (name, system) = (s.name.as_str(), s.system.as_str());
+    let uploads = secrets::goal_uploads(goal);
+    let deliver = |when: Option<SecretWhen>| match uploads {
+        true => secrets::deliver(s.host.as_ref(), name, secrets, when, tx),
+        false => Ok(()),
+    };
     let r = if s.unchanged {
+        // Its system runs already: every secret is written now.
+        if let Err(e) = deliver(None) {
+            return result(name, system, NodeOutcome::Failed, e, s.generation);
+        }
         let msg = "already on this system".into();
         result(name, system, NodeOutcome::Unchanged, msg, s.generation)
     } else if let Some(e) = copy_error {
@@ -292,7 +461,19 @@ fn finish_node(
         let msg = "closure copied".into();
         result(name, system, NodeOutcome::Pushed, msg, s.generation)
     } else {
-        activate_node(s, goal, timeout, tx)
+        if let Err(e) = deliver(Some(SecretWhen::Before)) {
+            let msg = format!("not activated: {e}");
+            return result(name, system, NodeOutcome::Failed, msg, s.generation);
+        }
+        let mut r = activate_node(s, goal, timeout, tx);
+        if r.result == NodeOutcome::Confirmed
+            && let Err(e) = deliver(Some(SecretWhen::After))
+        {
+            r.result = NodeOutcome::Failed;
+            r.message = format!("activated and confirmed, but {e}");
+            return r;
+        }
+        r
     };
     let (state, shown) = done_event(&r);
     emit(tx, name, Phase::Done, state, shown);
@@ -344,10 +525,33 @@ fn done_event(r: &NodeResult) -> (Ev, String) {
 /// What apply decides per node, against scripted nodes and the example cluster.
 #[cfg(test)]
 mod decisions {
+    #[test]
+    fn rollback_picks_the_generation_before_or_the_one_asked_for() {
+        let listing = "1 /nix/store/a-sys\n3 /nix/store/c-sys\n2 /nix/store/b-sys\n4 /nix/store/d-sys\ncurrent system-3-link\n";
+        assert_eq!(
+            super::pick_generation(listing, None),
+            Ok((2, "/nix/store/b-sys".into()))
+        );
+        assert_eq!(
+            super::pick_generation(listing, Some(4)),
+            Ok((4, "/nix/store/d-sys".into())),
+            "forward to a newer generation is allowed when asked"
+        );
+        let e = super::pick_generation(listing, Some(3)).unwrap_err();
+        assert!(e.contains("already runs generation 3"), "{e}");
+        let e = super::pick_generation(listing, Some(9)).unwrap_err();
+        assert!(e.contains("no generation 9 (it has 1, 2, 3, 4)"), "{e}");
+        let e =
+            super::pick_generation("1 /nix/store/a\ncurrent system-1-link\n", None).unwrap_err();
+        assert!(e.contains("no generation before 1"), "{e}");
+        let e = super::pick_generation("", None).unwrap_err();
+        assert!(e.contains("names no generation"), "{e}");
+    }
+
     use std::path::Path;
 
     use super::*;
-    use crate::fake::{FakeHost, ok};
+    use crate::fake::{FakeHost, exit, ok};
     use crate::host::Host;
 
     fn example() -> Cluster {
@@ -407,6 +611,7 @@ mod decisions {
             goal,
             Duration::from_secs(5),
             copy_error.map(String::from),
+            &[],
             &tx,
         );
         let seen = std::iter::from_fn(|| rx.try_recv().ok())
@@ -508,6 +713,216 @@ mod decisions {
         }
     }
 
+    /// A secret for n1, in /run/keys.
+    fn secret(name: &str, when: SecretWhen) -> Arc<Material> {
+        secret_at(name, when, &format!("/run/keys/{name}"))
+    }
+
+    fn secret_at(name: &str, when: SecretWhen, dest: &str) -> Arc<Material> {
+        let s = edgectl_model::Secret {
+            name: name.into(),
+            source: edgectl_model::SecretSource::File(name.into()),
+            dest: dest.into(),
+            owner: "root".into(),
+            group: "root".into(),
+            mode: 0o400,
+            nodes: vec!["n1".into()],
+            when,
+        };
+        Arc::new(Material::new(&s, format!("bytes of {name}").into_bytes()))
+    }
+
+    /// A node that activates and confirms, and takes every secret.
+    fn activating_node() -> FakeHost {
+        let h = FakeHost::new("n1");
+        h.on_name("edgectl-launch", |_| ok(""));
+        h.on_name("edgectl-status", |_| ok("done"));
+        h.on_name("edgectl-current", |_| ok("/nix/store/new\nsystem-4-link\n"));
+        h.on_name("edgectl-secret-dir", |_| ok(""));
+        h.on_name("edgectl-secret-place", |_| ok(""));
+        h
+    }
+
+    /// The node's calls, in order: script names, and `upload DEST` for each upload.
+    fn steps(h: &FakeHost) -> Vec<String> {
+        h.calls()
+            .iter()
+            .filter_map(|c| match c {
+                crate::fake::Call::Upload { path, .. } => Some(format!("upload {path}")),
+                c => c.script_name().map(String::from),
+            })
+            .filter(|n| n != "edgectl-status")
+            .collect()
+    }
+
+    fn finish_with(
+        h: &FakeHost,
+        unchanged: bool,
+        goal: Goal,
+        secrets: &[Arc<Material>],
+    ) -> (NodeResult, Vec<(Phase, Ev, String)>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let r = finish_node(
+            &session(h, unchanged),
+            goal,
+            Duration::from_secs(5),
+            None,
+            secrets,
+            &tx,
+        );
+        let seen = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| (e.phase, e.state, e.message))
+            .collect();
+        (r, seen)
+    }
+
+    #[test]
+    fn before_secrets_precede_the_activation_and_after_ones_follow_its_confirmation() {
+        let h = activating_node();
+        let list = [
+            secret("late", SecretWhen::After),
+            secret("early", SecretWhen::Before),
+        ];
+        let (r, seen) = finish_with(&h, false, Goal::Switch, &list);
+        assert_eq!(r.result, NodeOutcome::Confirmed, "{}", r.message);
+        assert_eq!(
+            steps(&h),
+            [
+                "edgectl-secret-dir",
+                "upload /run/keys/early.edgectl-secret",
+                "edgectl-secret-place",
+                "edgectl-launch",
+                "edgectl-current",
+                "edgectl-secret-dir",
+                "upload /run/keys/late.edgectl-secret",
+                "edgectl-secret-place",
+            ]
+        );
+        let secrets: Vec<&String> = seen
+            .iter()
+            .filter(|e| e.0 == Phase::Secrets && e.1 == Ev::Started)
+            .map(|e| &e.2)
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                "writing early (before activation)",
+                "writing late (after activation)"
+            ]
+        );
+        assert_eq!(
+            seen.last(),
+            Some(&(Phase::Done, Ev::Ok, "generation 4".to_string()))
+        );
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_written_before_activation_fails_the_node_unactivated() {
+        let h = activating_node();
+        h.on_name("edgectl-secret-place", |_| {
+            exit(1, "chown: invalid user: 'ray:root'")
+        });
+        let list = [
+            secret("tok", SecretWhen::Before),
+            secret("late", SecretWhen::After),
+        ];
+        let (r, seen) = finish_with(&h, false, Goal::Switch, &list);
+        assert_eq!(r.result, NodeOutcome::Failed);
+        assert_eq!(
+            r.message,
+            "not activated: secret `tok` (/run/keys/tok): exit 1: chown: invalid user: 'ray:root'"
+        );
+        assert!(
+            !steps(&h).iter().any(|s| s == "edgectl-launch"),
+            "{:?}",
+            steps(&h)
+        );
+        assert_eq!(
+            seen.last().map(|e| (e.0, e.1)),
+            Some((Phase::Secrets, Ev::Failed)),
+            "the failed step is the node's last event"
+        );
+    }
+
+    #[test]
+    fn an_after_secret_that_fails_fails_the_confirmed_node_and_keeps_its_generation() {
+        let h = activating_node();
+        h.on_name("edgectl-secret-dir", |a| {
+            if a[0] == "/var/lib/app" {
+                exit(1, "mkdir: read-only file system")
+            } else {
+                ok("")
+            }
+        });
+        let late = secret_at("late", SecretWhen::After, "/var/lib/app/late");
+        let (r, _) = finish_with(&h, false, Goal::Switch, &[late]);
+        assert_eq!(r.result, NodeOutcome::Failed);
+        assert!(
+            r.message
+                .starts_with("activated and confirmed, but secret `late` (/var/lib/app/late)"),
+            "{}",
+            r.message
+        );
+        assert_eq!(r.generation, Some(4));
+    }
+
+    #[test]
+    fn no_after_secret_for_a_node_that_rolled_back() {
+        let h = activating_node();
+        h.on_name("edgectl-status", |_| ok("failed 3"));
+        let (r, _) = finish_with(
+            &h,
+            false,
+            Goal::Switch,
+            &[secret("late", SecretWhen::After)],
+        );
+        assert_eq!(r.result, NodeOutcome::Failed);
+        assert!(
+            !h.calls()
+                .iter()
+                .any(|c| matches!(c, crate::fake::Call::Upload { .. })),
+            "{:?}",
+            steps(&h)
+        );
+    }
+
+    #[test]
+    fn an_unchanged_node_gets_every_secret_and_push_or_dry_activate_none() {
+        let list = [
+            secret("a", SecretWhen::Before),
+            secret("b", SecretWhen::After),
+        ];
+        let h = activating_node();
+        let (r, seen) = finish_with(&h, true, Goal::Switch, &list);
+        assert_eq!(r.result, NodeOutcome::Unchanged);
+        assert_eq!(
+            steps(&h)
+                .iter()
+                .filter(|s| s.starts_with("upload"))
+                .collect::<Vec<_>>(),
+            [
+                "upload /run/keys/a.edgectl-secret",
+                "upload /run/keys/b.edgectl-secret"
+            ]
+        );
+        assert_eq!(
+            seen[0],
+            (Phase::Secrets, Ev::Started, "writing a, b".into())
+        );
+        for goal in [Goal::Push, Goal::DryActivate] {
+            let h = activating_node();
+            let (r, _) = finish_with(&h, false, goal, &list);
+            assert!(!r.failed(), "{goal:?}: {}", r.message);
+            assert!(
+                !h.calls()
+                    .iter()
+                    .any(|c| matches!(c, crate::fake::Call::Upload { .. })),
+                "{goal:?}: {:?}",
+                steps(&h)
+            );
+        }
+    }
+
     fn end(dir: &Path, goal: Goal) -> NodeEnd {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         NodeEnd {
@@ -522,6 +937,7 @@ mod decisions {
             )]
             .into(),
             topology_hash: "h1".into(),
+            secrets: Secrets::default(),
         }
     }
 

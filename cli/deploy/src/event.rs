@@ -12,6 +12,8 @@ pub enum Phase {
     Copy,
     Activate,
     Confirm,
+    /// Writing the node's `[[secret]]`s.
+    Secrets,
     Done,
     // `edgectl install`'s phases.
     Facts,

@@ -24,6 +24,7 @@ pub mod progress;
 pub mod quote;
 pub mod report;
 pub mod run;
+pub mod secrets;
 pub mod select;
 pub mod session;
 pub mod state;

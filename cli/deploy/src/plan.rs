@@ -13,6 +13,7 @@ use crate::nixcmd::{self, ClosureDiff};
 use crate::pool::runtime;
 use crate::report::{Change, NodePlan, OptionChange, Plan};
 use crate::run::{EngineError, Options, Prepared, Run, build_systems, prepare, target_for};
+use crate::secrets::{Material, Secrets};
 use crate::session::connect;
 use crate::session::{LOCK_HELD, LOCK_STALE_MIN};
 use crate::state::State;
@@ -73,6 +74,8 @@ pub fn plan(run: Run, opts: &Options, tx: Sender) -> Result<Plan, EngineError> {
 struct PlanRun<'a> {
     topology: String,
     p: Prepared,
+    /// The selected nodes' secrets, read on the controller (their digests go in the plan).
+    secrets: Secrets,
     st: State,
     opts: &'a Options,
     tx: Sender,
@@ -83,14 +86,17 @@ struct PlanRun<'a> {
 type Probes = Vec<tokio::task::JoinHandle<Result<Probe, String>>>;
 
 impl<'a> PlanRun<'a> {
-    /// Renders the flake and reads the recorded state; builds nothing yet.
+    /// Reads the secrets, renders the flake and reads the recorded state; builds nothing yet.
+    /// A secret that cannot be read fails the plan before any node is reached.
     fn prepare(run: Run, opts: &'a Options, tx: Sender) -> Result<PlanRun<'a>, EngineError> {
         let topology = run.topology.display().to_string();
+        let secrets = Secrets::read(&run.loaded.cluster, &run.topology, &run.selected)?;
         let p = prepare(run, opts, &tx, false)?;
         let st = State::load(&p.state_dir)?;
         Ok(PlanRun {
             topology,
             p,
+            secrets,
             st,
             opts,
             tx,
@@ -143,6 +149,7 @@ impl<'a> PlanRun<'a> {
         let PlanRun {
             topology,
             p,
+            secrets,
             st,
             tx,
             rt,
@@ -154,13 +161,22 @@ impl<'a> PlanRun<'a> {
                 let target = p.systems[name].clone();
                 let old_opts = st.nodes.get(name).and_then(|s| s.options.clone());
                 let new_opts = p.contexts[name].clone();
+                let node_secrets = secrets.for_node(name).to_vec();
                 let (tx, name) = (tx.clone(), name.clone());
                 tasks.push(tokio::spawn(async move {
                     let probe = probe
                         .await
                         .unwrap_or_else(|e| Err(format!("inspect task: {e}")));
                     tokio::task::spawn_blocking(move || {
-                        judge_node(&name, probe, &target, old_opts.as_ref(), &new_opts, &tx)
+                        judge_node(
+                            &name,
+                            probe,
+                            &target,
+                            old_opts.as_ref(),
+                            &new_opts,
+                            &node_secrets,
+                            &tx,
+                        )
                     })
                     .await
                     .expect("plan task")
@@ -251,20 +267,27 @@ fn parse_inspect(stdout: &str) -> Seen {
 }
 
 /// One node's plan from what [`inspect_node`] found: [`judge`], then the closure diff where the
-/// system changes, with a warning when an apply is running there and its `inspect` event.
+/// system changes and what the node holds of its secrets, with a warning when an apply is
+/// running there and its `inspect` event.
 fn judge_node(
     name: &str,
     probe: Result<Probe, String>,
     target: &str,
     old: Option<&Value>,
     new: &Value,
+    secrets: &[Arc<Material>],
     tx: &Sender,
 ) -> NodePlan {
     let (h, seen) = match probe {
         Ok(x) => x,
-        Err(e) => return judge(name, target, Err(e), old, new),
+        Err(e) => {
+            let mut np = judge(name, target, Err(e), old, new);
+            crate::secrets::add_to_plan(&mut np, None, secrets);
+            return np;
+        }
     };
     let mut np = judge(name, target, Ok(seen), old, new);
+    crate::secrets::add_to_plan(&mut np, Some(h.as_ref()), secrets);
     if let Some(holder) = &np.apply_in_progress {
         emit(
             tx,
@@ -281,13 +304,12 @@ fn judge_node(
     {
         np.closure = closure_diff(h.as_ref(), c, target);
     }
-    emit(
-        tx,
-        name,
-        Phase::Inspect,
-        Ev::Ok,
-        format!("{:?}", np.change).to_lowercase(),
-    );
+    let mut said = format!("{:?}", np.change).to_lowercase();
+    let pending = np.secrets.iter().filter(|s| s.pending()).count();
+    if pending > 0 {
+        said.push_str(&format!("; {pending} secret(s) to write"));
+    }
+    emit(tx, name, Phase::Inspect, Ev::Ok, said);
     np
 }
 
@@ -310,6 +332,7 @@ fn judge(
         closure: None,
         error: None,
         apply_in_progress: None,
+        secrets: Vec::new(),
     };
     let seen = match seen {
         Ok(s) => s,
@@ -480,7 +503,7 @@ mod tests {
     /// [`judge_node`]'s plan and the events it sent as (state, message).
     fn judged(probe: Result<Probe, String>) -> (NodePlan, Vec<(Ev, String)>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let np = judge_node("n1", probe, NEW, None, &opts(1), &tx);
+        let np = judge_node("n1", probe, NEW, None, &opts(1), &[], &tx);
         let events = std::iter::from_fn(|| rx.try_recv().ok())
             .inspect(|e| assert_eq!((e.node.as_str(), e.phase), ("n1", Phase::Inspect)))
             .map(|e| (e.state, e.message))
@@ -508,6 +531,53 @@ mod tests {
         let (np, events) = judged(Err("refused".into()));
         assert_eq!(np.change, Change::Unreachable);
         assert_eq!(events, []);
+    }
+
+    #[test]
+    fn a_node_on_its_system_with_a_secret_to_write_is_a_change_shown_by_digest() {
+        let secret = edgectl_model::Secret {
+            name: "tok".into(),
+            source: edgectl_model::SecretSource::File("tok".into()),
+            dest: "/run/keys/tok".into(),
+            owner: "root".into(),
+            group: "root".into(),
+            mode: 0o400,
+            nodes: vec!["n1".into()],
+            when: edgectl_model::SecretWhen::Before,
+        };
+        let m = Arc::new(Material::new(&secret, b"hunter2".to_vec()));
+        let h = crate::fake::FakeHost::new("n1");
+        h.on_name("edgectl-secret-state", |a| {
+            assert_eq!(a, ["/run/keys/tok"]);
+            ok("-\n")
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let probe = Ok((Box::new(h.clone()) as Box<dyn Host>, seen(Some(NEW), None)));
+        let np = judge_node(
+            "n1",
+            probe,
+            NEW,
+            None,
+            &opts(1),
+            std::slice::from_ref(&m),
+            &tx,
+        );
+        assert_eq!(np.change, Change::Unchanged);
+        assert!(np.has_changes(), "the secret is still to be written");
+        assert_eq!(np.secrets.len(), 1);
+        assert_eq!(np.secrets[0].change, crate::report::SecretChange::New);
+        assert_eq!(np.secrets[0].sha256, crate::secrets::sha256_hex(b"hunter2"));
+        let last = std::iter::from_fn(|| rx.try_recv().ok()).last().unwrap();
+        assert_eq!(last.message, "unchanged; 1 secret(s) to write");
+        let json = serde_json::to_string(&np).unwrap();
+        assert!(
+            json.contains(&m.sha256) && !json.contains("hunter2"),
+            "{json}"
+        );
+
+        // Unreachable: its secrets are listed, unknown.
+        let np = judge_node("n1", Err("refused".into()), NEW, None, &opts(1), &[m], &tx);
+        assert_eq!(np.secrets[0].change, crate::report::SecretChange::Unknown);
     }
 
     #[test]

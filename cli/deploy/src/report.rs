@@ -96,6 +96,71 @@ pub struct NodePlan {
     /// The holder of the node's lock when an apply was running there during the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_in_progress: Option<String>,
+    /// The node's `[[secret]]`s: by name, destination and digest, never their content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretPlan>,
+}
+
+impl NodePlan {
+    /// Whether `apply` would change this node: its system, or a secret it does not hold yet.
+    pub fn has_changes(&self) -> bool {
+        matches!(self.change, Change::New | Change::Changed)
+            || self.secrets.iter().any(SecretPlan::pending)
+    }
+}
+
+/// What a node holds of one secret, against what `apply` would write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretChange {
+    /// Nothing at its destination.
+    New,
+    /// Other content, owner, group or mode there (`detail` says which).
+    Changed,
+    /// Exactly this content, owner, group and mode.
+    Unchanged,
+    /// The node could not be read.
+    Unknown,
+}
+
+/// One secret in a node's plan. The content itself is never shown, saved or logged: its
+/// SHA-256 stands for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretPlan {
+    pub name: String,
+    pub dest: String,
+    /// "before" or "after" activation.
+    pub when: String,
+    /// Hex SHA-256 of the content, as read on the controller.
+    pub sha256: String,
+    pub change: SecretChange,
+    /// What differs on the node, or why it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl SecretPlan {
+    /// Whether `apply` would write it (a node that could not be read counts as unreachable).
+    pub fn pending(&self) -> bool {
+        matches!(self.change, SecretChange::New | SecretChange::Changed)
+    }
+
+    /// One line for a terminal: name, destination, short digest and what changes.
+    pub fn line(&self) -> String {
+        let short: String = self.sha256.chars().take(12).collect();
+        let change = serde_json::to_value(self.change)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let mut l = format!(
+            "secret {} -> {} (sha256:{short}, {} activation): {change}",
+            self.name, self.dest, self.when
+        );
+        if let Some(d) = &self.detail {
+            l.push_str(&format!(" ({d})"));
+        }
+        l
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,10 +171,9 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether `apply` would change anything: a system, or a secret (see [`NodePlan::has_changes`]).
     pub fn has_changes(&self) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| matches!(n.change, Change::New | Change::Changed))
+        self.nodes.iter().any(NodePlan::has_changes)
     }
     pub fn has_unreachable(&self) -> bool {
         self.nodes.iter().any(|n| n.change == Change::Unreachable)

@@ -234,17 +234,33 @@ pub(crate) fn target_for(
     state_dir: &Path,
 ) -> SshTarget {
     let n = c.node(node).expect("selected nodes exist");
-    let ns = st.nodes.get(node);
-    let pinned = ns.and_then(|s| s.host_key.clone());
+    ssh_target(
+        n,
+        st,
+        opts.identity.as_deref(),
+        opts.connect_timeout,
+        state_dir,
+    )
+}
+
+/// How to reach `n` over SSH: its address, user and key, and the host key pinned in `st`
+/// (with the known_hosts file OpenSSH gets from the state directory).
+pub fn ssh_target(
+    n: &edgectl_model::Node,
+    st: &State,
+    identity: Option<&Path>,
+    connect_timeout: std::time::Duration,
+    state_dir: &Path,
+) -> SshTarget {
     SshTarget {
-        node: node.to_string(),
+        node: n.name.clone(),
         host: n.host.clone(),
         port: n.port,
         user: n.user.clone(),
-        identity: opts.identity.clone(),
-        connect_timeout: opts.connect_timeout,
-        pinned,
-        known_hosts: state_dir.join("known_hosts").join(node),
+        identity: identity.map(Path::to_path_buf),
+        connect_timeout,
+        pinned: st.nodes.get(&n.name).and_then(|s| s.host_key.clone()),
+        known_hosts: state_dir.join("known_hosts").join(&n.name),
     }
 }
 

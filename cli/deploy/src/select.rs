@@ -1,19 +1,7 @@
 //! `--on` selections: node names, globs (`worker*`) and tags (`@gpu`), comma-separated.
 
 use edgectl_model::Cluster;
-
-fn glob(pat: &str, s: &str) -> bool {
-    fn go(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    go(pat.as_bytes(), s.as_bytes())
-}
+use edgectl_model::select::matches;
 
 /// The names of the selected nodes in topology order; an error names a term that matched nothing.
 pub fn select(c: &Cluster, on: Option<&str>) -> Result<Vec<String>, String> {
@@ -34,11 +22,7 @@ pub fn select(c: &Cluster, on: Option<&str>) -> Result<Vec<String>, String> {
     for t in &terms {
         let mut hit = false;
         for (i, n) in c.nodes.iter().enumerate() {
-            let m = match t.strip_prefix('@') {
-                Some(tag) => n.tags.iter().any(|x| x == tag),
-                None => glob(t, &n.name),
-            };
-            if m {
+            if matches(t, &n.name, &n.tags) {
                 picked[i] = true;
                 hit = true;
             }
@@ -57,17 +41,4 @@ pub fn select(c: &Cluster, on: Option<&str>) -> Result<Vec<String>, String> {
         .filter(|(_, p)| *p)
         .map(|(n, _)| n.name.clone())
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob;
-
-    #[test]
-    fn globs() {
-        assert!(glob("worker*", "worker12"));
-        assert!(glob("w?rker1", "worker1"));
-        assert!(!glob("worker*", "head"));
-        assert!(glob("*", ""));
-    }
 }

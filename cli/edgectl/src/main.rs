@@ -15,7 +15,7 @@ Exit codes:
   0  success, or nothing to change
   1  error: invalid input or a failed step (nothing was changed by the failing step)
   2  `plan` found changes
-  3  `apply` finished but some nodes failed or rolled back; `exec`: the command failed
+  3  `apply` or `rollback` finished but some nodes failed or rolled back; `exec`: the command failed
      or could not run on some node; `status`: some node could not be read
   4  `verify` ran and some checks failed";
 
@@ -191,6 +191,21 @@ enum Command {
         #[command(flatten)]
         deploy: DeployArgs,
     },
+    /// Switch nodes back to an earlier generation of their own (the one before the current, or
+    /// --to N), with apply's lock and confirm-or-revert; nothing is built or copied.
+    #[command(after_help = EXIT_CODES)]
+    Rollback {
+        /// The topology file.
+        file: PathBuf,
+        #[command(flatten)]
+        deploy: DeployArgs,
+        /// The generation to go to (as `edgectl status` shows it); default: the one before.
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        /// Seconds a node waits for confirmation before it reverts by itself.
+        #[arg(long, value_name = "S")]
+        confirm_timeout: Option<u64>,
+    },
     /// Log in to one node with its user, key and pinned host key.
     #[command(after_help = EXIT_CODES)]
     Ssh {
@@ -290,6 +305,12 @@ fn main() -> ExitCode {
             command,
         } => cmd::day2::exec(&ctx, &file, &deploy, root, &command),
         Command::Status { file, deploy } => cmd::day2::status(&ctx, &file, &deploy),
+        Command::Rollback {
+            file,
+            deploy,
+            to,
+            confirm_timeout,
+        } => cmd::deploy::rollback(&ctx, &file, &deploy, to, confirm_timeout),
         Command::Ssh { file, node, deploy } => cmd::day2::ssh(&ctx, &file, &node, &deploy),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -25,14 +25,7 @@ fn parse(args: &[String]) -> Output {
         .unwrap()
 }
 
-fn explain(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use edgectl_testkit::explain;
 
 #[test]
 fn the_agent_parses_exactly_what_the_module_passes() {

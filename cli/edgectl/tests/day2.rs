@@ -1,6 +1,6 @@
 //! The day-2 commands end to end on a local lab: `exec` on every node with per-node output and
 //! an exit code that says whether any failed, `status` that sees a node changed behind
-//! edgectl's back, and `ssh` with the pinned host key.
+//! edgectl's back, `rollback` through the confirm protocol, and `ssh` with the pinned host key.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -15,14 +15,7 @@ fn edgectl(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn explain(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use edgectl_testkit::explain;
 
 struct Lab(String);
 
@@ -101,6 +94,33 @@ fn exec_status_and_ssh_on_a_lab() {
     assert_eq!(v["nodes"][0]["drifted"], true, "{v}");
     assert_eq!(v["nodes"][0]["live_generation"], 2, "{v}");
     assert_eq!(v["nodes"][1]["drifted"], false, "{v}");
+
+    // rollback: n1 back to the generation before (the applied system), confirmed as apply
+    // confirms; then nothing recorded differs from what runs.
+    let o = edgectl(&["rollback", &topo]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "--on is required: {}",
+        explain(&o)
+    );
+    let o = edgectl(&["rollback", &topo, "--on", "n1", "--to", "99"]);
+    assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no generation 99"),
+        "{}",
+        explain(&o)
+    );
+    let o = edgectl(&["rollback", &topo, "--on", "n1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let v = status();
+    let n1 = &v["nodes"][0];
+    assert_eq!(n1["drifted"], false, "{v}");
+    assert_eq!(
+        n1["live_generation"], 3,
+        "a new generation of the old system: {v}"
+    );
+    assert_eq!(n1["live"], n1["recorded"], "{v}");
 
     // ssh: the pinned key only, and the remote shell's exit status comes back.
     let o = edgectl(&["ssh", &topo, "n1", "--json"]);

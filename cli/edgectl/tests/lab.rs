@@ -15,14 +15,7 @@ fn edgectl(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn explain(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use edgectl_testkit::explain;
 
 /// The network namespaces of the lab whose holder is `pid` (rig names carry the pid in hex).
 fn namespaces_of(pid: u32) -> Vec<String> {

@@ -158,14 +158,7 @@ fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("no JSON ({e}):\n{}", explain(o)))
 }
 
-fn explain(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use edgectl_testkit::explain;
 
 fn checks<'a>(v: &'a Value, verdict: &str) -> Vec<&'a Value> {
     v["checks"]

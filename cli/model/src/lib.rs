@@ -10,6 +10,7 @@ pub mod load;
 pub mod net;
 pub mod profile;
 pub mod read;
+pub mod select;
 pub mod source;
 pub mod sshkey;
 pub mod synth;
@@ -23,7 +24,9 @@ pub use diag::{Diagnostic, Diagnostics, Kind};
 pub use profile::{Profile, ProfileSet};
 pub use source::SourceFile;
 pub use topology::TopologyFile;
-pub use validate::{Cluster, Feature, Interface, Network, Node, Role};
+pub use validate::{
+    Cluster, Feature, Interface, Network, Node, Role, Secret, SecretSource, SecretWhen,
+};
 
 #[derive(Debug, Default, Clone)]
 pub struct LoadOptions {

@@ -36,6 +36,37 @@ pub struct TopologyFile {
     /// User checks for `edgectl verify`: WASI modules the agents run sandboxed.
     #[serde(rename = "check", default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckSpec>,
+    /// Files uploaded to the nodes over SSH by `apply`, never through the Nix store.
+    #[serde(rename = "secret", default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretSpec>,
+}
+
+/// A `[[secret]]` as written: where its bytes come from on the controller (`file` or
+/// `command`, exactly one), and where and how `apply` puts them on the nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretSpec {
+    pub name: String,
+    /// A file relative to the topology file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// An argv run on the controller (in the topology's directory); its stdout is the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The absolute path on the node (under /run/keys/, /var/lib/ or /etc/).
+    pub dest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Octal, as a string ("0400").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Selector terms as `--on` takes them (names, globs, `@tag`); default: every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// "before" (default) or "after" activation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,9 +204,12 @@ impl TargetsSpec {
 }
 
 pub const TOP_KEYS: &[&str] = &[
-    "cluster", "defaults", "network", "profile", "node", "targets", "check",
+    "cluster", "defaults", "network", "profile", "node", "targets", "check", "secret",
 ];
 pub const CHECK_KEYS: &[&str] = &["name", "wasm", "args", "timeout_s"];
+pub const SECRET_KEYS: &[&str] = &[
+    "name", "file", "command", "dest", "owner", "group", "mode", "nodes", "when",
+];
 pub const CLUSTER_KEYS: &[&str] = &[
     "name",
     "nixpkgs",
@@ -332,6 +366,25 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
         });
     }
 
+    let secrets = r
+        .tables(root, "secret")
+        .into_iter()
+        .map(|t| {
+            r.check_keys(&t, SECRET_KEYS);
+            SecretSpec {
+                name: r.string(&t, "name", true).unwrap_or_default(),
+                file: r.string(&t, "file", false),
+                command: r.strings(&t, "command"),
+                dest: r.string(&t, "dest", true).unwrap_or_default(),
+                owner: r.string(&t, "owner", false),
+                group: r.string(&t, "group", false),
+                mode: r.string(&t, "mode", false),
+                nodes: r.strings(&t, "nodes"),
+                when: r.string(&t, "when", false),
+            }
+        })
+        .collect();
+
     Some(TopologyFile {
         cluster: cluster?,
         defaults,
@@ -340,6 +393,7 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
         nodes,
         targets,
         checks,
+        secrets,
     })
 }
 

@@ -11,7 +11,8 @@ use crate::net::{Ipv4Cidr, Mac, is_host, is_nixos_hostname, is_simple_name, is_u
 use crate::profile::{Profile, ProfileSet};
 use crate::read::Reader;
 use crate::topology::{
-    DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_SSH_PORT, LanSpec, NodeSpec, TargetsSpec, TopologyFile,
+    DEFAULT_CONFIRM_TIMEOUT_S, DEFAULT_SSH_PORT, LanSpec, NodeSpec, SecretSpec, TargetsSpec,
+    TopologyFile,
 };
 
 macro_rules! named_enum {
@@ -130,7 +131,46 @@ pub struct Cluster {
     pub networks: Vec<Network>,
     pub nodes: Vec<Node>,
     pub targets: TargetsSpec,
+    /// Never rendered: secrets reach the nodes over SSH only, not through the flake, its
+    /// `topology.json` or the Nix store.
+    #[serde(skip)]
+    pub secrets: Vec<Secret>,
 }
+
+named_enum!(
+    /// When `apply` uploads a secret: before the new system is activated, or once the node
+    /// has confirmed it.
+    SecretWhen { Before => "before", After => "after" }
+);
+
+/// Where a secret's bytes come from, on the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file, as written (relative to the topology file).
+    File(String),
+    /// An argv whose standard output is the secret.
+    Command(Vec<String>),
+}
+
+/// A validated `[[secret]]`: its shape only (the source is read by `plan` and `apply`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub name: String,
+    pub source: SecretSource,
+    /// Absolute, under one of [`SECRET_DIRS`].
+    pub dest: String,
+    pub owner: String,
+    pub group: String,
+    pub mode: u32,
+    /// The nodes it goes to, in topology order.
+    pub nodes: Vec<String>,
+    pub when: SecretWhen,
+}
+
+/// Where a secret may be written on a node.
+pub const SECRET_DIRS: &[&str] = &["/run/keys/", "/var/lib/", "/etc/"];
+/// A secret's mode when none is given.
+pub const DEFAULT_SECRET_MODE: u32 = 0o400;
 
 impl Cluster {
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -232,11 +272,12 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
     // Cluster-wide role rules.
     ck.check_ray_heads();
     ck.check_zenoh_router(&nodes);
+    let secrets = ck.check_secrets();
 
     if ck.v.r.diags.len() > before || !node_ok {
         return None;
     }
-    Some(ck.into_cluster(nodes))
+    Some(ck.into_cluster(nodes, secrets))
 }
 
 /// What the steps of [`validate`] share: where to report, the inputs, the networks, and what
@@ -1064,7 +1105,7 @@ impl<'f> Check<'_, 'f> {
     }
 
     /// The typed cluster, once every check passed.
-    fn into_cluster(self, nodes: Vec<Node>) -> Cluster {
+    fn into_cluster(self, nodes: Vec<Node>, secrets: Vec<Secret>) -> Cluster {
         let c = &self.file.cluster;
         let state_version = c
             .state_version
@@ -1085,8 +1126,337 @@ impl<'f> Check<'_, 'f> {
             networks: self.networks,
             nodes,
             targets: self.file.targets.clone(),
+            secrets,
         }
     }
+
+    /// Every `[[secret]]`, checked for shape: a simple unique name, exactly one source, a
+    /// destination in an allowed place, owner, group, mode, nodes and `when`. Whether the
+    /// source can be read is `plan`'s and `apply`'s question (it may be created later).
+    fn check_secrets(&mut self) -> Vec<Secret> {
+        let file = self.file;
+        let mut out = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in file.secrets.iter().enumerate() {
+            let sp = format!("secret[{i}]");
+            if !s.name.is_empty() {
+                if !is_simple_name(&s.name) {
+                    self.v
+                        .err(
+                            Kind::InvalidValue,
+                            &format!("{sp}.name"),
+                            "secret names may use only letters, digits, `-` and `_` (at most 63)",
+                        )
+                        .value(format!("{:?}", s.name))
+                        .help("rename it, e.g. \"ray-token\"");
+                } else if let Some(&first) = names.get(s.name.as_str()) {
+                    let line = self.v.line_of(&format!("secret[{first}].name"));
+                    self.v
+                        .err(
+                            Kind::DuplicateName,
+                            &format!("{sp}.name"),
+                            format!("secret name `{}` is already used on line {line}", s.name),
+                        )
+                        .value(format!("{:?}", s.name))
+                        .help("give every [[secret]] its own name");
+                } else {
+                    names.insert(&s.name, i);
+                }
+            }
+            let source = self.secret_source(&sp, s);
+            let dest_ok = self.check_secret_dest(&sp, s);
+            let owner = self.secret_account(&sp, "owner", s.owner.as_deref());
+            let group = self.secret_account(&sp, "group", s.group.as_deref());
+            let mode = self.secret_mode(&sp, s);
+            let nodes = self.secret_nodes(&sp, s);
+            let when = match s.when.as_deref() {
+                None => Some(SecretWhen::Before),
+                Some(w) => SecretWhen::from_name(w).or_else(|| {
+                    self.v
+                        .err(
+                            Kind::InvalidValue,
+                            &format!("{sp}.when"),
+                            "`when` must be \"before\" or \"after\" (activation)",
+                        )
+                        .value(format!("{w:?}"))
+                        .help(format!(
+                            "{}; \"before\" uploads it before the new system starts, \"after\" once the node confirmed it",
+                            suggest(w, SecretWhen::names())
+                        ));
+                    None
+                }),
+            };
+            if let (
+                Some(source),
+                true,
+                Some(owner),
+                Some(group),
+                Some(mode),
+                Some(nodes),
+                Some(when),
+            ) = (source, dest_ok, owner, group, mode, nodes, when)
+            {
+                out.push((
+                    i,
+                    Secret {
+                        name: s.name.clone(),
+                        source,
+                        dest: s.dest.clone(),
+                        owner,
+                        group,
+                        mode,
+                        nodes,
+                        when,
+                    },
+                ));
+            }
+        }
+        self.check_secret_dests_unique(&out);
+        out.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Exactly one of `file` and `command`, neither of them empty.
+    fn secret_source(&mut self, sp: &str, s: &SecretSpec) -> Option<SecretSource> {
+        match (&s.file, &s.command) {
+            (Some(_), Some(_)) => {
+                self.v
+                    .err(
+                        Kind::InvalidValue,
+                        &format!("{sp}.command"),
+                        "a secret has either `file` or `command`, not both",
+                    )
+                    .help("keep the one its bytes should come from, and remove the other");
+                None
+            }
+            (None, None) => {
+                self.v
+                    .err(
+                        Kind::MissingField,
+                        sp,
+                        format!("secret `{}` has no source", s.name),
+                    )
+                    .help("add `file = \"secrets/token\"` (relative to the topology file) or `command = [\"pass\", \"show\", \"token\"]` (its output is the secret)");
+                None
+            }
+            (Some(f), None) if f.is_empty() || f.contains('\0') => {
+                self.v
+                    .err(
+                        Kind::InvalidValue,
+                        &format!("{sp}.file"),
+                        "`file` must name a file",
+                    )
+                    .value(format!("{f:?}"))
+                    .help("write the path of the file that holds the secret, relative to the topology file");
+                None
+            }
+            (Some(f), None) => Some(SecretSource::File(f.clone())),
+            (None, Some(c)) if c.first().is_none_or(|p| p.is_empty()) => {
+                self.v
+                    .err(
+                        Kind::InvalidValue,
+                        &format!("{sp}.command"),
+                        "`command` must name a program",
+                    )
+                    .value(format!("{c:?}"))
+                    .help("write the program and its arguments as a list, e.g. [\"pass\", \"show\", \"token\"]; it runs on this machine, not through a shell");
+                None
+            }
+            (None, Some(c)) => Some(SecretSource::Command(c.clone())),
+        }
+    }
+
+    /// An absolute path in one of [`SECRET_DIRS`], with no `.`, `..` or empty parts.
+    fn check_secret_dest(&mut self, sp: &str, s: &SecretSpec) -> bool {
+        let d = &s.dest;
+        if d.is_empty() {
+            return false; // reported as missing
+        }
+        let why = secret_dest_problem(d);
+        if let Some(why) = why {
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    &format!("{sp}.dest"),
+                    format!("secret destination {why}"),
+                )
+                .value(format!("{d:?}"))
+                .help(format!(
+                    "write an absolute file path under {}, e.g. \"/run/keys/{}\"; secrets never go into the Nix store",
+                    SECRET_DIRS.join(", "),
+                    if s.name.is_empty() { "token" } else { &s.name }
+                ));
+            return false;
+        }
+        true
+    }
+
+    /// `owner` or `group`: a user or group name, or a number; default root.
+    fn secret_account(&mut self, sp: &str, key: &str, v: Option<&str>) -> Option<String> {
+        let Some(v) = v else {
+            return Some("root".into());
+        };
+        let numeric = !v.is_empty() && v.len() <= 10 && v.bytes().all(|c| c.is_ascii_digit());
+        if numeric || is_username(v) {
+            return Some(v.to_string());
+        }
+        self.v
+            .err(
+                Kind::InvalidValue,
+                &format!("{sp}.{key}"),
+                format!("`{key}` is neither a {} name nor a number", if key == "owner" { "user" } else { "group" }),
+            )
+            .value(format!("{v:?}"))
+            .help(format!(
+                "use lowercase letters, digits, `_` and `-` (e.g. \"{}\"), a numeric id, or remove it for root",
+                if key == "owner" { "ray" } else { "keys" }
+            ));
+        None
+    }
+
+    /// `mode`: three or four octal digits as a string, no set-id or sticky bits; default 0400.
+    fn secret_mode(&mut self, sp: &str, s: &SecretSpec) -> Option<u32> {
+        let Some(m) = &s.mode else {
+            return Some(DEFAULT_SECRET_MODE);
+        };
+        match parse_mode(m) {
+            Some(x) => Some(x),
+            None => {
+                self.v
+                    .err(
+                        Kind::InvalidValue,
+                        &format!("{sp}.mode"),
+                        "`mode` must be an octal file mode such as \"0400\" (no set-id or sticky bits)",
+                    )
+                    .value(format!("{m:?}"))
+                    .help("write it as a string of octal digits: \"0400\" (owner reads), \"0440\" (and the group)");
+                None
+            }
+        }
+    }
+
+    /// `nodes`: selector terms, each of which must pick a node; default every node.
+    fn secret_nodes(&mut self, sp: &str, s: &SecretSpec) -> Option<Vec<String>> {
+        let all = &self.file.nodes;
+        let Some(terms) = &s.nodes else {
+            return Some(all.iter().map(|n| n.name.clone()).collect());
+        };
+        if terms.is_empty() {
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    &format!("{sp}.nodes"),
+                    format!("secret `{}` goes to no node", s.name),
+                )
+                .value("[]")
+                .help("name nodes, globs such as \"worker*\" or tags such as \"@gpu\", or remove `nodes` to upload it to every node");
+            return None;
+        }
+        let mut ok = true;
+        let mut picked = vec![false; all.len()];
+        for (j, t) in terms.iter().enumerate() {
+            let mut hit = false;
+            for (k, n) in all.iter().enumerate() {
+                if crate::select::matches(t, &n.name, &n.tags) {
+                    picked[k] = true;
+                    hit = true;
+                }
+            }
+            if !hit {
+                ok = false;
+                let names: Vec<&str> = all.iter().map(|n| n.name.as_str()).collect();
+                self.v
+                    .err(
+                        Kind::InvalidValue,
+                        &format!("{sp}.nodes[{j}]"),
+                        format!("selector `{t}` matches no node"),
+                    )
+                    .value(format!("{t:?}"))
+                    .help(format!(
+                        "use node names, globs such as \"worker*\" or tags such as \"@gpu\" (nodes: {})",
+                        names.join(", ")
+                    ));
+            }
+        }
+        ok.then(|| {
+            all.iter()
+                .zip(picked)
+                .filter(|(_, p)| *p)
+                .map(|(n, _)| n.name.clone())
+                .collect()
+        })
+    }
+
+    /// Two secrets may share a destination only on different nodes.
+    fn check_secret_dests_unique(&mut self, secrets: &[(usize, Secret)]) {
+        for (a, (i, s)) in secrets.iter().enumerate() {
+            let Some((_, other)) = secrets[..a]
+                .iter()
+                .find(|(_, o)| o.dest == s.dest && o.nodes.iter().any(|n| s.nodes.contains(n)))
+            else {
+                continue;
+            };
+            let both: Vec<&str> = s
+                .nodes
+                .iter()
+                .filter(|n| other.nodes.contains(n))
+                .map(String::as_str)
+                .collect();
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    &format!("secret[{i}].dest"),
+                    format!(
+                        "secrets `{}` and `{}` would both be written to {} on {}",
+                        other.name,
+                        s.name,
+                        s.dest,
+                        both.join(", ")
+                    ),
+                )
+                .value(format!("{:?}", s.dest))
+                .help("give each secret its own destination, or send them to different nodes");
+        }
+    }
+}
+
+/// Why `d` is no place for a secret, or `None` when it is one.
+pub fn secret_dest_problem(d: &str) -> Option<String> {
+    if !d.starts_with('/') {
+        return Some("must be an absolute path".into());
+    }
+    if d.chars().any(char::is_control) {
+        return Some("has a control character in it".into());
+    }
+    let parts: Vec<&str> = d[1..].split('/').collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Some("may not contain `.` or `..`".into());
+    }
+    if parts.iter().any(|p| p.is_empty()) {
+        return Some("may not have empty parts (`//`) or end with `/`".into());
+    }
+    if d.starts_with("/nix/") {
+        return Some("is in /nix: the Nix store is world-readable".into());
+    }
+    if d.starts_with("/etc/static/") {
+        return Some("is under /etc/static, which NixOS links into the Nix store".into());
+    }
+    if !SECRET_DIRS.iter().any(|p| d.starts_with(p)) {
+        return Some(format!("must be under {}", SECRET_DIRS.join(", ")));
+    }
+    None
+}
+
+/// "0400", "400", "0640" and so on: permission bits only.
+pub fn parse_mode(m: &str) -> Option<u32> {
+    let digits = match m.len() {
+        3 => m,
+        4 => m.strip_prefix('0')?,
+        _ => return None,
+    };
+    if !digits.bytes().all(|c| (b'0'..=b'7').contains(&c)) {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok()
 }
 
 fn unknown_profile(v: &mut V<'_>, path: &str, p: &str, profiles: &ProfileSet) {
@@ -1217,6 +1587,43 @@ mod tests {
         );
         assert_eq!(release_of("github:NixOS/nixpkgs/nixos-unstable"), None);
         assert_eq!(release_of("github:NixOS/nixpkgs"), None);
+    }
+
+    #[test]
+    fn secret_destinations() {
+        for ok in [
+            "/run/keys/token",
+            "/var/lib/ray/token",
+            "/etc/ssh/ssh_host_ed25519_key",
+        ] {
+            assert_eq!(secret_dest_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("run/keys/x", "absolute"),
+            ("/run/keys/../../etc/shadow2", "`..`"),
+            ("/var/lib/./x", "`..`"),
+            ("/nix/store/abc-token", "Nix store"),
+            ("/etc/static/token", "Nix store"),
+            ("/tmp/token", "must be under"),
+            ("/root/.ssh/id", "must be under"),
+            ("/run/keys", "must be under"),
+            ("/run/keys/", "empty parts"),
+            ("/var/lib//x", "empty parts"),
+            ("/run/keys/a\nb", "control"),
+        ] {
+            let p = secret_dest_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(p.contains(why), "{bad}: {p}");
+        }
+    }
+
+    #[test]
+    fn secret_modes() {
+        assert_eq!(parse_mode("0400"), Some(0o400));
+        assert_eq!(parse_mode("640"), Some(0o640));
+        assert_eq!(parse_mode("0777"), Some(0o777));
+        for bad in ["4755", "0800", "04", "rw-r--r--", "", "00400", "0o400"] {
+            assert_eq!(parse_mode(bad), None, "{bad}");
+        }
     }
 
     #[test]

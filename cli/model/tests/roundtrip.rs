@@ -130,6 +130,7 @@ fn topology() -> impl Strategy<Value = TopologyFile> {
                     unikernel_boot_ms: boot.map(|b| b as f64 / 7.0),
                 },
                 checks: Vec::new(),
+                secrets: Vec::new(),
             }
         })
 }

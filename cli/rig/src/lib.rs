@@ -155,6 +155,34 @@ pub fn fixture_nixpkgs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-nixpkgs")
 }
 
+/// SIGINT, SIGTERM and SIGHUP, blocked so that whoever holds a rig can wait for one and tear
+/// the rig down: block them before anything is created, so none can kill the holder between
+/// `up` and the wait. std resets the mask in the children it spawns.
+pub struct Signals(libc::sigset_t);
+
+impl Signals {
+    pub fn block() -> Signals {
+        // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(&mut set, s);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Signals(set)
+        }
+    }
+
+    /// Waits for one of them; returns its number.
+    pub fn wait(&self) -> i32 {
+        let mut sig = 0;
+        // SAFETY: the set is initialised and its signals are blocked in this thread.
+        unsafe { libc::sigwait(&self.0, &mut sig) };
+        sig
+    }
+}
+
 /// A topology for `edgectl lab`: [`topology_toml_with`], but self-contained: nixpkgs is the test
 /// fixture itself (no `--override-input` needed) and the login key is `ssh_identity`, a path
 /// relative to the topology file.

@@ -108,18 +108,8 @@ fn write_lab(rig: &Rig, dir: &Path) -> Result<(), String> {
 }
 
 fn up(n: usize, nixos: bool, lab: Option<PathBuf>) -> ExitCode {
-    // Block the signals before anything is created, so none can kill us between `up` and
-    // `sigwait` without a teardown. std resets the mask in the children it spawns.
-    let set = unsafe {
-        // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    // Before anything exists (see Signals).
+    let set = edgectl_rig::Signals::block();
     let opts = edgectl_rig::RigOptions {
         private_etc: nixos,
         nixos,
@@ -152,9 +142,7 @@ fn up(n: usize, nixos: bool, lab: Option<PathBuf>) -> ExitCode {
         rig.down();
         return ExitCode::FAILURE;
     }
-    let mut sig = 0;
-    // SAFETY: `set` is initialised and the signals are blocked in this thread.
-    unsafe { libc::sigwait(&set, &mut sig) };
+    let sig = set.wait();
     eprintln!("edgectl-rig: signal {sig}, tearing down");
     rig.down();
     ExitCode::SUCCESS

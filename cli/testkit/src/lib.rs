@@ -139,6 +139,16 @@ pub fn shared(manifest_dir: &str, sub: &str) -> Option<PathBuf> {
     require("shared", found)
 }
 
+/// A finished command's exit status and both outputs, for an assertion's message.
+pub fn explain(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -402,18 +402,13 @@ fn prepare_all(
         let hs: Vec<_> = nodes
             .iter()
             .map(|n| {
-                let ns = st.nodes.get(&n.name);
-                let pinned = ns.and_then(|s| s.host_key.clone());
-                let target = SshTarget {
-                    node: n.name.clone(),
-                    host: n.host.clone(),
-                    port: n.port,
-                    user: n.user.clone(),
-                    identity: opts.identity.clone(),
-                    connect_timeout: opts.connect_timeout,
-                    pinned,
-                    known_hosts: state_dir.join("known_hosts").join(&n.name),
-                };
+                let target = edgectl_deploy::run::ssh_target(
+                    n,
+                    st,
+                    opts.identity.as_deref(),
+                    opts.connect_timeout,
+                    state_dir,
+                );
                 s.spawn(move || prepare(n, target, pki, opts, exe))
             })
             .collect();

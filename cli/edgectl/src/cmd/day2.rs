@@ -5,7 +5,7 @@ use std::path::Path;
 use edgectl_deploy::Run;
 use edgectl_deploy::day2::{self, NodeStatus};
 
-use super::deploy::options;
+use super::deploy::{options, short};
 use super::fail;
 use crate::table::Table;
 use crate::{Ctx, DeployArgs, exit};
@@ -60,16 +60,6 @@ pub fn status(ctx: &Ctx, file: &Path, a: &DeployArgs) -> u8 {
     if a.json {
         println!("{}", serde_json::json!({ "ok": !unread, "nodes": nodes }));
     } else {
-        let short = |p: &Option<String>| {
-            p.as_deref()
-                .map(|s| {
-                    s.trim_start_matches("/nix/store/")
-                        .chars()
-                        .take(40)
-                        .collect()
-                })
-                .unwrap_or_else(|| "-".to_string())
-        };
         let num = |g: Option<u64>| g.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
         let mut t = Table::new(&[
             "NODE",

@@ -33,7 +33,7 @@ pub(crate) fn options(a: &DeployArgs) -> Options {
     }
 }
 
-fn short(p: &Option<String>) -> String {
+pub(crate) fn short(p: &Option<String>) -> String {
     p.as_deref()
         .map(|s| {
             s.trim_start_matches("/nix/store/")
@@ -109,6 +109,9 @@ pub fn plan(ctx: &Ctx, file: &Path, a: &DeployArgs, out: Option<&Path>) -> u8 {
             for c in &n.option_changes {
                 println!("  {}: {} = {} -> {}", n.node, c.option, c.old, c.new);
             }
+            for sp in &n.secrets {
+                println!("  {}: {}", n.node, sp.line());
+            }
             if let Some(cd) = &n.closure {
                 for (p, o, v) in &cd.changed {
                     println!("  {}: {p} {o} -> {v}", n.node);
@@ -164,7 +167,7 @@ pub fn apply(
             let on: Vec<String> = plan
                 .nodes
                 .iter()
-                .filter(|n| n.change != Change::Unchanged)
+                .filter(|n| n.change != Change::Unchanged || n.secrets.iter().any(|s| s.pending()))
                 .map(|n| n.node.clone())
                 .collect();
             if on.is_empty() {
@@ -184,10 +187,47 @@ pub fn apply(
     let (tx, r) = progress::start(Mode::detect(a.json));
     let res = edgectl_deploy::apply(run, saved.as_ref(), &opts, tx);
     r.finish();
-    let report = match res {
+    match res {
+        Ok(report) => show_report(a, &report),
+        Err(e) => fail(ctx, a.json, e),
+    }
+}
+
+/// `edgectl rollback`: the selected nodes back to an earlier generation of their own.
+pub fn rollback(
+    ctx: &Ctx,
+    file: &Path,
+    a: &DeployArgs,
+    to: Option<u64>,
+    confirm_timeout: Option<u64>,
+) -> u8 {
+    if a.on.is_none() {
+        return fail(
+            ctx,
+            a.json,
+            EngineError::Failed(
+                "rollback switches nodes back: name them with --on (`--on '*'` for all)".into(),
+            ),
+        );
+    }
+    let mut opts = options(a);
+    opts.confirm_timeout = confirm_timeout;
+    let run = match Run::load(file, &opts.load, opts.on.as_deref()) {
         Ok(r) => r,
         Err(e) => return fail(ctx, a.json, e),
     };
+    opts.identity = run.identity(opts.identity.as_deref());
+    let (tx, r) = progress::start(Mode::detect(a.json));
+    let res = edgectl_deploy::apply::rollback(run, to, &opts, tx);
+    r.finish();
+    match res {
+        Ok(report) => show_report(a, &report),
+        Err(e) => fail(ctx, a.json, e),
+    }
+}
+
+/// Prints an apply's (or rollback's) report and says by the exit code whether a node failed.
+fn show_report(a: &DeployArgs, report: &edgectl_deploy::ApplyReport) -> u8 {
     if a.json {
         println!(
             "{}",

@@ -187,18 +187,8 @@ fn down(dir: &Path) -> Result<(), String> {
 }
 
 fn serve(nodes: usize, nixos: bool, dir: &Path) -> Result<(), String> {
-    // Block the signals before anything exists, so none kills us between `up` and `sigwait`
-    // without a teardown. std resets the mask in the children it spawns.
-    let set = unsafe {
-        // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    // Before anything exists (see Signals).
+    let set = edgectl_rig::Signals::block();
     let rig = edgectl_rig::Rig::up_with(
         nodes,
         edgectl_rig::RigOptions {
@@ -231,9 +221,7 @@ fn serve(nodes: usize, nixos: bool, dir: &Path) -> Result<(), String> {
         return Err(e);
     }
     eprintln!("lab: {nodes} node(s) up; waiting for SIGTERM");
-    let mut sig = 0;
-    // SAFETY: `set` is initialised and the signals are blocked in this thread.
-    unsafe { libc::sigwait(&set, &mut sig) };
+    let sig = set.wait();
     eprintln!("lab: signal {sig}, tearing down");
     let _ = std::fs::remove_file(dir.join(READY));
     rig.down();
