@@ -49,6 +49,8 @@ pub struct NodeStatus {
     pub drifted: bool,
     /// Who holds the node's apply lock, when someone does.
     pub locked_by: Option<String>,
+    /// The node's checks in the last `verify`.
+    pub last_verify: Option<crate::state::VerifyRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -141,6 +143,7 @@ pub fn status(run: &Run, opts: &Options) -> Result<Vec<NodeStatus>, EngineError>
             live_generation: None,
             drifted: false,
             locked_by: None,
+            last_verify: r.last_verify.clone(),
             error: None,
         };
         match h {

@@ -20,6 +20,15 @@ pub struct HostKey {
     pub public: String,
 }
 
+/// A node's checks in its last `verify`: when, and how many passed, failed and were skipped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyRecord {
+    pub at: u64,
+    pub pass: usize,
+    pub fail: usize,
+    pub skip: usize,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
     /// The system store path last activated and confirmed.
@@ -38,6 +47,9 @@ pub struct NodeState {
     /// What the last apply did to this node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_result: Option<String>,
+    /// The last `verify` of this node, for `edgectl status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<VerifyRecord>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -77,6 +77,23 @@ fn exec_status_and_ssh_on_a_lab() {
     assert_eq!(n1["live"], n1["recorded"], "{v}");
     assert_eq!(n1["drifted"], false);
     assert_eq!(n1["last_result"], "confirmed");
+    // The last verify's verdict per node.
+    assert!(n1["last_verify"].is_null(), "{v}");
+    let o = edgectl(&["verify", &topo, "--json", "--samples", "5"]);
+    assert!(matches!(o.status.code(), Some(0 | 4)), "{}", explain(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = status();
+    for (i, node) in ["n1", "n2"].iter().enumerate() {
+        let fails = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["node"] == *node && c["verdict"] == "fail")
+            .count();
+        let lv = &v["nodes"][i]["last_verify"];
+        assert_eq!(lv["fail"], fails, "{node}: {v}");
+        assert!(lv["pass"].as_u64() > Some(0), "{node}: {v}");
+    }
     // Someone points n1's system profile elsewhere by hand.
     let o = edgectl(&[
         "exec",

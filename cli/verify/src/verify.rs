@@ -358,6 +358,7 @@ pub fn verify(run: &Run, opts: &VerifyOptions) -> Result<Report, EngineError> {
     report.latency_p99_ms = cluster.targets.latency_p99_ms;
     report.summary = summary(&report.checks);
     report.ok = !report.failed();
+    record(&state_dir, &report);
     report.timings.total_ms = ms(t0.elapsed());
     Ok(report)
 }
@@ -465,6 +466,27 @@ fn stop_started(prepared: &[Prepared], opts: &VerifyOptions) {
             let _ = h.run(&argv(["sh", "-c", STOP_OLD, "edgectl-stop", &pid]), true);
         }
     }
+}
+
+/// Keeps each node's verdict in the state for `edgectl status`; a state that cannot be written
+/// loses only that (the report itself is printed either way).
+fn record(state_dir: &Path, report: &Report) {
+    let Ok(mut st) = State::load(state_dir) else {
+        return;
+    };
+    let at = edgectl_deploy::state::now();
+    for n in &report.nodes {
+        let mine = report.checks.iter().filter(|c| c.node == n.name);
+        let s = summary(&mine.cloned().collect::<Vec<_>>());
+        st.nodes.entry(n.name.clone()).or_default().last_verify =
+            Some(edgectl_deploy::state::VerifyRecord {
+                at,
+                pass: s.pass,
+                fail: s.fail,
+                skip: s.skip,
+            });
+    }
+    let _ = st.save(state_dir);
 }
 
 fn summary(checks: &[Check]) -> Summary {

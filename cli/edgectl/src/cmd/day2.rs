@@ -69,6 +69,7 @@ pub fn status(ctx: &Ctx, file: &Path, a: &DeployArgs) -> u8 {
             "GEN",
             "DRIFT",
             "LAST APPLY",
+            "LAST VERIFY",
             "LOCKED BY",
         ]);
         for n in &nodes {
@@ -87,6 +88,13 @@ pub fn status(ctx: &Ctx, file: &Path, a: &DeployArgs) -> u8 {
                     "-".into()
                 },
                 n.last_result.clone().unwrap_or_else(|| "-".into()),
+                n.last_verify
+                    .as_ref()
+                    .map(|v| {
+                        let verdict = if v.fail == 0 { "ok" } else { "FAIL" };
+                        format!("{verdict} ({} pass, {} fail)", v.pass, v.fail)
+                    })
+                    .unwrap_or_else(|| "-".into()),
                 n.locked_by.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
