@@ -52,6 +52,8 @@ impl std::fmt::Display for HostError {
     }
 }
 
+impl std::error::Error for HostError {}
+
 pub use crate::state::HostKey;
 
 pub trait Host: Send + Sync {
