@@ -605,13 +605,23 @@ mod decisions {
         goal: Goal,
         copy_error: Option<&str>,
     ) -> (NodeResult, Vec<(Phase, Ev, String)>) {
+        finish_events(s, goal, copy_error, &[])
+    }
+
+    /// [`finish_node`] with `secrets`, and the events it sent as (phase, state, message).
+    fn finish_events(
+        s: &Session,
+        goal: Goal,
+        copy_error: Option<&str>,
+        secrets: &[Arc<Material>],
+    ) -> (NodeResult, Vec<(Phase, Ev, String)>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let r = finish_node(
             s,
             goal,
             Duration::from_secs(5),
             copy_error.map(String::from),
-            &[],
+            secrets,
             &tx,
         );
         let seen = std::iter::from_fn(|| rx.try_recv().ok())
@@ -761,19 +771,7 @@ mod decisions {
         goal: Goal,
         secrets: &[Arc<Material>],
     ) -> (NodeResult, Vec<(Phase, Ev, String)>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let r = finish_node(
-            &session(h, unchanged),
-            goal,
-            Duration::from_secs(5),
-            None,
-            secrets,
-            &tx,
-        );
-        let seen = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|e| (e.phase, e.state, e.message))
-            .collect();
-        (r, seen)
+        finish_events(&session(h, unchanged), goal, None, secrets)
     }
 
     #[test]

@@ -3,17 +3,10 @@
 //! edgectl's back, `rollback` through the confirm protocol, and `ssh` with the pinned host key.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-const NIX_CONFIG: &str = "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes";
-
-fn edgectl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgectl"))
-        .args(args)
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::edgectl;
 
 use edgectl_testkit::explain;
 

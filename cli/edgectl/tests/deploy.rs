@@ -54,9 +54,13 @@ impl Lab {
         c.args(args)
             .arg(self.topology())
             .args(["--identity", self.rig.key.to_str().unwrap()])
-            .args(["--override-input", "nixpkgs", &format!("path:{}", self.fixture.display())])
+            .args([
+                "--override-input",
+                "nixpkgs",
+                &format!("path:{}", self.fixture.display()),
+            ])
             .args(["--connect-timeout", "3"])
-            .env("NIX_CONFIG", "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes");
+            .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG);
         c
     }
 
@@ -972,9 +976,18 @@ fn a_saved_plan_is_refused_when_the_cluster_changed() {
     assert_eq!(code(&o), 2, "{}", explain(&o));
     l.write_topology(&["agent"]);
     let o = Command::new(env!("CARGO_BIN_EXE_edgectl"))
-        .args(["apply", plan.to_str().unwrap(), "--identity", l.rig.key.to_str().unwrap()])
-        .args(["--override-input", "nixpkgs", &format!("path:{}", edgectl_rig::fixture_nixpkgs().display())])
-        .env("NIX_CONFIG", "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes")
+        .args([
+            "apply",
+            plan.to_str().unwrap(),
+            "--identity",
+            l.rig.key.to_str().unwrap(),
+        ])
+        .args([
+            "--override-input",
+            "nixpkgs",
+            &format!("path:{}", edgectl_rig::fixture_nixpkgs().display()),
+        ])
+        .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG)
         .output()
         .unwrap();
     assert_eq!(code(&o), 1, "{}", explain(&o));

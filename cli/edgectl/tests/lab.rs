@@ -3,17 +3,10 @@
 //! a lab whose holder was killed is removed by the next `down`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-const NIX_CONFIG: &str = "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes";
-
-fn edgectl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgectl"))
-        .args(args)
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::edgectl;
 
 use edgectl_testkit::explain;
 

@@ -9,8 +9,6 @@ use std::process::{Command, Output};
 
 use edgectl_rig::Rig;
 
-const NIX_CONFIG: &str = "substituters =\nsandbox = false\nbuild-users-group =\nexperimental-features = nix-command flakes";
-
 struct Lab {
     rig: Rig,
     dir: tempfile::TempDir,
@@ -57,7 +55,7 @@ when = "after"
                 &format!("path:{}", edgectl_rig::fixture_nixpkgs().display()),
             ])
             .args(["--connect-timeout", "3"])
-            .env("NIX_CONFIG", NIX_CONFIG)
+            .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG)
             .output()
             .unwrap()
     }

@@ -97,12 +97,13 @@ fn write_lab(rig: &Rig, dir: &Path) -> Result<(), String> {
     );
     eprintln!(
         "edgectl-rig: wrote {}; the nodes' systems are the test fixture's stand-ins, not NixOS. Try:\n  \
-         export NIX_CONFIG=$'substituters =\\nsandbox = false\\nbuild-users-group =\\nexperimental-features = nix-command flakes'\n  \
+         export NIX_CONFIG=$'{nix}'\n  \
          {e} plan {args}\n  {e} apply {args}\n  {e} verify {} --identity {} --json",
         topology.display(),
         topology.display(),
         key.display(),
         e = edgectl.display(),
+        nix = edgectl_rig::NIX_CONFIG.replace('\n', "\\n"),
     );
     Ok(())
 }

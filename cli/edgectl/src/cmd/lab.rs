@@ -140,10 +140,11 @@ fn up(nodes: usize, nixos: bool, dir: &Path) -> Result<(), String> {
     let topology = dir.join("cluster.toml");
     println!(
         "lab up: {nodes} local node(s){} in {}; they run the test fixture's stand-in systems, not NixOS.\n\
-         export NIX_CONFIG=$'substituters =\\nsandbox = false\\nbuild-users-group =\\nexperimental-features = nix-command flakes'\n\
+         export NIX_CONFIG=$'{}'\n\
          edgectl plan {t}\nedgectl apply {t}\nedgectl verify {t} --report {}\nedgectl lab down --dir {}",
         if nixos { " shaped like NixOS" } else { "" },
         dir.display(),
+        edgectl_rig::NIX_CONFIG.replace('\n', "\\n"),
         dir.join("report").display(),
         dir.display(),
         t = topology.display(),
