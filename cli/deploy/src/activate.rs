@@ -15,7 +15,7 @@
 //! - every run records its boot id and pid, so a later apply can tell an activation whose
 //!   process died (killed, or the node rebooted) from one still running, and decide it.
 //!
-//! All state lives under /nix/var/edgectl on the node (root-only, survives reboots).
+//! All state lives under [`STATE_DIR`] on the node (root-only, survives reboots).
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::host::{Host, HostError, argv};
 
-pub const STATE_DIR: &str = "/nix/var/edgectl";
+pub const STATE_DIR: &str = state_dir!();
 pub const PROFILE: &str = "/nix/var/nix/profiles/system";
 
 /// Shell functions shared by [`ACTIVATE`] and [`RESOLVE`]; they expect `run`, `new`, `prev`,
@@ -31,24 +31,24 @@ pub const PROFILE: &str = "/nix/var/nix/profiles/system";
 const FUNCTIONS: &str = include_str!("sh/activation_functions.sh");
 
 /// Runs on the node as root: `sh -c ACTIVATE edgectl-activate NEW GOAL TIMEOUT TOKEN`.
-const ACTIVATE_BODY: &str = include_str!("sh/activate.sh");
+const ACTIVATE_BODY: &str = node_script!("sh/activate.sh");
 
 /// Starts ACTIVATE detached: `sh -c LAUNCH edgectl-launch ACTIVATE NEW GOAL TIMEOUT TOKEN`.
 /// systemd-run where systemd runs this node (its /run says so), so the activation is a unit
 /// of its own that survives the SSH session; setsid elsewhere. The launcher's and the unit's
 /// own output go to the run's launch.log.
-pub const LAUNCH: &str = include_str!("sh/launch_activation.sh");
+pub const LAUNCH: &str = node_script!("sh/launch_activation.sh");
 
 /// Confirms, if the deadline has not already decided to roll back. Exit 0: confirmed (the
 /// node then makes it the boot default); 2: too late.
-pub const CONFIRM: &str = include_str!("sh/confirm_activation.sh");
+pub const CONFIRM: &str = node_script!("sh/confirm_activation.sh");
 
 /// Exit 0 while the run's activation process lives: same boot, and its pid still an
 /// edgectl-activate (not a pid reused by something else).
-const LIVE: &str = include_str!("sh/activation_alive.sh");
+const LIVE: &str = node_script!("sh/activation_alive.sh");
 
 /// Claims a run that has not begun, so it never will. Exit 0: claimed (nothing changed).
-const ABANDON: &str = include_str!("sh/abandon_activation.sh");
+const ABANDON: &str = node_script!("sh/abandon_activation.sh");
 
 /// What a later apply runs first: every undecided activation is reported `pending TOKEN`
 /// while its process lives (same boot id, its pid still an edgectl-activate), or decided now
@@ -56,7 +56,7 @@ const ABANDON: &str = include_str!("sh/abandon_activation.sh");
 /// only confirmed generations become, so the profile goes back to it where a commit was cut
 /// short; in the same boot, an activation whose process was killed is rolled back, and a
 /// confirmed one whose commit was cut short is committed.
-const RESOLVE_BODY: &str = include_str!("sh/resolve_in_flight.sh");
+const RESOLVE_BODY: &str = node_script!("sh/resolve_in_flight.sh");
 
 /// What [`resolve_script`] starts with: a PATH that finds the tools of a NixOS or another Linux.
 const RESOLVE_PATH: &str = include_str!("sh/resolve_in_flight_path.sh");
@@ -270,7 +270,7 @@ fn outcome_of(h: &dyn Host, token: &str, s: &str) -> Outcome {
 
 /// Why an activation did not start: the launcher's output and the unit's journal.
 fn not_started(h: &dyn Host, token: &str) -> String {
-    let script = include_str!("sh/why_not_started.sh");
+    let script = node_script!("sh/why_not_started.sh");
     h.run(&argv(["sh", "-c", script, "edgectl-why", token]), true)
         .map(|o| o.stdout.trim().replace('\n', " | "))
         .unwrap_or_else(|e| e.to_string())
@@ -454,11 +454,8 @@ mod tests {
     /// The resolver against run folders under `d` instead of the node's /nix.
     fn resolve_in(d: &std::path::Path) -> std::process::Output {
         let script = resolve_script()
-            .replace("/nix/var/edgectl", &d.join("edgectl").display().to_string())
-            .replace(
-                "/nix/var/nix/profiles/system",
-                &d.join("profile").display().to_string(),
-            );
+            .replace(STATE_DIR, &d.join("edgectl").display().to_string())
+            .replace(PROFILE, &d.join("profile").display().to_string());
         std::process::Command::new("sh")
             .args(["-c", &script, "edgectl-resolve"])
             .output()

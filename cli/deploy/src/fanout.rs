@@ -99,8 +99,8 @@ pub type Deliveries = BTreeMap<String, Result<Delivery, String>>;
 /// How long a peer may leave the stream unread while there is data for it (see [`RELAY`]).
 pub const STALL: Duration = Duration::from_secs(20);
 
-pub const CLUSTER_KEY: &str = "/nix/var/edgectl/cluster_key";
-pub const KNOWN_HOSTS: &str = "/nix/var/edgectl/known_hosts";
+pub const CLUSTER_KEY: &str = concat!(state_dir!(), "/cluster_key");
+pub const KNOWN_HOSTS: &str = concat!(state_dir!(), "/known_hosts");
 
 /// What the cluster key may do on a peer, whatever command the seed asks for: import a store
 /// stream, or serve `nix copy` (the seed's command only selects which). Root through `sudo -n`
@@ -264,7 +264,7 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String>
 /// "peer N STATUS PATHS ERROR" per peer (STATUS: ssh's exit status, or `dropped`; PATHS: how
 /// many store paths its import took) and
 /// exits with the seed's own import status.
-const RELAY: &str = include_str!("sh/relay_closure.sh");
+const RELAY: &str = node_script!("sh/relay_closure.sh");
 
 /// Reads a list of store paths from stdin and prints those that are not valid on the node.
 const INVALID: &str = "xargs -r nix-store --check-validity --print-invalid";

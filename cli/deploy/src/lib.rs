@@ -6,6 +6,22 @@
 // per node per run: its size does not matter.
 #![allow(clippy::result_large_err)]
 
+/// The node's state folder (root-only, survives reboots), spelled once: a literal so that
+/// paths under it and the node scripts can be put together at compile time.
+macro_rules! state_dir {
+    () => {
+        "/nix/var/edgectl"
+    };
+}
+
+/// A node-side program from `src/sh` with `EDGECTL_STATE` set on its first line, so that the
+/// scripts name the state folder through that variable and never spell it.
+macro_rules! node_script {
+    ($file:literal) => {
+        concat!("EDGECTL_STATE=", state_dir!(), "\n", include_str!($file))
+    };
+}
+
 pub mod activate;
 pub mod apply;
 pub mod day2;

@@ -15,10 +15,10 @@ use crate::host::{Host, argv};
 pub const MIN: (u32, u32) = (2, 4);
 
 /// Where the registration of a shipped Nix goes on the node.
-const REGINFO: &str = "/nix/var/edgectl/nix.reginfo";
+const REGINFO: &str = concat!(state_dir!(), "/nix.reginfo");
 
 /// Runs as root on the node with a tar of the store paths on stdin. $1: the Nix store path.
-const UNPACK: &str = include_str!("sh/unpack_nix.sh");
+const UNPACK: &str = node_script!("sh/unpack_nix.sh");
 
 const APT: &str =
     "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin";

@@ -272,10 +272,10 @@ pub(crate) const LOCK_STALE_MIN: u64 = 5;
 /// not been refreshed for STALE_MIN minutes, and then as a compare-and-swap under a mutex of its
 /// own, so two controllers that both judged the holder dead cannot both win. Prints the owner
 /// it took over from, or the holder and exit 1.
-const NODE_LOCK: &str = include_str!("sh/lock_take.sh");
+const NODE_LOCK: &str = node_script!("sh/lock_take.sh");
 
 /// Prints the holder of the node lock if one is held and alive (refreshed within STALE_MIN).
-pub(crate) const LOCK_HELD: &str = include_str!("sh/lock_holder.sh");
+pub(crate) const LOCK_HELD: &str = node_script!("sh/lock_holder.sh");
 
 /// Who is applying to this node right now, if anyone: `plan` and `verify` take no lock (they
 /// change nothing), but what they read may change under them, and they say so.
@@ -297,10 +297,10 @@ pub fn apply_in_progress(h: &dyn Host) -> Option<String> {
 }
 
 /// Refreshes the lock if it is still OWNER's (`$1`).
-const NODE_HEARTBEAT: &str = include_str!("sh/lock_heartbeat.sh");
+const NODE_HEARTBEAT: &str = node_script!("sh/lock_heartbeat.sh");
 
 /// Frees the lock if it is still OWNER's (`$1`); exit 1 otherwise.
-pub(crate) const NODE_UNLOCK: &str = include_str!("sh/lock_release.sh");
+pub(crate) const NODE_UNLOCK: &str = node_script!("sh/lock_release.sh");
 
 /// Who holds a node lock: this run, on this controller machine (`machine-id`, so two laptops
 /// both called "laptop" are never mistaken for one), in this process (pid and its start time, so
@@ -428,11 +428,11 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    /// Runs a lock script against a node state folder at `d` instead of /nix/var/edgectl.
+    /// Runs a lock script against a node state folder at `d` instead of the node's.
     fn lock_script(script: &str, d: &Path, args: &[&str]) -> std::process::Output {
         std::process::Command::new("sh")
             .arg("-c")
-            .arg(script.replace("/nix/var/edgectl", d.to_str().unwrap()))
+            .arg(script.replace(crate::activate::STATE_DIR, d.to_str().unwrap()))
             .arg("edgectl-test")
             .args(args)
             .output()

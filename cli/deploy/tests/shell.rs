@@ -118,10 +118,40 @@ fn every_script_is_loaded_by_the_crate() {
     let orphans: Vec<String> = scripts()
         .iter()
         .map(|p| name(p))
-        .filter(|n| !text.contains(&format!("include_str!(\"sh/{n}\")")))
+        .filter(|n| {
+            !text.contains(&format!("include_str!(\"sh/{n}\")"))
+                && !text.contains(&format!("node_script!(\"sh/{n}\")"))
+        })
         .collect();
     assert!(
         orphans.is_empty(),
-        "src/sh scripts no include_str! loads: {orphans:?}"
+        "src/sh scripts neither include_str! nor node_script! loads: {orphans:?}"
     );
+}
+
+/// A script that names the state folder through `EDGECTL_STATE` gets it only from
+/// `node_script!`; loaded with `include_str!`, the variable would be empty and its paths would
+/// land under `/run`, `/lock`. No script spells the folder itself.
+#[test]
+fn state_folder_comes_from_node_script() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let text: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    for p in scripts() {
+        let body = std::fs::read_to_string(&p).unwrap();
+        let n = name(&p);
+        assert!(
+            !body.contains("/nix/var/edgectl"),
+            "{n} spells the state folder; use \"$EDGECTL_STATE\""
+        );
+        if body.contains("EDGECTL_STATE") {
+            assert!(
+                !text.contains(&format!("include_str!(\"sh/{n}\")")),
+                "{n} reads EDGECTL_STATE but is loaded with include_str!; use node_script!"
+            );
+        }
+    }
 }

@@ -274,7 +274,7 @@ fn secrets_are_written_with_their_owner_and_mode_shown_by_digest_and_kept_out_of
     );
     for i in 0..2 {
         assert_eq!(
-            l.stat(i, "/nix/var/edgectl/lock"),
+            l.stat(i, &format!("{}/lock", edgectl_deploy::activate::STATE_DIR)),
             None,
             "no node was locked"
         );

@@ -1,1 +1,1 @@
-mkdir "/nix/var/edgectl/run/$1/began" 2>/dev/null
+mkdir "$EDGECTL_STATE/run/$1/began" 2>/dev/null

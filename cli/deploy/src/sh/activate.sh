@@ -7,7 +7,7 @@ new=$1; goal=$2; timeout=$3; token=$4
 # of a NixOS or another Linux system live.
 PATH=/run/current-system/sw/bin:$new/sw/bin:/run/wrappers/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}
 export PATH
-run=/nix/var/edgectl/run/$token
+run=$EDGECTL_STATE/run/$token
 mkdir -p "$run" || exit 1
 # The controller takes this first when the activation did not start in time, so a late start
 # cannot change a node that was reported unchanged.

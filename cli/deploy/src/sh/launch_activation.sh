@@ -1,5 +1,5 @@
 s=$1; shift
-run=/nix/var/edgectl/run/$4
+run=$EDGECTL_STATE/run/$4
 mkdir -p "$run" || exit 1
 if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
   printf 'systemd-run\n' > "$run/launcher"

@@ -1,2 +1,2 @@
-l=/nix/var/edgectl/lock
+l=$EDGECTL_STATE/lock
 [ "$(cat "$l/owner" 2>/dev/null)" = "$1" ] && rm -rf "$l"

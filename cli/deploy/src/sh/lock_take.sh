@@ -1,4 +1,4 @@
-d=/nix/var/edgectl; l=$d/lock; me=$1; stale=$2; dead=$3
+d=$EDGECTL_STATE; l=$d/lock; me=$1; stale=$2; dead=$3
 mkdir -p "$d" || exit 1
 take() { printf '%s\n' "$me" > "$l/owner.tmp" && mv "$l/owner.tmp" "$l/owner" && touch "$l/heartbeat"; }
 if mkdir "$l" 2>/dev/null; then take; exit $?; fi

@@ -1,7 +1,7 @@
 set -u
 stall=$1; shift
-mkdir -p /nix/var/edgectl || exit 1
-d=$(mktemp -d /nix/var/edgectl/relay.XXXXXXXX) || exit 1
+mkdir -p "$EDGECTL_STATE" || exit 1
+d=$(mktemp -d "$EDGECTL_STATE/relay.XXXXXXXX") || exit 1
 trap 'rm -rf "$d"' EXIT
 : > "$d/stream"
 # A background job's stdin is /dev/null unless it is handed over explicitly.
@@ -17,8 +17,8 @@ while [ $# -ge 3 ]; do
   mkfifo "$d/$n.fifo" || exit 1
   tail -c +1 --pid="$w" -f "$d/stream" > "$d/$n.fifo" &
   echo $! > "$d/$n.tail"
-  ssh -p "$2" -i /nix/var/edgectl/cluster_key -o IdentitiesOnly=yes \
-    -o UserKnownHostsFile=/nix/var/edgectl/known_hosts -o StrictHostKeyChecking=yes \
+  ssh -p "$2" -i "$EDGECTL_STATE/cluster_key" -o IdentitiesOnly=yes \
+    -o UserKnownHostsFile="$EDGECTL_STATE/known_hosts" -o StrictHostKeyChecking=yes \
     -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 \
     -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com \
     -- "$1" "$3" < "$d/$n.fifo" > "$d/$n.out" 2> "$d/$n.err" &

@@ -2,7 +2,7 @@
 # Not a script by itself: activation_functions.sh comes first (prof and the functions status,
 # go_back and commit are its).
 here=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
-for run in /nix/var/edgectl/run/*; do
+for run in "$EDGECTL_STATE"/run/*; do
   [ -f "$run/status" ] || continue
   s=$(cat "$run/status")
   case "$s" in started|switching|activated|rolling-back|committing) ;; *) continue ;; esac
@@ -40,4 +40,4 @@ for run in /nix/var/edgectl/run/*; do
 done
 # Keep the last 50 runs' logs.
 # shellcheck disable=SC2012 # ls -t is the portable sort by age; the names are our run tokens
-ls -1dt /nix/var/edgectl/run/* 2>/dev/null | tail -n +51 | while read -r old; do rm -rf "$old"; done
+ls -1dt "$EDGECTL_STATE"/run/* 2>/dev/null | tail -n +51 | while read -r old; do rm -rf "$old"; done

@@ -1,4 +1,4 @@
-run=/nix/var/edgectl/run/$1
+run=$EDGECTL_STATE/run/$1
 l=$(cat "$run/launcher" 2>/dev/null)
 echo "launched with ${l:-?}"
 tail -n 20 "$run/launch.log" 2>/dev/null
