@@ -170,6 +170,52 @@ impl Default for Timing {
     }
 }
 
+/// Why the controller could not follow an activation to its end. The node decides by itself
+/// either way (it rolls back unless confirmed), so each message says how to learn the result.
+#[derive(Debug)]
+pub enum ActivateError {
+    /// A step of the protocol could not be run on the node.
+    Host(HostError),
+    /// The node did not answer for longer than it may (`secs`); `last` is the last failure.
+    OutOfReach { secs: u64, last: HostError },
+    /// The run's status was still not final after `secs`.
+    Undecided { secs: u64 },
+}
+
+impl std::fmt::Display for ActivateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActivateError::Host(e) => write!(
+                f,
+                "{e}; once the node answers, `edgectl apply` (or `edgectl status`) reports how the activation ended"
+            ),
+            ActivateError::OutOfReach { secs, last } => write!(
+                f,
+                "the node stayed out of reach for {secs} s ({last}); check its console or network, then run `edgectl status` to see which generation it runs"
+            ),
+            ActivateError::Undecided { secs } => write!(
+                f,
+                "still undecided after {secs} s; the node finishes by itself, and `edgectl status` shows the outcome"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ActivateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ActivateError::Host(e) | ActivateError::OutOfReach { last: e, .. } => Some(e),
+            ActivateError::Undecided { .. } => None,
+        }
+    }
+}
+
+impl From<HostError> for ActivateError {
+    fn from(e: HostError) -> Self {
+        ActivateError::Host(e)
+    }
+}
+
 /// Polls the run's status until `done` says it is final, over `h` or, once that breaks, fresh
 /// connections; `lost` is how long the node may stay out of reach.
 fn wait_status(
@@ -177,10 +223,10 @@ fn wait_status(
     token: &str,
     (limit, lost, poll): (Duration, Duration, Duration),
     done: &dyn Fn(&str) -> bool,
-) -> Result<String, String> {
+) -> Result<String, ActivateError> {
     let end = Instant::now() + limit;
     let mut fresh: Option<Box<dyn Host>> = None;
-    let mut out_of_reach: Option<(Instant, String)> = None;
+    let mut out_of_reach: Option<Instant> = None;
     let mut polls = 0u32;
     loop {
         let on: &dyn Host = fresh.as_deref().unwrap_or(h);
@@ -208,16 +254,20 @@ fn wait_status(
                 }
             }
             Err(e) => {
-                let since = out_of_reach.get_or_insert((Instant::now(), String::new()));
-                since.1 = e.to_string();
-                if since.0.elapsed() > lost {
-                    return Err(format!("the node stayed out of reach ({})", since.1));
+                let since = *out_of_reach.get_or_insert_with(Instant::now);
+                if since.elapsed() > lost {
+                    return Err(ActivateError::OutOfReach {
+                        secs: since.elapsed().as_secs(),
+                        last: e,
+                    });
                 }
                 fresh = h.fresh().ok();
             }
         }
         if Instant::now() > end {
-            return Err(format!("still undecided after {} s", limit.as_secs()));
+            return Err(ActivateError::Undecided {
+                secs: limit.as_secs(),
+            });
         }
         std::thread::sleep(poll);
     }
@@ -283,7 +333,7 @@ pub fn activate(
     goal: Goal,
     confirm_timeout: Duration,
     on_state: &dyn Fn(&str),
-) -> Result<Outcome, HostError> {
+) -> Result<Outcome, ActivateError> {
     activate_with(
         h,
         system,
@@ -302,7 +352,7 @@ pub fn activate_with(
     confirm_timeout: Duration,
     on_state: &dyn Fn(&str),
     t: &Timing,
-) -> Result<Outcome, HostError> {
+) -> Result<Outcome, ActivateError> {
     let verb = goal.verb().expect("an activating goal");
     let token = token();
     let secs = confirm_timeout.as_secs().max(1).to_string();
@@ -628,6 +678,23 @@ mod protocol {
         };
         assert!(root);
         assert_eq!(&argv[5..8], ["/nix/store/new-system", "switch", "2"]);
+    }
+
+    #[test]
+    fn a_node_lost_mid_switch_is_unknown_and_says_how_to_find_out() {
+        let h = node(&["switching"], "done");
+        h.on_name("edgectl-status", |_| {
+            Err(HostError::Unreachable("connection reset".into()))
+        });
+        h.fail_fresh(Some(HostError::Unreachable("no route to host".into())));
+        match run(&h) {
+            Outcome::Unknown(m) => {
+                assert!(m.starts_with("the node stayed out of reach for 2 s"), "{m}");
+                assert!(m.contains("connection reset"), "{m}");
+                assert!(m.contains("`edgectl status`"), "{m}");
+            }
+            o => panic!("{o:?}"),
+        }
     }
 
     #[test]

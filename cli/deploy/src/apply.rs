@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::activate::{self, Goal, Outcome};
 use crate::event::{Phase, Sender, State as Ev, emit};
-use crate::fanout::{Deliveries, Delivery};
+use crate::fanout::{Deliveries, Delivery, FanoutError};
 use crate::host::HostKey;
 use crate::host::{Host, argv};
 use crate::pool::{parallel_map, runtime};
@@ -385,9 +385,9 @@ impl NodeEnd {
     fn node(
         &self,
         s: &Session,
-        delivery: Option<&Result<Delivery, String>>,
+        delivery: Option<&Result<Delivery, FanoutError>>,
     ) -> (NodeResult, Option<HostKey>) {
-        let copy_error = delivery.and_then(|d| d.as_ref().err().cloned());
+        let copy_error = delivery.and_then(|d| d.as_ref().err().map(|e| e.to_string()));
         let secrets = self.secrets.for_node(&s.name);
         let mut r = finish_node(s, self.goal, self.timeout, copy_error, secrets, &self.tx);
         unlock(s);
@@ -1001,11 +1001,12 @@ mod decisions {
         assert_eq!(st.nodes["n1"].last_result.as_deref(), Some("pushed"));
 
         // A closure that did not arrive: failed with the copy's error, and unlocked too.
-        let (r, _) = end(dir.path(), Goal::Switch)
-            .node(&session(&h, false), Some(&Err("disk full".to_string())));
+        let lost = FanoutError::Controller("disk full".into());
+        let (r, _) =
+            end(dir.path(), Goal::Switch).node(&session(&h, false), Some(&Err(lost.clone())));
         assert_eq!(
-            (r.result, r.message.as_str()),
-            (NodeOutcome::Failed, "disk full")
+            (r.result, r.message),
+            (NodeOutcome::Failed, lost.to_string())
         );
         assert_eq!(r.closure, None);
         assert_eq!(h.scripts(), ["edgectl-unlock", "edgectl-unlock"]);

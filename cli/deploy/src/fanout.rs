@@ -93,8 +93,46 @@ impl Delivery {
     }
 }
 
+/// Why a node has no closure after the copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FanoutError {
+    /// The copy from the controller failed; Nix's account.
+    Controller(String),
+    /// The node was the seed, and seeding it failed for `why`.
+    Seed { seed: String, why: String },
+    /// Under `--fanout require`, the LAN could not serve the node for this reason.
+    Required(String),
+    /// The cluster's own SSH key could not be made or read.
+    ClusterKey(String),
+}
+
+impl std::fmt::Display for FanoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FanoutError::Controller(d) => write!(
+                f,
+                "the copy from the controller failed: {d}; check the node's free space under /nix and the controller's link, then run again (only missing paths are sent)"
+            ),
+            FanoutError::Seed { seed, why } => write!(
+                f,
+                "seeding {seed} failed: {why}; run again, or use `--fanout off` to copy to each node from the controller"
+            ),
+            FanoutError::Required(why) => write!(
+                f,
+                "fan-out is required, but {why}; not copied from the controller (`--fanout on` allows that)"
+            ),
+            FanoutError::ClusterKey(d) => write!(
+                f,
+                "cannot make the cluster key: {d}; install OpenSSH's ssh-keygen (Debian: openssh-client), or use `--fanout off`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FanoutError {}
+
 /// Each node's delivery, or why it has no closure.
-pub type Deliveries = BTreeMap<String, Result<Delivery, String>>;
+pub type Deliveries = BTreeMap<String, Result<Delivery, FanoutError>>;
 
 /// How long a peer may leave the stream unread while there is data for it (see [`RELAY`]).
 pub const STALL: Duration = Duration::from_secs(20);
@@ -117,7 +155,7 @@ pub const AUTHORIZE: &str = include_str!("sh/authorize_cluster_key.sh");
 pub const DEAUTHORIZE: &str = include_str!("sh/deauthorize_cluster_key.sh");
 
 fn closure_bytes(paths: &[String]) -> Option<u64> {
-    let read: Result<BTreeMap<_, _>, String> = paths
+    let read: Result<BTreeMap<_, _>, _> = paths
         .iter()
         .map(|p| nixcmd::local_closure(p).map(|c| (p.clone(), c)))
         .collect();
@@ -201,7 +239,7 @@ fn forget_cluster_key(
 }
 
 /// The plain per-node copy: controller to node.
-pub fn copy_from_controller(s: &Session, tx: &Sender) -> Result<(), String> {
+pub fn copy_from_controller(s: &Session, tx: &Sender) -> Result<(), FanoutError> {
     let bytes = closure_bytes(std::slice::from_ref(&s.system));
     emit_bytes(
         tx,
@@ -216,17 +254,20 @@ pub fn copy_from_controller(s: &Session, tx: &Sender) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            emit(tx, &s.name, Phase::Copy, Ev::Failed, e.clone());
+            let e = FanoutError::Controller(e);
+            emit(tx, &s.name, Phase::Copy, Ev::Failed, e.to_string());
             Err(e)
         }
     }
 }
 
 /// The cluster-internal SSH key, created on first use beside the state.
-pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String> {
+pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), FanoutError> {
     let key = state_dir.join("cluster_key");
+    let bad = FanoutError::ClusterKey;
     if !key.exists() {
-        std::fs::create_dir_all(state_dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| bad(format!("{}: {e}", state_dir.display())))?;
         let o = std::process::Command::new("ssh-keygen")
             .args([
                 "-q",
@@ -240,17 +281,17 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), String>
             ])
             .arg(&key)
             .output()
-            .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+            .map_err(|e| bad(format!("cannot run ssh-keygen: {e}")))?;
         if !o.status.success() {
-            return Err(format!(
+            return Err(bad(format!(
                 "ssh-keygen: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
-            ));
+            )));
         }
     }
-    let private = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let private = std::fs::read(&key).map_err(|e| bad(format!("{}: {e}", key.display())))?;
     let public = std::fs::read_to_string(key.with_extension("pub"))
-        .map_err(|e| format!("{}.pub: {e}", key.display()))?;
+        .map_err(|e| bad(format!("{}.pub: {e}", key.display())))?;
     Ok((private, public.trim().to_string()))
 }
 
@@ -550,11 +591,9 @@ fn after_relay(said: &Said, stream_len: usize, seed: &str) -> AfterRelay {
 
 /// A peer the LAN could not serve, for `why`: the warning it gets when it may be copied from
 /// the controller instead, or under `--fanout require` the error it fails with.
-fn fall_back_or_fail(require: bool, why: &str) -> Result<String, String> {
+fn fall_back_or_fail(require: bool, why: &str) -> Result<String, FanoutError> {
     if require {
-        Err(format!(
-            "fan-out is required, but {why}; not copied from the controller (`--fanout on` allows that)"
-        ))
+        Err(FanoutError::Required(why.to_string()))
     } else {
         Ok(format!(
             "copying from the controller instead of over the LAN: {why}"
@@ -658,7 +697,7 @@ impl<'a> Distribution<'a> {
         if !self.closures.complete(&self.union) {
             return Err("cannot read the closures on the controller".to_string());
         }
-        let (private, public) = ensure_cluster_key(state_dir)?;
+        let (private, public) = ensure_cluster_key(state_dir).map_err(|e| e.to_string())?;
         self.seed
             .host
             .upload(CLUSTER_KEY, &private, 0o600)
@@ -747,7 +786,12 @@ impl<'a> Distribution<'a> {
             Ev::Failed,
             format!("seeding failed: {e}; falling back to per-node copies"),
         );
-        self.out.insert(self.seed.name.clone(), Err(e));
+        let seed = self.seed.name.clone();
+        let e = FanoutError::Seed {
+            seed: seed.clone(),
+            why: e,
+        };
+        self.out.insert(seed, Err(e));
     }
 
     /// The seed failed during the upload: a peer the stream reached keeps what it got, every
@@ -860,7 +904,7 @@ impl<'a> Distribution<'a> {
                     go.push((p, why));
                 }
                 Err(e) => {
-                    emit(self.tx, &p.s.name, Phase::Copy, Ev::Failed, e.clone());
+                    emit(self.tx, &p.s.name, Phase::Copy, Ev::Failed, e.to_string());
                     self.out.insert(p.s.name.clone(), Err(e));
                 }
             }
@@ -1117,7 +1161,7 @@ mod decisions {
             .collect()
     }
 
-    fn fanned(seed: &str, from: Source) -> Result<Delivery, String> {
+    fn fanned(seed: &str, from: Source) -> Result<Delivery, FanoutError> {
         Ok(Delivery {
             from,
             seed: Some(seed.into()),
@@ -1253,7 +1297,11 @@ mod decisions {
         );
         assert_eq!(
             fall_back_or_fail(true, "the seed head failed: x"),
-            Err("fan-out is required, but the seed head failed: x; not copied from the controller (`--fanout on` allows that)".into())
+            Err(FanoutError::Required("the seed head failed: x".into()))
+        );
+        assert_eq!(
+            fall_back_or_fail(true, "x").unwrap_err().to_string(),
+            "fan-out is required, but x; not copied from the controller (`--fanout on` allows that)"
         );
     }
 
@@ -1302,7 +1350,10 @@ mod decisions {
         w.fail_copy(Some("connection reset".into()));
         let got = copy_closures(&rt, &[head, worker1], &c, state.path(), 4, Fanout::Off, &tx);
         assert_eq!(got["head"], direct);
-        assert_eq!(got["worker1"], Err("connection reset".into()));
+        assert_eq!(
+            got["worker1"],
+            Err(FanoutError::Controller("connection reset".into()))
+        );
         assert!(h.scripts().is_empty(), "no cluster key with --fanout off");
     }
 
@@ -1320,7 +1371,10 @@ mod decisions {
             let got = copy_closures(&rt, &needing, &c, state.path(), 4, mode, &tx);
             assert_eq!(
                 got["worker2"],
-                Err("cannot read the closures on the controller".into())
+                Err(FanoutError::Seed {
+                    seed: "worker2".into(),
+                    why: "cannot read the closures on the controller".into()
+                })
             );
             assert!(nodes[0].0.calls().is_empty(), "nothing went to the seed");
             let ev = events(&mut rx);
@@ -1339,7 +1393,7 @@ mod decisions {
                     let e = fall_back_or_fail(true, why).unwrap_err();
                     assert_eq!(got[&s.name], Err(e.clone()));
                     assert!(copies(h).is_empty(), "{}: copied anyway", s.name);
-                    assert!(ev.contains(&(s.name.clone(), Ev::Failed, e)));
+                    assert!(ev.contains(&(s.name.clone(), Ev::Failed, e.to_string())));
                 }
             }
         }
@@ -1423,6 +1477,7 @@ mod decisions {
             d.out["w2"]
                 .as_ref()
                 .unwrap_err()
+                .to_string()
                 .starts_with("fan-out is required")
         );
         assert!(copies(&nodes[1].0).is_empty());
@@ -1459,7 +1514,11 @@ mod decisions {
         let nodes = ["w1", "w2"].map(node);
         holding(&nodes[0].0);
         d.seed_lost(e, nodes.iter().map(|(_, s)| peer(s, 22)).collect());
-        assert_eq!(d.out["head"], Err("import on the seed: disk full".into()));
+        let lost = FanoutError::Seed {
+            seed: "head".into(),
+            why: "import on the seed: disk full".into(),
+        };
+        assert_eq!(d.out["head"], Err(lost));
         assert_eq!(d.out["w1"], fanned("head", Source::SeedStream));
         let why = "the seed head failed: import on the seed: disk full";
         assert_eq!(d.out["w2"], Ok(Delivery::fallback(why.into())));

@@ -356,7 +356,7 @@ impl<'a> Install<'a> {
         for s in &needing {
             let n = self.nodes.get_mut(&s.name).expect("a selected node");
             match got.get(&s.name) {
-                Some(Err(e)) => n.failed = Some(e.clone()),
+                Some(Err(e)) => n.failed = Some(e.to_string()),
                 Some(Ok(_)) | None => {
                     n.record.done.push(Step::Copy);
                     n.record.system = Some(s.system.clone());

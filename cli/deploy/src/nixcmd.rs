@@ -7,6 +7,51 @@ use std::process::Command;
 
 use serde::Serialize;
 
+/// Why a call of the controller's Nix gave no answer edgectl can use.
+#[derive(Debug)]
+pub enum NixError {
+    /// `nix` could not be started at all.
+    Missing(std::io::Error),
+    /// `nix build` failed; `stderr` is Nix's own account (evaluation or build errors).
+    Build { stderr: String },
+    /// `nix path-info` failed for `path`.
+    PathInfo { path: String, stderr: String },
+    /// Nix printed something edgectl does not understand.
+    Output { what: &'static str, detail: String },
+}
+
+impl std::fmt::Display for NixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NixError::Missing(e) => write!(
+                f,
+                "cannot run nix: {e}; install Nix >= 2.18 and put `nix` on PATH (scripts/setup.sh does)"
+            ),
+            NixError::Build { stderr } => write!(
+                f,
+                "nix build failed; fix what Nix reports below (`edgectl generate` writes the flake to read), then run again:\n{stderr}"
+            ),
+            NixError::PathInfo { path, stderr } => write!(
+                f,
+                "nix path-info {path} failed ({stderr}); build it first, or check that this machine's store holds it"
+            ),
+            NixError::Output { what, detail } => write!(
+                f,
+                "{what} printed what edgectl does not understand ({detail}); check `nix --version` (>= 2.18 is supported)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NixError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NixError::Missing(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Flags for every nix call: flakes on, and any `--override-input` the user gave.
 #[derive(Debug, Clone, Default)]
 pub struct NixArgs {
@@ -28,7 +73,7 @@ pub fn build_toplevels(
     flake: &Path,
     nodes: &[String],
     args: &NixArgs,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, NixError> {
     if nodes.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -41,30 +86,30 @@ pub fn build_toplevels(
             "{url}#nixosConfigurations.\"{n}\".config.system.build.toplevel"
         ));
     }
-    let o = c
-        .output()
-        .map_err(|e| format!("cannot run nix: {e} (install Nix >= 2.18)"))?;
+    let o = c.output().map_err(NixError::Missing)?;
     if !o.status.success() {
-        return Err(format!(
-            "nix build failed:\n{}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
+        return Err(NixError::Build {
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        });
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&o.stdout).map_err(|e| format!("nix build --json: {e}"))?;
-    let arr = v.as_array().ok_or("nix build --json: not a list")?;
+    let odd = |detail: String| NixError::Output {
+        what: "nix build --json",
+        detail,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| odd(e.to_string()))?;
+    let arr = v.as_array().ok_or_else(|| odd("not a list".into()))?;
     if arr.len() != nodes.len() {
-        return Err(format!(
-            "nix build returned {} results for {} hosts",
+        return Err(odd(format!(
+            "{} results for {} hosts",
             arr.len(),
             nodes.len()
-        ));
+        )));
     }
     let mut out = BTreeMap::new();
     for (n, r) in nodes.iter().zip(arr) {
         let p = r["outputs"]["out"]
             .as_str()
-            .ok_or_else(|| format!("nix build: no output for {n}"))?;
+            .ok_or_else(|| odd(format!("no output for {n}")))?;
         out.insert(n.clone(), p.to_string());
     }
     Ok(out)
@@ -77,9 +122,12 @@ pub struct PathInfo {
 }
 
 /// Parses `nix path-info -r --json` (Nix 2.8 to 2.18 give a list, newer ones an object).
-pub fn parse_path_info(json: &str) -> Result<Vec<PathInfo>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("path-info JSON: {e}"))?;
+pub fn parse_path_info(json: &str) -> Result<Vec<PathInfo>, NixError> {
+    let odd = |detail: String| NixError::Output {
+        what: "nix path-info --json",
+        detail,
+    };
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| odd(e.to_string()))?;
     let mut out = Vec::new();
     match v {
         serde_json::Value::Array(a) => {
@@ -100,22 +148,23 @@ pub fn parse_path_info(json: &str) -> Result<Vec<PathInfo>, String> {
                 });
             }
         }
-        _ => return Err("path-info JSON: unexpected shape".into()),
+        _ => return Err(odd("neither a list nor an object".into())),
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-pub fn local_closure(path: &str) -> Result<Vec<PathInfo>, String> {
+/// The closure of a path in this machine's store, with NAR sizes.
+pub fn local_closure(path: &str) -> Result<Vec<PathInfo>, NixError> {
     let mut c = Command::new("nix");
     c.args(["path-info", "-r", "--json"]);
     NixArgs::default().apply(&mut c);
-    let o = c
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run nix: {e}"))?;
+    let o = c.arg(path).output().map_err(NixError::Missing)?;
     if !o.status.success() {
-        return Err(String::from_utf8_lossy(&o.stderr).trim().to_string());
+        return Err(NixError::PathInfo {
+            path: path.into(),
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        });
     }
     parse_path_info(&String::from_utf8_lossy(&o.stdout))
 }
@@ -193,6 +242,20 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> ClosureDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn odd_path_info_is_an_error_that_names_the_command() {
+        let e = parse_path_info("42").unwrap_err();
+        assert!(matches!(
+            e,
+            NixError::Output {
+                what: "nix path-info --json",
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("nix --version"), "{e}");
+        assert!(parse_path_info("{not json").is_err());
+    }
 
     fn pi(p: &str, s: u64) -> PathInfo {
         PathInfo {

@@ -53,6 +53,8 @@ impl Default for Options {
 pub enum EngineError {
     /// The topology is invalid: every problem, with file, line and a fix.
     Invalid(Diagnostics),
+    /// The controller's Nix could not evaluate or build the systems.
+    Nix(crate::nixcmd::NixError),
     /// Anything else, worded to say what to do about it.
     Failed(String),
 }
@@ -65,12 +67,26 @@ impl std::fmt::Display for EngineError {
                 "the topology has {} problem(s); run `edgectl check` on it to see each with its fix",
                 d.0.len()
             ),
+            EngineError::Nix(e) => e.fmt(f),
             EngineError::Failed(m) => f.write_str(m),
         }
     }
 }
 
-impl std::error::Error for EngineError {}
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EngineError::Nix(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::nixcmd::NixError> for EngineError {
+    fn from(e: crate::nixcmd::NixError) -> Self {
+        EngineError::Nix(e)
+    }
+}
 
 impl From<crate::state::StateError> for EngineError {
     fn from(e: crate::state::StateError) -> Self {

@@ -19,6 +19,65 @@ pub(crate) fn connect(t: SshTarget) -> Result<SshHost, HostError> {
     Ok(h)
 }
 
+/// Why a node could not be opened for a run.
+#[derive(Debug)]
+pub enum SessionError {
+    /// Connecting, or a command on the node, failed.
+    Host(HostError),
+    /// Another apply holds the node's lock (`holder` is what it wrote there).
+    Locked { holder: String },
+    /// An activation from an earlier run is still deciding.
+    InFlight { pending: String },
+    /// The node's current system is no longer the one the plan saw.
+    Changed,
+}
+
+impl SessionError {
+    /// How the node's result reads: a node that did not answer is unreachable; one that
+    /// answered and refused (or whose key changed) failed.
+    pub fn outcome(&self) -> NodeOutcome {
+        match self {
+            SessionError::Host(HostError::HostKeyChanged { .. }) => NodeOutcome::Failed,
+            SessionError::Host(_) => NodeOutcome::Unreachable,
+            _ => NodeOutcome::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Host(e) => e.fmt(f),
+            SessionError::Locked { holder } => write!(
+                f,
+                "node is locked by another apply ({holder}); let it finish, or if that controller is gone, run again: a lock without a heartbeat for {LOCK_STALE_MIN} min is taken over"
+            ),
+            SessionError::InFlight { pending } => write!(
+                f,
+                "an earlier activation ({pending}) is still undecided; it ends within its confirm timeout: run again after that"
+            ),
+            SessionError::Changed => {
+                f.write_str("the node changed since the plan was made; run `edgectl plan` again")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Host(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<HostError> for SessionError {
+    fn from(e: HostError) -> Self {
+        SessionError::Host(e)
+    }
+}
+
 /// A node opened for deployment: connected, locked, inspected.
 pub struct Session {
     pub name: String,
@@ -53,12 +112,7 @@ pub(crate) fn open_node(
         Ok(h) => h,
         Err(e) => {
             emit(tx, name, Phase::Connect, Ev::Failed, e.to_string());
-            let kind = if matches!(e, HostError::HostKeyChanged { .. }) {
-                NodeOutcome::Failed
-            } else {
-                NodeOutcome::Unreachable
-            };
-            return Err((result(name, system, kind, e.to_string(), None), None));
+            return Err((refused(name, system, e.into(), None), None));
         }
     };
     open_host(
@@ -135,56 +189,31 @@ pub(crate) fn open_host(
                     continue;
                 }
                 return Err((
-                    result(
-                        name,
-                        system,
-                        NodeOutcome::Failed,
-                        format!("node is locked by another apply ({holder})"),
-                        None,
-                    ),
+                    refused(name, system, SessionError::Locked { holder }, None),
                     key,
                 ));
             }
-            Err(e) => {
-                return Err((
-                    result(name, system, NodeOutcome::Unreachable, e.to_string(), None),
-                    key,
-                ));
-            }
+            Err(e) => return Err((refused(name, system, e.into(), None), key)),
         }
     }
-    let fail = |r: NodeResult| {
+    let fail = |e: SessionError, generation: Option<u64>| {
         let _ = h.run(
             &argv(["sh", "-c", NODE_UNLOCK, "edgectl-unlock", &owner]),
             true,
         );
-        Err((r, key.clone()))
+        Err((refused(name, system, e, generation), key.clone()))
     };
     if let Err(e) = wait_for_in_flight(h.as_ref(), timeout + Duration::from_secs(30), name, tx) {
-        return fail(result(name, system, NodeOutcome::Failed, e, None));
+        return fail(e, None);
     }
     let (cur, generation) = match activate::current(h.as_ref()) {
         Ok(c) => c,
-        Err(e) => {
-            return fail(result(
-                name,
-                system,
-                NodeOutcome::Unreachable,
-                e.to_string(),
-                None,
-            ));
-        }
+        Err(e) => return fail(e.into(), None),
     };
     if let Some(exp) = expected_current
         && exp != cur
     {
-        return fail(result(
-            name,
-            system,
-            NodeOutcome::Failed,
-            "the node changed since the plan was made; run `edgectl plan` again".into(),
-            generation,
-        ));
+        return fail(SessionError::Changed, generation);
     }
     let unchanged = goal == Goal::Switch && cur.as_deref() == Some(system);
     Ok(Session {
@@ -197,6 +226,11 @@ pub(crate) fn open_host(
         unchanged,
         lock_owner: owner,
     })
+}
+
+/// The result of a node that could not be opened.
+fn refused(name: &str, system: &str, e: SessionError, generation: Option<u64>) -> NodeResult {
+    result(name, system, e.outcome(), e.to_string(), generation)
 }
 
 /// Frees the node's lock if it is still this run's: a lock another controller took over
@@ -365,14 +399,12 @@ fn wait_for_in_flight(
     limit: Duration,
     name: &str,
     tx: &Sender,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let end = std::time::Instant::now() + limit;
     let mut told = false;
     let script = activate::resolve_script();
     loop {
-        let o = h
-            .run(&argv(["sh", "-c", &script, "edgectl-resolve"]), true)
-            .map_err(|e| e.to_string())?;
+        let o = h.run(&argv(["sh", "-c", &script, "edgectl-resolve"]), true)?;
         let mut pending = Vec::new();
         for l in o.stdout.lines() {
             if let Some(t) = l.strip_prefix("pending ") {
@@ -405,9 +437,7 @@ fn wait_for_in_flight(
             told = true;
         }
         if std::time::Instant::now() > end {
-            return Err(format!(
-                "an earlier activation ({pending}) is still undecided; try again later"
-            ));
+            return Err(SessionError::InFlight { pending });
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -427,6 +457,54 @@ fn hostname() -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_refusal_says_whether_the_node_answered_and_what_to_do() {
+        let cases = [
+            (
+                SessionError::Host(HostError::Unreachable("timed out".into())),
+                NodeOutcome::Unreachable,
+            ),
+            (
+                SessionError::Host(HostError::HostKeyChanged {
+                    expected: "a".into(),
+                    found: "b".into(),
+                }),
+                NodeOutcome::Failed,
+            ),
+            (
+                SessionError::Locked {
+                    holder: "alice@laptop pid 7".into(),
+                },
+                NodeOutcome::Failed,
+            ),
+            (
+                SessionError::InFlight {
+                    pending: "t1".into(),
+                },
+                NodeOutcome::Failed,
+            ),
+            (SessionError::Changed, NodeOutcome::Failed),
+        ];
+        for (e, outcome) in cases {
+            assert_eq!(e.outcome(), outcome, "{e}");
+        }
+        let locked = SessionError::Locked {
+            holder: "alice@laptop pid 7".into(),
+        }
+        .to_string();
+        assert!(locked.starts_with("node is locked by another apply (alice@laptop pid 7)"));
+        assert!(locked.contains(&format!("{LOCK_STALE_MIN} min is taken over")));
+        let r = refused("n1", "/nix/store/x", SessionError::Changed, Some(3));
+        assert_eq!(
+            (r.result, r.message.as_str(), r.generation),
+            (
+                NodeOutcome::Failed,
+                "the node changed since the plan was made; run `edgectl plan` again",
+                Some(3)
+            )
+        );
+    }
 
     /// Runs a lock script against a node state folder at `d` instead of the node's.
     fn lock_script(script: &str, d: &Path, args: &[&str]) -> std::process::Output {

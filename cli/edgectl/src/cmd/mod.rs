@@ -25,7 +25,8 @@ pub fn report(ctx: &Ctx, diags: &Diagnostics, json: bool) {
 pub fn fail(ctx: &Ctx, json: bool, e: edgectl_deploy::EngineError) -> u8 {
     match e {
         edgectl_deploy::EngineError::Invalid(d) => report(ctx, &d, json),
-        edgectl_deploy::EngineError::Failed(m) => {
+        other => {
+            let m = other.to_string();
             if json {
                 println!("{}", serde_json::json!({ "ok": false, "error": m }));
             } else {
