@@ -28,6 +28,8 @@ log=$(mktemp -t edgectl-test.XXXXXX.log)
 EDGECTL_SKIP_LOG=$(mktemp -t edgectl-skips.XXXXXX.tsv)
 export EDGECTL_SKIP_LOG
 
+echo "== shellcheck of the project's own scripts"
+shellcheck -x scripts/*.sh .ci/run
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== rust-version of every locked crate"

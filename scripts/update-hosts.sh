@@ -10,7 +10,7 @@ update() {
   rm -rf "$tmp/out"
   cargo run -q -p edgectl -- generate "$1" -o "$tmp/out"
   rm -rf "$2.new" && cp -r "$tmp/out/hosts" "$2.new" && rm -rf "$2" && mv "$2.new" "$2"
-  echo "$2/ updated: $(ls "$2" | tr '\n' ' ')"
+  echo "$2/ updated: $(cd "$2" && printf "%s " *)"
 }
 update examples/edge-lab.toml hosts
 update checks/cluster-vm/cluster.toml checks/cluster-vm/hosts
