@@ -165,7 +165,7 @@ impl Default for Timing {
             switch_limit: SWITCH_LIMIT,
             commit_limit: COMMIT_LIMIT,
             reach_grace: Duration::from_secs(15),
-            poll: Duration::from_millis(250),
+            poll: Duration::from_millis(100),
         }
     }
 }
@@ -236,10 +236,10 @@ fn wait_status(
                 if done(&s) {
                     return Ok(s);
                 }
-                // Every 8 polls (2 s): is the process that decides this run still there? If it died
-                // (killed, or the node rebooted) nothing would ever decide it: do so now.
+                // Every 20 polls (2 s): is the process that decides this run still there? If it
+                // died (killed, or the node rebooted) nothing would ever decide it: do so now.
                 polls += 1;
-                if !s.is_empty() && polls.is_multiple_of(8) && !alive(on, token) {
+                if !s.is_empty() && polls.is_multiple_of(20) && !alive(on, token) {
                     let _ = on.run(
                         &argv(["sh", "-c", &resolve_script(), "edgectl-resolve"]),
                         true,

@@ -9,13 +9,15 @@ exec 3<&0
 cat <&3 > "$d/stream" &
 w=$!
 exec 3<&-
-tail -c +1 --pid="$w" -f "$d/stream" | nix-store --import > /dev/null 2> "$d/seed.err" &
+# `-s 0.1`: tail checks that the writer lives once per interval (1 s by default), so every
+# import would end up to a second after the stream did.
+tail -s 0.1 -c +1 --pid="$w" -f "$d/stream" | nix-store --import > /dev/null 2> "$d/seed.err" &
 seed=$!
 n=0
 while [ $# -ge 3 ]; do
   n=$((n+1))
   mkfifo "$d/$n.fifo" || exit 1
-  tail -c +1 --pid="$w" -f "$d/stream" > "$d/$n.fifo" &
+  tail -s 0.1 -c +1 --pid="$w" -f "$d/stream" > "$d/$n.fifo" &
   echo $! > "$d/$n.tail"
   ssh -p "$2" -i "$EDGECTL_STATE/cluster_key" -o IdentitiesOnly=yes \
     -o UserKnownHostsFile="$EDGECTL_STATE/known_hosts" -o StrictHostKeyChecking=yes \
