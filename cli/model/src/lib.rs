@@ -66,8 +66,7 @@ pub fn check_source(
     let Some(doc) = load::parse_toml(&mut r, &src.text) else {
         return Err(r.diags);
     };
-    let root = r.root(&doc);
-    let file = topology::read_topology(&mut r, &root);
+    let file = topology::read_document(&mut r, doc);
 
     let (mut profiles, builtin_diags) = ProfileSet::builtin();
     let mut diags = builtin_diags;

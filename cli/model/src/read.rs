@@ -1,7 +1,9 @@
 //! A walker over TOML's spanned document tree that records every problem instead of stopping at
 //! the first, and remembers where each value was written (by field path) for later checks.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -12,17 +14,51 @@ use crate::diag::{DiagMut, Diagnostic, Diagnostics, Kind, did_you_mean};
 use crate::source::SourceFile;
 
 /// Where each field was written, keyed by its path (`node[2].lan[0].mac`).
+///
+/// Every field of every node is recorded, but paths are looked up almost only to report a
+/// problem. So recording appends to one buffer (no allocation, hashing or scattered table
+/// writes per field, and one free when dropped: a map of 100,000+ owned keys made large files
+/// slower per node than small ones), and the index is built at the first lookup and catches
+/// up on later records at the next, so each record is indexed at most once.
 #[derive(Debug, Default, Clone)]
 pub struct Spans {
-    map: HashMap<String, Range<usize>>,
+    /// Every recorded path, end to end.
+    text: String,
+    /// Where each path ends in `text`, and its span, in the order recorded.
+    entries: Vec<(usize, Range<usize>)>,
+    index: RefCell<SpanIndex>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SpanIndex {
+    /// A path to its latest entry: recording a path again replaces its span, as it always did.
+    map: HashMap<Box<str>, usize>,
+    /// How many entries `map` covers.
+    upto: usize,
 }
 
 impl Spans {
     pub fn insert(&mut self, path: String, span: Range<usize>) {
-        self.map.insert(path, span);
+        self.insert_str(&path, span);
+    }
+    pub fn insert_str(&mut self, path: &str, span: Range<usize>) {
+        self.record(span, |s| s.push_str(path));
+    }
+    /// Records a path written straight into the buffer, so callers need not build a `String`.
+    pub fn record(&mut self, span: Range<usize>, write_path: impl FnOnce(&mut String)) {
+        write_path(&mut self.text);
+        self.entries.push((self.text.len(), span));
     }
     pub fn get(&self, path: &str) -> Option<Range<usize>> {
-        self.map.get(path).cloned()
+        let mut ix = self.index.borrow_mut();
+        let mut start = ix.upto.checked_sub(1).map_or(0, |k| self.entries[k].0);
+        for k in ix.upto..self.entries.len() {
+            let end = self.entries[k].0;
+            ix.map.insert(self.text[start..end].into(), k);
+            start = end;
+        }
+        ix.upto = self.entries.len();
+        ix.map.get(path).map(|&k| self.entries[k].1.clone())
     }
 }
 
@@ -41,11 +77,26 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     pub fn child(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
+        let mut s = String::with_capacity(self.path.len() + 1 + key.len());
+        self.write_child(&mut s, key);
+        s
+    }
+
+    /// The path of item `i` of the array `key` in this table: `key[i]`.
+    pub fn item(&self, key: &str, i: usize) -> String {
+        let mut s = String::with_capacity(self.path.len() + key.len() + 8);
+        self.write_child(&mut s, key);
+        let _ = write!(s, "[{i}]");
+        s
+    }
+
+    /// Appends the path of `key` in this table (as [`Table::child`] spells it) to `out`.
+    pub fn write_child(&self, out: &mut String, key: &str) {
+        if !self.path.is_empty() {
+            out.push_str(&self.path);
+            out.push('.');
         }
+        out.push_str(key);
     }
 }
 
@@ -139,7 +190,7 @@ impl Reader {
         }
     }
 
-    fn missing(&mut self, t: &Table<'_, '_>, key: &str, what: &str) {
+    fn missing(&mut self, t: &Table<'_, '_>, key: &str, what: &dyn std::fmt::Display) {
         let where_ = if t.path.is_empty() {
             "the file".to_string()
         } else {
@@ -183,7 +234,7 @@ impl Reader {
     ) -> Option<Table<'a, 'i>> {
         match v.get_ref() {
             DeValue::Table(t) => {
-                self.spans.insert(path.clone(), v.span());
+                self.spans.insert_str(&path, v.span());
                 Some(Table {
                     entries: t,
                     span: v.span(),
@@ -208,16 +259,15 @@ impl Reader {
         let Some(v) = t.get(key) else {
             return Vec::new();
         };
-        let path = t.child(key);
         match v.get_ref() {
-            DeValue::Table(_) => self.table(v, format!("{path}[0]")).into_iter().collect(),
+            DeValue::Table(_) => self.table(v, t.item(key, 0)).into_iter().collect(),
             DeValue::Array(items) => items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, item)| self.table(item, format!("{path}[{i}]")))
+                .filter_map(|(i, item)| self.table(item, t.item(key, i)))
                 .collect(),
             _ => {
-                self.wrong_type(&path, v, "a table or an array of tables");
+                self.wrong_type(&t.child(key), v, "a table or an array of tables");
                 Vec::new()
             }
         }
@@ -228,11 +278,11 @@ impl Reader {
         t: &Table<'a, 'i>,
         key: &str,
         required: bool,
-        what: &str,
+        what: &dyn std::fmt::Display,
     ) -> Option<&'a Spanned<DeValue<'i>>> {
         match t.get(key) {
             Some(v) => {
-                self.spans.insert(t.child(key), v.span());
+                self.spans.record(v.span(), |s| t.write_child(s, key));
                 Some(v)
             }
             None => {
@@ -245,7 +295,7 @@ impl Reader {
     }
 
     pub fn string(&mut self, t: &Table<'_, '_>, key: &str, required: bool) -> Option<String> {
-        let v = self.raw(t, key, required, "\"...\"")?;
+        let v = self.raw(t, key, required, &"\"...\"")?;
         match v.get_ref() {
             DeValue::String(s) => Some(s.to_string()),
             _ => {
@@ -256,7 +306,7 @@ impl Reader {
     }
 
     pub fn boolean(&mut self, t: &Table<'_, '_>, key: &str) -> Option<bool> {
-        let v = self.raw(t, key, false, "true")?;
+        let v = self.raw(t, key, false, &"true")?;
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             _ => {
@@ -275,7 +325,7 @@ impl Reader {
         min: i64,
         max: i64,
     ) -> Option<i64> {
-        let v = self.raw(t, key, required, &min.max(1).to_string())?;
+        let v = self.raw(t, key, required, &min.max(1))?;
         let path = t.child(key);
         match int_value(v.get_ref()) {
             Some(n) if n >= i128::from(min) && n <= i128::from(max) => Some(n as i64),
@@ -299,7 +349,7 @@ impl Reader {
 
     /// A number (integer or float) as written; range checks are the caller's.
     pub fn number(&mut self, t: &Table<'_, '_>, key: &str, required: bool) -> Option<f64> {
-        let v = self.raw(t, key, required, "1.0")?;
+        let v = self.raw(t, key, required, &"1.0")?;
         match v.get_ref() {
             DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok().or_else(|| {
                 self.wrong_type(&t.child(key), v, "a number");
@@ -315,21 +365,22 @@ impl Reader {
 
     /// An array of strings; each element's span is recorded as `key[i]`.
     pub fn strings(&mut self, t: &Table<'_, '_>, key: &str) -> Option<Vec<String>> {
-        let v = self.raw(t, key, false, "[]")?;
-        let path = t.child(key);
+        let v = self.raw(t, key, false, &"[]")?;
         let DeValue::Array(items) = v.get_ref() else {
-            self.wrong_type(&path, v, "an array of strings");
+            self.wrong_type(&t.child(key), v, "an array of strings");
             return None;
         };
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let p = format!("{path}[{i}]");
             match item.get_ref() {
                 DeValue::String(s) => {
-                    self.spans.insert(p, item.span());
+                    self.spans.record(item.span(), |p| {
+                        t.write_child(p, key);
+                        let _ = write!(p, "[{i}]");
+                    });
                     out.push(s.to_string());
                 }
-                _ => self.wrong_type(&p, item, "a string"),
+                _ => self.wrong_type(&t.item(key, i), item, "a string"),
             }
         }
         Some(out)

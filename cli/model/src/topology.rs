@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::diag::Kind;
 use crate::profile::{ProfileSpec, read_profile_spec};
 use crate::read::{Reader, Table, int_value, show, type_name};
+use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
 
 pub const DEFAULT_CONFIRM_TIMEOUT_S: u64 = 120;
 pub const DEFAULT_SSH_PORT: u16 = 22;
@@ -244,6 +246,28 @@ pub const TARGET_KEYS: &[&str] = &["latency_p99_ms", "wasm_cold_start_ms", "unik
 /// Reads the document tree into a `TopologyFile`. Fields with type errors are skipped (and
 /// reported), so a file with errors still yields as much as can be checked further.
 pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFile> {
+    read_topology_with(r, root, None)
+}
+
+/// [`read_topology`] of a whole document, which it consumes. The nodes are most of a large
+/// file's tree: each node's part is freed as soon as it has been read, while it is still in
+/// cache, rather than all of it afterwards, when a tree larger than the cache has to be
+/// fetched from memory again just to be freed.
+pub fn read_document(r: &mut Reader, mut doc: Spanned<DeTable<'_>>) -> Option<TopologyFile> {
+    let node_items = match doc.get_mut().get_mut("node").map(Spanned::get_mut) {
+        Some(DeValue::Array(items)) => Some(std::mem::replace(items, DeArray::new())),
+        _ => None,
+    };
+    let root = r.root(&doc);
+    read_topology_with(r, &root, node_items)
+}
+
+/// `node_items`: the items of the `node` array, taken out of `root` (which keeps an empty one).
+fn read_topology_with(
+    r: &mut Reader,
+    root: &Table<'_, '_>,
+    node_items: Option<DeArray<'_>>,
+) -> Option<TopologyFile> {
     r.check_keys(root, TOP_KEYS);
     let cluster = match root.get("cluster") {
         Some(v) => r.table(v, "cluster".into()),
@@ -310,7 +334,7 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
     let mut nodes = Vec::new();
     match root.get("node") {
         None => {}
-        Some(v) if !matches!(v.get_ref(), toml::de::DeValue::Array(_)) => {
+        Some(v) if !matches!(v.get_ref(), DeValue::Array(_)) => {
             r.error(
                 Kind::WrongType,
                 v.span(),
@@ -322,11 +346,33 @@ pub fn read_topology(r: &mut Reader, root: &Table<'_, '_>) -> Option<TopologyFil
             .field("node")
             .help("write each node as a [[node]] table (double brackets)");
         }
-        Some(_) => {
-            for t in r.tables(root, "node") {
-                nodes.push(read_node(r, &t));
+        Some(_) => match node_items {
+            None => {
+                for t in r.tables(root, "node") {
+                    nodes.push(read_node(r, &t));
+                }
             }
-        }
+            Some(items) => {
+                // What `r.tables` records and reports, in the same order: every item first,
+                // then each node.
+                let paths: Vec<Option<String>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| r.table(item, root.item("node", i)).map(|t| t.path))
+                    .collect();
+                nodes.reserve_exact(items.len());
+                for (item, path) in items.into_iter().zip(paths) {
+                    if let (Some(path), DeValue::Table(entries)) = (path, item.get_ref()) {
+                        let t = Table {
+                            entries,
+                            span: item.span(),
+                            path,
+                        };
+                        nodes.push(read_node(r, &t));
+                    }
+                }
+            }
+        },
     }
 
     let mut targets = TargetsSpec::default();

@@ -1,5 +1,6 @@
 //! Checks across fields and the resolved, typed cluster that later stages use.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -247,11 +248,12 @@ pub fn validate(file: &TopologyFile, r: &mut Reader, profiles: &mut ProfileSet) 
         v: V { r },
         file,
         profiles,
-        networks: Vec::new(),
+        networks: Networks::default(),
         default_features: None,
-        names: HashMap::new(),
-        hosts: HashMap::new(),
-        macs: HashMap::new(),
+        // Sized once: growing tables of thousands of nodes rehashes them several times.
+        names: HashMap::with_capacity(file.nodes.len()),
+        hosts: HashMap::with_capacity(file.nodes.len()),
+        macs: HashMap::with_capacity(file.nodes.len()),
         addrs: HashMap::new(),
     };
     ck.check_cluster_table();
@@ -287,25 +289,119 @@ struct Check<'a, 'f> {
     file: &'f TopologyFile,
     profiles: &'a mut ProfileSet,
     /// The declared networks, then those inferred from node addresses.
-    networks: Vec<Network>,
+    networks: Networks,
     /// The `[defaults]` feature set; `None` when it had an error.
     default_features: Option<BTreeSet<Feature>>,
-    /// Lowercased node name to the first node's index and spelling.
-    names: HashMap<String, (usize, String)>,
+    /// Lowercased node name to the first node's index. Values here are node indices, not
+    /// names or labels, so that checking a node allocates nothing for them.
+    names: HashMap<Cow<'f, str>, usize>,
     hosts: HashMap<(&'f str, u16), usize>,
-    macs: HashMap<Mac, String>,
-    addrs: HashMap<(String, Ipv4Addr), String>,
+    macs: HashMap<Mac, usize>,
+    /// Network name, then address, to the node that has it.
+    addrs: HashMap<String, HashMap<Ipv4Addr, usize>>,
+}
+
+/// The cluster's networks, with what each node's interfaces look up in them indexed: with a
+/// subnet per node, every node adds an implicit network, and scanning them all for each node
+/// made checking quadratic.
+#[derive(Default)]
+struct Networks {
+    list: Vec<Network>,
+    /// A name to the first network with it.
+    by_name: HashMap<String, usize>,
+    /// A subnet (prefix length, network address) to the first network with it.
+    by_subnet: HashMap<(u8, u32), usize>,
+    /// The prefix lengths of `by_subnet`: an address is looked up once for each.
+    prefixes: BTreeSet<u8>,
+    /// How many of `list` are implicit.
+    implicit: usize,
+}
+
+impl Networks {
+    fn push(&mut self, net: Network) {
+        let k = self.list.len();
+        let subnet = net.subnet.network();
+        self.by_name.entry(net.name.clone()).or_insert(k);
+        self.by_subnet
+            .entry((subnet.prefix, u32::from(subnet.addr)))
+            .or_insert(k);
+        self.prefixes.insert(subnet.prefix);
+        self.implicit += usize::from(net.implicit);
+        self.list.push(net);
+    }
+
+    /// The first network named `name`.
+    fn named(&self, name: &str) -> Option<&Network> {
+        self.by_name.get(name).map(|&k| &self.list[k])
+    }
+
+    /// The first network whose subnet holds `a`.
+    fn containing(&self, a: Ipv4Addr) -> Option<&Network> {
+        self.prefixes
+            .iter()
+            .filter_map(|&prefix| {
+                let net = Ipv4Cidr { addr: a, prefix }.network();
+                self.by_subnet.get(&(prefix, u32::from(net.addr)))
+            })
+            .min()
+            .map(|&k| &self.list[k])
+    }
 }
 
 /// The parts of a node's checks that later checks of the same node need.
 struct NodeCtx<'n> {
     /// The node's index in the file.
     i: usize,
-    /// `node[i]`: the path every field of this node is reported under.
-    np: String,
-    /// How messages name the node: by its name, or as `node[i]` when it has none.
-    label: String,
+    np: NodePath,
+    label: NodeLabel<'n>,
     n: &'n NodeSpec,
+}
+
+impl NodeCtx<'_> {
+    /// Where the node's profile came from: there a conflict with the profile is reported
+    /// when no feature entry is to blame.
+    fn profile_path(&self) -> String {
+        if self.n.profile.is_some() {
+            format!("{}.profile", self.np)
+        } else {
+            "defaults.profile".to_string()
+        }
+    }
+}
+
+/// `node[i]`: the path every field of node `i` is reported under. Paths and labels are
+/// written out only for a report, not for each of thousands of valid nodes.
+#[derive(Clone, Copy)]
+struct NodePath(usize);
+
+impl std::fmt::Display for NodePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node[{}]", self.0)
+    }
+}
+
+/// `node[i].lan[j]`, written out only for a report.
+#[derive(Clone, Copy)]
+struct LanPath(NodePath, usize);
+
+impl std::fmt::Display for LanPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.lan[{}]", self.0, self.1)
+    }
+}
+
+/// How messages name node `i`: by its name, or as `node[i]` when it has none.
+#[derive(Clone, Copy)]
+struct NodeLabel<'n>(usize, &'n NodeSpec);
+
+impl std::fmt::Display for NodeLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.1.name.is_empty() {
+            NodePath(self.0).fmt(f)
+        } else {
+            write!(f, "node `{}`", self.1.name)
+        }
+    }
 }
 
 impl<'f> Check<'_, 'f> {
@@ -436,7 +532,7 @@ impl<'f> Check<'_, 'f> {
                         .help(format!("write \"{}\"", s.network()));
                 }
                 Ok(s) => {
-                    if let Some(o) = self.networks.iter().find(|o| o.subnet.overlaps(&s)) {
+                    if let Some(o) = self.networks.list.iter().find(|o| o.subnet.overlaps(&s)) {
                         let other = o.name.clone();
                         self.v
                             .err(
@@ -467,7 +563,7 @@ impl<'f> Check<'_, 'f> {
             Some(list) => parse_features(
                 &mut self.v,
                 list,
-                "defaults.features",
+                &"defaults.features",
                 &BTreeSet::new(),
                 true,
             ),
@@ -482,13 +578,12 @@ impl<'f> Check<'_, 'f> {
     /// Checks node `i` and builds it; `None` when its profile or features could not be worked
     /// out (the other checks report without stopping the node).
     fn check_node(&mut self, i: usize, n: &'f NodeSpec) -> Option<Node> {
-        let np = format!("node[{i}]");
-        let label = if n.name.is_empty() {
-            np.clone()
-        } else {
-            format!("node `{}`", n.name)
+        let node = NodeCtx {
+            i,
+            np: NodePath(i),
+            label: NodeLabel(i, n),
+            n,
         };
-        let node = NodeCtx { i, np, label, n };
 
         self.check_node_name(&node);
         let port = n
@@ -499,11 +594,11 @@ impl<'f> Check<'_, 'f> {
         let user = self.node_user(&node);
         self.check_device_paths(&node);
         let control_ip = self.node_control_ip(&node);
-        let (profile, profile_path) = self.node_profile(&node);
+        let profile = self.node_profile(&node);
         let roles = self.node_roles(&node);
         let features = self.node_features(&node, &roles);
         if let (Some(fs), Some(p)) = (&features, &profile) {
-            self.check_cuda_has_gpu(&node, fs, p, &profile_path);
+            self.check_cuda_has_gpu(&node, fs, p);
         }
         self.check_tags(&node);
         let interfaces = self.node_interfaces(&node);
@@ -551,8 +646,13 @@ impl<'f> Check<'_, 'f> {
         // Names that differ only in case are one name to DNS (the agent's certificate is
         // `<node>.node.edgectl`) and to a case-insensitive controller disk (macOS), where
         // each node's keys live in a folder named after it.
-        let key = n.name.to_ascii_lowercase();
-        if let Some(&(first, ref other)) = self.names.get(&key) {
+        let key = if n.name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(n.name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(n.name.as_str())
+        };
+        if let Some(&first) = self.names.get(&key) {
+            let other = &self.file.nodes[first].name;
             let line = self.v.line_of(&format!("node[{first}].name"));
             let msg = if *other == n.name {
                 format!("node name `{}` is already used on line {line}", n.name)
@@ -567,7 +667,7 @@ impl<'f> Check<'_, 'f> {
                 .value(format!("{:?}", n.name))
                 .help("give every node a unique name");
         } else {
-            self.names.insert(key, (i, n.name.clone()));
+            self.names.insert(key, i);
         }
     }
 
@@ -653,21 +753,15 @@ impl<'f> Check<'_, 'f> {
         }
     }
 
-    /// Profile: the node's or the default one, resolved. Also returns the path it came from,
-    /// where a conflict with the profile is reported when no feature entry is to blame.
-    fn node_profile(&mut self, node: &NodeCtx<'f>) -> (Option<Arc<Profile>>, String) {
+    /// Profile: the node's or the default one, resolved.
+    fn node_profile(&mut self, node: &NodeCtx<'f>) -> Option<Arc<Profile>> {
         let (np, label, n) = (&node.np, &node.label, node.n);
-        let profile_path = if n.profile.is_some() {
-            format!("{np}.profile")
-        } else {
-            "defaults.profile".to_string()
-        };
-        let profile = match n.profile.as_ref().or(self.file.defaults.profile.as_ref()) {
+        match n.profile.as_ref().or(self.file.defaults.profile.as_ref()) {
             None => {
                 self.v
                     .err(
                         Kind::MissingField,
-                        np,
+                        &np.to_string(),
                         format!("{label} has no hardware profile"),
                     )
                     .help("add `profile = \"c220g5\"` to the node, or to [defaults]");
@@ -676,13 +770,12 @@ impl<'f> Check<'_, 'f> {
             Some(p) if !self.profiles.contains(p) => {
                 // An unknown default profile was reported once, by `read_defaults`.
                 if n.profile.is_some() {
-                    unknown_profile(&mut self.v, &profile_path, p, self.profiles);
+                    unknown_profile(&mut self.v, &node.profile_path(), p, self.profiles);
                 }
                 None
             }
             Some(p) => self.profiles.resolve(p, &mut self.v.r.diags).ok(),
-        };
-        (profile, profile_path)
+        }
     }
 
     /// Roles, by name; unknown ones are reported and left out.
@@ -717,12 +810,12 @@ impl<'f> Check<'_, 'f> {
         roles: &BTreeSet<Role>,
     ) -> Option<BTreeSet<Feature>> {
         let (np, label, n) = (&node.np, &node.label, node.n);
-        let mut features = self.default_features.clone().and_then(|d| {
+        let mut features = self.default_features.as_ref().and_then(|d| {
             parse_features(
                 &mut self.v,
                 &n.features,
-                &format!("{np}.features"),
-                &d,
+                &format_args!("{np}.features"),
+                d,
                 false,
             )
         });
@@ -754,7 +847,6 @@ impl<'f> Check<'_, 'f> {
         node: &NodeCtx<'f>,
         features: &BTreeSet<Feature>,
         p: &Profile,
-        profile_path: &str,
     ) {
         let (np, label, n) = (&node.np, &node.label, node.n);
         if !features.contains(&Feature::Cuda) || p.has_gpu() {
@@ -771,7 +863,7 @@ impl<'f> Check<'_, 'f> {
                     .position(|f| f == "cuda")
                     .map(|j| format!("defaults.features[{j}]"))
             })
-            .unwrap_or(profile_path.to_string());
+            .unwrap_or_else(|| node.profile_path());
         let gpu_profiles: Vec<&str> = Vec::from_iter(["c240g5", "c4130", "d7525"]);
         self.v.err(Kind::CudaWithoutGpu, &at, format!("{label} enables `cuda` but its profile `{}` has no GPU", p.name))
                 .value("\"cuda\"")
@@ -801,23 +893,20 @@ impl<'f> Check<'_, 'f> {
     /// Experiment-LAN interfaces. One without a valid MAC is checked but not kept (edgectl
     /// finds the NIC on the node by its MAC).
     fn node_interfaces(&mut self, node: &NodeCtx<'f>) -> Vec<Interface> {
-        let (np, label, n) = (&node.np, &node.label, node.n);
+        let (np, n) = (&node.np, node.n);
         let mut interfaces = Vec::new();
         for (j, l) in n.lan.iter().enumerate() {
-            let lp = format!("{np}.lan[{j}]");
-            let mac = self.lan_mac(&lp, label, l);
-            let addr = self.lan_address(&lp, l);
+            let lp = LanPath(*np, j);
+            let mac = self.lan_mac(lp, node.i, l);
+            let addr = self.lan_address(lp, l);
             let Some(addr) = addr else { continue };
-            let Some(net_name) = self.lan_network(&lp, l, addr) else {
+            let Some(net_name) = self.lan_network(lp, l, addr) else {
                 continue;
             };
-            self.check_unique_address(&lp, label, l, &net_name, addr);
-            let vlan = l.vlan.or_else(|| {
-                self.networks
-                    .iter()
-                    .find(|x| x.name == net_name)
-                    .and_then(|x| x.vlan)
-            });
+            self.check_unique_address(lp, node.i, l, &net_name, addr);
+            let vlan = l
+                .vlan
+                .or_else(|| self.networks.named(&net_name).and_then(|x| x.vlan));
             if let Some(mac) = mac {
                 interfaces.push(Interface {
                     network: net_name,
@@ -831,19 +920,19 @@ impl<'f> Check<'_, 'f> {
     }
 
     /// The interface's MAC, parsed and unique across the cluster; `None` when empty or bad.
-    fn lan_mac(&mut self, lp: &str, label: &str, l: &LanSpec) -> Option<Mac> {
+    fn lan_mac(&mut self, lp: LanPath, i: usize, l: &LanSpec) -> Option<Mac> {
         if l.mac.is_empty() {
             return None;
         }
         match Mac::parse(&l.mac) {
             Ok(m) => {
-                if let Some(other) = self.macs.get(&m) {
-                    let other = other.clone();
+                if let Some(&first) = self.macs.get(&m) {
+                    let other = NodeLabel(first, &self.file.nodes[first]).to_string();
                     self.v.err(Kind::DuplicateMac, &format!("{lp}.mac"), format!("MAC {m} is already used by {other}"))
                         .value(format!("{:?}", l.mac))
                         .help("every interface has its own MAC; copy it from `ip link` or the CloudLab manifest");
                 } else {
-                    self.macs.insert(m, label.to_string());
+                    self.macs.insert(m, i);
                 }
                 Some(m)
             }
@@ -862,7 +951,7 @@ impl<'f> Check<'_, 'f> {
     }
 
     /// The interface's address with its prefix, a host address; `None` when empty or bad.
-    fn lan_address(&mut self, lp: &str, l: &LanSpec) -> Option<Ipv4Cidr> {
+    fn lan_address(&mut self, lp: LanPath, l: &LanSpec) -> Option<Ipv4Cidr> {
         if l.address.is_empty() {
             return None;
         }
@@ -908,11 +997,12 @@ impl<'f> Check<'_, 'f> {
 
     /// The network the interface is on: the one it names, which must hold its address, or the
     /// one whose subnet holds it, or a new implicit `lanN`. `None` after reporting why not.
-    fn lan_network(&mut self, lp: &str, l: &LanSpec, addr: Ipv4Cidr) -> Option<String> {
+    fn lan_network(&mut self, lp: LanPath, l: &LanSpec, addr: Ipv4Cidr) -> Option<String> {
         match &l.network {
-            Some(name) => match self.networks.iter().find(|x| &x.name == name) {
+            Some(name) => match self.networks.named(name) {
                 None => {
-                    let known: Vec<&str> = self.networks.iter().map(|x| x.name.as_str()).collect();
+                    let known: Vec<&str> =
+                        self.networks.list.iter().map(|x| x.name.as_str()).collect();
                     let help = match did_you_mean(name, known.iter().copied()) {
                         Some(m) => format!("did you mean \"{m}\"?"),
                         None if known.is_empty() => format!(
@@ -949,7 +1039,7 @@ impl<'f> Check<'_, 'f> {
                 }
                 Some(net) => Some(net.name.clone()),
             },
-            None => match self.networks.iter().find(|x| x.subnet.contains(addr.addr)) {
+            None => match self.networks.containing(addr.addr) {
                 Some(net) if net.subnet.prefix != addr.prefix => {
                     let (nn, ns) = (net.name.clone(), net.subnet);
                     self.v
@@ -967,8 +1057,7 @@ impl<'f> Check<'_, 'f> {
                 }
                 Some(net) => Some(net.name.clone()),
                 None => {
-                    let name =
-                        format!("lan{}", self.networks.iter().filter(|x| x.implicit).count());
+                    let name = format!("lan{}", self.networks.implicit);
                     self.networks.push(Network {
                         name: name.clone(),
                         subnet: addr.network(),
@@ -984,14 +1073,19 @@ impl<'f> Check<'_, 'f> {
     /// No two interfaces on one network may share an address.
     fn check_unique_address(
         &mut self,
-        lp: &str,
-        label: &str,
+        lp: LanPath,
+        i: usize,
         l: &LanSpec,
         net_name: &str,
         addr: Ipv4Cidr,
     ) {
-        if let Some(other) = self.addrs.get(&(net_name.to_string(), addr.addr)) {
-            let other = other.clone();
+        let first = self
+            .addrs
+            .get(net_name)
+            .and_then(|m| m.get(&addr.addr))
+            .copied();
+        if let Some(first) = first {
+            let other = NodeLabel(first, &self.file.nodes[first]).to_string();
             self.v
                 .err(
                     Kind::DuplicateAddress,
@@ -1003,9 +1097,11 @@ impl<'f> Check<'_, 'f> {
                 )
                 .value(format!("{:?}", l.address))
                 .help("give every interface on a LAN its own address");
+        } else if let Some(m) = self.addrs.get_mut(net_name) {
+            m.insert(addr.addr, i);
         } else {
             self.addrs
-                .insert((net_name.to_string(), addr.addr), label.to_string());
+                .insert(net_name.to_string(), HashMap::from([(addr.addr, i)]));
         }
     }
 
@@ -1123,7 +1219,7 @@ impl<'f> Check<'_, 'f> {
             site: c.site.clone(),
             expires: c.expires.clone(),
             ssh_keys: c.ssh_keys.clone(),
-            networks: self.networks,
+            networks: self.networks.list,
             nodes,
             targets: self.file.targets.clone(),
             secrets,
@@ -1482,7 +1578,7 @@ fn unknown_profile(v: &mut V<'_>, path: &str, p: &str, profiles: &ProfileSet) {
 fn parse_features(
     v: &mut V<'_>,
     list: &[String],
-    path: &str,
+    path: &dyn std::fmt::Display,
     base: &BTreeSet<Feature>,
     is_defaults: bool,
 ) -> Option<BTreeSet<Feature>> {
