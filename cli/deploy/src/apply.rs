@@ -107,6 +107,7 @@ pub fn rollback(
         systems,
         contexts: BTreeMap::new(),
         topology_hash: st.topology_hash.clone().unwrap_or_default(),
+        derivations: BTreeMap::new(),
         loaded: run.loaded,
         state_dir: run.state_dir,
     };
@@ -218,6 +219,8 @@ struct ApplyRun<'a> {
     cluster: Cluster,
     selected: Vec<String>,
     systems: BTreeMap<String, String>,
+    /// With `--build-on nodes`: what each node builds (else empty).
+    derivations: BTreeMap<String, String>,
     opts: &'a Options,
     rt: tokio::runtime::Runtime,
     end: Arc<NodeEnd>,
@@ -233,6 +236,7 @@ impl<'a> ApplyRun<'a> {
             state_dir,
             selected,
             systems,
+            derivations,
             contexts,
             topology_hash,
         } = p;
@@ -253,6 +257,7 @@ impl<'a> ApplyRun<'a> {
             cluster: loaded.cluster,
             selected,
             systems,
+            derivations,
             opts,
             rt: runtime(opts.parallel),
             end: Arc::new(end),
@@ -309,10 +314,20 @@ impl<'a> ApplyRun<'a> {
         sessions
     }
 
-    /// Gets the closures onto the nodes that need them (fanned out or direct, see `fanout`).
+    /// Gets the systems onto the nodes that need them: closures fanned out or copied (see
+    /// `fanout`), or with `--build-on nodes` derivations that each node builds (`node_build`).
     fn distribute(&self, sessions: &[Arc<Session>]) -> Deliveries {
         let needing: Vec<Arc<Session>> =
             sessions.iter().filter(|s| !s.unchanged).cloned().collect();
+        if !self.derivations.is_empty() {
+            return crate::node_build::build_on_nodes(
+                &self.rt,
+                &needing,
+                &self.derivations,
+                self.opts.parallel,
+                &self.end.tx,
+            );
+        }
         crate::fanout::copy_closures(
             &self.rt,
             &needing,

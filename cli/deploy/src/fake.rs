@@ -16,6 +16,7 @@ pub enum Call {
     Run { argv: Vec<String>, root: bool },
     Fresh,
     Copy(Vec<String>),
+    CopyDerivations(Vec<String>),
     Upload { path: String, mode: u32 },
 }
 
@@ -176,6 +177,14 @@ impl Host for FakeHost {
 
     fn copy_closure(&self, paths: &[String]) -> Result<(), String> {
         lock(&self.inner.calls).push(Call::Copy(paths.to_vec()));
+        match lock(&self.inner.copy_error).clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn copy_derivations(&self, drvs: &[String]) -> Result<(), String> {
+        lock(&self.inner.calls).push(Call::CopyDerivations(drvs.to_vec()));
         match lock(&self.inner.copy_error).clone() {
             Some(e) => Err(e),
             None => Ok(()),

@@ -63,6 +63,8 @@ pub enum Source {
     Held,
     /// Meant to come over the LAN, but came from the controller: see `fallback_reason`.
     ControllerFallback,
+    /// Built by the node itself from derivations the controller sent (`--build-on nodes`).
+    BuiltOnNode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,7 +77,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn from(from: Source, seed: Option<&Session>) -> Delivery {
+    pub(crate) fn from(from: Source, seed: Option<&Session>) -> Delivery {
         Delivery {
             from,
             seed: seed.map(|s| s.name.clone()),
@@ -104,6 +106,8 @@ pub enum FanoutError {
     Required(String),
     /// The cluster's own SSH key could not be made or read.
     ClusterKey(String),
+    /// The node could not build its own system (`--build-on nodes`); Nix's account.
+    NodeBuild(String),
 }
 
 impl std::fmt::Display for FanoutError {
@@ -120,6 +124,10 @@ impl std::fmt::Display for FanoutError {
             FanoutError::Required(why) => write!(
                 f,
                 "fan-out is required, but {why}; not copied from the controller (`--fanout on` allows that)"
+            ),
+            FanoutError::NodeBuild(d) => write!(
+                f,
+                "building the system on the node failed: {d}; check the binary caches the node reaches (`nix.settings.substituters`) and its free space under /nix, or build here with `--build-on controller`"
             ),
             FanoutError::ClusterKey(d) => write!(
                 f,

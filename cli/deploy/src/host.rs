@@ -66,6 +66,9 @@ pub trait Host: Send + Sync {
     fn host_key(&self) -> Option<HostKey>;
     /// Copies store paths (with their closure) to the node.
     fn copy_closure(&self, paths: &[String]) -> Result<(), String>;
+    /// Copies derivations (`.drv` files and their closure, not their outputs) to the node, for
+    /// the node to build.
+    fn copy_derivations(&self, drvs: &[String]) -> Result<(), String>;
     /// Writes `bytes` to `path` as root with `mode`, atomically (temp file, then rename), so
     /// secrets never pass through argv or the Nix store.
     fn upload(&self, path: &str, bytes: &[u8], mode: u32) -> Result<(), HostError>;
@@ -391,13 +394,29 @@ impl Host for SshHost {
     }
 
     fn copy_closure(&self, paths: &[String]) -> Result<(), String> {
+        self.nix_copy(paths, false)
+    }
+
+    fn copy_derivations(&self, drvs: &[String]) -> Result<(), String> {
+        self.nix_copy(drvs, true)
+    }
+}
+
+impl SshHost {
+    /// `nix copy` to the node over OpenSSH (with the pinned key), of the paths or, with
+    /// `derivation`, of the derivations themselves.
+    fn nix_copy(&self, paths: &[String], derivation: bool) -> Result<(), String> {
         let t = &self.target;
         let mut url = format!("ssh://{}@{}", t.user, t.host);
         if t.user != "root" {
             url.push_str("?remote-program=sudo%20-n%20nix-store");
         }
-        let out = std::process::Command::new("nix")
-            .args(["copy", "--to", &url])
+        let mut c = std::process::Command::new("nix");
+        c.args(["copy", "--to", &url]);
+        if derivation {
+            c.arg("--derivation");
+        }
+        let out = c
             .args(paths)
             .env("NIX_SSHOPTS", self.nix_sshopts())
             .output()

@@ -115,6 +115,86 @@ pub fn build_toplevels(
     Ok(out)
 }
 
+/// A node's system as a derivation to build (`--build-on nodes`): the `.drv` (in this machine's
+/// store once evaluated) and the output path it will produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instantiated {
+    pub drv: String,
+    pub out: String,
+}
+
+/// The `--apply` function for [`instantiate_toplevels`]: the selected configurations' toplevel
+/// derivation and output paths, by node. Only those are forced; the names are Nix strings.
+pub fn instantiate_expr(nodes: &[String]) -> Result<String, NixError> {
+    let names = nodes
+        .iter()
+        .map(|n| edgectl_render::nix::string(n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NixError::Output {
+            what: "a node name",
+            detail: format!("a NUL in {:?}", e.0),
+        })?;
+    Ok(format!(
+        "cs: builtins.listToAttrs (map (n: let t = cs.${{n}}.config.system.build.toplevel; in {{ name = n; value = {{ drv = t.drvPath; out = t.outPath; }}; }}) [ {} ])",
+        names.join(" ")
+    ))
+}
+
+/// Reads what `nix eval --json` printed for [`instantiate_expr`]: every node must be there.
+pub fn parse_instantiated(
+    json: &[u8],
+    nodes: &[String],
+) -> Result<BTreeMap<String, Instantiated>, NixError> {
+    let odd = |detail: String| NixError::Output {
+        what: "nix eval --json",
+        detail,
+    };
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| odd(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let path = |k: &str| {
+            v[n][k]
+                .as_str()
+                .filter(|p| p.starts_with('/'))
+                .map(String::from)
+                .ok_or_else(|| odd(format!("no {k} path for {n}")))
+        };
+        out.insert(
+            n.clone(),
+            Instantiated {
+                drv: path("drv")?,
+                out: path("out")?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Evaluates every node's toplevel in one `nix eval`, building nothing: the derivations land in
+/// this machine's store and the nodes build them (`--build-on nodes`).
+pub fn instantiate_toplevels(
+    flake: &Path,
+    nodes: &[String],
+    args: &NixArgs,
+) -> Result<BTreeMap<String, Instantiated>, NixError> {
+    if nodes.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut c = Command::new("nix");
+    c.args(["eval", "--json", "--no-write-lock-file"]);
+    args.apply(&mut c);
+    c.arg(format!("path:{}#nixosConfigurations", flake.display()))
+        .arg("--apply")
+        .arg(instantiate_expr(nodes)?);
+    let o = c.output().map_err(NixError::Missing)?;
+    if !o.status.success() {
+        return Err(NixError::Build {
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        });
+    }
+    parse_instantiated(&o.stdout, nodes)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PathInfo {
     pub path: String,
@@ -242,6 +322,23 @@ pub fn diff_closures(old: &[PathInfo], new: &[PathInfo]) -> ClosureDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instantiation_forces_only_the_selected_nodes_by_escaped_name() {
+        let e = instantiate_expr(&["n1".into(), "a\"b${x}".into()]).unwrap();
+        assert!(e.ends_with(r#"[ "n1" "a\"b\${x}" ])"#), "{e}");
+        let json = br#"{"n1":{"drv":"/nix/store/a-n1.drv","out":"/nix/store/b-n1"}}"#;
+        let got = parse_instantiated(json, &["n1".into()]).unwrap();
+        assert_eq!(
+            got["n1"],
+            Instantiated {
+                drv: "/nix/store/a-n1.drv".into(),
+                out: "/nix/store/b-n1".into()
+            }
+        );
+        let e = parse_instantiated(json, &["n1".into(), "n2".into()]).unwrap_err();
+        assert!(e.to_string().contains("no drv path for n2"), "{e}");
+    }
 
     #[test]
     fn odd_path_info_is_an_error_that_names_the_command() {

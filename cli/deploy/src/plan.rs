@@ -132,8 +132,9 @@ impl<'a> PlanRun<'a> {
     /// Evaluates and builds the selected systems, while the nodes are read.
     fn build(mut self) -> Result<PlanRun<'a>, EngineError> {
         match build_systems(&self.p, self.opts, &self.tx) {
-            Ok(s) => {
-                self.p.systems = s;
+            Ok((systems, derivations)) => {
+                self.p.systems = systems;
+                self.p.derivations = derivations;
                 Ok(self)
             }
             Err(e) => {

@@ -28,6 +28,21 @@ pub struct Options {
     pub load: LoadOptions,
     /// Upload each closure once and spread it over the cluster LAN (see `fanout`).
     pub fanout: crate::fanout::Fanout,
+    /// Where the systems are built: here, or each on its node from its derivations.
+    pub build_on: BuildOn,
+}
+
+/// Where `plan` and `apply` build the systems.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildOn {
+    /// Build here and copy the closures (fanned out or direct).
+    #[default]
+    Controller,
+    /// Evaluate here, copy only the derivations, and let each node build its own system,
+    /// substituting from the binary caches it reaches: on a testbed, the nodes' datacenter
+    /// link is far faster than a laptop's uplink.
+    Nodes,
 }
 
 impl Default for Options {
@@ -42,6 +57,7 @@ impl Default for Options {
             nix: NixArgs::default(),
             load: LoadOptions::default(),
             fanout: crate::fanout::Fanout::On,
+            build_on: BuildOn::Controller,
         }
     }
 }
@@ -173,6 +189,8 @@ pub(crate) struct Prepared {
     pub(crate) state_dir: PathBuf,
     pub(crate) selected: Vec<String>,
     pub(crate) systems: BTreeMap<String, String>,
+    /// With `--build-on nodes`: each selected node's system derivation (else empty).
+    pub(crate) derivations: BTreeMap<String, String>,
     pub(crate) contexts: BTreeMap<String, Value>,
     pub(crate) topology_hash: String,
 }
@@ -212,34 +230,57 @@ pub(crate) fn prepare(
         state_dir,
         selected,
         systems: BTreeMap::new(),
+        derivations: BTreeMap::new(),
         contexts,
         topology_hash,
     };
     if build {
-        p.systems = build_systems(&p, opts, tx)?;
+        (p.systems, p.derivations) = build_systems(&p, opts, tx)?;
     }
     Ok(p)
 }
 
-/// Evaluates and builds the selected hosts' systems from the flake `prepare` wrote.
+/// Node -> system path, and node -> derivation when the nodes build.
+pub(crate) type Built = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+/// Evaluates and builds the selected hosts' systems from the flake `prepare` wrote; with
+/// `--build-on nodes`, evaluates only (the derivations, and the paths they will produce).
 pub(crate) fn build_systems(
     p: &Prepared,
     opts: &Options,
     tx: &Sender,
-) -> Result<BTreeMap<String, String>, EngineError> {
-    let systems = step(
-        tx,
-        "",
-        Phase::Evaluate,
-        format!("evaluating and building {} host(s)", p.selected.len()),
-        || {
-            nixcmd::build_toplevels(&p.state_dir.join("flake"), &p.selected, &opts.nix).map(|s| {
-                let done = format!("built {} system(s)", s.len());
-                (s, done)
-            })
-        },
-    )?;
-    Ok(systems)
+) -> Result<Built, EngineError> {
+    let flake = p.state_dir.join("flake");
+    let n = p.selected.len();
+    let built = match opts.build_on {
+        BuildOn::Controller => step(
+            tx,
+            "",
+            Phase::Evaluate,
+            format!("evaluating and building {n} host(s)"),
+            || {
+                nixcmd::build_toplevels(&flake, &p.selected, &opts.nix).map(|s| {
+                    let done = format!("built {} system(s)", s.len());
+                    ((s, BTreeMap::new()), done)
+                })
+            },
+        )?,
+        BuildOn::Nodes => step(
+            tx,
+            "",
+            Phase::Evaluate,
+            format!("evaluating {n} host(s); each node builds its own"),
+            || {
+                nixcmd::instantiate_toplevels(&flake, &p.selected, &opts.nix).map(|m| {
+                    let done = format!("{} derivation(s) to build on the nodes", m.len());
+                    let systems = m.iter().map(|(k, v)| (k.clone(), v.out.clone())).collect();
+                    let drvs = m.into_iter().map(|(k, v)| (k, v.drv)).collect();
+                    ((systems, drvs), done)
+                })
+            },
+        )?,
+    };
+    Ok(built)
 }
 
 pub(crate) fn target_for(

@@ -109,6 +109,12 @@ enum Command {
         /// cluster changed since.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Where the systems are built: `controller` (here; the closures are then copied), or
+        /// `nodes` (evaluated here; each node gets only its derivations and builds its own
+        /// system, substituting from the binary caches it reaches: the choice when the nodes'
+        /// link is much faster than this machine's, as on CloudLab from a laptop).
+        #[arg(long, value_enum, default_value = "controller")]
+        build_on: edgectl_deploy::BuildOn,
     },
     /// Build, copy and activate with confirmation; a node not confirmed in time rolls back.
     #[command(after_help = EXIT_CODES)]
@@ -130,6 +136,12 @@ enum Command {
         /// machine to every node.
         #[arg(long, value_enum, default_value = "on")]
         fanout: edgectl_deploy::fanout::Fanout,
+        /// Where the systems are built: `controller` (here; the closures are then copied), or
+        /// `nodes` (evaluated here; each node gets only its derivations and builds its own
+        /// system, substituting from the binary caches it reaches: the choice when the nodes'
+        /// link is much faster than this machine's, as on CloudLab from a laptop).
+        #[arg(long, value_enum, default_value = "controller")]
+        build_on: edgectl_deploy::BuildOn,
     },
     /// Check every node against its profile, the topology and the targets, through the agents.
     #[command(after_help = EXIT_CODES)]
@@ -280,16 +292,28 @@ fn main() -> ExitCode {
         } => cmd::generate::run(&ctx, &file, &out, force, json, &profiles),
         Command::Import(c) => cmd::cloudlab::import(&ctx, c),
         Command::Export(c) => cmd::cloudlab::export(&ctx, c),
-        Command::Plan { file, deploy, out } => {
-            cmd::deploy::plan(&ctx, &file, &deploy, out.as_deref())
-        }
+        Command::Plan {
+            file,
+            deploy,
+            out,
+            build_on,
+        } => cmd::deploy::plan(&ctx, &file, &deploy, out.as_deref(), build_on),
         Command::Apply {
             file,
             deploy,
             goal,
             confirm_timeout,
             fanout,
-        } => cmd::deploy::apply(&ctx, &file, &deploy, goal, confirm_timeout, fanout),
+            build_on,
+        } => {
+            let how = cmd::deploy::How {
+                goal,
+                confirm_timeout,
+                fanout,
+                build_on,
+            };
+            cmd::deploy::apply(&ctx, &file, &deploy, how)
+        }
         Command::Verify { file, args } => cmd::verify::run(&ctx, &file, &args),
         Command::Agent(a) => cmd::verify::agent(&a),
         Command::Install {

@@ -419,6 +419,79 @@ fn closure_from(o: &Output) -> Vec<(String, String, Option<String>)> {
         .collect()
 }
 
+/// Whether this machine's store holds `path`.
+fn in_local_store(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn bridge_tx(l: &Lab) -> u64 {
+    std::fs::read_to_string(format!(
+        "/sys/class/net/{}/statistics/tx_bytes",
+        l.rig.bridge
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// `--build-on nodes`: the controller evaluates and sends each node its derivations only; the
+/// node builds its own system (the fixture's builders, no cache) and activates it as usual. The
+/// systems never land in the controller's store, and the payload never crosses its link.
+#[test]
+fn build_on_nodes_sends_derivations_and_each_node_builds_its_own_system() {
+    let Some(mut l) = lab(2) else { return };
+    l.with_payload(16);
+    // What the nodes will build, evaluated only; gone from this store if an earlier run of
+    // this machine built the same systems here.
+    let o = l.run(&["apply", "--goal", "build", "--build-on", "nodes", "--json"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let systems: Vec<String> = last_json(&o)["report"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["system"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(systems.len(), 2);
+    for s in &systems {
+        let _ = Command::new("nix-store")
+            .args(["--delete", s])
+            .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG)
+            .output();
+        assert!(!in_local_store(s), "{s} is still in this machine's store");
+    }
+    let o = l.run(&["plan", "--build-on", "nodes"]);
+    assert_eq!(code(&o), 2, "changes to make: {}", explain(&o));
+    let before = bridge_tx(&l);
+    let o = l.run(&["apply", "--build-on", "nodes", "--json"]);
+    let sent = bridge_tx(&l) - before;
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    assert_eq!(
+        closure_from(&o),
+        vec![
+            ("n1".into(), "built-on-node".into(), None),
+            ("n2".into(), "built-on-node".into(), None),
+        ]
+    );
+    for (i, s) in systems.iter().enumerate() {
+        assert_eq!(l.current(i).as_deref(), Some(s.as_str()), "node {i}");
+        assert!(!in_local_store(s), "{s} was built on the controller");
+    }
+    // Two nodes' derivations and the SSH sessions around them, not 2 x 16 MiB of closure.
+    assert!(
+        sent < 4 << 20,
+        "the controller sent {sent} bytes for 2 nodes; the payload alone is 16 MiB"
+    );
+    let o = l.run(&["plan", "--build-on", "nodes"]);
+    assert_eq!(code(&o), 0, "nothing left to do: {}", explain(&o));
+}
+
 /// A peer the seed cannot log in to (its authorized_keys cannot take the cluster key) still
 /// gets its system, from the controller, and the user is told: a warning event, and the
 /// report's `closure` says `controller-fallback` with the reason. With `--fanout require` the

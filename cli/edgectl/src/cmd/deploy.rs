@@ -44,8 +44,15 @@ pub(crate) fn short(p: &Option<String>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn plan(ctx: &Ctx, file: &Path, a: &DeployArgs, out: Option<&Path>) -> u8 {
+pub fn plan(
+    ctx: &Ctx,
+    file: &Path,
+    a: &DeployArgs,
+    out: Option<&Path>,
+    build_on: edgectl_deploy::BuildOn,
+) -> u8 {
     let mut opts = options(a);
+    opts.build_on = build_on;
     let run = match Run::load(file, &opts.load, opts.on.as_deref()) {
         Ok(r) => r,
         Err(e) => return fail(ctx, a.json, e),
@@ -137,18 +144,20 @@ pub fn plan(ctx: &Ctx, file: &Path, a: &DeployArgs, out: Option<&Path>) -> u8 {
     }
 }
 
-pub fn apply(
-    ctx: &Ctx,
-    file: &Path,
-    a: &DeployArgs,
-    goal: Goal,
-    confirm_timeout: Option<u64>,
-    fanout: edgectl_deploy::fanout::Fanout,
-) -> u8 {
+/// How `apply` goes about it (its own flags, beside the shared [`DeployArgs`]).
+pub struct How {
+    pub goal: Goal,
+    pub confirm_timeout: Option<u64>,
+    pub fanout: edgectl_deploy::fanout::Fanout,
+    pub build_on: edgectl_deploy::BuildOn,
+}
+
+pub fn apply(ctx: &Ctx, file: &Path, a: &DeployArgs, how: How) -> u8 {
     let mut opts = options(a);
-    opts.goal = goal;
-    opts.confirm_timeout = confirm_timeout;
-    opts.fanout = fanout;
+    opts.goal = how.goal;
+    opts.confirm_timeout = how.confirm_timeout;
+    opts.fanout = how.fanout;
+    opts.build_on = how.build_on;
     let (topology, saved): (PathBuf, Option<Plan>) =
         if file.extension().is_some_and(|e| e == "json") {
             let plan: Plan = match std::fs::read(file)
@@ -246,6 +255,7 @@ fn show_report(a: &DeployArgs, report: &edgectl_deploy::ApplyReport) -> u8 {
                     Source::SeedStream => format!("{seed} (streamed)"),
                     Source::SeedCopy => format!("{seed} (copied)"),
                     Source::Held => "already held".into(),
+                    Source::BuiltOnNode => "built on the node".into(),
                     Source::ControllerFallback => {
                         warnings.push(format!(
                             "warning: {} got its closure from this machine, not over the cluster LAN: {} (`--fanout require` makes this an error)",
