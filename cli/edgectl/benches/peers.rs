@@ -103,7 +103,15 @@ fn throttle(rig: &Rig, link: &str) {
         return;
     }
     let st = Command::new("tc")
-        .args(["qdisc", "replace", "dev", &rig.bridge, "root", "tbf", "rate"])
+        .args([
+            "qdisc",
+            "replace",
+            "dev",
+            &rig.bridge,
+            "root",
+            "tbf",
+            "rate",
+        ])
         .arg(link)
         .args(["burst", "256kbit", "latency", "400ms"])
         .status()
@@ -211,11 +219,7 @@ fn setup(deploy_rs: &Path, mib: u64) -> Setup {
     let wrapper = tempfile::tempdir().unwrap();
     let nix = edgectl_rig::tool("nix").expect("nix on PATH");
     let w = wrapper.path().join("nix");
-    std::fs::write(
-        &w,
-        NIX_WRAPPER.replace("@NIX@", &nix.display().to_string()),
-    )
-    .unwrap();
+    std::fs::write(&w, NIX_WRAPPER.replace("@NIX@", &nix.display().to_string())).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
     Setup {
