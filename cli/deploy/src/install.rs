@@ -116,6 +116,7 @@ fn install_with(
     if ready.is_empty() {
         return Ok(i.finish());
     }
+    i.login_gate(&ready)?;
     let systems = i.build(&ready)?;
     if io.dry_run {
         i.dry_run(&ready, &systems);
@@ -259,6 +260,21 @@ impl<'a> Install<'a> {
             .filter(|(_, n)| n.failed.is_none() && n.resume.opens)
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// Before any node is switched: NixOS must accept the key this controller logs in with,
+    /// or the node is lost at its reboot. Refuses the whole run (nothing changed yet).
+    fn login_gate(&self, ready: &[String]) -> Result<(), EngineError> {
+        let switching = ready
+            .iter()
+            .any(|n| self.nodes[n].resume.todo.contains(&Step::Switch));
+        if !switching {
+            return Ok(());
+        }
+        let login = crate::login_key::login_keys(self.opts.identity.as_deref())
+            .map_err(|e| EngineError::Failed(format!("cannot tell which key edgectl logs in with: {e}; the installed NixOS accepts only cluster.ssh_keys")))?;
+        crate::login_key::check(&self.run.loaded.cluster.ssh_keys, &login)
+            .map_err(EngineError::Failed)
     }
 
     /// Builds every ready node's system, with the facts applied, in one evaluation.
@@ -591,6 +607,8 @@ impl Worker {
         let need_new_boot = self.reboot.is_none();
         let end = Instant::now() + self.wait.limit;
         std::thread::sleep(self.wait.settle);
+        // What the last try saw, for the message when time runs out.
+        let mut old_boot: bool;
         loop {
             match s.host.fresh() {
                 Ok(h) if !need_new_boot || boot_id(h.as_ref()) != boot_before => {
@@ -603,16 +621,37 @@ impl Worker {
                     }
                     return Ok(());
                 }
-                Ok(_) => {}
+                Ok(_) => old_boot = true,
+                // NixOS is up (sshd answers with the pinned key) but refuses the login: no
+                // amount of waiting helps, so say so now rather than after the limit.
+                Err(HostError::Auth(m)) => {
+                    return Err(format!(
+                        "the node is up but refuses edgectl's login ({m}): the installed NixOS accepts only cluster.ssh_keys for the login user; log in through the portal's console, or reload the node and install again"
+                    ));
+                }
                 Err(HostError::HostKeyChanged { expected, found }) => {
                     return Err(format!(
                         "the SSH host key changed across the reboot ({expected} -> {found}); NIXOS_LUSTRATE should have kept it: check /etc/ssh on the node"
                     ));
                 }
-                Err(_) => {}
+                Err(_) => old_boot = false,
             }
             if Instant::now() > end {
-                return Err("the node did not come back within 15 minutes; recover it from the CloudLab portal (reload) if it does not boot".into());
+                let secs = self.wait.limit.as_secs();
+                let waited = if secs >= 120 {
+                    format!("{} minutes", secs / 60)
+                } else {
+                    format!("{secs} s")
+                };
+                return Err(if old_boot {
+                    format!(
+                        "after {waited} the node still runs its old boot: the reboot did not happen (check the reboot command, or reboot it from the CloudLab portal)"
+                    )
+                } else {
+                    format!(
+                        "the node did not come back within {waited}; watch its serial console in the CloudLab portal, and reload it if it does not boot"
+                    )
+                });
             }
             std::thread::sleep(self.wait.poll);
         }
@@ -1028,8 +1067,19 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
 
     /// Runs phases 3 and 4 for a node with `done` recorded, up to `until`.
     fn later(h: &FakeHost, done: &[Step], until: Option<Step>) -> (Done, Vec<(Phase, Ev, String)>) {
+        later_with(h, done, until, |_| {})
+    }
+
+    /// [`later`] with the worker changed by `adjust` first.
+    fn later_with(
+        h: &FakeHost,
+        done: &[Step],
+        until: Option<Step>,
+        adjust: impl FnOnce(&mut Worker),
+    ) -> (Done, Vec<(Phase, Ev, String)>) {
         let dir = tempfile::tempdir().unwrap();
-        let (w, rx) = worker(dir.path());
+        let (mut w, rx) = worker(dir.path());
+        adjust(&mut w);
         let rec = record(done);
         let j = NodeJob {
             session: Arc::new(Session {
@@ -1080,6 +1130,45 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
                 (Phase::Reboot, Ev::Started),
                 (Phase::Reboot, Ev::Ok),
             ]
+        );
+    }
+
+    #[test]
+    fn after_the_reboot_a_refused_login_fails_at_once_and_an_old_boot_is_named() {
+        let switched = [Step::Facts, Step::Nix, Step::Copy, Step::Switch];
+        let h = node(SYS);
+        h.fail_fresh(Some(HostError::Auth("publickey denied".into())));
+        let t = Instant::now();
+        let (d, _) = later(&h, &switched, None);
+        let e = d.result.unwrap_err();
+        assert!(
+            e.contains("refuses edgectl's login (publickey denied)"),
+            "{e}"
+        );
+        assert!(t.elapsed() < FAST.limit, "it did not wait out the limit");
+        // A real reboot (no reboot command) that never happens: the boot id stays.
+        let h = node(SYS);
+        let fast = RebootWait {
+            limit: Duration::from_millis(50),
+            ..FAST
+        };
+        let (d, _) = later_with(&h, &switched, None, |w| {
+            w.reboot = None;
+            w.wait = fast;
+        });
+        let e = d.result.unwrap_err();
+        assert!(
+            e.starts_with("after 0 s the node still runs its old boot"),
+            "{e}"
+        );
+        // Down throughout: it did not come back.
+        let h = node(SYS);
+        h.fail_fresh(Some(HostError::Unreachable("no route to host".into())));
+        let (d, _) = later_with(&h, &switched, None, |w| w.wait = fast);
+        let e = d.result.unwrap_err();
+        assert!(
+            e.starts_with("the node did not come back within 0 s"),
+            "{e}"
         );
     }
 

@@ -32,6 +32,7 @@ pub mod fanout;
 pub mod host;
 pub mod install;
 pub mod install_state;
+pub mod login_key;
 pub mod nixcmd;
 pub mod node_build;
 pub mod nodenix;

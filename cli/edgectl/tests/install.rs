@@ -201,6 +201,38 @@ fn install_runs_every_phase_and_apply_continues_from_there() {
     );
 }
 
+/// The installed NixOS accepts only `cluster.ssh_keys`: an install that logs in with another
+/// key is refused after facts and before anything on the node changes (no lustrate file, no
+/// new profile), with what to do.
+#[test]
+fn a_login_key_the_installed_system_would_refuse_stops_the_install_before_any_change() {
+    let Some(l) = lab(1) else { return };
+    let topo = l.dir.path().join("cluster.toml");
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0aBQ1jvQ4h0iTqfCbbuD7cmvQ5D0cqnq1a3v8bYQ3p someone-else";
+    let ours = std::fs::read_to_string(l.rig.key.with_extension("pub")).unwrap();
+    let text = std::fs::read_to_string(&topo)
+        .unwrap()
+        .replace(&format!("{:?}", ours.trim()), &format!("{other:?}"));
+    assert!(
+        !text.contains(ours.trim()),
+        "the rig key is gone from ssh_keys"
+    );
+    std::fs::write(&topo, text).unwrap();
+    let o = l.run(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", explain(&o));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(all.contains("is not in cluster.ssh_keys"), "{all}");
+    assert!(
+        !l.etc(0).join("NIXOS_LUSTRATE").exists(),
+        "lustrate file written"
+    );
+    assert_eq!(l.profile(0), None, "a system profile was set");
+}
+
 #[test]
 fn dry_run_prints_every_command_and_changes_nothing() {
     let Some(l) = lab(1) else { return };
