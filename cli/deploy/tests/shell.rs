@@ -107,14 +107,19 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn every_script_is_loaded_by_the_crate() {
+/// The crate's Rust source, every file of it, end to end.
+fn crate_text() -> String {
     let mut files = Vec::new();
     rust_files(&src(), &mut files);
-    let text: String = files
+    files
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn every_script_is_loaded_by_the_crate() {
+    let text = crate_text();
     let orphans: Vec<String> = scripts()
         .iter()
         .map(|p| name(p))
@@ -134,12 +139,7 @@ fn every_script_is_loaded_by_the_crate() {
 /// land under `/run`, `/lock`. No script spells the folder itself.
 #[test]
 fn state_folder_comes_from_node_script() {
-    let mut files = Vec::new();
-    rust_files(&src(), &mut files);
-    let text: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
+    let text = crate_text();
     for p in scripts() {
         let body = std::fs::read_to_string(&p).unwrap();
         let n = name(&p);

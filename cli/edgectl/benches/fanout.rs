@@ -11,13 +11,6 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 64;
 
-fn tx_bytes(dev: &str) -> u64 {
-    std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/tx_bytes"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// (busy, total) jiffies of all CPUs, from /proc/stat: how loaded the machine was during a push
 /// (the rig's nodes share its CPUs, so a CPU-bound push cannot go faster here).
 fn cpu_jiffies() -> (u64, u64) {
@@ -40,24 +33,7 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let topo = dir.path().join("cluster.toml");
     std::fs::write(&topo, edgectl_rig::topology_toml(&rig, &["wasm"], 60)).unwrap();
-    let st = Command::new("tc")
-        .args([
-            "qdisc",
-            "replace",
-            "dev",
-            &rig.bridge,
-            "root",
-            "tbf",
-            "rate",
-            "100mbit",
-            "burst",
-            "256kbit",
-            "latency",
-            "400ms",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success(), "tc tbf on {}", rig.bridge);
+    rig.throttle_controller("100mbit").expect("throttle");
     let cmd = |goal: &str| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
         c.args([
@@ -79,7 +55,7 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
     };
     // Build first (not timed): the bench measures distribution, not evaluation.
     assert!(cmd("build").output().unwrap().status.success());
-    let before = tx_bytes(&rig.bridge);
+    let before = rig.controller_tx_bytes();
     let cpu0 = cpu_jiffies();
     let t = Instant::now();
     let o = cmd("push").output().unwrap();
@@ -91,7 +67,7 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
         "push to {n} nodes: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    (d, tx_bytes(&rig.bridge) - before, busy)
+    (d, rig.controller_tx_bytes() - before, busy)
 }
 
 fn main() {

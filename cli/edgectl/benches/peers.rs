@@ -25,13 +25,6 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-fn tx_bytes(dev: &str) -> u64 {
-    std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/tx_bytes"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// CPU seconds (user + system) of this process's waited-for children, from /proc/self/stat:
 /// the tool under test and every process it waited for (its `nix copy`, `ssh`), not the
 /// nodes' sshd (children of the rig's sshd, not of the tool).
@@ -75,11 +68,11 @@ struct Sample {
 }
 
 fn timed(rig: &Rig, mut c: Command, what: &str) -> Sample {
-    let (b0, c0) = (tx_bytes(&rig.bridge), children_cpu());
+    let (b0, c0) = (rig.controller_tx_bytes(), children_cpu());
     let t = Instant::now();
     let o = c.output().expect("the tool runs");
     let secs = t.elapsed().as_secs_f64();
-    let (b1, c1) = (tx_bytes(&rig.bridge), children_cpu());
+    let (b1, c1) = (rig.controller_tx_bytes(), children_cpu());
     must(&o, what);
     Sample {
         secs,
@@ -99,24 +92,9 @@ fn must(o: &Output, what: &str) {
 }
 
 fn throttle(rig: &Rig, link: &str) {
-    if link == "none" {
-        return;
+    if link != "none" {
+        rig.throttle_controller(link).expect("throttle");
     }
-    let st = Command::new("tc")
-        .args([
-            "qdisc",
-            "replace",
-            "dev",
-            &rig.bridge,
-            "root",
-            "tbf",
-            "rate",
-        ])
-        .arg(link)
-        .args(["burst", "256kbit", "latency", "400ms"])
-        .status()
-        .expect("tc runs");
-    assert!(st.success(), "tc tbf {link} on {}", rig.bridge);
 }
 
 /// Every node activated its own system exactly once and holds the payload (the fixture's

@@ -260,21 +260,7 @@ fn fanout_copies_once_from_the_controller_then_over_the_lan() {
     // on the controller's side of the bridge (node-to-node traffic is bridged past it), so the
     // upload takes seconds whatever this machine's disks and CPUs do, and the peers must get
     // the stream during it.
-    let tc = Command::new("tc")
-        .args([
-            "qdisc",
-            "replace",
-            "dev",
-            &l.rig.bridge,
-            "root",
-            "tbf",
-            "rate",
-            "100mbit",
-        ])
-        .args(["burst", "256kbit", "latency", "400ms"])
-        .output()
-        .unwrap();
-    assert!(tc.status.success(), "{}", explain(&tc));
+    l.rig.throttle_controller("100mbit").expect("throttle");
     // No help from the test: the nodes take the cluster key into their own authorized_keys,
     // as real ones do.
     let o = l.run(&["apply", "--json"]);
@@ -430,17 +416,6 @@ fn in_local_store(path: &str) -> bool {
         .success()
 }
 
-fn bridge_tx(l: &Lab) -> u64 {
-    std::fs::read_to_string(format!(
-        "/sys/class/net/{}/statistics/tx_bytes",
-        l.rig.bridge
-    ))
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap()
-}
-
 /// `--build-on nodes`: the controller evaluates and sends each node its derivations only; the
 /// node builds its own system (the fixture's builders, no cache) and activates it as usual. The
 /// systems never land in the controller's store, and the payload never crosses its link.
@@ -468,9 +443,9 @@ fn build_on_nodes_sends_derivations_and_each_node_builds_its_own_system() {
     }
     let o = l.run(&["plan", "--build-on", "nodes"]);
     assert_eq!(code(&o), 2, "changes to make: {}", explain(&o));
-    let before = bridge_tx(&l);
+    let before = l.rig.controller_tx_bytes();
     let o = l.run(&["apply", "--build-on", "nodes", "--json"]);
-    let sent = bridge_tx(&l) - before;
+    let sent = l.rig.controller_tx_bytes() - before;
     assert_eq!(code(&o), 0, "{}", explain(&o));
     assert_eq!(
         closure_from(&o),

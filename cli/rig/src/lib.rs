@@ -913,6 +913,47 @@ impl Rig {
         ip(&["link", "set", &self.nodes[i].veth, "up"]).expect("link up");
     }
 
+    /// Limits what the controller sends into the rig to `rate` (tc's units, e.g. `100mbit`): a
+    /// token bucket on the bridge's controller side, so node-to-node traffic, bridged past it,
+    /// stays unlimited (a slow uplink to a fast cluster LAN).
+    pub fn throttle_controller(&self, rate: &str) -> Result<(), String> {
+        let o = Command::new("tc")
+            .args([
+                "qdisc",
+                "replace",
+                "dev",
+                &self.bridge,
+                "root",
+                "tbf",
+                "rate",
+            ])
+            .arg(rate)
+            .args(["burst", "256kbit", "latency", "400ms"])
+            .output()
+            .map_err(|e| format!("cannot run tc: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "tc tbf {rate} on {}: {}",
+                self.bridge,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    }
+
+    /// Bytes the controller has sent into the rig so far (the bridge's own transmit counter,
+    /// SSH and TCP included).
+    pub fn controller_tx_bytes(&self) -> u64 {
+        fs::read_to_string(format!(
+            "/sys/class/net/{}/statistics/tx_bytes",
+            self.bridge
+        ))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+    }
+
     /// JSON description (what `edgectl-rig up` prints).
     pub fn describe(&self) -> Value {
         json!({
