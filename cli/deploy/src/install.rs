@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::event::{Phase, Sender, step};
+use crate::event::{Phase, Sender, State as Ev, emit, step};
 use crate::facts::{self, NodeFacts};
 use crate::host::{Host, HostError, HostKey, SshTarget, argv};
 pub use crate::install_state::{InstallState, Step};
@@ -72,6 +72,14 @@ pub(crate) struct Resume {
     pub(crate) opens: bool,
 }
 
+/// Whether `record` copied (and maybe switched to) another system than `system`, the one the
+/// topology builds now, before the node rebooted into it: then its copy and switch are stale.
+pub(crate) fn stale_copy(record: &InstallState, system: &str) -> bool {
+    record.has(Step::Copy)
+        && !record.has(Step::Reboot)
+        && record.system.as_deref().is_some_and(|s| s != system)
+}
+
 pub(crate) fn resume_from(record: &InstallState, until: Option<Step>) -> Resume {
     let opens = !record.has(Step::Reboot) && until != Some(Step::Facts);
     let todo = Step::ALL
@@ -118,6 +126,7 @@ fn install_with(
     }
     i.login_gate(&ready)?;
     let systems = i.build(&ready)?;
+    i.forget_stale_copies(&systems);
     if io.dry_run {
         i.dry_run(&ready, &systems);
         return Ok(i.finish());
@@ -275,6 +284,33 @@ impl<'a> Install<'a> {
             .map_err(|e| EngineError::Failed(format!("cannot tell which key edgectl logs in with: {e}; the installed NixOS accepts only cluster.ssh_keys")))?;
         crate::login_key::check(&self.run.loaded.cluster.ssh_keys, &login)
             .map_err(EngineError::Failed)
+    }
+
+    /// A node whose recorded copy is another system than the topology builds now (it changed
+    /// after `--until copy` or `--until switch`) copies and switches again: otherwise it would
+    /// reboot into the old one.
+    fn forget_stale_copies(&mut self, systems: &BTreeMap<String, String>) {
+        for (name, system) in systems {
+            let n = self.nodes.get_mut(name).expect("a selected node");
+            if !stale_copy(&n.record, system) {
+                continue;
+            }
+            emit(
+                &self.tx,
+                name,
+                Phase::Copy,
+                Ev::Warning,
+                format!(
+                    "the topology changed since {} was copied: copying and switching to {system}",
+                    n.record.system.as_deref().unwrap_or_default()
+                ),
+            );
+            n.record.done.retain(|s| *s < Step::Copy);
+            n.record.system = None;
+            n.resume = resume_from(&n.record, self.io.until);
+            // Recorded now, so an interrupted run does not trust the old copy either.
+            let _ = n.record.save(&self.run.state_dir, name);
+        }
     }
 
     /// Builds every ready node's system, with the facts applied, in one evaluation.
@@ -810,6 +846,23 @@ mod resumption {
                 "{until:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_copy_of_another_system_is_stale_until_the_node_has_rebooted() {
+        let mut r = record(&[Step::Facts, Step::Nix, Step::Copy]);
+        r.system = Some("/nix/store/old".into());
+        assert!(stale_copy(&r, "/nix/store/new"));
+        assert!(!stale_copy(&r, "/nix/store/old"));
+        r.done.push(Step::Switch);
+        assert!(stale_copy(&r, "/nix/store/new"), "switched, not rebooted");
+        r.done.push(Step::Reboot);
+        assert!(
+            !stale_copy(&r, "/nix/store/new"),
+            "installed: apply's business"
+        );
+        let r = record(&[Step::Facts]);
+        assert!(!stale_copy(&r, "/nix/store/new"), "nothing copied yet");
     }
 
     #[test]

@@ -290,6 +290,51 @@ fn an_interrupted_install_resumes_and_a_changed_host_key_fails_the_reboot_check(
     assert!(msg.contains("host key changed"), "{msg}");
 }
 
+/// A topology changed after `--until copy` (here: one more feature, so another system) must
+/// not reboot into the closure copied before: the rerun copies the new system again, says so,
+/// and records it.
+#[test]
+fn a_topology_changed_after_the_copy_is_copied_again() {
+    let Some(l) = lab(1) else { return };
+    let o = l.run(&["--until", "copy"]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let record = || -> serde_json::Value {
+        let p = l.dir.path().join(".edgectl/install/n1.json");
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let first = record()["system"].as_str().unwrap().to_string();
+    let topo = l.dir.path().join("cluster.toml");
+    let text = std::fs::read_to_string(&topo).unwrap().replacen(
+        "features = [\"wasm\"]",
+        "features = [\"wasm\", \"net-tuning\"]",
+        1,
+    );
+    std::fs::write(&topo, text).unwrap();
+    let o = l.run(&["--until", "copy"]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let second = record()["system"].as_str().unwrap().to_string();
+    assert_ne!(first, second, "the topology change makes another system");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("the topology changed since"),
+        "the copy is redone with a warning:\n{out}"
+    );
+    assert_eq!(
+        report(&o)["nodes"][0]["done"],
+        serde_json::json!(["facts", "nix", "copy"])
+    );
+    // The new system is on the node.
+    let o = l.rig.exec_in(
+        0,
+        &[
+            "test",
+            "-e",
+            &format!("{second}/bin/switch-to-configuration"),
+        ],
+    );
+    assert!(o.status.success(), "{second} is not on the node");
+}
+
 /// What live phase 1 must say of this machine, worked out from its layout independently of
 /// edgectl: the refusal it must name, or `None` for an accept.
 fn predicted_refusal() -> Option<&'static str> {
