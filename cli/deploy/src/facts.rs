@@ -33,7 +33,22 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
     ),
     ("ip-route.json", &["ip", "-j", "route", "show", "default"]),
     ("ip-addr.json", &["ip", "-j", "addr"]),
+    (
+        "boot-mode",
+        &[
+            "sh",
+            "-c",
+            "if [ -d /sys/firmware/efi ]; then echo uefi; else echo bios; fi",
+        ],
+    ),
 ];
+
+/// The least free space on `/` phase 1 accepts; the real need, the system's closure plus
+/// [`ROOM_MARGIN`], is checked once the system is built.
+pub const MIN_FREE: u64 = 2 << 30;
+
+/// Room left on `/` beyond the closure (the first boot's logs, a generation or two more).
+pub const ROOM_MARGIN: u64 = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootPlan {
@@ -59,6 +74,13 @@ pub struct NodeFacts {
     pub control_dhcp: bool,
     /// Experiment interfaces: MAC (as in the topology, normalised) -> kernel name.
     pub experiment: BTreeMap<String, String>,
+    /// How the node booted: `bios` (the only mode install supports) or `uefi`.
+    #[serde(default = "bios")]
+    pub boot_mode: String,
+}
+
+fn bios() -> String {
+    "bios".into()
 }
 
 fn kv(text: &str) -> BTreeMap<String, String> {
@@ -194,6 +216,12 @@ pub fn boot_plan(lsblk: &str, findmnt: &str, disk_links: &str) -> Result<BootPla
     let first = parts
         .first()
         .ok_or_else(|| format!("disk {} has no partitions", disk.path))?;
+    if first.name != root.name {
+        return Err(format!(
+            "/ is on {}, not on the boot disk's first partition {}: Emulab chain-loads partition 1's boot sector, where GRUB would go, while NIXOS_LUSTRATE turns the partition that holds / into NixOS; use a standard CloudLab Ubuntu image, where / is partition 1",
+            root.path, first.path
+        ));
+    }
     let l = links(disk_links);
     let stable = |dev: &str| l.get(dev).and_then(|v| v.first()).cloned();
     let disk_stable = stable(&disk.name).ok_or_else(|| {
@@ -250,7 +278,6 @@ pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<Nod
         .filter_map(|l| l.trim().parse().ok())
         .next()
         .unwrap_or(0);
-    const MIN_FREE: u64 = 8 << 30;
     if free_root_bytes < MIN_FREE {
         return Err(format!(
             "only {} MiB free on /; installing needs at least {} MiB",
@@ -259,6 +286,16 @@ pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<Nod
         ));
     }
     let boot = boot_plan(get("lsblk.json"), get("findmnt-root"), get("disk-links"))?;
+    // A recording without the file predates the check: such nodes booted through BIOS.
+    let boot_mode = match get("boot-mode").trim() {
+        "" => bios(),
+        m => m.to_string(),
+    };
+    if boot_mode != "bios" {
+        return Err(format!(
+            "the node booted through {boot_mode}: install writes GRUB for BIOS into partition 1's boot sector, which Emulab's PXE-booted loader chain-loads and a {boot_mode} boot never reads; use a node type that boots through BIOS"
+        ));
+    }
     let route: serde_json::Value =
         serde_json::from_str(get("ip-route.json")).map_err(|e| format!("ip -j route: {e}"))?;
     let control_interface = route
@@ -312,5 +349,6 @@ pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<Nod
         control_interface,
         control_dhcp,
         experiment,
+        boot_mode,
     })
 }

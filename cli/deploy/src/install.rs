@@ -72,6 +72,19 @@ pub(crate) struct Resume {
     pub(crate) opens: bool,
 }
 
+/// Why a root with `free` bytes cannot take a closure of `closure` bytes, if it cannot.
+pub(crate) fn short_of_room(free: u64, closure: u64) -> Option<String> {
+    let need = closure + facts::ROOM_MARGIN;
+    (free < need).then(|| {
+        format!(
+            "the system's closure takes {} MiB and {} MiB more should stay free on /, but phase 1 found {} MiB free; free space on the node (or use a node type with a larger boot disk), then install again",
+            closure >> 20,
+            facts::ROOM_MARGIN >> 20,
+            free >> 20
+        )
+    })
+}
+
 /// Whether `record` copied (and maybe switched to) another system than `system`, the one the
 /// topology builds now, before the node rebooted into it: then its copy and switch are stale.
 pub(crate) fn stale_copy(record: &InstallState, system: &str) -> bool {
@@ -127,6 +140,7 @@ fn install_with(
     i.login_gate(&ready)?;
     let systems = i.build(&ready)?;
     i.forget_stale_copies(&systems);
+    i.check_room(&systems);
     if io.dry_run {
         i.dry_run(&ready, &systems);
         return Ok(i.finish());
@@ -310,6 +324,29 @@ impl<'a> Install<'a> {
             n.resume = resume_from(&n.record, self.io.until);
             // Recorded now, so an interrupted run does not trust the old copy either.
             let _ = n.record.save(&self.run.state_dir, name);
+        }
+    }
+
+    /// Before anything is copied: `/` must hold the system's closure and [`facts::ROOM_MARGIN`]
+    /// more (NIXOS_LUSTRATE keeps the old root on the same file system); a node short of room
+    /// fails here, unchanged.
+    fn check_room(&mut self, systems: &BTreeMap<String, String>) {
+        for (name, system) in systems {
+            let n = self.nodes.get_mut(name).expect("a selected node");
+            let Some(free) = n.record.facts.as_ref().map(|f| f.free_root_bytes) else {
+                continue;
+            };
+            if !n.wants(Step::Copy) {
+                continue;
+            }
+            let Ok(closure) = crate::nixcmd::local_closure(system) else {
+                continue;
+            };
+            let bytes = closure.iter().map(|p| p.nar_size).sum();
+            if let Some(why) = short_of_room(free, bytes) {
+                emit(&self.tx, name, Phase::Copy, Ev::Failed, why.clone());
+                n.failed = Some(why);
+            }
         }
     }
 
@@ -710,8 +747,14 @@ fn read_live(h: &dyn Host) -> Result<BTreeMap<String, String>, String> {
 fn read_recorded(dir: &Path, node: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for (name, _) in facts::COMMANDS {
-        let text = std::fs::read_to_string(dir.join(node).join(name))
-            .map_err(|e| format!("recorded fact {name}: {e}"))?;
+        let path = dir.join(node).join(name);
+        // Recordings made before the boot mode was read lack it; `node_facts` reads none as BIOS.
+        if *name == "boot-mode" && !path.exists() {
+            out.insert(name.to_string(), String::new());
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("recorded fact {name}: {e}"))?;
         out.insert(name.to_string(), text);
     }
     Ok(out)
@@ -846,6 +889,18 @@ mod resumption {
                 "{until:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_root_must_hold_the_closure_and_a_margin() {
+        let gib = 1u64 << 30;
+        assert_eq!(short_of_room(20 * gib, 12 * gib), None);
+        let e = short_of_room(12 * gib, 12 * gib).unwrap();
+        assert!(
+            e.contains("takes 12288 MiB and 1024 MiB more") && e.contains("found 12288 MiB free"),
+            "{e}"
+        );
+        assert_eq!(short_of_room(13 * gib, 12 * gib), None, "exactly enough");
     }
 
     #[test]

@@ -78,6 +78,13 @@ fn refusals_are_clear() {
     assert!(e.contains("not on a partition"), "{e}");
     let e = node_facts(&recorded("no-stable-names"), &["90e2ba24d119".into()]).unwrap_err();
     assert!(e.contains("refusing to guess"), "{e}");
+    let e = node_facts(&recorded("uefi-boot"), &["90e2ba24d115".into()]).unwrap_err();
+    assert!(e.contains("booted through uefi"), "{e}");
+    let e = node_facts(&recorded("root-on-partition-2"), &["90e2ba24d115".into()]).unwrap_err();
+    assert!(
+        e.contains("/ is on /dev/sda2, not on the boot disk's first partition /dev/sda1"),
+        "{e}"
+    );
     let e = node_facts(&recorded("c220g5-ssd-boot"), &["90e2ba000000".into()]).unwrap_err();
     assert!(e.contains("no interface with MAC"), "{e}");
     let e = node_facts(&recorded("c220g5-ssd-boot"), &["ac1f6b2d0010".into()]).unwrap_err();

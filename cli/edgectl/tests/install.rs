@@ -358,11 +358,22 @@ fn predicted_refusal() -> Option<&'static str> {
     if stable.trim().is_empty() {
         return Some("refusing to guess");
     }
+    // Partition 1 of the disk that holds /, as lsblk lists them in order.
+    let first = sh(&format!(
+        "lsblk -ln -o NAME,TYPE /dev/{} | awk '$2 == \"part\" {{ print $1; exit }}'",
+        parent.trim()
+    ));
+    if format!("/dev/{}", first.trim()) != source {
+        return Some("not on the boot disk's first partition");
+    }
+    if Path::new("/sys/firmware/efi").exists() {
+        return Some("booted through uefi");
+    }
     let free: u64 = sh("df -B1 --output=avail / | tail -n 1")
         .trim()
         .parse()
         .unwrap();
-    (free < 8 << 30).then_some("free on /")
+    (free < edgectl_deploy::facts::MIN_FREE).then_some("free on /")
 }
 
 /// A loop device with an MBR and one ext4 partition, detached again on drop.
@@ -498,7 +509,7 @@ fn live_facts_read_the_node_and_refuse_or_accept_clearly() {
     .trim()
     .parse()
     .unwrap();
-    if free < 8 << 30 {
+    if free < edgectl_deploy::facts::MIN_FREE {
         assert_eq!(o2.status.code(), Some(3), "{}", explain(&o2));
         return;
     }
