@@ -33,6 +33,7 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
     ),
     ("ip-route.json", &["ip", "-j", "route", "show", "default"]),
     ("ip-addr.json", &["ip", "-j", "addr"]),
+    ("machine-id", &["cat", "/etc/machine-id"]),
     (
         "boot-mode",
         &[
@@ -77,6 +78,10 @@ pub struct NodeFacts {
     /// How the node booted: `bios` (the only mode install supports) or `uefi`.
     #[serde(default = "bios")]
     pub boot_mode: String,
+    /// `/etc/machine-id` when the facts were read: with the root's UUID, which node the
+    /// install's record belongs to (a reloaded node has new ones).
+    #[serde(default)]
+    pub machine_id: String,
 }
 
 fn bios() -> String {
@@ -350,5 +355,42 @@ pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<Nod
         control_dhcp,
         experiment,
         boot_mode,
+        machine_id: get("machine-id").trim().to_string(),
     })
+}
+
+/// What a resumed install reads first, to tell whether its record is still this node's:
+/// `sh -c PROBE`, printing the machine id, the root's UUID and the OS id, a line each.
+pub const IDENTITY_PROBE: &str = include_str!("sh/identity_probe.sh");
+
+/// Why the node is no longer the one `facts` describe (reloaded, or another experiment's node
+/// under the same name), from what [`IDENTITY_PROBE`] printed; `installed`: the record says
+/// it has rebooted into NixOS (which has a machine id of its own).
+pub fn not_the_recorded_node(facts: &NodeFacts, probe: &str, installed: bool) -> Option<String> {
+    let mut lines = probe.lines().map(str::trim);
+    let (machine_id, uuid, os) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    if installed {
+        return (os != "nixos")
+            .then(|| format!("it was installed, but runs {os:?} now (reloaded from the portal?)"));
+    }
+    if !facts.machine_id.is_empty() && machine_id != facts.machine_id {
+        return Some(format!(
+            "its machine id is {machine_id:?}, not the recorded {:?} (reloaded, or a new experiment's node of the same name)",
+            facts.machine_id
+        ));
+    }
+    let recorded_uuid = facts.boot.root_device.strip_prefix("/dev/disk/by-uuid/");
+    if let Some(r) = recorded_uuid
+        && !uuid.is_empty()
+        && uuid != r
+    {
+        return Some(format!(
+            "its root file system is {uuid}, not the recorded {r} (reloaded?)"
+        ));
+    }
+    None
 }

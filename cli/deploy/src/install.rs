@@ -132,6 +132,7 @@ fn install_with(
 ) -> Result<Vec<InstallResult>, EngineError> {
     let _lock = Lock::acquire(&run.state_dir)?;
     let mut i = Install::new(run, opts, io, tx, connect)?;
+    i.check_records();
     i.facts()?;
     let ready = i.ready();
     if ready.is_empty() {
@@ -249,6 +250,64 @@ impl<'a> Install<'a> {
     fn target(&self, node: &str) -> SshTarget {
         let c = &self.run.loaded.cluster;
         target_for(c, node, &self.state, self.opts, &self.run.state_dir)
+    }
+
+    /// A record is trusted only while the node is still the one it describes: each node with
+    /// one is asked who it is (one command), and a node that was reloaded, or is another
+    /// experiment's node of the same name, starts again from phase 1 with a warning. Facts
+    /// from `--facts-from` recordings describe another machine by design: not checked.
+    fn check_records(&mut self) {
+        if self.io.facts_from.is_some() {
+            return;
+        }
+        let jobs: Vec<(String, SshTarget, NodeFacts, bool)> = self
+            .nodes
+            .iter()
+            .filter_map(|(name, n)| {
+                let f = n.record.facts.clone()?;
+                Some((
+                    name.clone(),
+                    self.target(name),
+                    f,
+                    n.record.has(Step::Reboot),
+                ))
+            })
+            .collect();
+        let connect = self.worker.connect.clone();
+        let found = parallel_map(
+            &self.rt,
+            self.opts.parallel,
+            jobs,
+            move |(name, target, f, installed)| {
+                let why = connect(target).ok().and_then(|h| {
+                    let o = h
+                        .run(
+                            &argv(["sh", "-c", facts::IDENTITY_PROBE, "edgectl-identity"]),
+                            false,
+                        )
+                        .ok()
+                        .filter(|o| o.ok())?;
+                    facts::not_the_recorded_node(&f, &o.stdout, installed)
+                });
+                (name, why)
+            },
+        );
+        for (name, why) in found {
+            let Some(why) = why else { continue };
+            emit(
+                &self.tx,
+                &name,
+                Phase::Facts,
+                Ev::Warning,
+                format!(
+                    "the install record no longer fits this node: {why}; starting again from phase 1"
+                ),
+            );
+            let n = self.nodes.get_mut(&name).expect("a selected node");
+            n.record = InstallState::default();
+            n.resume = resume_from(&n.record, self.io.until);
+            let _ = n.record.save(&self.run.state_dir, &name);
+        }
     }
 
     /// Phase 1 (read-only), on every node that has not recorded its facts; pins host keys.
@@ -748,8 +807,9 @@ fn read_recorded(dir: &Path, node: &str) -> Result<BTreeMap<String, String>, Str
     let mut out = BTreeMap::new();
     for (name, _) in facts::COMMANDS {
         let path = dir.join(node).join(name);
-        // Recordings made before the boot mode was read lack it; `node_facts` reads none as BIOS.
-        if *name == "boot-mode" && !path.exists() {
+        // Recordings made before these were read lack them: none reads as BIOS, and as no
+        // machine id to check.
+        if matches!(*name, "boot-mode" | "machine-id") && !path.exists() {
             out.insert(name.to_string(), String::new());
             continue;
         }
@@ -889,6 +949,56 @@ mod resumption {
                 "{until:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_record_that_no_longer_fits_the_node_starts_over_at_facts() {
+        // Installed, but the node answers as Ubuntu: reloaded from the portal.
+        let l = lab(&Step::ALL);
+        let h = ubuntu();
+        h.on_name("edgectl-identity", |_| ok("m1\nuuid\nubuntu\n"));
+        let (r, events) = l.install(Ok(h), until(Step::Facts));
+        assert_eq!(r[0].resumed_from, Some(Step::Facts), "{r:?}");
+        assert_eq!(r[0].done, [Step::Facts]);
+        assert!(
+            events.iter().any(|e| e.1 == Ev::Warning
+                && e.2
+                    .contains("runs \"ubuntu\" now (reloaded from the portal?)")),
+            "{events:?}"
+        );
+        // Installed and still NixOS: nothing to do, nothing read again.
+        let l = lab(&Step::ALL);
+        let h = ubuntu();
+        h.on_name("edgectl-identity", |_| ok("m2\nuuid\nnixos\n"));
+        let (r, _) = l.install(Ok(h.clone()), until(Step::Facts));
+        assert_eq!((r[0].resumed_from, r[0].done.len()), (None, 5));
+        assert_eq!(h.scripts(), ["edgectl-identity"]);
+    }
+
+    #[test]
+    fn a_node_is_the_recorded_one_while_its_machine_id_and_root_stay() {
+        let out = read_recorded(layout().parent().unwrap(), "c220g5-ssd-boot").unwrap();
+        let mut f = facts::node_facts(&out, &["90e2ba24d115".into()]).unwrap();
+        f.machine_id = "m1".into();
+        let uuid = "5f1c1a5e-1111-4c3b-9d2e-aaaaaaaaaaaa";
+        let probe = |m: &str, u: &str| format!("{m}\n{u}\nubuntu\n");
+        assert_eq!(
+            facts::not_the_recorded_node(&f, &probe("m1", uuid), false),
+            None
+        );
+        let e = facts::not_the_recorded_node(&f, &probe("m9", uuid), false).unwrap();
+        assert!(
+            e.contains("machine id is \"m9\", not the recorded \"m1\""),
+            "{e}"
+        );
+        let e = facts::not_the_recorded_node(&f, &probe("m1", "other"), false).unwrap();
+        assert!(e.contains("root file system is other"), "{e}");
+        // A recording without a machine id checks the root alone.
+        f.machine_id.clear();
+        assert_eq!(
+            facts::not_the_recorded_node(&f, &probe("m9", uuid), false),
+            None
+        );
     }
 
     #[test]
@@ -1112,11 +1222,15 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
     #[test]
     fn recorded_facts_are_not_read_again() {
         let l = lab(&[Step::Facts]);
-        let (r, events) = l.install(Ok(ubuntu()), until(Step::Facts));
+        let h = ubuntu();
+        let (r, events) = l.install(Ok(h.clone()), until(Step::Facts));
         assert!(r[0].ok);
         assert_eq!(r[0].resumed_from, Some(Step::Nix));
         assert_eq!(r[0].done, [Step::Facts]);
-        assert_eq!(l.dialed.load(Ordering::SeqCst), 0, "not contacted");
+        // Asked who it is (the record must still be its), and nothing else.
+        assert_eq!(l.dialed.load(Ordering::SeqCst), 1);
+        assert_eq!(h.calls().len(), 1, "{:?}", h.calls());
+        assert_eq!(h.scripts(), ["edgectl-identity"]);
         assert!(events.is_empty(), "{events:?}");
     }
 
@@ -1127,11 +1241,14 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
             until: None,
             ..until(Step::Facts)
         };
-        let (r, events) = l.install(Ok(ubuntu()), io);
+        let h = ubuntu();
+        h.on_name("edgectl-identity", |_| ok("m\nu\nnixos\n"));
+        let (r, events) = l.install(Ok(h.clone()), io);
         assert!(r[0].ok);
         assert_eq!(r[0].resumed_from, None, "nothing left to do");
         assert_eq!(r[0].done, Step::ALL);
-        assert_eq!(l.dialed.load(Ordering::SeqCst), 0, "not contacted");
+        assert_eq!(l.dialed.load(Ordering::SeqCst), 1, "asked who it is, once");
+        assert_eq!(h.scripts(), ["edgectl-identity"]);
         assert!(events.is_empty(), "nothing built: {events:?}");
     }
 
