@@ -428,7 +428,8 @@ impl<'a> Install<'a> {
             );
             let n = self.nodes.get_mut(name).expect("a selected node");
             let f = n.record.facts.as_ref().expect("facts recorded");
-            n.commands = planned(ship.as_deref(), login, &systems[name], f, &reboot);
+            let chosen = self.io.nix_from.is_some();
+            n.commands = planned((ship.as_deref(), chosen), login, &systems[name], f, &reboot);
         }
     }
 
@@ -475,9 +476,12 @@ impl<'a> Install<'a> {
     /// Phase 2, first half: a usable Nix on every node that lacks one.
     fn nix(&mut self, sessions: &[Arc<Session>]) {
         let ship = Arc::new(crate::nodenix::controller_nix(self.io.nix_from.as_deref()));
+        let chosen = self.io.nix_from.is_some();
         let jobs = self.jobs(sessions, &[Step::Nix]);
         let w = self.worker.clone();
-        for d in parallel_map(&self.rt, self.opts.parallel, jobs, move |j| w.nix(j, &ship)) {
+        for d in parallel_map(&self.rt, self.opts.parallel, jobs, move |j| {
+            w.nix(j, &ship, chosen)
+        }) {
             self.absorb(d);
         }
     }
@@ -651,14 +655,14 @@ impl Worker {
         }
     }
 
-    fn nix(&self, j: NodeJob, ship: &Result<PathBuf, String>) -> Done {
+    fn nix(&self, j: NodeJob, ship: &Result<PathBuf, String>, chosen: bool) -> Done {
         let NodeJob {
             session: s,
             mut record,
             ..
         } = j;
         let result = step(&self.tx, &s.name, Phase::Nix, "checking for Nix", || {
-            crate::nodenix::ensure(s.host.as_ref(), ship).map(|v| ((), v))
+            crate::nodenix::ensure(s.host.as_ref(), ship, chosen).map(|v| ((), v))
         });
         if result.is_ok() {
             record.done.push(Step::Nix);
@@ -853,13 +857,13 @@ fn show(a: &[String]) -> String {
 
 /// A dry run's commands for one node reached as `login` (user, host).
 fn planned(
-    ship: Option<&Path>,
+    (ship, chosen): (Option<&Path>, bool),
     (user, host): (&str, &str),
     system: &str,
     f: &NodeFacts,
     reboot: &[String],
 ) -> Vec<String> {
-    let mut cmds = crate::nodenix::planned_commands(ship);
+    let mut cmds = crate::nodenix::planned_commands(ship, chosen);
     cmds.extend([
         format!("nix copy --to ssh://{user}@{host} {system}"),
         format!(
@@ -1473,7 +1477,7 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         let out = read_recorded(layout().parent().unwrap(), "c220g5-ssd-boot").unwrap();
         let f = facts::node_facts(&out, &[]).unwrap();
         let reboot = reboot_argv(Some(&["true".to_string()]));
-        let cmds = planned(None, ("root", "192.0.2.1"), SYS, &f, &reboot);
+        let cmds = planned((None, false), ("root", "192.0.2.1"), SYS, &f, &reboot);
         let tail: Vec<&str> = cmds
             .iter()
             .rev()

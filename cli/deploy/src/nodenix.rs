@@ -86,17 +86,17 @@ fn too_old(v: Option<&(String, (u32, u32))>) -> String {
 }
 
 /// What [`ensure`] may run, for `--dry-run`.
-pub fn planned_commands(ship: Option<&Path>) -> Vec<String> {
+pub fn planned_commands(ship: Option<&Path>, chosen: bool) -> Vec<String> {
     let show = |a: Vec<String>| crate::quote::command(&a).unwrap_or_default();
-    let mut v = vec![
-        show(argv(["nix-store", "--version"])),
-        format!(
+    let mut v = vec![show(argv(["nix-store", "--version"]))];
+    if !chosen {
+        v.push(format!(
             "# if missing or older than {}.{}: {}",
             MIN.0,
             MIN.1,
             show(argv(["sh", "-c", APT]))
-        ),
-    ];
+        ));
+    }
     v.push(match ship {
         Some(p) => format!(
             "# if still missing: ship {} (tar of its closure, nix-store --load-db, links in /usr/local/bin)",
@@ -108,27 +108,37 @@ pub fn planned_commands(ship: Option<&Path>) -> Vec<String> {
 }
 
 /// Makes sure the node has Nix >= [`MIN`]; returns its version line and how it got there.
-pub fn ensure(h: &dyn Host, ship: &Result<PathBuf, String>) -> Result<String, String> {
+/// `chosen`: the user named the Nix to ship (`--nix-from`), which then goes in place of
+/// Ubuntu's nix-bin, not after it.
+pub fn ensure(
+    h: &dyn Host,
+    ship: &Result<PathBuf, String>,
+    chosen: bool,
+) -> Result<String, String> {
     let had = node_version(h);
     if let Some((line, v)) = &had
         && *v >= MIN
     {
         return Ok(line.clone());
     }
-    let apt = h.run(&argv(["sh", "-c", APT]), true);
-    let after = node_version(h);
-    if let Some((line, v)) = &after
-        && *v >= MIN
-    {
-        return Ok(format!("{line} (Ubuntu's nix-bin)"));
-    }
-    let apt_said = match apt {
-        Ok(o) if o.ok() => format!("nix-bin gave {}", too_old(after.as_ref())),
-        Ok(o) => format!(
-            "apt-get: {}",
-            o.stderr.lines().last().unwrap_or("failed").trim()
-        ),
-        Err(e) => e.to_string(),
+    let apt_said = if chosen {
+        "apt not tried: --nix-from chose the Nix".to_string()
+    } else {
+        let apt = h.run(&argv(["sh", "-c", APT]), true);
+        let after = node_version(h);
+        if let Some((line, v)) = &after
+            && *v >= MIN
+        {
+            return Ok(format!("{line} (Ubuntu's nix-bin)"));
+        }
+        match apt {
+            Ok(o) if o.ok() => format!("nix-bin gave {}", too_old(after.as_ref())),
+            Ok(o) => format!(
+                "apt-get: {}",
+                o.stderr.lines().last().unwrap_or("failed").trim()
+            ),
+            Err(e) => e.to_string(),
+        }
     };
     let p = ship.as_ref().map_err(|why| {
         format!(
@@ -217,6 +227,46 @@ mod tests {
         assert_eq!(parse_version(""), None);
         assert_eq!(parse_version("command not found"), None);
         assert!((2, 3) < MIN && (2, 6) >= MIN && (3, 0) >= MIN);
+    }
+
+    #[test]
+    fn a_chosen_nix_goes_in_place_of_ubuntus() {
+        use crate::fake::{FakeHost, exit};
+        let node = || {
+            let h = FakeHost::new("n1");
+            h.on(
+                |a| a.first().is_some_and(|x| x == "nix-store"),
+                |_| exit(127, "nix-store: not found"),
+            );
+            h.on(
+                |a| a.len() > 2 && a[2] == APT,
+                |_| exit(100, "E: no nix-bin"),
+            );
+            h
+        };
+        let apt_tried = |h: &FakeHost| {
+            h.calls().iter().any(|c| {
+                matches!(c, crate::fake::Call::Run { argv, .. } if argv.len() > 2 && argv[2] == APT)
+            })
+        };
+        let nothing: Result<PathBuf, String> = Err("no Nix here".into());
+        let h = node();
+        let e = ensure(&h, &nothing, false).unwrap_err();
+        assert!(apt_tried(&h) && e.contains("apt-get: E: no nix-bin"), "{e}");
+        let h = node();
+        let e = ensure(&h, &nothing, true).unwrap_err();
+        assert!(!apt_tried(&h), "apt ran though --nix-from chose the Nix");
+        assert!(e.contains("apt not tried"), "{e}");
+        assert!(
+            !planned_commands(None, true)
+                .iter()
+                .any(|c| c.contains("apt-get"))
+        );
+        assert!(
+            planned_commands(None, false)
+                .iter()
+                .any(|c| c.contains("apt-get"))
+        );
     }
 
     #[test]
