@@ -46,6 +46,11 @@ in
       default = null;
       description = "Device of the ext4 root file system, by a stable name (no default, as above).";
     };
+    loginUid = lib.mkOption {
+      type = lib.types.nullOr lib.types.ints.positive;
+      default = null;
+      description = "The login user's uid from before NixOS (CloudLab gives each user one, 20001 and up), so the files it owns stay its own; null: NixOS picks one.";
+    };
     serialConsole = lib.mkOption {
       type = lib.types.bool;
       default = true;
@@ -111,6 +116,12 @@ in
 
       networking.vlans = plan.vlans;
     }
+
+    # The portal's user keeps its uid, so its files from before NixOS (and /proj's, whose
+    # owner numbers come from the portal) stay its own; root keeps 0.
+    (lib.mkIf (cfg.loginUid != null && config.edge.access.user != "root") {
+      users.users.${config.edge.access.user}.uid = cfg.loginUid;
+    })
 
     (lib.mkIf cfg.serialConsole {
       # The last console= is /dev/console, so boot messages and emergency

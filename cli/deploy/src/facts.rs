@@ -34,6 +34,8 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
     ("ip-route.json", &["ip", "-j", "route", "show", "default"]),
     ("ip-addr.json", &["ip", "-j", "addr"]),
     ("machine-id", &["cat", "/etc/machine-id"]),
+    // Run as the login user (facts need no root): its uid.
+    ("login-uid", &["id", "-u"]),
     (
         "boot-mode",
         &[
@@ -82,6 +84,9 @@ pub struct NodeFacts {
     /// install's record belongs to (a reloaded node has new ones).
     #[serde(default)]
     pub machine_id: String,
+    /// The login user's uid (none for root), kept on NixOS (see `edge.cloudlab.loginUid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
 }
 
 fn bios() -> String {
@@ -356,6 +361,7 @@ pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<Nod
         experiment,
         boot_mode,
         machine_id: get("machine-id").trim().to_string(),
+        login_uid: get("login-uid").trim().parse().ok().filter(|u| *u != 0),
     })
 }
 

@@ -813,7 +813,7 @@ fn read_recorded(dir: &Path, node: &str) -> Result<BTreeMap<String, String>, Str
         let path = dir.join(node).join(name);
         // Recordings made before these were read lack them: none reads as BIOS, and as no
         // machine id to check.
-        if matches!(*name, "boot-mode" | "machine-id") && !path.exists() {
+        if matches!(*name, "boot-mode" | "machine-id" | "login-uid") && !path.exists() {
             out.insert(name.to_string(), String::new());
             continue;
         }

@@ -159,6 +159,8 @@ impl Run {
             if let Some(f) = InstallState::load(&self.state_dir, &n.name).facts {
                 n.boot_disk = Some(f.boot.disk.clone());
                 n.root_device = Some(f.boot.root_device.clone());
+                // What the topology says wins: it travels with the repository.
+                n.login_uid = n.login_uid.or(f.login_uid);
             }
         }
     }

@@ -45,6 +45,7 @@ fn c220g5_ssd_boot_disk_first_partition_by_wwn() {
         ("ubuntu", "22.04", "x86_64")
     );
     assert_eq!(f.mem_kib, 196583452);
+    assert_eq!(f.login_uid, Some(20001), "the portal's uid, kept on NixOS");
 }
 
 #[test]

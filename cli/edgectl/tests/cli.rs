@@ -299,3 +299,31 @@ fn plan_and_apply_refuse_nodes_whose_boot_disk_is_unknown() {
     let o = edgectl(&["check", f.to_str().unwrap()]);
     assert_clean_error(&o, "boot_disk");
 }
+
+/// `login_uid` (CloudLab's per-user uid, which install records) reaches the generated host as
+/// `edge.cloudlab.loginUid`, which the module turns into the login user's uid; root's is 0
+/// and not allowed.
+#[test]
+fn login_uid_reaches_the_generated_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("cluster.toml");
+    let text = std::fs::read_to_string(repo().join("examples/edge-lab.toml"))
+        .unwrap()
+        .replacen("name = \"head\"", "name = \"head\"\nlogin_uid = 20001", 1);
+    std::fs::write(&f, &text).unwrap();
+    let out = dir.path().join("flake");
+    let o = edgectl(&[
+        "generate",
+        f.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let head = std::fs::read_to_string(out.join("hosts/head.nix")).unwrap();
+    assert!(head.contains("loginUid = 20001;"), "{head}");
+    let worker = std::fs::read_to_string(out.join("hosts/worker1.nix")).unwrap();
+    assert!(!worker.contains("loginUid"), "{worker}");
+    std::fs::write(&f, text.replacen("login_uid = 20001", "login_uid = 0", 1)).unwrap();
+    let o = edgectl(&["check", f.to_str().unwrap()]);
+    assert_clean_error(&o, "login_uid");
+}

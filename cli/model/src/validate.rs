@@ -99,6 +99,9 @@ pub struct Node {
     pub boot_disk: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_device: Option<String>,
+    /// The login user's uid from before NixOS (topology `login_uid`, or what install found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
 }
 
 impl Node {
@@ -616,6 +619,7 @@ impl<'f> Check<'_, 'f> {
             interfaces,
             boot_disk: n.boot_disk.clone(),
             root_device: n.root_device.clone(),
+            login_uid: n.login_uid,
         })
     }
 

@@ -89,6 +89,6 @@ pub fn context(c: &Cluster, n: &Node) -> Value {
             "interfaces": ifnames,
         },
         "agent": { "enable": n.has(Feature::Agent) },
-        "cloudlab": { "enable": true, "interfaces": ifaces, "bootDisk": n.boot_disk, "rootDevice": n.root_device },
+        "cloudlab": { "enable": true, "interfaces": ifaces, "bootDisk": n.boot_disk, "rootDevice": n.root_device, "loginUid": n.login_uid },
     })
 }
