@@ -327,6 +327,11 @@ pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<Nod
                 .any(|a| a["family"] == "inet" && a["dynamic"].as_bool() == Some(true))
         })
         .unwrap_or(false);
+    if !control_dhcp {
+        return Err(format!(
+            "the control interface {control_interface} has a static address, but the installed NixOS configures the control network by DHCP (as CloudLab's is), so the node could come up without the address edgectl and the portal reach it by; use a node whose control network is on DHCP"
+        ));
+    }
     let mut experiment = BTreeMap::new();
     for m in macs {
         let want = normalise_mac(m);

@@ -79,6 +79,8 @@ fn refusals_are_clear() {
     assert!(e.contains("not on a partition"), "{e}");
     let e = node_facts(&recorded("no-stable-names"), &["90e2ba24d119".into()]).unwrap_err();
     assert!(e.contains("refusing to guess"), "{e}");
+    let e = node_facts(&recorded("static-control"), &["90e2ba24d115".into()]).unwrap_err();
+    assert!(e.contains("eno1 has a static address"), "{e}");
     let e = node_facts(&recorded("uefi-boot"), &["90e2ba24d115".into()]).unwrap_err();
     assert!(e.contains("booted through uefi"), "{e}");
     let e = node_facts(&recorded("root-on-partition-2"), &["90e2ba24d115".into()]).unwrap_err();
