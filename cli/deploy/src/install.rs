@@ -51,9 +51,24 @@ pub struct InstallResult {
     pub commands: Vec<String>,
 }
 
-/// Files NIXOS_LUSTRATE keeps: the SSH host keys, so the node's identity (and the fingerprint
-/// edgectl pinned) survive the switch.
-pub const LUSTRATE: &str = "etc/ssh/ssh_host_ed25519_key\netc/ssh/ssh_host_ed25519_key.pub\netc/ssh/ssh_host_rsa_key\netc/ssh/ssh_host_rsa_key.pub\netc/ssh/ssh_host_ecdsa_key\netc/ssh/ssh_host_ecdsa_key.pub\n";
+/// Lists the node's SSH host key files: `sh -c LIST_HOST_KEYS edgectl-host-keys`.
+const LIST_HOST_KEYS: &str = include_str!("sh/list_host_keys.sh");
+
+/// What NIXOS_LUSTRATE keeps, from what [`LIST_HOST_KEYS`] found: the SSH host keys, so the
+/// node's identity (and the fingerprint edgectl pinned) survive the switch. Only files the
+/// node has (the boot copies each back from /old-root, and a missing one fails that step);
+/// none at all is refused, since NixOS would make new keys that edgectl then refuses.
+pub(crate) fn lustrate_list(found: &str) -> Result<String, String> {
+    let keep: Vec<&str> = found
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("etc/ssh/ssh_host_") && !l.contains(char::is_whitespace))
+        .collect();
+    if !keep.iter().any(|k| !k.ends_with(".pub")) {
+        return Err("the node has no SSH host key in /etc/ssh to keep: NixOS would make new ones, which edgectl refuses as a changed host key; check the node's sshd".into());
+    }
+    Ok(keep.iter().map(|k| format!("{k}\n")).collect())
+}
 
 const SWITCH: &str = include_str!("sh/install_switch.sh");
 
@@ -702,8 +717,16 @@ impl Worker {
     fn switch(&self, s: &Session, record: &mut InstallState) -> Result<(), String> {
         let what = "NIXOS_LUSTRATE and switch-to-configuration boot";
         step(&self.tx, &s.name, Phase::Switch, what, || {
+            let found = s
+                .host
+                .run(
+                    &argv(["sh", "-c", LIST_HOST_KEYS, "edgectl-host-keys"]),
+                    true,
+                )
+                .map_err(|e| e.to_string())?;
+            let keep = lustrate_list(&found.stdout)?;
             s.host
-                .upload("/etc/NIXOS_LUSTRATE", LUSTRATE.as_bytes(), 0o644)
+                .upload("/etc/NIXOS_LUSTRATE", keep.as_bytes(), 0o644)
                 .map_err(|e| e.to_string())?;
             let o = s
                 .host
@@ -866,10 +889,7 @@ fn planned(
     let mut cmds = crate::nodenix::planned_commands(ship, chosen);
     cmds.extend([
         format!("nix copy --to ssh://{user}@{host} {system}"),
-        format!(
-            "write /etc/NIXOS_LUSTRATE (keeps: {})",
-            LUSTRATE.trim().replace('\n', ", ")
-        ),
+        "write /etc/NIXOS_LUSTRATE (keeps: the SSH host key files in /etc/ssh)".to_string(),
         show(&switch_argv(system)),
         format!(
             "# GRUB goes to {} (first partition of {})",
@@ -1003,6 +1023,19 @@ mod resumption {
             facts::not_the_recorded_node(&f, &probe("m9", uuid), false),
             None
         );
+    }
+
+    #[test]
+    fn lustrate_keeps_the_host_keys_the_node_has_and_refuses_none() {
+        let found = "etc/ssh/ssh_host_ed25519_key\netc/ssh/ssh_host_ed25519_key.pub\n\
+                     etc/ssh/ssh_host_rsa_key\nnot/a/key\netc/ssh/ssh_host_x key\n";
+        assert_eq!(
+            lustrate_list(found).unwrap(),
+            "etc/ssh/ssh_host_ed25519_key\netc/ssh/ssh_host_ed25519_key.pub\netc/ssh/ssh_host_rsa_key\n"
+        );
+        let e = lustrate_list("etc/ssh/ssh_host_ed25519_key.pub\n").unwrap_err();
+        assert!(e.contains("no SSH host key"), "{e}");
+        assert!(lustrate_list("").is_err());
     }
 
     #[test]
@@ -1268,6 +1301,9 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
     /// `running`.
     fn node(running: &'static str) -> FakeHost {
         let h = FakeHost::new("n1");
+        h.on_name("edgectl-host-keys", |_| {
+            ok("etc/ssh/ssh_host_ed25519_key\netc/ssh/ssh_host_ed25519_key.pub\n")
+        });
         h.on_name("edgectl-install", |_| ok(""));
         h.on_name("edgectl-reboot", |_| ok(""));
         h.on(
@@ -1342,13 +1378,17 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         assert_eq!(d.result, Ok(()));
         assert_eq!(d.record.done, Step::ALL);
         assert_eq!(
-            h.calls()[0],
+            h.calls()[1],
             Call::Upload {
                 path: "/etc/NIXOS_LUSTRATE".into(),
                 mode: 0o644
-            }
+            },
+            "the host keys the node has, then the list"
         );
-        assert_eq!(h.scripts(), ["edgectl-install", "edgectl-reboot"]);
+        assert_eq!(
+            h.scripts(),
+            ["edgectl-host-keys", "edgectl-install", "edgectl-reboot"]
+        );
         assert!(h.calls().contains(&Call::Fresh));
         let states: Vec<(Phase, Ev)> = events.iter().map(|e| (e.0, e.1)).collect();
         assert_eq!(
@@ -1407,7 +1447,7 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         let (d, _) = later(&h, &COPIED, Some(Step::Switch));
         assert_eq!(d.result, Ok(()));
         assert_eq!(d.record.done.last(), Some(&Step::Switch));
-        assert_eq!(h.scripts(), ["edgectl-install"]);
+        assert_eq!(h.scripts(), ["edgectl-host-keys", "edgectl-install"]);
     }
 
     #[test]
@@ -1431,7 +1471,7 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
             Err("switch-to-configuration boot failed: grub-install: error".into())
         );
         assert_eq!(d.record.done, COPIED);
-        assert_eq!(h.scripts(), ["edgectl-install"]);
+        assert_eq!(h.scripts(), ["edgectl-host-keys", "edgectl-install"]);
         assert_eq!(
             events.last().map(|e| (e.0, e.1)),
             Some((Phase::Switch, Ev::Failed))
@@ -1486,8 +1526,9 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
             .map(String::as_str)
             .collect();
         assert_eq!(tail[0], format!("nix copy --to ssh://root@192.0.2.1 {SYS}"));
-        assert!(
-            tail[1].starts_with("write /etc/NIXOS_LUSTRATE (keeps: etc/ssh/ssh_host_ed25519_key, ")
+        assert_eq!(
+            tail[1],
+            "write /etc/NIXOS_LUSTRATE (keeps: the SSH host key files in /etc/ssh)"
         );
         assert!(
             tail[2].contains("edgectl-install") && tail[2].ends_with(SYS),
