@@ -46,6 +46,10 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Outputs of [`COMMANDS`] that phase 1 read only later: recordings made before may lack them
+/// (none reads as a BIOS boot, no machine id to check, no login uid to keep).
+pub const ADDED_LATER: &[&str] = &["machine-id", "login-uid", "boot-mode"];
+
 /// The least free space on `/` phase 1 accepts; the real need, the system's closure plus
 /// [`ROOM_MARGIN`], is checked once the system is built.
 pub const MIN_FREE: u64 = 2 << 30;

@@ -318,11 +318,25 @@ impl<'a> Install<'a> {
                     "the install record no longer fits this node: {why}; starting again from phase 1"
                 ),
             );
-            let n = self.nodes.get_mut(&name).expect("a selected node");
-            n.record = InstallState::default();
-            n.resume = resume_from(&n.record, self.io.until);
-            let _ = n.record.save(&self.run.state_dir, &name);
+            self.start_over(&name, Step::Facts);
         }
+    }
+
+    /// Makes `name` redo `from` and every phase after it: what those recorded (the copied
+    /// system; from facts on, everything) is forgotten, and saved at once, so an interrupted
+    /// run does not trust it either.
+    fn start_over(&mut self, name: &str, from: Step) {
+        let n = self.nodes.get_mut(name).expect("a selected node");
+        if from == Step::Facts {
+            n.record = InstallState::default();
+        } else {
+            n.record.done.retain(|s| *s < from);
+            if from <= Step::Copy {
+                n.record.system = None;
+            }
+        }
+        n.resume = resume_from(&n.record, self.io.until);
+        let _ = n.record.save(&self.run.state_dir, name);
     }
 
     /// Phase 1 (read-only), on every node that has not recorded its facts; pins host keys.
@@ -379,8 +393,8 @@ impl<'a> Install<'a> {
     /// reboot into the old one.
     fn forget_stale_copies(&mut self, systems: &BTreeMap<String, String>) {
         for (name, system) in systems {
-            let n = self.nodes.get_mut(name).expect("a selected node");
-            if !stale_copy(&n.record, system) {
+            let record = &self.nodes[name].record;
+            if !stale_copy(record, system) {
                 continue;
             }
             emit(
@@ -390,14 +404,10 @@ impl<'a> Install<'a> {
                 Ev::Warning,
                 format!(
                     "the topology changed since {} was copied: copying and switching to {system}",
-                    n.record.system.as_deref().unwrap_or_default()
+                    record.system.as_deref().unwrap_or_default()
                 ),
             );
-            n.record.done.retain(|s| *s < Step::Copy);
-            n.record.system = None;
-            n.resume = resume_from(&n.record, self.io.until);
-            // Recorded now, so an interrupted run does not trust the old copy either.
-            let _ = n.record.save(&self.run.state_dir, name);
+            self.start_over(name, Step::Copy);
         }
     }
 
@@ -405,21 +415,31 @@ impl<'a> Install<'a> {
     /// more (NIXOS_LUSTRATE keeps the old root on the same file system); a node short of room
     /// fails here, unchanged.
     fn check_room(&mut self, systems: &BTreeMap<String, String>) {
-        for (name, system) in systems {
-            let n = self.nodes.get_mut(name).expect("a selected node");
-            let Some(free) = n.record.facts.as_ref().map(|f| f.free_root_bytes) else {
-                continue;
-            };
-            if !n.wants(Step::Copy) {
-                continue;
-            }
-            let Ok(closure) = crate::nixcmd::local_closure(system) else {
-                continue;
-            };
-            let bytes = closure.iter().map(|p| p.nar_size).sum();
-            if let Some(why) = short_of_room(free, bytes) {
-                emit(&self.tx, name, Phase::Copy, Ev::Failed, why.clone());
-                n.failed = Some(why);
+        let jobs: Vec<(String, String, u64)> = systems
+            .iter()
+            .filter_map(|(name, system)| {
+                let n = &self.nodes[name];
+                let free = n.record.facts.as_ref()?.free_root_bytes;
+                n.wants(Step::Copy)
+                    .then(|| (name.clone(), system.clone(), free))
+            })
+            .collect();
+        // One `nix path-info` per node, side by side: each takes a moment to start.
+        let short = parallel_map(
+            &self.rt,
+            self.opts.parallel,
+            jobs,
+            |(name, system, free)| {
+                let bytes = crate::nixcmd::local_closure(&system)
+                    .map(|c| c.iter().map(|p| p.nar_size).sum())
+                    .ok();
+                (name, bytes.and_then(|b| short_of_room(free, b)))
+            },
+        );
+        for (name, why) in short {
+            if let Some(why) = why {
+                emit(&self.tx, &name, Phase::Copy, Ev::Failed, why.clone());
+                self.nodes.get_mut(&name).expect("a selected node").failed = Some(why);
             }
         }
     }
@@ -834,9 +854,7 @@ fn read_recorded(dir: &Path, node: &str) -> Result<BTreeMap<String, String>, Str
     let mut out = BTreeMap::new();
     for (name, _) in facts::COMMANDS {
         let path = dir.join(node).join(name);
-        // Recordings made before these were read lack them: none reads as BIOS, and as no
-        // machine id to check.
-        if matches!(*name, "boot-mode" | "machine-id" | "login-uid") && !path.exists() {
+        if facts::ADDED_LATER.contains(name) && !path.exists() {
             out.insert(name.to_string(), String::new());
             continue;
         }

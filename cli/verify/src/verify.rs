@@ -1133,18 +1133,27 @@ mod tests {
         assert!(!is_nixos(""));
     }
 
+    /// Every pair of `rounds` (for `n` nodes), asserting that none comes twice and that no
+    /// node is in two pairs of one round.
+    fn pairs_once_no_node_twice(
+        rounds: &[Vec<(usize, usize)>],
+        n: usize,
+    ) -> BTreeSet<(usize, usize)> {
+        let mut all = BTreeSet::new();
+        for r in rounds {
+            let mut seen = BTreeSet::new();
+            for &(a, b) in r {
+                assert!(seen.insert(a) && seen.insert(b), "n={n} {r:?}");
+                assert!(all.insert((a, b)), "pair twice, n={n}");
+            }
+        }
+        all
+    }
+
     #[test]
     fn rounds_cover_every_pair_once_and_no_node_twice_per_round() {
         for n in 0..9 {
-            let rounds = pair_rounds(n);
-            let mut all = BTreeSet::new();
-            for r in &rounds {
-                let mut seen = BTreeSet::new();
-                for &(a, b) in r {
-                    assert!(seen.insert(a) && seen.insert(b), "n={n} {r:?}");
-                    assert!(all.insert((a, b)), "pair twice, n={n}");
-                }
-            }
+            let all = pairs_once_no_node_twice(&pair_rounds(n), n);
             assert_eq!(all.len(), n * n.saturating_sub(1) / 2, "n={n}");
         }
     }
@@ -1154,14 +1163,7 @@ mod tests {
         for n in 0..9 {
             let rounds = directed_rounds(n);
             assert_eq!(rounds.len(), 2 * pair_rounds(n).len(), "n={n}");
-            let mut all = BTreeSet::new();
-            for r in &rounds {
-                let mut seen = BTreeSet::new();
-                for &(a, b) in r {
-                    assert!(seen.insert(a) && seen.insert(b), "n={n} {r:?}");
-                    assert!(all.insert((a, b)), "pair twice, n={n}");
-                }
-            }
+            let all = pairs_once_no_node_twice(&rounds, n);
             assert_eq!(all.len(), n * n.saturating_sub(1), "n={n}");
         }
     }
