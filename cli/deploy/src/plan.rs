@@ -356,8 +356,10 @@ fn judge(
 }
 
 /// The closure's changes: the node's current closure (read there) against the new one (read
-/// here). None when either cannot be read.
+/// here). None when either cannot be read. The new one first: with `--build-on nodes` it is
+/// not here, and the node is then spared a `path-info` over its whole closure.
 fn closure_diff(h: &dyn Host, current: &str, target: &str) -> Option<ClosureDiff> {
+    let new = nixcmd::local_closure(target).ok()?;
     let remote = h.run(
         &argv([
             "nix",
@@ -370,7 +372,7 @@ fn closure_diff(h: &dyn Host, current: &str, target: &str) -> Option<ClosureDiff
         ]),
         true,
     );
-    if let (Ok(r), Ok(new)) = (remote, nixcmd::local_closure(target))
+    if let Ok(r) = remote
         && r.ok()
         && let Ok(old) = nixcmd::parse_path_info(&r.stdout)
     {
