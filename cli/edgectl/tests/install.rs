@@ -503,6 +503,14 @@ fn live_facts_read_the_node_and_refuse_or_accept_clearly() {
     );
     let o = l.rig.exec_in(0, &["sh", "-c", &setup]);
     let o2 = l.run_with(&["--dry-run"], false);
+    // Run again over real SSH: the record's node is asked who it is (machine id, root UUID,
+    // OS) and is still it; then, with another machine id (as after a reload), it is not, and
+    // phase 1 runs again.
+    let o3 = l.run_with(&["--dry-run"], false);
+    let machine_id = l.etc(0).join("machine-id");
+    let _ = std::fs::remove_file(&machine_id);
+    std::fs::write(&machine_id, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let o4 = l.run_with(&["--dry-run"], false);
     drop(l.rig.exec_in(0, &["umount", "/"]));
     if made_dev_disk {
         let _ = std::fs::remove_dir("/dev/disk");
@@ -527,6 +535,31 @@ fn live_facts_read_the_node_and_refuse_or_accept_clearly() {
     assert_eq!(
         report(&o2)["nodes"][0]["done"],
         serde_json::json!(["facts"])
+    );
+    assert_eq!(o3.status.code(), Some(0), "{}", explain(&o3));
+    assert_eq!(
+        report(&o3)["nodes"][0]["resumed_from"],
+        "nix",
+        "{}",
+        explain(&o3)
+    );
+    let refit = "the install record no longer fits this node";
+    assert!(
+        !String::from_utf8_lossy(&o3.stdout).contains(refit),
+        "{}",
+        explain(&o3)
+    );
+    assert_eq!(o4.status.code(), Some(0), "{}", explain(&o4));
+    assert_eq!(
+        report(&o4)["nodes"][0]["resumed_from"],
+        "facts",
+        "{}",
+        explain(&o4)
+    );
+    let out4 = String::from_utf8_lossy(&o4.stdout);
+    assert!(
+        out4.contains(refit) && out4.contains("machine id is"),
+        "{out4}"
     );
     let saved: serde_json::Value = serde_json::from_slice(
         &std::fs::read(l.dir.path().join(".edgectl/install/n1.json")).unwrap(),
