@@ -12,6 +12,8 @@
     ./zenoh.nix
     ./agent.nix
     ./cloudlab.nix
+    ./testbed.nix
+    ./way-back.nix
   ];
 
   options.edge = {

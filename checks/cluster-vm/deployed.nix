@@ -23,6 +23,9 @@
   # a partition table. The VM boots its kernel directly, so no loader: `boot` only warns.
   boot.loader.grub.enable = lib.mkForce false;
 
+  # No testbed here: miniond would look for a boss node that is not there.
+  edge.cloudlab.testbedAgent.enable = false;
+
   # Firmware for real NICs and CPUs (modules/cloudlab.nix turns it on by default) is of no use
   # in a VM; leaving it out spares the test a large download.
   hardware.enableRedistributableFirmware = false;

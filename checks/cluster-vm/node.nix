@@ -23,6 +23,9 @@ in {
   # previous system's (this one's) if the new one fails.
   system.switch.enable = true;
 
+  # No testbed here: miniond would look for a boss node that is not there.
+  edge.cloudlab.testbedAgent.enable = false;
+
   # As in ./deployed.nix: no firmware for hardware a VM does not have.
   hardware.enableRedistributableFirmware = false;
 

@@ -9,7 +9,10 @@ fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
     for p in entries {
         if p.is_dir() {
             walk(&p, base, out);
-        } else if p.extension().is_some_and(|e| e == "nix" || e == "tera") {
+        } else if p
+            .extension()
+            .is_some_and(|e| e == "nix" || e == "tera" || e == "sh")
+        {
             let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
             out.push((rel, fs::canonicalize(&p).unwrap()));
         }

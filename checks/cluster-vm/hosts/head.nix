@@ -2,6 +2,8 @@
 # Do not edit: change the topology and run `edgectl generate` again. This file only sets the
 # node's identity and edge.* options; what they do is in modules/.
 {...}: {
+  # The machine facts install read on the node (hardware/<node>.toml beside the topology).
+  imports = [(./. + "/head-hardware.nix")];
   edge.cluster = {
     name = "cluster-vm";
     stateVersion = "25.11";
@@ -42,8 +44,6 @@
   edge.agent.enable = true;
   edge.cloudlab = {
     enable = true;
-    bootDisk = "/dev/disk/by-id/virtio-root";
-    rootDevice = "/dev/disk/by-label/nixos";
     interfaces = [
       {
         name = "lan0";

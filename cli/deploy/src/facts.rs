@@ -44,11 +44,31 @@ pub const COMMANDS: &[(&str, &[&str])] = &[
             "if [ -d /sys/firmware/efi ]; then echo uefi; else echo bios; fi",
         ],
     ),
+    ("root-fstype", &["findmnt", "-n", "-o", "FSTYPE", "/"]),
+    ("disk-modules", &["sh", "-c", DISK_MODULES]),
+    // The login user's primary group, name then number: kept with its uid.
+    ("login-group", &["sh", "-c", "id -gn; id -g"]),
 ];
+
+const DISK_MODULES: &str = include_str!("sh/disk_modules.sh");
+
+/// Drivers that are always built into a NixOS kernel (the PCIe port bus cannot be a module),
+/// so a root disk behind them needs nothing from the initrd for them.
+const ALWAYS_BUILT_IN: &[&str] = &["pcieport", "portdrv"];
 
 /// Outputs of [`COMMANDS`] that phase 1 read only later: recordings made before may lack them
 /// (none reads as a BIOS boot, no machine id to check, no login uid to keep).
-pub const ADDED_LATER: &[&str] = &["machine-id", "login-uid", "boot-mode"];
+pub const ADDED_LATER: &[&str] = &[
+    "machine-id",
+    "login-uid",
+    "boot-mode",
+    "root-fstype",
+    "disk-modules",
+    "login-group",
+];
+
+/// File systems the installed system can mount `/` from (NIXOS_LUSTRATE keeps the existing one).
+pub const ROOT_FS_TYPES: &[&str] = &["ext4", "ext3", "xfs", "btrfs"];
 
 /// The least free space on `/` phase 1 accepts; the real need, the system's closure plus
 /// [`ROOM_MARGIN`], is checked once the system is built.
@@ -67,6 +87,10 @@ pub struct BootPlan {
     pub root_device: String,
     pub rotational: bool,
     pub size_bytes: u64,
+    /// The boot disk's kernel name when the facts were read (`sda`); it can change between
+    /// boots, so it is only used to match other outputs of the same read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kernel_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +115,70 @@ pub struct NodeFacts {
     /// The login user's uid (none for root), kept on NixOS (see `edge.cloudlab.loginUid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_uid: Option<u32>,
+    /// The login user's primary group (name, gid), kept with its uid; none for root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_group: Option<(String, u32)>,
+    /// The file system `/` is on (empty: recorded before edgectl read it).
+    #[serde(default)]
+    pub root_fs: String,
+    /// The kernel modules between the root disk and the bus (`sd_mod`, `ahci`): the initrd
+    /// needs each. Empty: recorded before edgectl read them.
+    #[serde(default)]
+    pub root_disk_modules: Vec<String>,
+}
+
+impl NodeFacts {
+    /// What goes into `hardware/<node>.toml` beside the topology.
+    pub fn hardware(&self) -> edgectl_model::hardware::Hardware {
+        edgectl_model::hardware::Hardware {
+            boot_disk: self.boot.disk.clone(),
+            grub_device: self.boot.grub_device.clone(),
+            root_device: self.boot.root_device.clone(),
+            // Recorded before edgectl read it: CloudLab's images are all ext4.
+            root_fs: if self.root_fs.is_empty() {
+                "ext4".into()
+            } else {
+                self.root_fs.clone()
+            },
+            root_disk_modules: self.root_disk_modules.clone(),
+            boot_mode: self.boot_mode.clone(),
+            login_uid: self.login_uid,
+            login_group: self.login_group.as_ref().map(|g| g.0.clone()),
+            login_gid: self.login_group.as_ref().map(|g| g.1),
+            machine_id: self.machine_id.clone(),
+        }
+    }
+}
+
+/// The modules of the drivers under `disk` (a kernel name such as `sda`), from what
+/// `disk_modules.sh` printed: one line per block device, its name first.
+pub fn disk_modules(text: &str, disk: &str) -> Vec<String> {
+    let mut mods: Vec<String> = Vec::new();
+    for m in text
+        .lines()
+        .map(|l| l.split_whitespace())
+        .find_map(|mut w| (w.next() == Some(disk)).then_some(w))
+        .into_iter()
+        .flatten()
+    {
+        let m = m.replace('-', "_");
+        let plain = !m.is_empty() && m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if plain && !ALWAYS_BUILT_IN.contains(&m.as_str()) && !mods.contains(&m) {
+            mods.push(m);
+        }
+    }
+    mods
+}
+
+/// `id -gn; id -g`: the group's name and number, for a user other than root.
+fn login_group(text: &str) -> Option<(String, u32)> {
+    let mut l = text.lines().map(str::trim);
+    let (name, gid) = (l.next()?, l.next()?.parse::<u32>().ok()?);
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    (plain && gid != 0).then(|| (name.to_string(), gid))
 }
 
 fn bios() -> String {
@@ -252,6 +340,7 @@ pub fn boot_plan(lsblk: &str, findmnt: &str, disk_links: &str) -> Result<BootPla
         root_device,
         rotational: disk.rota,
         size_bytes: disk.size,
+        kernel_name: disk.name.clone(),
     })
 }
 
@@ -310,6 +399,20 @@ pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<Nod
             "the node booted through {boot_mode}: install writes GRUB for BIOS into partition 1's boot sector, which Emulab's PXE-booted loader chain-loads and a {boot_mode} boot never reads; use a node type that boots through BIOS"
         ));
     }
+    // Like findmnt-root: the last of the mounts stacked on / is the one in effect.
+    let root_fs = get("root-fstype")
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if !root_fs.is_empty() && !ROOT_FS_TYPES.contains(&root_fs.as_str()) {
+        return Err(format!(
+            "/ is on a {root_fs} file system; the installed NixOS keeps it as its root and mounts {} only; use a standard CloudLab Ubuntu image (ext4)",
+            ROOT_FS_TYPES.join(", ")
+        ));
+    }
+    let root_disk_modules = disk_modules(get("disk-modules"), &boot.kernel_name);
     let route: serde_json::Value =
         serde_json::from_str(get("ip-route.json")).map_err(|e| format!("ip -j route: {e}"))?;
     let control_interface = route
@@ -371,6 +474,9 @@ pub fn node_facts(out: &BTreeMap<String, String>, macs: &[String]) -> Result<Nod
         boot_mode,
         machine_id: get("machine-id").trim().to_string(),
         login_uid: get("login-uid").trim().parse().ok().filter(|u| *u != 0),
+        login_group: login_group(get("login-group")),
+        root_fs,
+        root_disk_modules,
     })
 }
 

@@ -70,7 +70,10 @@ pub(crate) fn lustrate_list(found: &str) -> Result<String, String> {
     Ok(keep.iter().map(|k| format!("{k}\n")).collect())
 }
 
-const SWITCH: &str = include_str!("sh/install_switch.sh");
+const SWITCH: &str = node_script!("sh/install_switch.sh");
+const SWITCH_STATUS: &str = node_script!("sh/install_switch_status.sh");
+/// Where the node keeps a copy of its `hardware/<node>.toml` (it survives lustration).
+const HARDWARE_COPY: &str = concat!(state_dir!(), "/hardware.toml");
 
 const REBOOT: &str = include_str!("sh/reboot_detached.sh");
 
@@ -157,6 +160,7 @@ fn install_with(
     let systems = i.build(&ready)?;
     i.forget_stale_copies(&systems);
     i.check_room(&systems);
+    i.check_boot(&systems);
     if io.dry_run {
         i.dry_run(&ready, &systems);
         return Ok(i.finish());
@@ -361,7 +365,60 @@ impl<'a> Install<'a> {
             self.absorb(d);
         }
         self.state.save(&self.run.state_dir)?;
+        self.keep_hardware_files()
+    }
+
+    /// Writes each node's facts to `hardware/<node>.toml` beside the topology, where the
+    /// repository keeps them: a fresh clone then builds the same boot chain.
+    fn keep_hardware_files(&self) -> Result<(), EngineError> {
+        let dir = self.run.topology.parent().unwrap_or(Path::new("."));
+        for (name, n) in &self.nodes {
+            let Some(f) = &n.record.facts else { continue };
+            let h = f.hardware();
+            if edgectl_model::hardware::read(dir, name)
+                .ok()
+                .flatten()
+                .as_ref()
+                == Some(&h)
+            {
+                continue;
+            }
+            let path = edgectl_model::hardware::write(dir, name, &h).map_err(|e| {
+                EngineError::Failed(format!(
+                    "cannot write {}: {e}",
+                    edgectl_model::hardware::path_for(dir, name).display()
+                ))
+            })?;
+            emit(
+                &self.tx,
+                name,
+                Phase::Facts,
+                Ev::Progress,
+                format!(
+                    "machine facts written to {}: keep it in git with the topology",
+                    path.display()
+                ),
+            );
+        }
         Ok(())
+    }
+
+    /// Before anything is copied: will each built system boot its machine (see `boot_gate`)?
+    /// A node whose system would not fails here, unchanged.
+    fn check_boot(&mut self, systems: &BTreeMap<String, String>) {
+        for (name, system) in systems {
+            let n = &self.nodes[name];
+            let Some(f) = n.record.facts.as_ref() else {
+                continue;
+            };
+            if !n.wants(Step::Switch) {
+                continue;
+            }
+            if let Err(why) = crate::boot_gate::check(f, Path::new(system)) {
+                emit(&self.tx, name, Phase::Switch, Ev::Failed, why.clone());
+                self.nodes.get_mut(name).expect("a selected node").failed = Some(why);
+            }
+        }
     }
 
     /// The nodes that go on past facts.
@@ -629,12 +686,15 @@ struct RebootWait {
     settle: Duration,
     poll: Duration,
     limit: Duration,
+    /// How long the detached switch may take (grub-install on a slow disk included).
+    switch_limit: Duration,
 }
 
 const REBOOT_WAIT: RebootWait = RebootWait {
     settle: Duration::from_secs(3),
     poll: Duration::from_secs(2),
     limit: Duration::from_secs(900),
+    switch_limit: Duration::from_secs(900),
 };
 
 /// What every node's work needs on a worker thread, cloned out of the run.
@@ -748,20 +808,77 @@ impl Worker {
             s.host
                 .upload("/etc/NIXOS_LUSTRATE", keep.as_bytes(), 0o644)
                 .map_err(|e| e.to_string())?;
-            let o = s
-                .host
-                .run(&switch_argv(&s.system), true)
-                .map_err(|e| e.to_string())?;
-            if !o.ok() {
-                let e = o.stderr.trim();
-                return Err(format!("switch-to-configuration boot failed: {e}"));
+            if let Some(f) = &record.facts {
+                let text = edgectl_model::hardware::render(&f.hardware(), &s.name);
+                s.host
+                    .upload(HARDWARE_COPY, text.as_bytes(), 0o644)
+                    .map_err(|e| e.to_string())?;
             }
+            let grub = record
+                .facts
+                .as_ref()
+                .map(|f| f.boot.grub_device.clone())
+                .unwrap_or_default();
+            self.detached_switch(s, &grub)?;
             record.done.push(Step::Switch);
             record
                 .save(&self.state_dir, &s.name)
                 .map_err(|e| e.to_string())?;
             Ok(((), "boots NixOS next".into()))
         })
+    }
+
+    /// Starts the switch detached on the node and follows its status file until it ends; a
+    /// dropped connection is opened again, and the switch goes on meanwhile.
+    fn detached_switch(&self, s: &Session, grub: &str) -> Result<(), String> {
+        let launch = switch_argv(&s.system, grub);
+        let status = argv(["sh", "-c", SWITCH_STATUS, "edgectl-install-status"]);
+        let end = Instant::now() + self.wait.switch_limit;
+        let mut host: Option<Box<dyn Host>> = None;
+        let mut started = false;
+        let mut last_error = String::new();
+        loop {
+            let h: &dyn Host = host.as_deref().unwrap_or(s.host.as_ref());
+            // Launching again is harmless: the script reports a run of this system already
+            // under way (or done) instead of starting another.
+            let step = if started { &status } else { &launch };
+            match h.run(step, true) {
+                Ok(o) if o.ok() => {
+                    started = true;
+                    let out = o.stdout.trim();
+                    let (state, log) = out.split_once('\n').unwrap_or((out, ""));
+                    match state.trim() {
+                        "ok" => return Ok(()),
+                        "running" => {}
+                        "no-grub" => {
+                            return Err(format!(
+                                "switch-to-configuration ran, but the boot sector of {grub} does not hold GRUB afterwards: the node would not boot NixOS (nor Ubuntu, if grub-install got part way); do not reboot it, look at {}/install-switch/log on the node",
+                                state_dir!()
+                            ));
+                        }
+                        other if other.starts_with("failed") => {
+                            return Err(format!(
+                                "switch-to-configuration boot {other}: {}",
+                                log.trim()
+                            ));
+                        }
+                        other => last_error = format!("unexpected switch status {other:?}"),
+                    }
+                }
+                Ok(o) => last_error = o.stderr.trim().to_string(),
+                Err(e) => {
+                    last_error = e.to_string();
+                    host = s.host.fresh().ok();
+                }
+            }
+            if Instant::now() > end {
+                return Err(format!(
+                    "the switch did not end within {} s ({last_error}); it may still be running on the node: `edgectl install` again follows it",
+                    self.wait.switch_limit.as_secs()
+                ));
+            }
+            std::thread::sleep(self.wait.poll.min(Duration::from_millis(500)));
+        }
     }
 
     /// Phase 4: reboot, and check that NixOS came back with the same host key and the system.
@@ -865,8 +982,8 @@ fn read_recorded(dir: &Path, node: &str) -> Result<BTreeMap<String, String>, Str
     Ok(out)
 }
 
-fn switch_argv(system: &str) -> Vec<String> {
-    argv(["sh", "-c", SWITCH, "edgectl-install", system])
+fn switch_argv(system: &str, grub: &str) -> Vec<String> {
+    argv(["sh", "-c", SWITCH, "edgectl-install", system, grub])
 }
 
 /// The reboot, detached so the SSH session can end first (default `systemctl reboot`).
@@ -908,7 +1025,12 @@ fn planned(
     cmds.extend([
         format!("nix copy --to ssh://{user}@{host} {system}"),
         "write /etc/NIXOS_LUSTRATE (keeps: the SSH host key files in /etc/ssh)".to_string(),
-        show(&switch_argv(system)),
+        format!("write {HARDWARE_COPY} (a copy of hardware/<node>.toml)"),
+        format!(
+            "detached, with its status in {}/install-switch: nix-env -p /nix/var/nix/profiles/system --set {system}; touch /etc/NIXOS; NIXOS_INSTALL_BOOTLOADER=1 {system}/bin/switch-to-configuration boot; check that the boot sector of {} holds GRUB",
+            state_dir!(),
+            f.boot.grub_device
+        ),
         format!(
             "# GRUB goes to {} (first partition of {})",
             f.boot.grub_device, f.boot.disk
@@ -924,7 +1046,7 @@ mod resumption {
 
     use super::*;
     use crate::event::{Event, State as Ev};
-    use crate::fake::{Call, FakeHost, exit, ok};
+    use crate::fake::{Call, FakeHost, ok};
 
     const SYS: &str = "/nix/store/aaaa-nixos-system-n1";
 
@@ -1178,6 +1300,20 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         }
     }
 
+    /// The only event of a run that built nothing: the recorded facts were written beside the
+    /// topology (a record from before install wrote them there).
+    fn assert_kept_hardware_file(l: &Lab, events: &[(Phase, Ev, String)]) {
+        let dir = l.run.topology.parent().unwrap();
+        let h = edgectl_model::hardware::read(dir, "n1")
+            .unwrap()
+            .expect("written");
+        assert_eq!(h.root_disk_modules, ["sd_mod", "ahci"]);
+        assert!(
+            matches!(events, [(Phase::Facts, Ev::Progress, m)] if m.contains("hardware/n1.toml")),
+            "{events:?}"
+        );
+    }
+
     fn until(u: Step) -> InstallOptions {
         InstallOptions {
             dry_run: false,
@@ -1212,6 +1348,14 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
                     Phase::Facts,
                     Ev::Ok,
                     "ubuntu 22.04; GRUB -> /dev/disk/by-id/wwn-0x55cd2e414d9a1234-part1; control eno1".into()
+                ),
+                (
+                    Phase::Facts,
+                    Ev::Progress,
+                    format!(
+                        "machine facts written to {}: keep it in git with the topology",
+                        l.run.topology.parent().unwrap().join("hardware/n1.toml").display()
+                    )
                 ),
             ]
         );
@@ -1286,7 +1430,7 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         assert_eq!(l.dialed.load(Ordering::SeqCst), 1);
         assert_eq!(h.calls().len(), 1, "{:?}", h.calls());
         assert_eq!(h.scripts(), ["edgectl-identity"]);
-        assert!(events.is_empty(), "{events:?}");
+        assert_kept_hardware_file(&l, &events);
     }
 
     #[test]
@@ -1304,7 +1448,7 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         assert_eq!(r[0].done, Step::ALL);
         assert_eq!(l.dialed.load(Ordering::SeqCst), 1, "asked who it is, once");
         assert_eq!(h.scripts(), ["edgectl-identity"]);
-        assert!(events.is_empty(), "nothing built: {events:?}");
+        assert_kept_hardware_file(&l, &events);
     }
 
     // A node's later phases on a worker, over an open session.
@@ -1313,6 +1457,7 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         settle: Duration::from_millis(1),
         poll: Duration::from_millis(1),
         limit: Duration::from_secs(5),
+        switch_limit: Duration::from_secs(5),
     };
 
     /// A node that switches, "reboots" (the rig's way: `--reboot-command`) and comes back on
@@ -1322,7 +1467,8 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         h.on_name("edgectl-host-keys", |_| {
             ok("etc/ssh/ssh_host_ed25519_key\netc/ssh/ssh_host_ed25519_key.pub\n")
         });
-        h.on_name("edgectl-install", |_| ok(""));
+        h.on_name("edgectl-install", |_| ok("running\n"));
+        h.on_name("edgectl-install-status", |_| ok("ok\n"));
         h.on_name("edgectl-reboot", |_| ok(""));
         h.on(
             |a| a[0] == "cat" && a[1].ends_with("boot_id"),
@@ -1363,7 +1509,11 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         let dir = tempfile::tempdir().unwrap();
         let (mut w, rx) = worker(dir.path());
         adjust(&mut w);
-        let rec = record(done);
+        let mut rec = record(done);
+        if done.contains(&Step::Facts) {
+            let out = read_recorded(layout().parent().unwrap(), "c220g5-ssd-boot").unwrap();
+            rec.facts = Some(facts::node_facts(&out, &["90e2ba24d115".into()]).unwrap());
+        }
         let j = NodeJob {
             session: Arc::new(Session {
                 name: "n1".into(),
@@ -1405,7 +1555,12 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         );
         assert_eq!(
             h.scripts(),
-            ["edgectl-host-keys", "edgectl-install", "edgectl-reboot"]
+            [
+                "edgectl-host-keys",
+                "edgectl-install",
+                "edgectl-install-status",
+                "edgectl-reboot"
+            ]
         );
         assert!(h.calls().contains(&Call::Fresh));
         let states: Vec<(Phase, Ev)> = events.iter().map(|e| (e.0, e.1)).collect();
@@ -1465,7 +1620,62 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         let (d, _) = later(&h, &COPIED, Some(Step::Switch));
         assert_eq!(d.result, Ok(()));
         assert_eq!(d.record.done.last(), Some(&Step::Switch));
-        assert_eq!(h.scripts(), ["edgectl-host-keys", "edgectl-install"]);
+        assert_eq!(
+            h.scripts(),
+            [
+                "edgectl-host-keys",
+                "edgectl-install",
+                "edgectl-install-status"
+            ]
+        );
+        // The node keeps a copy of its machine facts, outside what lustration clears.
+        assert!(
+            h.calls()
+                .iter()
+                .any(|c| matches!(c, Call::Upload { path, .. } if path == HARDWARE_COPY))
+        );
+    }
+
+    #[test]
+    fn a_connection_lost_during_the_switch_is_opened_again_and_the_switch_followed() {
+        let h = node(SYS);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let n = asked.clone();
+        h.on_name("edgectl-install-status", move |_| {
+            match n.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(HostError::Unreachable("connection reset".into())),
+                1 => ok("running\n"),
+                _ => ok("ok\n"),
+            }
+        });
+        let (d, _) = later(&h, &COPIED, Some(Step::Switch));
+        assert_eq!(d.result, Ok(()));
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        assert!(h.calls().contains(&Call::Fresh), "{:?}", h.calls());
+        // Started once: the status was followed, never a second switch.
+        assert_eq!(
+            h.scripts()
+                .iter()
+                .filter(|s| *s == "edgectl-install")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_boot_sector_without_grub_after_the_switch_fails_it_before_the_reboot() {
+        let h = node(SYS);
+        h.on_name("edgectl-install-status", |_| ok("no-grub\n"));
+        let (d, _) = later(&h, &COPIED, None);
+        let e = d.result.unwrap_err();
+        assert!(
+            e.contains(
+                "boot sector of /dev/disk/by-id/wwn-0x55cd2e414d9a1234-part1 does not hold GRUB"
+            ),
+            "{e}"
+        );
+        assert_eq!(d.record.done, COPIED);
+        assert!(!h.scripts().contains(&"edgectl-reboot".to_string()));
     }
 
     #[test]
@@ -1482,14 +1692,23 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
     #[test]
     fn a_failed_switch_is_not_recorded_and_nothing_reboots() {
         let h = node(SYS);
-        h.on_name("edgectl-install", |_| exit(1, "grub-install: error\n"));
+        h.on_name("edgectl-install-status", |_| {
+            ok("failed 1\ngrub-install: error\n")
+        });
         let (d, events) = later(&h, &COPIED, None);
         assert_eq!(
             d.result,
-            Err("switch-to-configuration boot failed: grub-install: error".into())
+            Err("switch-to-configuration boot failed 1: grub-install: error".into())
         );
         assert_eq!(d.record.done, COPIED);
-        assert_eq!(h.scripts(), ["edgectl-host-keys", "edgectl-install"]);
+        assert_eq!(
+            h.scripts(),
+            [
+                "edgectl-host-keys",
+                "edgectl-install",
+                "edgectl-install-status"
+            ]
+        );
         assert_eq!(
             events.last().map(|e| (e.0, e.1)),
             Some((Phase::Switch, Ev::Failed))
@@ -1539,7 +1758,7 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
         let tail: Vec<&str> = cmds
             .iter()
             .rev()
-            .take(5)
+            .take(6)
             .rev()
             .map(String::as_str)
             .collect();
@@ -1548,15 +1767,20 @@ lan = { address = "10.10.1.1/24", mac = "90e2ba24d115" }
             tail[1],
             "write /etc/NIXOS_LUSTRATE (keeps: the SSH host key files in /etc/ssh)"
         );
+        assert_eq!(
+            tail[2],
+            format!("write {HARDWARE_COPY} (a copy of hardware/<node>.toml)")
+        );
         assert!(
-            tail[2].contains("edgectl-install") && tail[2].ends_with(SYS),
+            tail[3].starts_with("detached")
+                && tail[3].contains(&format!("{SYS}/bin/switch-to-configuration boot")),
             "{}",
-            tail[2]
+            tail[3]
         );
         assert_eq!(
-            tail[3],
+            tail[4],
             "# GRUB goes to /dev/disk/by-id/wwn-0x55cd2e414d9a1234-part1 (first partition of /dev/disk/by-id/wwn-0x55cd2e414d9a1234)"
         );
-        assert!(tail[4].ends_with("edgectl-reboot true"), "{}", tail[4]);
+        assert!(tail[5].ends_with("edgectl-reboot true"), "{}", tail[5]);
     }
 }

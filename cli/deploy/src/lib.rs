@@ -24,6 +24,7 @@ macro_rules! node_script {
 
 pub mod activate;
 pub mod apply;
+pub mod boot_gate;
 pub mod day2;
 pub mod event;
 pub mod facts;

@@ -156,11 +156,9 @@ impl Run {
     /// `install` calls this again once it has found them.
     pub fn merge_install_facts(&mut self) {
         for n in &mut self.loaded.cluster.nodes {
+            // The same facts as hardware/<node>.toml (which load read): install writes both.
             if let Some(f) = InstallState::load(&self.state_dir, &n.name).facts {
-                n.boot_disk = Some(f.boot.disk.clone());
-                n.root_device = Some(f.boot.root_device.clone());
-                // What the topology says wins: it travels with the repository.
-                n.login_uid = n.login_uid.or(f.login_uid);
+                f.hardware().apply(n);
             }
         }
     }

@@ -119,3 +119,39 @@ fn the_topmost_root_mount_on_a_loop_device_counts() {
     let e = edgectl_deploy::facts::boot_plan(lsblk, "/dev/vda\n", links).unwrap_err();
     assert!(e.contains("not on a partition"), "{e}");
 }
+
+#[test]
+fn the_root_disks_drivers_file_system_and_login_group_are_read() {
+    let f = node_facts(&recorded("c220g5-ssd-boot"), &["90e2ba24d115".into()]).unwrap();
+    assert_eq!(f.root_disk_modules, ["sd_mod", "ahci"]);
+    assert_eq!(f.root_fs, "ext4");
+    assert_eq!(f.login_group, Some(("edgelab-PG0".into(), 10194)));
+    // The boot disk is sdb here: its own line counts, and the PCIe port driver (never a
+    // module) is left out.
+    let f = node_facts(&recorded("boot-disk-second"), &["90e2ba24d117".into()]).unwrap();
+    assert_eq!(f.root_disk_modules, ["sd_mod", "mpt3sas"]);
+    let f = node_facts(&recorded("nvme-boot"), &["0c:42:a1:dd:ee:01".into()]).unwrap();
+    assert_eq!(f.root_disk_modules, ["nvme"]);
+}
+
+#[test]
+fn a_root_file_system_nixos_would_not_mount_is_refused() {
+    let mut out = recorded("c220g5-ssd-boot");
+    out.insert("root-fstype".into(), "zfs\n".into());
+    let e = node_facts(&out, &["90e2ba24d115".into()]).unwrap_err();
+    assert!(e.contains("/ is on a zfs file system"), "{e}");
+}
+
+#[test]
+fn odd_driver_and_group_output_is_kept_out() {
+    use edgectl_deploy::facts::disk_modules;
+    assert_eq!(
+        disk_modules("sda sd_mod a$(b) ahci\n", "sda"),
+        ["sd_mod", "ahci"]
+    );
+    assert!(disk_modules("sdb sd_mod\n", "sda").is_empty());
+    let mut out = recorded("c220g5-ssd-boot");
+    out.insert("login-group".into(), "bad name\n12\n".into());
+    let f = node_facts(&out, &["90e2ba24d115".into()]).unwrap();
+    assert_eq!(f.login_group, None);
+}

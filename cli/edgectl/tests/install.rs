@@ -14,6 +14,16 @@ const WWN: &str = "/dev/disk/by-id/wwn-0x55cd2e414d9a1234";
 struct Lab {
     rig: Rig,
     dir: tempfile::TempDir,
+    /// The stand-in nixpkgs the systems are built with.
+    nixpkgs: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.rig.nodes.len() {
+            let _ = std::fs::remove_file(self.boot_sector(i));
+        }
+    }
 }
 
 fn lab(n: usize) -> Option<Lab> {
@@ -43,9 +53,19 @@ fn lab(n: usize) -> Option<Lab> {
         std::fs::create_dir_all(&d).unwrap();
         for e in std::fs::read_dir(&src).unwrap() {
             let e = e.unwrap();
-            let text = std::fs::read_to_string(e.path())
+            let mut text = std::fs::read_to_string(e.path())
                 .unwrap()
                 .replace("90:e2:ba:24:d1:15", &edgectl_rig::lan_mac(i));
+            if e.file_name() == "disk-links" {
+                // Partition 1 by a name that exists here: the stand-in's grub-install writes
+                // a boot sector into it, and install checks that one is there.
+                text = text
+                    .lines()
+                    .filter(|l| !l.ends_with("../../sda1"))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>()
+                    + &format!("{} ../../sda1\n", boot_sector_path(dir.path(), &n.name));
+            }
             std::fs::write(d.join(e.file_name()), text).unwrap();
         }
         // The node itself claims to be Ubuntu too (its private /etc).
@@ -54,10 +74,24 @@ fn lab(n: usize) -> Option<Lab> {
         let _ = std::fs::remove_file(&os);
         std::fs::write(os, "ID=ubuntu\nVERSION_ID=\"22.04\"\n").unwrap();
     }
-    Some(Lab { rig, dir })
+    Some(Lab {
+        rig,
+        dir,
+        nixpkgs: edgectl_rig::fixture_nixpkgs(),
+    })
+}
+
+/// The stand-in for a node's partition 1: a file under /dev/shm, one per lab and node.
+fn boot_sector_path(dir: &Path, node: &str) -> String {
+    let tag = dir.file_name().unwrap().to_string_lossy().replace('.', "");
+    format!("/dev/shm/edgerig-{tag}-{node}-part1")
 }
 
 impl Lab {
+    fn boot_sector(&self, i: usize) -> String {
+        boot_sector_path(self.dir.path(), &self.rig.node(i).name)
+    }
+
     fn run(&self, extra: &[&str]) -> Output {
         self.run_with(extra, true)
     }
@@ -78,7 +112,7 @@ impl Lab {
             .args([
                 "--override-input",
                 "nixpkgs",
-                &format!("path:{}", edgectl_rig::fixture_nixpkgs().display()),
+                &format!("path:{}", self.nixpkgs.display()),
             ]);
         if recorded {
             c.args(["--facts-from", facts.to_str().unwrap()]);
@@ -167,7 +201,57 @@ fn install_runs_every_phase_and_apply_continues_from_there() {
             edge["edge"]["cloudlab"]["rootDevice"],
             "/dev/disk/by-uuid/5f1c1a5e-1111-4c3b-9d2e-aaaaaaaaaaaa"
         );
+        assert_eq!(
+            edge["edge"]["cloudlab"]["rootDiskModules"],
+            serde_json::json!(["sd_mod", "ahci"])
+        );
+        // The detached switch ran grub-install, and install found GRUB in the boot sector.
+        let sector = std::fs::read(l.boot_sector(i)).expect("boot sector written");
+        assert!(String::from_utf8_lossy(&sector).contains("GRUB"));
+        // The node keeps a copy of its machine facts where lustration does not reach.
+        let name = &l.rig.node(i).name;
+        let copy = std::fs::read_to_string(l.rig.node(i).nix_dir.join("var/edgectl/hardware.toml"))
+            .unwrap();
+        assert!(copy.contains(WWN), "{copy}");
+        assert_eq!(
+            copy,
+            std::fs::read_to_string(l.dir.path().join(format!("hardware/{name}.toml"))).unwrap(),
+            "the node's copy is the repository's file"
+        );
     }
+    // A fresh clone (the topology and hardware/, no .edgectl/) generates the same boot chain.
+    let clone = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        l.dir.path().join("cluster.toml"),
+        clone.path().join("cluster.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir(clone.path().join("hardware")).unwrap();
+    for e in std::fs::read_dir(l.dir.path().join("hardware")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), clone.path().join("hardware").join(e.file_name())).unwrap();
+    }
+    let out = clone.path().join("flake");
+    let o = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+        .arg("generate")
+        .arg(clone.path().join("cluster.toml"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let name = &l.rig.node(0).name;
+    let hw = std::fs::read_to_string(out.join(format!("hosts/{name}-hardware.nix"))).unwrap();
+    assert!(hw.contains(&format!("bootDisk = \"{WWN}\";")), "{hw}");
+    assert!(
+        hw.contains("rootDiskModules = [\"sd_mod\" \"ahci\"];"),
+        "{hw}"
+    );
+    let host = std::fs::read_to_string(out.join(format!("hosts/{name}.nix"))).unwrap();
+    assert!(
+        host.contains(&format!("imports = [(./. + \"/{name}-hardware.nix\")];")),
+        "{host}"
+    );
     // This machine's own /etc was never touched.
     assert!(!Path::new("/etc/NIXOS_LUSTRATE").exists());
     // apply continues from the installed state: nothing to change.
@@ -233,6 +317,84 @@ fn a_login_key_the_installed_system_would_refuse_stops_the_install_before_any_ch
     assert_eq!(l.profile(0), None, "a system profile was set");
 }
 
+/// A built system that would not carry out NIXOS_LUSTRATE (systemd in stage 1) is refused
+/// after the build, before anything is copied to the node or changed there.
+#[test]
+fn a_system_with_systemd_in_stage_1_is_refused_before_the_node_changes() {
+    let Some(mut l) = lab(1) else { return };
+    let copy = l.dir.path().join("nixpkgs");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["flake.nix", "README.md"] {
+        std::fs::copy(edgectl_rig::fixture_nixpkgs().join(f), copy.join(f)).unwrap();
+    }
+    std::fs::write(copy.join("test-stage1"), "systemd\n").unwrap();
+    l.nixpkgs = copy;
+    let o = l.run(&[]);
+    assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+    let n = &report(&o)["nodes"][0];
+    assert_eq!(n["done"], serde_json::json!(["facts"]), "{n}");
+    let why = n["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("systemd in stage 1") && why.contains("357878"),
+        "{n}"
+    );
+    assert!(!l.etc(0).join("NIXOS_LUSTRATE").exists());
+    assert_eq!(l.profile(0), None, "a system profile was set");
+    assert!(!Path::new(&l.boot_sector(0)).exists(), "GRUB was installed");
+}
+
+/// The switch runs detached: the node's SSH sessions end part way through it (the stand-in's
+/// `drop-ssh`), install opens a new one, follows the status file, and the install completes.
+#[test]
+fn a_connection_dropped_during_the_switch_does_not_stop_it() {
+    let Some(l) = lab(1) else { return };
+    let state = l.rig.node(0).nix_dir.join("var/edgectl-test");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("behaviour"), "drop-ssh").unwrap();
+    let o = l.run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", explain(&o));
+    let n = &report(&o)["nodes"][0];
+    assert_eq!(
+        n["done"],
+        serde_json::json!(["facts", "nix", "copy", "switch", "reboot"]),
+        "{n}"
+    );
+    assert!(!state.join("behaviour").exists(), "the behaviour ran");
+    let status = std::fs::read_to_string(
+        l.rig
+            .node(0)
+            .nix_dir
+            .join("var/edgectl/install-switch/status"),
+    )
+    .unwrap();
+    assert_eq!(status.trim(), "ok");
+}
+
+/// grub-install that leaves no GRUB in partition 1's boot sector fails the switch, and the
+/// node is not rebooted into a machine that boots nothing.
+#[test]
+fn a_boot_sector_without_grub_fails_the_switch_and_nothing_reboots() {
+    let Some(l) = lab(1) else { return };
+    let state = l.rig.node(0).nix_dir.join("var/edgectl-test");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("behaviour"), "no-bootloader").unwrap();
+    let o = l.run(&[]);
+    assert_eq!(o.status.code(), Some(3), "{}", explain(&o));
+    let n = &report(&o)["nodes"][0];
+    assert_eq!(
+        n["done"],
+        serde_json::json!(["facts", "nix", "copy"]),
+        "{n}"
+    );
+    assert!(
+        n["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not hold GRUB"),
+        "{n}"
+    );
+}
+
 #[test]
 fn dry_run_prints_every_command_and_changes_nothing() {
     let Some(l) = lab(1) else { return };
@@ -252,7 +414,7 @@ fn dry_run_prints_every_command_and_changes_nothing() {
         "NIXOS_LUSTRATE",
         "switch-to-configuration",
         "NIXOS_INSTALL_BOOTLOADER=1",
-        &format!("{WWN}-part1"),
+        &l.boot_sector(0),
         "edgectl-reboot true",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");

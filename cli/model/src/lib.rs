@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err, clippy::result_unit_err)]
 
 pub mod diag;
+pub mod hardware;
 pub mod load;
 pub mod net;
 pub mod profile;
@@ -109,9 +110,12 @@ pub fn check_source(
             let _ = profiles.resolve(&n, &mut r.diags);
         }
     }
-    let cluster = file
+    let mut cluster = file
         .as_ref()
         .and_then(|f| validate::validate(f, &mut r, &mut profiles));
+    if let Some(c) = &mut cluster {
+        merge_hardware(c, base, &mut diags);
+    }
     if let Some(f) = &file {
         check_user_checks(f, &mut r, &src, base);
     }
@@ -129,6 +133,18 @@ pub fn check_source(
                 ));
             }
             Err(diags)
+        }
+    }
+}
+
+/// Each node's `hardware/<node>.toml`, where there is one, replaces what the topology says
+/// about its machine: it is what `edgectl install` read on the node itself.
+fn merge_hardware(c: &mut Cluster, base: &Path, diags: &mut Diagnostics) {
+    for n in &mut c.nodes {
+        match hardware::read(base, &n.name) {
+            Ok(Some(h)) => h.apply(n),
+            Ok(None) => {}
+            Err(d) => diags.extend(d),
         }
     }
 }

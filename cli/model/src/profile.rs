@@ -142,7 +142,28 @@ pub struct Gpu {
     /// CUDA compute capability as NVIDIA writes it, e.g. "6.1".
     pub compute_capability: String,
     pub memory_gib: u32,
+    /// What `edgectl verify` expects `nvidia-smi -q -x` to say about each of these GPUs; an
+    /// expectation left out is not checked. The driver branch: the major number of the
+    /// driver's version (580 for 580.119.02).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_branch: Option<u32>,
+    /// Persistence mode enabled (or, with `false`, disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<bool>,
+    /// ECC enabled now (`current_ecc`), or disabled with `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecc: Option<bool>,
+    /// The PCIe generation the link can run at (`max_link_gen`: the lower of the GPU's and
+    /// the slot's); an idle GPU lowers its current link, so that is shown, not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie_gen: Option<u32>,
+    /// The PCIe lanes the link can run on (`max_link_width`): 1, 2, 4, 8, 12, 16 or 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie_width: Option<u32>,
 }
+
+/// The link widths PCIe defines.
+pub const PCIE_WIDTHS: &[u32] = &[1, 2, 4, 8, 12, 16, 32];
 
 /// A fully resolved hardware profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -428,7 +449,18 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
         for g in r.tables(t, "gpu") {
             r.check_keys(
                 &g,
-                &["model", "count", "arch", "compute_capability", "memory_gib"],
+                &[
+                    "model",
+                    "count",
+                    "arch",
+                    "compute_capability",
+                    "memory_gib",
+                    "driver_branch",
+                    "persistence",
+                    "ecc",
+                    "pcie_gen",
+                    "pcie_width",
+                ],
             );
             let model = r.string(&g, "model", true);
             let count = r.integer(&g, "count", false, 1, 64).unwrap_or(1) as u32;
@@ -442,6 +474,41 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
             };
             let cc = r.string(&g, "compute_capability", true);
             let mem = r.integer(&g, "memory_gib", true, 1, 1 << 16);
+            // NVIDIA's branches have been three digits since R100; four leaves room.
+            let driver_branch = r
+                .integer(&g, "driver_branch", false, 100, 9999)
+                .map(|n| n as u32);
+            let persistence = r.boolean(&g, "persistence");
+            let ecc = r.boolean(&g, "ecc");
+            let pcie_gen = r.integer(&g, "pcie_gen", false, 1, 7).map(|n| n as u32);
+            let pcie_width = r
+                .integer(&g, "pcie_width", false, 1, 32)
+                .map(|n| n as u32)
+                .filter(|w| {
+                    if PCIE_WIDTHS.contains(w) {
+                        return true;
+                    }
+                    let span = r
+                        .spans
+                        .get(&g.child("pcie_width"))
+                        .unwrap_or(g.span.clone());
+                    r.error(
+                        Kind::InvalidValue,
+                        span,
+                        format!("`{}` must be a PCIe link width", g.child("pcie_width")),
+                    )
+                    .field(g.child("pcie_width"))
+                    .value(w.to_string())
+                    .help(format!(
+                        "use one of {} (lanes, as nvidia-smi's max_link_width says: 16x is 16)",
+                        PCIE_WIDTHS
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    false
+                });
             if let (Some(cc), Some(arch)) = (&cc, arch) {
                 let span = r
                     .spans
@@ -474,6 +541,11 @@ pub fn read_profile_spec(r: &mut Reader, t: &Table<'_, '_>) -> ProfileSpec {
                     arch,
                     compute_capability: cc,
                     memory_gib: mem as u32,
+                    driver_branch,
+                    persistence,
+                    ecc,
+                    pcie_gen,
+                    pcie_width,
                 });
             }
         }
@@ -775,6 +847,92 @@ mod tests {
         let d7525 = set.resolve("d7525", &mut d).unwrap();
         assert_eq!(d7525.cpu.vendor, CpuVendor::Amd);
         assert_eq!(d7525.gpus[0].compute_capability, "8.0");
+    }
+
+    #[test]
+    fn gpu_expectations() {
+        let (mut set, _) = ProfileSet::builtin();
+        let mut d = Diagnostics::default();
+        let g = &set.resolve("c4130", &mut d).unwrap().gpus[0];
+        assert_eq!(
+            (
+                g.driver_branch,
+                g.persistence,
+                g.ecc,
+                g.pcie_gen,
+                g.pcie_width
+            ),
+            (Some(580), Some(true), Some(true), Some(3), Some(16))
+        );
+        let g = &set.resolve("d7525", &mut d).unwrap().gpus[0];
+        assert_eq!(
+            (g.driver_branch, g.persistence, g.pcie_gen),
+            (None, Some(true), Some(4))
+        );
+        // An entry without them expects nothing.
+        let src = SourceFile::new(
+            "p4.toml",
+            "extends = \"c220g5\"\n[[gpu]]\nmodel = \"Tesla P4\"\narch = \"pascal\"\n\
+             compute_capability = \"6.1\"\nmemory_gib = 8\n",
+        );
+        assert!(set.add_file("p4", src, "p4.toml").is_empty());
+        let g = &set.resolve("p4", &mut d).unwrap().gpus[0];
+        assert_eq!(
+            (
+                g.driver_branch,
+                g.persistence,
+                g.ecc,
+                g.pcie_gen,
+                g.pcie_width
+            ),
+            (None, None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn bad_gpu_expectations_say_file_line_and_field() {
+        let text = "extends = \"c220g5\"\n[[gpu]]\nmodel = \"Tesla P4\"\narch = \"pascal\"\n\
+                    compute_capability = \"6.1\"\nmemory_gib = 8\n\
+                    driver_branch = \"550\"\npersistence = \"yes\"\necc = 1\n\
+                    pcie_gen = 9\npcie_width = 3\n";
+        let (mut set, _) = ProfileSet::builtin();
+        let diags = set.add_file("bad", SourceFile::new("bad.toml", text), "bad.toml");
+        let got: Vec<(Kind, usize, String)> = diags
+            .iter()
+            .map(|d| (d.kind, d.line, d.field.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Kind::WrongType, 7, "gpu[0].driver_branch".to_string()),
+                (Kind::WrongType, 8, "gpu[0].persistence".to_string()),
+                (Kind::WrongType, 9, "gpu[0].ecc".to_string()),
+                (Kind::InvalidValue, 10, "gpu[0].pcie_gen".to_string()),
+                (Kind::InvalidValue, 11, "gpu[0].pcie_width".to_string()),
+            ],
+            "{}",
+            diags.render(false, 10)
+        );
+        assert!(
+            diags
+                .iter()
+                .all(|d| d.file == "bad.toml" && d.help.is_some())
+        );
+        let w = diags.iter().last().unwrap();
+        assert_eq!(w.value.as_deref(), Some("3"));
+        assert!(
+            w.help
+                .as_deref()
+                .unwrap()
+                .contains("1, 2, 4, 8, 12, 16, 32")
+        );
+        // A branch that is not one: out of range.
+        let text = "extends = \"c220g5\"\n[[gpu]]\nmodel = \"Tesla P4\"\narch = \"pascal\"\n\
+                    compute_capability = \"6.1\"\nmemory_gib = 8\ndriver_branch = 5\n";
+        let diags = set.add_file("bad", SourceFile::new("bad.toml", text), "bad.toml");
+        let d = diags.iter().next().unwrap();
+        assert_eq!((d.kind, d.line), (Kind::InvalidValue, 7));
+        assert!(d.message.contains("between 100 and 9999"), "{}", d.message);
     }
 
     #[test]

@@ -174,6 +174,9 @@ pub struct NodeSpec {
     /// The root file system's device by a stable name, likewise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_device: Option<String>,
+    /// The root device's file system type (`ext4` on CloudLab's images), likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_fs: Option<String>,
     /// The login user's uid on the node before NixOS (CloudLab's portal gives one per user,
     /// 20001 and up), kept so the user's files stay theirs; likewise recorded by install.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +246,7 @@ pub const NODE_KEYS: &[&str] = &[
     "lan",
     "boot_disk",
     "root_device",
+    "root_fs",
     "login_uid",
 ];
 pub const LAN_KEYS: &[&str] = &["network", "address", "mac", "vlan"];
@@ -476,6 +480,7 @@ fn read_node(r: &mut Reader, t: &Table<'_, '_>) -> NodeSpec {
         lan,
         boot_disk: r.string(t, "boot_disk", false),
         root_device: r.string(t, "root_device", false),
+        root_fs: r.string(t, "root_fs", false),
         login_uid: r
             .integer(t, "login_uid", false, 1, 4_294_967_294)
             .map(|n| n as u32),

@@ -99,9 +99,15 @@ pub struct Node {
     pub boot_disk: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root_device: Option<String>,
+    /// Its file system (topology `root_fs`, or what install found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_fs: Option<String>,
     /// The login user's uid from before NixOS (topology `login_uid`, or what install found).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_uid: Option<u32>,
+    /// The machine facts `edgectl install` recorded (`hardware/<node>.toml`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<crate::hardware::Hardware>,
 }
 
 impl Node {
@@ -619,7 +625,9 @@ impl<'f> Check<'_, 'f> {
             interfaces,
             boot_disk: n.boot_disk.clone(),
             root_device: n.root_device.clone(),
+            root_fs: n.root_fs.clone(),
             login_uid: n.login_uid,
+            hardware: None,
         })
     }
 
@@ -738,6 +746,18 @@ impl<'f> Check<'_, 'f> {
                     .value(format!("{d:?}"))
                     .help("use the stable name `edgectl install --until facts` prints, or remove the key and let install record it");
             }
+        }
+        if let Some(fs) = &n.root_fs
+            && !["ext4", "ext3", "xfs", "btrfs"].contains(&fs.as_str())
+        {
+            self.v
+                .err(
+                    Kind::InvalidValue,
+                    &format!("{np}.root_fs"),
+                    "`root_fs` must be ext4, ext3, xfs or btrfs",
+                )
+                .value(format!("{fs:?}"))
+                .help("write the file system of root_device (CloudLab's images use ext4)");
         }
     }
 

@@ -61,6 +61,7 @@ fn node(
         root_device: i
             .is_multiple_of(2)
             .then(|| format!("/dev/disk/by-uuid/{i:08x}-0000-4000-8000-000000000000")),
+        root_fs: i.is_multiple_of(2).then(|| "ext4".to_string()),
         login_uid: i.is_multiple_of(3).then_some(20001 + i as u32),
     }
 }

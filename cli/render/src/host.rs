@@ -89,6 +89,42 @@ pub fn context(c: &Cluster, n: &Node) -> Value {
             "interfaces": ifnames,
         },
         "agent": { "enable": n.has(Feature::Agent) },
-        "cloudlab": { "enable": true, "interfaces": ifaces, "bootDisk": n.boot_disk, "rootDevice": n.root_device, "loginUid": n.login_uid },
+        "cloudlab": { "enable": true, "interfaces": ifaces },
+        "hardwareFile": hardware(n).map(|_| format!("/{}", hardware_file_name(n))),
     })
+}
+
+/// `hosts/<this>`: the node's machine facts, imported by its host file.
+pub fn hardware_file_name(n: &Node) -> String {
+    format!("{}-hardware.nix", n.name)
+}
+
+/// What `hosts/<node>-hardware.nix` sets: the machine facts from the topology and from
+/// `hardware/<node>.toml` (what install read on the node). None when nothing is known, and
+/// the module's assertions then say how to record them.
+pub fn hardware(n: &Node) -> Option<Value> {
+    let h = n.hardware.as_ref();
+    if n.boot_disk.is_none()
+        && n.root_device.is_none()
+        && n.root_fs.is_none()
+        && n.login_uid.is_none()
+        && h.is_none()
+    {
+        return None;
+    }
+    let group = h.and_then(|h| {
+        let (name, gid) = (h.login_group.as_ref()?, h.login_gid?);
+        Some(json!({ "name": name, "gid": gid }))
+    });
+    Some(json!({
+        "node": n.name,
+        "bootDisk": n.boot_disk,
+        "grubDevice": h.map(|h| &h.grub_device),
+        "rootDevice": n.root_device,
+        "rootFsType": n.root_fs,
+        "rootDiskModules": h.map(|h| &h.root_disk_modules),
+        "loginUid": n.login_uid,
+        "loginGroup": group,
+        "machineId": h.map(|h| &h.machine_id).filter(|m| !m.is_empty()),
+    }))
 }

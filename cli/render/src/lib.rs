@@ -190,6 +190,11 @@ pub fn render(c: &Cluster) -> Result<Files, RenderError> {
         let name = format!("hosts/{}.nix", n.name);
         let text = render_one(&t, "host.nix.tera", &json!({ "ctx": host::context(c, n) }))?;
         files.insert(name.clone(), format_nix(&name, text)?);
+        if let Some(hw) = host::hardware(n) {
+            let name = format!("hosts/{}", host::hardware_file_name(n));
+            let text = render_one(&t, "hardware.nix.tera", &json!({ "hw": hw }))?;
+            files.insert(name.clone(), format_nix(&name, text)?);
+        }
     }
     let nodes: Vec<Value> = c
         .nodes

@@ -137,7 +137,7 @@ pub fn topology_toml_with(
     for (i, n) in rig.nodes.iter().enumerate() {
         let roles = if i == 0 { "[\"zenoh-router\"]" } else { "[]" };
         t.push_str(&format!(
-            "[[node]]\nname = {:?}\nhost = \"{}\"\nroles = {roles}\ntags = [\"{}\"]\nlan = {{ address = \"{}/24\", mac = \"{}\" }}\nboot_disk = \"/dev/disk/by-id/edgerig-{}\"\nroot_device = \"/dev/disk/by-uuid/00000000-0000-4000-8000-0000000000{:02x}\"\n\n",
+            "[[node]]\nname = {:?}\nhost = \"{}\"\nroles = {roles}\ntags = [\"{}\"]\nlan = {{ address = \"{}/24\", mac = \"{}\" }}\nboot_disk = \"/dev/disk/by-id/edgerig-{}\"\nroot_device = \"/dev/disk/by-uuid/00000000-0000-4000-8000-0000000000{:02x}\"\nroot_fs = \"ext4\"\n\n",
             n.name,
             n.ip,
             if i == 0 { "first" } else { "rest" },
