@@ -1,5 +1,6 @@
 //! `edgectl agent`: the QUIC server on a node. Any holder of a cluster certificate may ping it
 //! (agents measure latency between themselves); everything else answers the controller only.
+//! A connection that negotiates ALPN `h3` speaks HTTP/3 instead (see [`http3`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::pki::{CONTROLLER, Identity};
 use crate::proto::{KIND_ECHO_DATAGRAM, KIND_JSON, KIND_PING, MAX_REQUEST, Request, Response};
-use crate::{client, facts, ray, tls, wasm};
+use crate::{client, facts, http3, ray, tls, wasm};
 
 pub struct AgentOptions {
     pub listen: SocketAddr,
@@ -160,6 +161,10 @@ async fn serve(opts: AgentOptions) -> Result<(), String> {
 
 async fn connection(agent: Arc<Agent>, conn: Connection) {
     let controller = tls::peer_is(&conn, CONTROLLER);
+    // Tools other than edgectl read the node over HTTP/3, on this same endpoint.
+    if tls::alpn(&conn).as_deref() == Some(http3::ALPN) {
+        return http3::serve(conn, controller).await;
+    }
     // Latency probes arrive as datagrams and go straight back.
     let echo = conn.clone();
     tokio::spawn(async move {

@@ -7,6 +7,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+use crate::http3;
 use crate::pki::{Identity, Party};
 use crate::proto::ALPN;
 
@@ -35,7 +36,8 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, String> {
     Ok(Arc::new(r))
 }
 
-/// The agent's side: only clients with a certificate from the cluster CA get in.
+/// The agent's side: only clients with a certificate from the cluster CA get in. It speaks
+/// edgectl's protocol ([`ALPN`]) and HTTP/3 ([`http3::ALPN`]); see [`alpn`].
 pub fn server(ca_pem: &str, id: &Identity) -> Result<quinn::ServerConfig, String> {
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
@@ -47,7 +49,7 @@ pub fn server(ca_pem: &str, id: &Identity) -> Result<quinn::ServerConfig, String
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&id.cert_pem)?, key(&id.key_pem)?)
         .map_err(|e| e.to_string())?;
-    c.alpn_protocols = vec![ALPN.to_vec()];
+    c.alpn_protocols = vec![ALPN.to_vec(), http3::ALPN.to_vec()];
     let qc = quinn::crypto::rustls::QuicServerConfig::try_from(c).map_err(|e| e.to_string())?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qc));
     let mut t = quinn::TransportConfig::default();
@@ -58,6 +60,15 @@ pub fn server(ca_pem: &str, id: &Identity) -> Result<quinn::ServerConfig, String
 
 /// A client that trusts `ca_pem` and presents `id` (or nothing, for refusal tests).
 pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<quinn::ClientConfig, String> {
+    client_for(ca_pem, id, &[ALPN])
+}
+
+/// [`client`] offering the application protocols `alpn`, e.g. [`http3::ALPN`] for HTTP/3.
+pub fn client_for(
+    ca_pem: &str,
+    id: Option<&Identity>,
+    alpn: &[&[u8]],
+) -> Result<quinn::ClientConfig, String> {
     let b = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
@@ -68,13 +79,22 @@ pub fn client(ca_pem: &str, id: Option<&Identity>) -> Result<quinn::ClientConfig
             .map_err(|e| e.to_string())?,
         None => b.with_no_client_auth(),
     };
-    c.alpn_protocols = vec![ALPN.to_vec()];
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let qc = quinn::crypto::rustls::QuicClientConfig::try_from(c).map_err(|e| e.to_string())?;
     let mut cc = quinn::ClientConfig::new(Arc::new(qc));
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
     cc.transport_config(Arc::new(t));
     Ok(cc)
+}
+
+/// The application protocol the handshake of `conn` settled on (`None`: the client offered
+/// none, which the agent takes for its own protocol, as before HTTP/3 came).
+pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 /// Whether the verified peer certificate of `conn` names `party`.
