@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::gpu::{self, GpuDetail};
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CpuFacts {
     /// The brand string (`model name` in /proc/cpuinfo), as the CPU reports it.
@@ -86,6 +88,14 @@ pub struct Facts {
     /// Why GPU facts are missing or partial (no nvidia-smi, or it failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_note: Option<String>,
+    /// Per GPU, what `nvidia-smi -q -x` and the device query say (driver, persistence, ECC,
+    /// clocks, PCIe link; see [`crate::gpu`]). Asked only where `gpus` found some; empty from
+    /// an agent that predates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_details: Vec<GpuDetail>,
+    /// Why `gpu_details` are missing or partial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_details_note: Option<String>,
     pub kernel: String,
     pub sysctl: BTreeMap<String, String>,
     pub modules: Vec<String>,
@@ -528,6 +538,16 @@ pub fn gpus_from(smi: &Path, timeout: Duration) -> (Vec<GpuFact>, Option<String>
     }
 }
 
+/// The details of the GPUs the plain query found (`nvidia-smi -q -x` and the device query).
+/// Nothing is asked where it found none: without nvidia-smi, or when it failed, a node keeps
+/// what it had (and a hung nvidia-smi is not waited for twice).
+fn gpu_details(found: &[GpuFact]) -> (Vec<GpuDetail>, Option<String>) {
+    match which("nvidia-smi") {
+        Some(smi) if !found.is_empty() => gpu::details_from(&smi, PROBE_TIMEOUT),
+        _ => (Vec::new(), None),
+    }
+}
+
 fn units() -> BTreeMap<String, String> {
     let systemd = Path::new("/run/systemd/system").is_dir();
     let ctl = which("systemctl");
@@ -564,8 +584,29 @@ fn cpu() -> CpuFacts {
     c
 }
 
-pub fn gather() -> Facts {
+/// The GPU facts only (`gpus`, `gpu_details` and their notes, and the hostname), as [`gather`]
+/// has them: what `edgectl agent --gpu-check` judges.
+pub fn gather_gpus() -> Facts {
     let (gpus, gpu_note) = gpus();
+    let (gpu_details, gpu_details_note) = gpu_details(&gpus);
+    Facts {
+        hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
+        gpus,
+        gpu_note,
+        gpu_details,
+        gpu_details_note,
+        ..Default::default()
+    }
+}
+
+pub fn gather() -> Facts {
+    let Facts {
+        gpus,
+        gpu_note,
+        gpu_details,
+        gpu_details_note,
+        ..
+    } = gather_gpus();
     let kvm = Path::new("/dev/kvm");
     Facts {
         hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
@@ -575,6 +616,8 @@ pub fn gather() -> Facts {
         nics: nics(),
         gpus,
         gpu_note,
+        gpu_details,
+        gpu_details_note,
         kernel: read("/proc/sys/kernel/osrelease").unwrap_or_default(),
         sysctl: SYSCTLS
             .iter()

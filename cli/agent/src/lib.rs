@@ -2,8 +2,11 @@
 //! runs Wasm and measures latency to its peers, and the protocol, client and PKI that the
 //! controller (`edgectl-verify`) uses to talk to it. It depends on no deploy logic.
 
+pub mod checks;
 pub mod client;
 pub mod facts;
+pub mod gpu;
+pub mod http3;
 pub mod pki;
 pub mod proto;
 pub mod ray;

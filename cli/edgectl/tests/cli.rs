@@ -319,11 +319,73 @@ fn login_uid_reaches_the_generated_host() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let head = std::fs::read_to_string(out.join("hosts/head.nix")).unwrap();
+    // The machine facts go to hosts/<node>-hardware.nix, which the host file imports.
+    let head = std::fs::read_to_string(out.join("hosts/head-hardware.nix")).unwrap();
     assert!(head.contains("loginUid = 20001;"), "{head}");
-    let worker = std::fs::read_to_string(out.join("hosts/worker1.nix")).unwrap();
-    assert!(!worker.contains("loginUid"), "{worker}");
+    let host = std::fs::read_to_string(out.join("hosts/head.nix")).unwrap();
+    assert!(host.contains("/head-hardware.nix"), "{host}");
+    assert!(!out.join("hosts/worker1-hardware.nix").exists());
     std::fs::write(&f, text.replacen("login_uid = 20001", "login_uid = 0", 1)).unwrap();
     let o = edgectl(&["check", f.to_str().unwrap()]);
     assert_clean_error(&o, "login_uid");
+}
+
+/// `edgectl agent --gpu-check PROFILE` (what scripts/gpu-check.sh runs) through a stand-in
+/// nvidia-smi that answers with the agent's recordings: all pass on the right profile, exit 4
+/// on the wrong one, exit 1 without a GPU.
+#[test]
+fn agent_gpu_check_judges_this_machines_gpus() {
+    let fixtures = repo().join("cli/agent/tests/fixtures/nvidia-smi");
+    let machines = repo().join("cli/verify/tests/facts/machines");
+    let d = tempfile::tempdir().unwrap();
+    let smi = d.path().join("nvidia-smi");
+    let install = |recording: &str, machine: &str| {
+        let body = format!(
+            "#!/bin/sh\ncase \"$1\" in\n\
+             -q) cat '{f}/{recording}.xml' ;;\n\
+             --query-gpu=index,name,compute_cap,memory.total) cat '{f}/{recording}.query.csv' ;;\n\
+             --query-gpu=name,memory.total,driver_version,compute_cap) cat '{m}/{machine}/nvidia-smi.csv' ;;\n\
+             *) echo 'No devices were found'; exit 6 ;;\nesac\n",
+            f = fixtures.display(),
+            m = machines.display()
+        );
+        std::fs::write(&smi, body).unwrap();
+        std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    let path = format!(
+        "{}:{}",
+        d.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |profile: &str| {
+        Command::new(env!("CARGO_BIN_EXE_edgectl"))
+            .args(["agent", "--gpu-check", profile])
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    install("c4130-v100x4", "c4130");
+    let o = run("c4130");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    for want in [
+        "00000000:86:00.0",
+        "580.119.02",
+        "gpu Tesla V100-SXM2-16GB pcie width",
+        "6 passed, 0 failed, 0 skipped",
+    ] {
+        assert!(out.contains(want), "missing {want} in:\n{out}");
+    }
+    install("c240g5-p100", "c240g5");
+    let o = run("c4130");
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 passed, 1 failed, 5 skipped"));
+    let o = run("c240g5");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // No GPU: nvidia-smi there but failing.
+    std::fs::write(&smi, "#!/bin/sh\necho 'No devices were found'; exit 6\n").unwrap();
+    assert_clean_error(&run("c4130"), "no NVIDIA GPU on this machine");
+    install("c4130-v100x4", "c4130");
+    assert_clean_error(&run("no-such-profile"), "unknown profile `no-such-profile`");
 }

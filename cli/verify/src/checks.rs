@@ -2,8 +2,9 @@
 //! and the targets. Every check carries both values, so a failure explains itself.
 
 use edgectl_agent::facts::{DiskFact, Facts, GpuFact, NicFact};
+use edgectl_agent::gpu::GpuDetail;
 use edgectl_agent::proto::{ColdStart, PairStat, RayFacts, WasiOutcome};
-use edgectl_model::profile::{CpuVendor, DiskKind, Profile};
+use edgectl_model::profile::{CpuVendor, DiskKind, Gpu, Profile};
 use edgectl_model::{Cluster, Feature, Node, Role};
 use serde::{Deserialize, Serialize};
 
@@ -571,7 +572,16 @@ pub fn hardware_checks(n: &str, p: &Profile, f: &Facts) -> Vec<Check> {
         ));
     }
 
-    // GPUs: name, memory and compute capability; each GPU counts for one entry only.
+    v.extend(gpu_checks(n, p, f));
+    v
+}
+
+/// The GPU checks of one node: per `[[gpu]]` entry of profile `p`, the GPUs by name, memory
+/// and compute capability (each GPU counts for one entry only), then one check per
+/// expectation the entry writes (driver branch, persistence, ECC, PCIe link) against what
+/// `nvidia-smi -q -x` says of every GPU of its model.
+pub fn gpu_checks(n: &str, p: &Profile, f: &Facts) -> Vec<Check> {
+    let mut v = Vec::new();
     let gpu_label = |x: &GpuFact| {
         format!(
             "{} {} MiB cc {}",
@@ -628,8 +638,190 @@ pub fn hardware_checks(n: &str, p: &Profile, f: &Facts) -> Vec<Check> {
             found_list(found),
             result,
         ));
+        v.extend(gpu_detail_checks(n, g, f));
     }
     v
+}
+
+/// "GPU 1 (00000000:06:00.0)".
+fn gpu_id(d: &GpuDetail) -> String {
+    format!("GPU {} ({})", d.index, d.bus_id)
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "enabled" } else { "disabled" }
+}
+
+/// One expectation of a `[[gpu]]` entry judged on every GPU of its model: `look` gives, per
+/// GPU, whether it meets the expectation (`None`: not reported) and what it has.
+fn judge_each(
+    n: &str,
+    name: &str,
+    expected: String,
+    mine: &[&GpuDetail],
+    look: impl Fn(&GpuDetail) -> (Option<bool>, String),
+) -> Check {
+    let seen: Vec<(&GpuDetail, Option<bool>, String)> = mine
+        .iter()
+        .map(|d| {
+            let (ok, shown) = look(d);
+            (*d, ok, shown)
+        })
+        .collect();
+    let actual = if seen.iter().all(|(_, _, s)| *s == seen[0].2) {
+        if seen.len() > 1 {
+            format!("{} (all {})", seen[0].2, seen.len())
+        } else {
+            seen[0].2.clone()
+        }
+    } else {
+        seen.iter()
+            .map(|(d, _, s)| format!("GPU {}: {s}", d.index))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let bad: Vec<String> = seen
+        .iter()
+        .filter(|(_, ok, _)| *ok != Some(true))
+        .map(|(d, _, s)| format!("{} has {s}", gpu_id(d)))
+        .collect();
+    let result = if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {} GPUs differ: {}",
+            bad.len(),
+            seen.len(),
+            bad.join("; ")
+        ))
+    };
+    judged(n, name, expected, actual, result)
+}
+
+/// The expectations a `[[gpu]]` entry writes, one check each, against the `nvidia-smi -q -x`
+/// details of every GPU of its model. Where the node has no GPU of that model the checks are
+/// skipped (check `gpu MODEL` fails for it); where it has one but reported no details, they
+/// fail with the reason.
+pub fn gpu_detail_checks(n: &str, g: &Gpu, f: &Facts) -> Vec<Check> {
+    // Per expectation: its name, what it expects, and per GPU whether it meets it (`None`:
+    // not reported) and what it has.
+    type Look = Box<dyn Fn(&GpuDetail) -> (Option<bool>, String)>;
+    fn shown(x: Option<String>) -> String {
+        x.unwrap_or_else(|| "not reported".into())
+    }
+    let mut wanted: Vec<(&str, String, Look)> = Vec::new();
+    if let Some(want) = g.driver_branch {
+        wanted.push((
+            "driver branch",
+            want.to_string(),
+            Box::new(move |d| {
+                (
+                    d.driver_branch.map(|b| b == want),
+                    shown(
+                        d.driver_branch
+                            .map(|b| format!("{b} ({})", d.driver_version)),
+                    ),
+                )
+            }),
+        ));
+    }
+    if let Some(want) = g.persistence {
+        wanted.push((
+            "persistence mode",
+            on_off(want).into(),
+            Box::new(move |d| {
+                (
+                    d.persistence_mode.map(|b| b == want),
+                    shown(d.persistence_mode.map(|b| on_off(b).into())),
+                )
+            }),
+        ));
+    }
+    if let Some(want) = g.ecc {
+        wanted.push((
+            "ecc",
+            on_off(want).into(),
+            Box::new(move |d| {
+                (
+                    d.ecc_mode.map(|b| b == want),
+                    shown(d.ecc_mode.map(|b| on_off(b).into())),
+                )
+            }),
+        ));
+    }
+    // The link's maximum is judged: an idle GPU lowers its current link, which is shown.
+    if let Some(want) = g.pcie_gen {
+        wanted.push((
+            "pcie gen",
+            format!("gen {want} (the link's maximum)"),
+            Box::new(move |d| {
+                let now = match d.pcie_gen {
+                    Some(c) if Some(c) != d.pcie_gen_max => format!(", now gen {c}"),
+                    _ => String::new(),
+                };
+                (
+                    d.pcie_gen_max.map(|x| x == want),
+                    shown(d.pcie_gen_max.map(|x| format!("gen {x}{now}"))),
+                )
+            }),
+        ));
+    }
+    if let Some(want) = g.pcie_width {
+        wanted.push((
+            "pcie width",
+            format!("x{want} (the link's maximum)"),
+            Box::new(move |d| {
+                let now = match d.pcie_width {
+                    Some(c) if Some(c) != d.pcie_width_max => format!(", now x{c}"),
+                    _ => String::new(),
+                };
+                (
+                    d.pcie_width_max.map(|x| x == want),
+                    shown(d.pcie_width_max.map(|x| format!("x{x}{now}"))),
+                )
+            }),
+        ));
+    }
+    let name = |what: &str| format!("gpu {} {what}", g.model);
+    let mine: Vec<&GpuDetail> = f
+        .gpu_details
+        .iter()
+        .filter(|d| same_gpu(&g.model, &d.product_name))
+        .collect();
+    if mine.is_empty() && !f.gpus.iter().any(|x| same_gpu(&g.model, &x.model)) {
+        let why = format!("no {} here; see check `gpu {}`", g.model, g.model);
+        return wanted
+            .into_iter()
+            .map(|(what, expected, _)| skip(n, "hardware", &name(what), expected, why.clone()))
+            .collect();
+    }
+    if mine.is_empty() {
+        let why = match &f.gpu_details_note {
+            Some(e) => format!("nvidia-smi -q -x gave no details: {e}"),
+            None if f.gpu_details.is_empty() => {
+                "no nvidia-smi -q -x details from this agent (an edgectl older than them?)".into()
+            }
+            None => format!(
+                "nvidia-smi -q -x names no {}: {}",
+                g.model,
+                f.gpu_details
+                    .iter()
+                    .map(|d| d.product_name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        return wanted
+            .into_iter()
+            .map(|(what, expected, _)| {
+                judged(n, &name(what), expected, "not reported", Err(why.clone()))
+            })
+            .collect();
+    }
+    wanted
+        .into_iter()
+        .map(|(what, expected, look)| judge_each(n, &name(what), expected, &mine, look))
+        .collect()
 }
 
 fn kind_name(k: DiskKind) -> &'static str {
@@ -914,6 +1106,7 @@ pub fn user(node: &str, name: &str, o: Result<&WasiOutcome, &str>) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn name(s: &str) -> (CpuVendor, String, Option<String>) {
         let c = parse_cpu_name(s);
@@ -1045,6 +1238,217 @@ mod tests {
         assert!(!same_gpu("Tesla P100-PCIE-12GB", "Tesla P100-PCIE-16GB"));
         assert!(!same_gpu("", "Tesla P4"));
         assert!(!same_gpu("NVIDIA", "Tesla P4"));
+    }
+
+    fn v100_entry() -> Gpu {
+        Gpu {
+            model: "Tesla V100-SXM2-16GB".into(),
+            count: 2,
+            arch: edgectl_model::profile::GpuArch::Volta,
+            compute_capability: "7.0".into(),
+            memory_gib: 16,
+            driver_branch: Some(580),
+            persistence: Some(true),
+            ecc: Some(true),
+            pcie_gen: Some(3),
+            pcie_width: Some(16),
+        }
+    }
+
+    fn v100(index: u32, bus: &str) -> GpuDetail {
+        GpuDetail {
+            index,
+            bus_id: bus.into(),
+            product_name: "Tesla V100-SXM2-16GB".into(),
+            driver_version: "580.119.02".into(),
+            driver_branch: Some(580),
+            cuda_version: Some("13.0".into()),
+            persistence_mode: Some(true),
+            ecc_mode: Some(true),
+            pcie_gen: Some(3),
+            pcie_gen_max: Some(3),
+            pcie_width: Some(16),
+            pcie_width_max: Some(16),
+            memory_total_mib: Some(16384),
+            compute_capability: Some("7.0".into()),
+            ..Default::default()
+        }
+    }
+
+    fn two_v100s() -> Facts {
+        let fact = GpuFact {
+            model: "Tesla V100-SXM2-16GB".into(),
+            memory_mib: 16384,
+            driver_version: "580.119.02".into(),
+            compute_capability: "7.0".into(),
+        };
+        Facts {
+            gpus: vec![fact.clone(), fact],
+            gpu_details: vec![v100(0, "00000000:04:00.0"), v100(1, "00000000:06:00.0")],
+            ..Default::default()
+        }
+    }
+
+    fn by_name(cs: &[Check]) -> BTreeMap<&str, &Check> {
+        cs.iter()
+            .map(|c| (c.name.strip_prefix("gpu Tesla V100-SXM2-16GB ").unwrap(), c))
+            .collect()
+    }
+
+    #[test]
+    fn gpu_details_pass() {
+        let cs = gpu_detail_checks("n1", &v100_entry(), &two_v100s());
+        let m = by_name(&cs);
+        let got: Vec<(&str, &str, &str, Verdict)> = m
+            .iter()
+            .map(|(k, c)| (*k, c.expected.as_str(), c.actual.as_str(), c.verdict))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "driver branch",
+                    "580",
+                    "580 (580.119.02) (all 2)",
+                    Verdict::Pass
+                ),
+                ("ecc", "enabled", "enabled (all 2)", Verdict::Pass),
+                (
+                    "pcie gen",
+                    "gen 3 (the link's maximum)",
+                    "gen 3 (all 2)",
+                    Verdict::Pass
+                ),
+                (
+                    "pcie width",
+                    "x16 (the link's maximum)",
+                    "x16 (all 2)",
+                    Verdict::Pass
+                ),
+                (
+                    "persistence mode",
+                    "enabled",
+                    "enabled (all 2)",
+                    Verdict::Pass
+                ),
+            ]
+        );
+        assert!(
+            cs.iter()
+                .all(|c| c.category == "hardware" && c.reason.is_none())
+        );
+        // An idle link below its maximum passes, and shows it.
+        let mut f = two_v100s();
+        f.gpu_details[1].pcie_gen = Some(1);
+        let cs = gpu_detail_checks("n1", &v100_entry(), &f);
+        let c = by_name(&cs)["pcie gen"];
+        assert_eq!(c.verdict, Verdict::Pass);
+        assert_eq!(c.actual, "GPU 0: gen 3, GPU 1: gen 3, now gen 1");
+        // Only what the entry writes is checked.
+        let mut g = v100_entry();
+        (g.driver_branch, g.ecc, g.pcie_width) = (None, None, None);
+        let cs = gpu_detail_checks("n1", &g, &f);
+        assert_eq!(
+            by_name(&cs).into_keys().collect::<Vec<_>>(),
+            ["pcie gen", "persistence mode"]
+        );
+        g.persistence = Some(false);
+        g.pcie_gen = None;
+        let cs = gpu_detail_checks("n1", &g, &f);
+        assert_eq!(cs[0].verdict, Verdict::Fail, "{cs:?}");
+        g.persistence = None;
+        assert!(gpu_detail_checks("n1", &g, &f).is_empty());
+    }
+
+    #[test]
+    fn gpu_details_fail_with_the_gpu_that_differs() {
+        let g = v100_entry();
+        let mut f = two_v100s();
+        let d = &mut f.gpu_details[1];
+        d.driver_version = "535.183.01".into();
+        d.driver_branch = Some(535);
+        d.persistence_mode = Some(false);
+        d.ecc_mode = None;
+        d.pcie_gen_max = Some(2);
+        d.pcie_gen = Some(2);
+        d.pcie_width_max = Some(8);
+        d.pcie_width = Some(8);
+        let cs = gpu_detail_checks("n1", &g, &f);
+        let m = by_name(&cs);
+        assert!(cs.iter().all(|c| c.verdict == Verdict::Fail), "{cs:#?}");
+        let reason = |k: &str| m[k].reason.clone().unwrap();
+        assert_eq!(
+            reason("driver branch"),
+            "1 of 2 GPUs differ: GPU 1 (00000000:06:00.0) has 535 (535.183.01)"
+        );
+        assert_eq!(
+            m["driver branch"].actual,
+            "GPU 0: 580 (580.119.02), GPU 1: 535 (535.183.01)"
+        );
+        assert!(reason("persistence mode").contains("GPU 1 (00000000:06:00.0) has disabled"));
+        assert!(reason("ecc").contains("has not reported"));
+        assert!(reason("pcie gen").contains("has gen 2"));
+        assert!(reason("pcie width").contains("has x8"));
+        // Both wrong: both named.
+        f.gpu_details[0].persistence_mode = Some(false);
+        let cs = gpu_detail_checks("n1", &g, &f);
+        assert!(
+            by_name(&cs)["persistence mode"]
+                .reason
+                .as_deref()
+                .unwrap()
+                .starts_with("2 of 2 GPUs differ")
+        );
+    }
+
+    #[test]
+    fn gpu_details_missing() {
+        let g = v100_entry();
+        // GPUs there, details not: every expectation fails, saying why.
+        let mut f = two_v100s();
+        f.gpu_details.clear();
+        f.gpu_details_note = Some("nvidia-smi -q -x failed: Unknown Error".into());
+        let cs = gpu_detail_checks("n1", &g, &f);
+        assert_eq!(cs.len(), 5);
+        for c in &cs {
+            assert_eq!(
+                (c.verdict, c.actual.as_str()),
+                (Verdict::Fail, "not reported")
+            );
+            assert!(
+                c.reason.as_deref().unwrap().contains("Unknown Error"),
+                "{c:?}"
+            );
+        }
+        f.gpu_details_note = None;
+        let cs = gpu_detail_checks("n1", &g, &f);
+        assert!(cs[0].reason.as_deref().unwrap().contains("older"));
+        // No V100 at all: skipped, check `gpu MODEL` fails for it.
+        let cs = gpu_detail_checks("n1", &g, &Facts::default());
+        assert_eq!(cs.len(), 5);
+        for c in &cs {
+            assert_eq!(c.verdict, Verdict::Skip);
+            assert!(
+                c.reason
+                    .as_deref()
+                    .unwrap()
+                    .contains("no Tesla V100-SXM2-16GB here")
+            );
+        }
+        // Another model's details do not stand in.
+        let mut f = two_v100s();
+        for d in &mut f.gpu_details {
+            d.product_name = "Tesla P100-PCIE-12GB".into();
+        }
+        let cs = gpu_detail_checks("n1", &g, &f);
+        assert!(cs.iter().all(|c| c.verdict == Verdict::Fail));
+        assert!(
+            cs[0]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("names no Tesla V100")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use edgectl_agent::facts::{self, Facts};
+use edgectl_agent::gpu;
 use edgectl_model::profile::CpuVendor;
 use edgectl_model::{Diagnostics, Profile, ProfileSet};
 use edgectl_verify::checks::{self, Check, Verdict, compare_cpu, parse_cpu_name};
@@ -47,6 +48,28 @@ fn materialize(sysfs: &str, root: &Path) {
     }
 }
 
+/// The agent's `nvidia-smi -q -x` recording of a machine (`NAME-*.xml`, see the README there),
+/// with its device query, as `gather` would combine them.
+fn gpu_details(name: &str) -> Vec<gpu::GpuDetail> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures/nvidia-smi");
+    let mut xml: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy();
+            f.starts_with(&format!("{name}-")) && f.ends_with(".xml")
+        })
+        .collect();
+    assert!(xml.len() <= 1, "{name}: more than one recording: {xml:?}");
+    let Some(xml) = xml.pop() else {
+        return Vec::new();
+    };
+    let mut d = gpu::parse_nvidia_smi_xml(&std::fs::read_to_string(&xml).unwrap()).unwrap();
+    let q = std::fs::read_to_string(xml.with_extension("query.csv")).unwrap();
+    gpu::apply_device_query(&mut d, &gpu::parse_device_query(&q).unwrap()).unwrap();
+    d
+}
+
 /// A machine's facts from its recordings, through the agent's parsers and collectors.
 fn machine(name: &str) -> Facts {
     let dir = corpus().join("machines").join(name);
@@ -68,6 +91,7 @@ fn machine(name: &str) -> Facts {
         nics: facts::nics_at(sys.path(), &ethtool).into_values().collect(),
         gpus,
         gpu_note,
+        gpu_details: gpu_details(name),
         ..Default::default()
     }
 }
@@ -76,16 +100,34 @@ fn run(machine_facts: &Facts, profile_name: &str) -> Vec<Check> {
     checks::hardware_checks("n1", &profile(profile_name), machine_facts)
 }
 
+/// Whether a check judges an expectation of a `[[gpu]]` entry against `nvidia-smi -q -x`.
+fn gpu_detail(name: &str) -> bool {
+    name.starts_with("gpu ")
+        && [
+            " driver branch",
+            " persistence mode",
+            " ecc",
+            " pcie gen",
+            " pcie width",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
 /// The checks that failed, by name, with their reasons; every one of them must have a reason
-/// and both values, and every check is hardware.
+/// and both values, and every check is hardware. Only a GPU detail check may skip (the node has
+/// no GPU of its model), and then says why.
 fn fails(cs: &[Check]) -> BTreeMap<String, String> {
     for c in cs {
         assert_eq!(c.category, "hardware", "{c:?}");
         assert!(!c.expected.is_empty(), "{c:?}");
-        assert_ne!(c.verdict, Verdict::Skip, "{c:?}");
         match c.verdict {
             Verdict::Fail => assert!(c.reason.as_ref().is_some_and(|r| !r.is_empty()), "{c:?}"),
-            _ => assert!(c.reason.is_none(), "{c:?}"),
+            Verdict::Skip => assert!(
+                gpu_detail(&c.name) && c.reason.as_ref().is_some_and(|r| !r.is_empty()),
+                "{c:?}"
+            ),
+            Verdict::Pass => assert!(c.reason.is_none(), "{c:?}"),
         }
     }
     cs.iter()
@@ -241,7 +283,18 @@ fn every_machine_passes_its_own_profile() {
                 "nic 1 Gb/s igb",
             ][..],
         ),
-        ("c240g5", "c240g5", &["gpu Tesla P100-PCIE-12GB"][..]),
+        (
+            "c240g5",
+            "c240g5",
+            &[
+                "gpu Tesla P100-PCIE-12GB",
+                "gpu Tesla P100-PCIE-12GB driver branch",
+                "gpu Tesla P100-PCIE-12GB persistence mode",
+                "gpu Tesla P100-PCIE-12GB ecc",
+                "gpu Tesla P100-PCIE-12GB pcie gen",
+                "gpu Tesla P100-PCIE-12GB pcie width",
+            ][..],
+        ),
         (
             "c220g1",
             "c220g1",
@@ -250,7 +303,12 @@ fn every_machine_passes_its_own_profile() {
         (
             "c4130",
             "c4130",
-            &["disk 960 GB ssd", "gpu Tesla V100-SXM2-16GB"][..],
+            &[
+                "disk 960 GB ssd",
+                "gpu Tesla V100-SXM2-16GB",
+                "gpu Tesla V100-SXM2-16GB driver branch",
+                "gpu Tesla V100-SXM2-16GB pcie width",
+            ][..],
         ),
         (
             "d7525",
@@ -261,6 +319,10 @@ fn every_machine_passes_its_own_profile() {
                 "nic 25 Gb/s bnxt_en",
                 "nic 100 Gb/s mlx5_core",
                 "gpu NVIDIA A30",
+                "gpu NVIDIA A30 persistence mode",
+                "gpu NVIDIA A30 ecc",
+                "gpu NVIDIA A30 pcie gen",
+                "gpu NVIDIA A30 pcie width",
             ][..],
         ),
         (
@@ -276,6 +338,10 @@ fn every_machine_passes_its_own_profile() {
     ] {
         let cs = run(&machine(m), p);
         assert_fails(&cs, &[]);
+        assert!(
+            cs.iter().all(|c| c.verdict == Verdict::Pass),
+            "{m}: {cs:#?}"
+        );
         for n in want {
             assert!(names(&cs).contains(n), "{m}: no {n:?} in {:?}", names(&cs));
         }
@@ -324,6 +390,20 @@ fn both_values_are_in_every_check() {
         get(&cs, "gpu Tesla P100-PCIE-12GB").actual,
         "Tesla P100-PCIE-12GB 12288 MiB cc 6.0"
     );
+    let cs = run(&machine("c4130"), "c4130");
+    let pcie = get(&cs, "gpu Tesla V100-SXM2-16GB pcie gen");
+    assert_eq!(
+        (pcie.expected.as_str(), pcie.actual.as_str()),
+        ("gen 3 (the link's maximum)", "gen 3 (all 4)")
+    );
+    let branch = get(&cs, "gpu Tesla V100-SXM2-16GB driver branch");
+    assert_eq!(
+        (branch.expected.as_str(), branch.actual.as_str()),
+        ("580", "580 (580.119.02) (all 4)")
+    );
+    // The d7525 profile writes no driver branch (the A30's follows the topology's nixpkgs).
+    let cs = run(&machine("d7525"), "d7525");
+    assert!(!names(&cs).contains(&"gpu NVIDIA A30 driver branch"));
 }
 
 #[test]
@@ -363,9 +443,11 @@ fn the_recorded_machine_passes_no_cloudlab_profile() {
         // Only a socket count can agree (this machine has one socket, as m510 and c6525-100g).
         let one_socket = profile(p).cpu.sockets == 1;
         assert_eq!(!got.contains_key("cpu sockets"), one_socket, "{p}");
+        // (A GPU's expectations skip: there is no GPU to judge them on.)
+        let judged = cs.iter().filter(|c| c.verdict != Verdict::Skip).count();
         assert_eq!(
             got.len() + usize::from(one_socket),
-            cs.len(),
+            judged,
             "{p}: something passed: {cs:#?}"
         );
         assert!(
@@ -559,6 +641,93 @@ fn what_is_missing_or_wrong_on_a_real_node_fails() {
     assert_fails(&run(&f, "d7525"), &[]);
 }
 
+/// What `nvidia-smi -q -x` says against the profiles' GPU expectations, on the recorded
+/// machines and on changed copies of them.
+#[test]
+fn gpu_details_against_the_profiles() {
+    let c4130 = machine("c4130");
+    assert_eq!(c4130.gpu_details.len(), 4);
+    // One GPU's persistence daemon gone, another's ECC turned off, a third on a degraded link.
+    let mut f = c4130.clone();
+    f.gpu_details[1].persistence_mode = Some(false);
+    f.gpu_details[2].ecc_mode = Some(false);
+    f.gpu_details[3].pcie_width_max = Some(8);
+    f.gpu_details[3].pcie_width = Some(8);
+    assert_fails(
+        &run(&f, "c4130"),
+        &[
+            (
+                "gpu Tesla V100-SXM2-16GB persistence mode",
+                "1 of 4 GPUs differ: GPU 1 (00000000:06:00.0) has disabled",
+            ),
+            (
+                "gpu Tesla V100-SXM2-16GB ecc",
+                "GPU 2 (00000000:84:00.0) has disabled",
+            ),
+            (
+                "gpu Tesla V100-SXM2-16GB pcie width",
+                "GPU 3 (00000000:86:00.0) has x8",
+            ),
+        ],
+    );
+    // A node still on Ubuntu's 535 driver is not what edgectl deploys.
+    let mut f = c4130.clone();
+    for d in &mut f.gpu_details {
+        d.driver_version = "535.183.01".into();
+        d.driver_branch = gpu::driver_branch(&d.driver_version);
+    }
+    assert_fails(
+        &run(&f, "c4130"),
+        &[(
+            "gpu Tesla V100-SXM2-16GB driver branch",
+            "4 of 4 GPUs differ",
+        )],
+    );
+    // Idle links below their maximum pass.
+    let mut f = machine("d7525");
+    f.gpu_details[0].pcie_gen = Some(1);
+    let cs = run(&f, "d7525");
+    assert_fails(&cs, &[]);
+    assert_eq!(
+        get(&cs, "gpu NVIDIA A30 pcie gen").actual,
+        "gen 4, now gen 1"
+    );
+    // nvidia-smi -q -x failed where the plain query worked: every expectation fails with why.
+    let mut f = machine("c240g5");
+    f.gpu_details.clear();
+    f.gpu_details_note = Some("nvidia-smi -q -x did not answer within 15 s".into());
+    let cs = run(&f, "c240g5");
+    let want: Vec<(String, &str)> = [
+        "driver branch",
+        "persistence mode",
+        "ecc",
+        "pcie gen",
+        "pcie width",
+    ]
+    .iter()
+    .map(|w| (format!("gpu Tesla P100-PCIE-12GB {w}"), "did not answer"))
+    .collect();
+    let want: Vec<(&str, &str)> = want.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+    assert_fails(&cs, &want);
+    // No GPU: the model check fails, its expectations skip.
+    let cs = run(&machine("c220g5"), "c240g5");
+    assert_eq!(
+        cs.iter().filter(|c| c.verdict == Verdict::Skip).count(),
+        5,
+        "{cs:#?}"
+    );
+    // A P100 node on the c4130 profile: the V100 checks fail, its expectations skip.
+    let cs = run(&machine("c240g5"), "c4130");
+    assert_eq!(
+        get(&cs, "gpu Tesla V100-SXM2-16GB ecc").verdict,
+        Verdict::Skip
+    );
+    // Facts round-trip through the agent's JSON with their details.
+    let json = serde_json::to_string(&c4130).unwrap();
+    let back: Facts = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, c4130);
+}
+
 #[test]
 fn ethtool_and_sysfs_parsers() {
     let x520 = std::fs::read_to_string(corpus().join("machines/c220g5/ethtool/enp94s0f1")).unwrap();
@@ -638,22 +807,26 @@ fn parsers_survive_garbage() {
         let _ = facts::parse_ethtool(s);
         let _ = facts::parse_sysfs_speed(s);
         let _ = facts::parse_nvidia_smi(s);
+        let _ = gpu::parse_nvidia_smi_xml(s);
+        let _ = gpu::parse_device_query(s);
         let _ = facts::parse_ip_addr(s);
         let c = parse_cpu_name(s);
         let _ = c.to_string();
         let _ = compare_cpu(s, CpuVendor::Other, s, s);
         let _ = checks::same_gpu(s, s);
     }
-    // Empty facts against every profile: all fail, none panics.
+    // Empty facts against every profile: all fail (a GPU's expectations skip, with no GPU to
+    // judge them on), none panics.
     for p in ["c220g5", "c240g5", "c4130", "d7525", "c6525-100g", "m510"] {
         let cs = run(&Facts::default(), p);
-        assert_eq!(fails(&cs).len(), cs.len(), "{p}");
+        let judged = cs.iter().filter(|c| c.verdict != Verdict::Skip).count();
+        assert_eq!(fails(&cs).len(), judged, "{p}");
     }
 }
 
 #[test]
 fn facts_from_older_agents_still_read() {
-    // An agent from before vendor_id and supported_mbps existed.
+    // An agent from before vendor_id, supported_mbps and gpu_details existed.
     let old = r#"{"hostname":"n1","cpu":{"model":"AMD EPYC 7302 16-Core Processor","sockets":2,"cores":32,"threads":64},
         "memory_bytes":270054412288,"disks":[{"name":"nvme0n1","size_bytes":1600321314816,"rotational":false}],
         "nics":[{"name":"ens1f0np0","speed_mbps":100000,"driver":"mlx5_core","physical":true}],
@@ -661,6 +834,7 @@ fn facts_from_older_agents_still_read() {
     let f: Facts = serde_json::from_str(old).unwrap();
     assert_eq!(f.cpu.vendor_id, "");
     assert_eq!(f.nics[0].supported_mbps, None);
+    assert!(f.gpu_details.is_empty() && f.gpu_details_note.is_none());
     // Without vendor_id, the vendor comes from the brand string.
     assert_eq!(get(&run(&f, "d7525"), "cpu model").verdict, Verdict::Pass);
     // And what a new agent writes reads back the same.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use edgectl_agent::server::AgentOptions;
 use edgectl_deploy::EngineError;
-use edgectl_model::LoadOptions;
+use edgectl_model::{LoadOptions, ProfileSet};
 use edgectl_verify::checks::Verdict;
 use edgectl_verify::verify::{self, VerifyOptions};
 
@@ -68,6 +68,13 @@ pub struct AgentArgs {
     /// Print this machine's facts as JSON and exit.
     #[arg(long)]
     pub print_facts: bool,
+    /// Judge this machine's NVIDIA GPUs against a hardware profile (a name, or a NAME.toml
+    /// file) the way `verify` does, print their facts and the checks, and exit: 0 when all
+    /// pass, 4 when one fails, 1 without a GPU (see scripts/gpu-check.sh).
+    #[arg(long, value_name = "PROFILE")]
+    pub gpu_check: Option<String>,
+    #[command(flatten)]
+    pub profiles: ProfileArgs,
     /// Internal: run one WASI job from stdin in a sandbox process (the agent starts these).
     #[arg(long, hide = true)]
     pub run_wasi: bool,
@@ -81,6 +88,9 @@ pub fn agent(a: &AgentArgs) -> u8 {
         } else {
             exit::ERROR
         };
+    }
+    if let Some(p) = &a.gpu_check {
+        return gpu_check(p, &a.profiles);
     }
     if a.print_facts {
         let f = edgectl_agent::facts::gather();
@@ -98,6 +108,143 @@ pub fn agent(a: &AgentArgs) -> u8 {
             eprintln!("edgectl agent: {e}");
             exit::ERROR
         }
+    }
+}
+
+/// `edgectl agent --gpu-check PROFILE`: this machine's GPU facts and the GPU checks of
+/// `verify` against the profile.
+fn gpu_check(profile: &str, dirs: &ProfileArgs) -> u8 {
+    let (mut set, mut diags) = ProfileSet::builtin();
+    for d in &dirs.profile_dirs {
+        diags.extend(set.add_dir(d));
+    }
+    let path = Path::new(profile);
+    let name = if profile.ends_with(".toml") || profile.contains('/') {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match edgectl_model::load::read_source(path) {
+            Ok(src) => diags.extend(set.add_file(&name, src, &path.display().to_string())),
+            Err(d) => diags.push(d),
+        }
+        name
+    } else {
+        profile.to_string()
+    };
+    if diags.is_empty() && !set.contains(&name) {
+        let all: Vec<&str> = set.names().collect();
+        eprintln!(
+            "edgectl agent --gpu-check: unknown profile `{name}`; known: {}",
+            all.join(", ")
+        );
+        return exit::ERROR;
+    }
+    let p = set.resolve(&name, &mut diags);
+    let p = match p {
+        Ok(p) if diags.is_empty() => p,
+        _ => {
+            eprint!("{}", diags.render(false, 50));
+            return exit::ERROR;
+        }
+    };
+    let f = edgectl_agent::facts::gather_gpus();
+    if f.gpus.is_empty() {
+        eprintln!(
+            "edgectl agent --gpu-check: no NVIDIA GPU on this machine ({})",
+            f.gpu_note.as_deref().unwrap_or("nvidia-smi lists none")
+        );
+        return exit::ERROR;
+    }
+    let opt = |x: Option<u32>| x.map_or("-".to_string(), |x| x.to_string());
+    let mut t = Table::new(&[
+        "GPU",
+        "BUS ID",
+        "NAME",
+        "CC",
+        "MEMORY",
+        "DRIVER",
+        "CUDA",
+        "PERSIST",
+        "ECC",
+        "SM MHZ",
+        "MEM MHZ",
+        "PCIE GEN",
+        "PCIE WIDTH",
+    ]);
+    for d in &f.gpu_details {
+        let mode = |b: Option<bool>| match b {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "-",
+        };
+        t.row(vec![
+            d.index.to_string(),
+            d.bus_id.clone(),
+            d.product_name.clone(),
+            d.compute_capability.clone().unwrap_or("-".into()),
+            d.memory_total_mib
+                .map_or("-".into(), |m| format!("{m} MiB")),
+            d.driver_version.clone(),
+            d.cuda_version.clone().unwrap_or("-".into()),
+            mode(d.persistence_mode).into(),
+            mode(d.ecc_mode).into(),
+            format!("{}/{}", opt(d.sm_clock_mhz), opt(d.max_sm_clock_mhz)),
+            format!("{}/{}", opt(d.mem_clock_mhz), opt(d.max_mem_clock_mhz)),
+            format!("{}/{}", opt(d.pcie_gen), opt(d.pcie_gen_max)),
+            format!("{}/{}", opt(d.pcie_width), opt(d.pcie_width_max)),
+        ]);
+    }
+    if f.gpu_details.is_empty() {
+        for g in &f.gpus {
+            t.row(vec![
+                "-".into(),
+                "-".into(),
+                g.model.clone(),
+                g.compute_capability.clone(),
+                format!("{} MiB", g.memory_mib),
+                g.driver_version.clone(),
+            ]);
+        }
+    }
+    println!("GPUs on {} (clocks and PCIe: now/max):", f.hostname);
+    print!("{}", t.render());
+    if let Some(n) = &f.gpu_details_note {
+        println!("note: {n}");
+    }
+    let checks = edgectl_verify::checks::gpu_checks(&f.hostname, &p, &f);
+    let mut t = Table::new(&["CHECK", "EXPECTED", "ACTUAL", "VERDICT"]);
+    for c in &checks {
+        let actual = match &c.reason {
+            Some(why) => format!("{} ({why})", c.actual),
+            None => c.actual.clone(),
+        };
+        t.row(vec![
+            c.name.clone(),
+            c.expected.clone(),
+            actual,
+            c.verdict.as_str().to_string(),
+        ]);
+    }
+    println!("\nAgainst profile {} ({}):", p.name, p.origin);
+    print!("{}", t.render());
+    let count = |v: Verdict| checks.iter().filter(|c| c.verdict == v).count();
+    let failed = count(Verdict::Fail);
+    println!(
+        "\n{} passed, {failed} failed, {} skipped",
+        count(Verdict::Pass),
+        count(Verdict::Skip)
+    );
+    if checks.is_empty() {
+        println!(
+            "(profile {} lists no GPU, so there was nothing to check)",
+            p.name
+        );
+    }
+    if failed > 0 {
+        exit::CHECKS_FAILED
+    } else {
+        exit::OK
     }
 }
 
