@@ -335,14 +335,14 @@ pub(crate) fn boot_facts_known(
         .nodes
         .iter()
         .filter(|n| selected.contains(&n.name))
-        .filter(|n| n.boot_disk.is_none() || n.root_device.is_none())
+        .filter(|n| n.boot_disk.is_none() || n.root_device.is_none() || n.root_fs.is_none())
         .map(|n| n.name.as_str())
         .collect();
     if unknown.is_empty() {
         return Ok(());
     }
     Err(EngineError::Failed(format!(
-        "{}: the boot disk and root device of {} are unknown, so the built system could not boot again after its next reboot. Record them with `edgectl install {} --on {} --until facts` (read-only), or set `boot_disk` and `root_device` (stable /dev/disk/by-* names) in each [[node]]",
+        "{}: the boot disk and root device of {} are unknown, so the built system could not boot again after its next reboot. Record them with `edgectl install {} --on {} --until facts` (read-only; it writes hardware/<node>.toml beside the topology, to keep in git), or set `boot_disk`, `root_device` (stable /dev/disk/by-* names) and `root_fs` in each [[node]]",
         topology.display(),
         unknown.join(", "),
         topology.display(),

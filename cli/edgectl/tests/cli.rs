@@ -280,15 +280,34 @@ fn plan_and_apply_refuse_nodes_whose_boot_disk_is_unknown() {
             "{cmd} rendered or built before refusing"
         );
     }
-    // Both facts in the topology lift the refusal (the next step then needs Nix and the node).
+    // The disk and root without the file system are not enough either.
     let text = std::fs::read_to_string(&f).unwrap().replacen(
         "name = \"head\"",
         "name = \"head\"\nboot_disk = \"/dev/disk/by-id/wwn-0x5000c500a1b2c3d4\"\nroot_device = \"/dev/disk/by-uuid/0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9\"",
         1,
     );
-    std::fs::write(&f, text).unwrap();
+    std::fs::write(&f, &text).unwrap();
+    let o = edgectl(&["plan", f.to_str().unwrap(), "--on", "head"]);
+    assert_clean_error(&o, "the boot disk and root device of head are unknown");
+    // The three facts in the topology lift the refusal (the next step then needs Nix and the
+    // node); so does a hardware/<node>.toml beside it.
+    std::fs::write(&f, text.replacen("root_device = ", "root_fs = \"ext4\"\nroot_device = ", 1)).unwrap();
     let o = edgectl(&["plan", f.to_str().unwrap(), "--on", "head"]);
     assert!(!stderr(&o).contains("are unknown"), "{}", stderr(&o));
+    std::fs::create_dir(dir.path().join("hardware")).unwrap();
+    std::fs::write(
+        dir.path().join("hardware/worker1.toml"),
+        "boot_disk = \"/dev/disk/by-id/wwn-1\"\ngrub_device = \"/dev/disk/by-id/wwn-1-part1\"\n\
+         root_device = \"/dev/disk/by-uuid/u1\"\nroot_fs = \"ext4\"\nboot_mode = \"bios\"\n",
+    )
+    .unwrap();
+    let o = edgectl(&["plan", f.to_str().unwrap(), "--on", "worker1"]);
+    assert!(!stderr(&o).contains("are unknown"), "{}", stderr(&o));
+    // A bad hardware file is a diagnostic that names it.
+    std::fs::write(dir.path().join("hardware/worker1.toml"), "boot_disk = 3\n").unwrap();
+    let o = edgectl(&["check", f.to_str().unwrap()]);
+    assert_clean_error(&o, "worker1.toml");
+    std::fs::remove_file(dir.path().join("hardware/worker1.toml")).unwrap();
     // A value that is no device path is a topology error with the field named.
     let text = std::fs::read_to_string(&f).unwrap().replacen(
         "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
