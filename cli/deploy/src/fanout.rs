@@ -151,7 +151,10 @@ pub const KNOWN_HOSTS: &str = concat!(state_dir!(), "/known_hosts");
 /// What the cluster key may do on a peer, whatever command the seed asks for: import a store
 /// stream, or serve `nix copy` (the seed's command only selects which). Root through `sudo -n`
 /// where the login user is not root.
-pub const SERVE: &str = include_str!("sh/serve_cluster_key.sh");
+pub const SERVE: &str = node_script!("sh/serve_cluster_key.sh");
+
+/// Where an inner node of the fan-out tree keeps [`RELAY`], for [`SERVE`] to run.
+pub const RELAY_FILE: &str = concat!(state_dir!(), "/relay.sh");
 
 /// Lets the cluster key in, restricted to [`SERVE`]: `sh -c AUTHORIZE edgectl-authorize
 /// PUBLIC_KEY SERVE`. Every step's failure is the script's (a key that did not land must not
@@ -233,11 +236,12 @@ fn forget_cluster_key(
     let public = public.trim().to_string();
     let seed = choose_seed(needing).0.name.clone();
     parallel_map(rt, parallel, needing.to_vec(), move |s: Arc<Session>| {
-        if s.name == seed {
-            let _ = s
-                .host
-                .run(&argv(["rm", "-f", CLUSTER_KEY, KNOWN_HOSTS]), true);
-        } else {
+        // The seed and the tree's inner nodes held the key and the relay.
+        let _ = s.host.run(
+            &argv(["rm", "-f", CLUSTER_KEY, KNOWN_HOSTS, RELAY_FILE]),
+            true,
+        );
+        if s.name != seed {
             let _ = s.host.run(
                 &argv(["sh", "-c", DEAUTHORIZE, "edgectl-deauthorize", &public]),
                 false,
@@ -370,6 +374,7 @@ impl Closures {
 }
 
 /// A peer as the seed reaches it over the LAN.
+#[derive(Clone)]
 struct Peer {
     s: Arc<Session>,
     addr: String,
@@ -377,18 +382,58 @@ struct Peer {
     user: String,
 }
 
-/// Streams `paths` from the controller through the seed into `live`; returns the relay's
-/// report (stdout and stderr) or why it broke.
-fn relay(seed: &Session, live: &[Peer], paths: &[String]) -> Result<String, String> {
+/// Where each live peer sits in the fan-out tree: the seed has up to `degree` peers, and each
+/// peer up to `degree` of its own, filled level by level (peer `p`, counted from 1, hangs
+/// under `(p - 1) / degree`, 0 being the seed). In preorder: (index into live, depth from 1,
+/// the relay's tag for it: `2` is the seed's second peer, `2.1` that peer's first).
+fn tree(len: usize, degree: usize) -> Vec<(usize, usize, String)> {
+    fn walk(
+        pos: usize,
+        depth: usize,
+        tag: &str,
+        len: usize,
+        k: usize,
+        out: &mut Vec<(usize, usize, String)>,
+    ) {
+        for j in 1..=k {
+            let child = pos * k + j;
+            if child > len {
+                return;
+            }
+            let t = if tag.is_empty() {
+                j.to_string()
+            } else {
+                format!("{tag}.{j}")
+            };
+            out.push((child - 1, depth, t.clone()));
+            walk(child, depth + 1, &t, len, k, out);
+        }
+    }
+    let mut out = Vec::with_capacity(len);
+    walk(0, 1, "", len, degree.max(1), &mut out);
+    out
+}
+
+/// The live peer that live peer `i` hangs under in the [`tree`]; None: the seed.
+fn parent_of(i: usize, degree: usize) -> Option<usize> {
+    (i / degree.max(1)).checked_sub(1)
+}
+
+/// The live peers that relay the stream on to peers of their own.
+fn inner(len: usize, degree: usize) -> Vec<usize> {
+    let k = degree.max(1);
+    (0..len).filter(|i| (i + 1) * k < len).collect()
+}
+
+/// Streams `paths` from the controller through the seed into `live`, which relay it on down the
+/// [`tree`]; returns the relay's report (stdout and stderr) or why it broke.
+fn relay(seed: &Session, live: &[Peer], degree: usize, paths: &[String]) -> Result<String, String> {
     let mut a = argv(["sh", "-c", RELAY, "edgectl-relay"]);
     a.push(STALL.as_secs().to_string());
-    for p in live {
-        // The peer's forced command (SERVE) runs the import, as root; this only selects it.
-        a.extend([
-            format!("{}@{}", p.user, p.addr),
-            p.port.to_string(),
-            "nix-store --import".to_string(),
-        ]);
+    for (i, depth, _) in tree(live.len(), degree) {
+        // The peer's forced command (SERVE) runs the import or the relay, as root.
+        let p = &live[i];
+        a.push(format!("{depth},{}@{},{}", p.user, p.addr, p.port));
     }
     let mut export = std::process::Command::new("nix-store")
         .arg("--export")
@@ -488,26 +533,13 @@ impl Asked {
     }
 }
 
-/// The peers the relay serves while the upload arrives (the first `parallel` the seed can log
-/// in to), and those that copy from the seed after it (the rest, in order).
-fn split_live<T>(
-    peers: Vec<T>,
-    parallel: usize,
-    unauthorized: impl Fn(&T) -> bool,
-) -> (Vec<T>, Vec<T>) {
-    let mut live = Vec::new();
-    let mut late = Vec::new();
-    for p in peers {
-        if live.len() < parallel.max(1) && !unauthorized(&p) {
-            live.push(p);
-        } else {
-            late.push(p);
-        }
-    }
-    (live, late)
+/// The peers the relay serves while the upload arrives (all the seed may log in to: the tree
+/// bounds what each node relays), and those that copy from the seed after it.
+fn split_live<T>(peers: Vec<T>, unauthorized: impl Fn(&T) -> bool) -> (Vec<T>, Vec<T>) {
+    peers.into_iter().partition(|p| !unauthorized(p))
 }
 
-/// The relay's word on one peer: "peer N STATUS PATHS ERROR" (see [`RELAY`]).
+/// The relay's word on one peer: "peer TAG STATUS PATHS ERROR" (see [`RELAY`] and [`tree`]).
 #[derive(Debug, PartialEq, Eq)]
 struct Said {
     /// ssh's exit status; None when `dropped` or not reported.
@@ -518,9 +550,9 @@ struct Said {
 }
 
 impl Said {
-    /// On the `i`th live peer (from 0), in the relay's report, or the reason it broke.
-    fn of(report: &Result<String, String>, i: usize) -> Said {
-        let tag = format!("peer {} ", i + 1);
+    /// On the peer `tag` names (see [`tree`]), in the relay's report, or why it broke.
+    fn of(report: &Result<String, String>, tag: &str) -> Said {
+        let tag = format!("peer {tag} ");
         match report
             .as_ref()
             .map(|r| r.lines().find_map(|l| l.strip_prefix(&tag)))
@@ -578,18 +610,18 @@ impl Retry {
     }
 }
 
-fn after_relay(said: &Said, stream_len: usize, seed: &str) -> AfterRelay {
+fn after_relay(said: &Said, stream_len: usize, from: &str) -> AfterRelay {
     if said.code == Some(0) && said.paths == Some(stream_len) {
         return AfterRelay::Streamed;
     }
     if stream_len == 0 {
         return AfterRelay::Held;
     }
-    // 255: the seed's SSH could not reach or log in to the peer, which a `nix copy` from the
+    // 255: the relaying node's SSH could not reach or log in to the peer, which a `nix copy` from the
     // seed would only repeat.
     AfterRelay::Unsure(if said.code == Some(255) {
         Retry::FromController(format!(
-            "{seed} could not log in to it over SSH: {}",
+            "{from} could not log in to it over SSH: {}",
             said.err
         ))
     } else {
@@ -635,12 +667,13 @@ pub fn distribute(
         }
     };
     let asked = d.ask(needing, &public);
-    let (live, late) = split_live(peers, parallel, |p| asked.unauthorized.contains(&p.s.name));
+    let (live, mut late) = split_live(peers, |p| asked.unauthorized.contains(&p.s.name));
+    let live = d.arm_inner_nodes(live, &mut late, state_dir);
     d.announce(&live);
     let report = if asked.stream.is_empty() {
         Ok(String::new())
     } else {
-        relay(&d.seed, &live, &asked.stream)
+        relay(&d.seed, &live, d.parallel, &asked.stream)
     };
     if let Err(e) = d.seed_holds(&report) {
         d.seed_lost(e, live.into_iter().chain(late).collect());
@@ -717,6 +750,65 @@ impl<'a> Distribution<'a> {
         Ok(public)
     }
 
+    /// The tree's inner nodes relay too: each gets the cluster key, the known hosts and the
+    /// relay. One that cannot is moved to `late` (copied from the seed afterwards), and the
+    /// tree is laid out again without it.
+    fn arm_inner_nodes(
+        &self,
+        mut live: Vec<Peer>,
+        late: &mut Vec<Peer>,
+        state_dir: &Path,
+    ) -> Vec<Peer> {
+        let Ok((private, _)) = ensure_cluster_key(state_dir) else {
+            return live;
+        };
+        let known = known_hosts(&live);
+        let mut armed = BTreeSet::new();
+        loop {
+            let todo: Vec<Peer> = inner(live.len(), self.parallel)
+                .into_iter()
+                .map(|i| live[i].clone())
+                .filter(|p| !armed.contains(&p.s.name))
+                .collect();
+            if todo.is_empty() {
+                return live;
+            }
+            let (private, known) = (private.clone(), known.clone());
+            let done = parallel_map(self.rt, self.parallel, todo, move |p: Peer| {
+                let h = p.s.host.as_ref();
+                let r = h
+                    .upload(CLUSTER_KEY, &private, 0o600)
+                    .and_then(|()| h.upload(KNOWN_HOSTS, known.as_bytes(), 0o644))
+                    .and_then(|()| h.upload(RELAY_FILE, RELAY.as_bytes(), 0o500));
+                (p.s.name.clone(), r)
+            });
+            for (name, r) in done {
+                match r {
+                    Ok(()) => {
+                        armed.insert(name);
+                    }
+                    Err(e) => {
+                        emit(
+                            self.tx,
+                            &name,
+                            Phase::Copy,
+                            Ev::Progress,
+                            format!(
+                                "cannot relay to others ({e}); copied from {} after the upload",
+                                self.seed.name
+                            ),
+                        );
+                        let at = live
+                            .iter()
+                            .position(|p| p.s.name == name)
+                            .expect("a live peer");
+                        late.push(live.remove(at));
+                    }
+                }
+            }
+        }
+    }
+
     /// Every node says what it lacks and lets the seed in, all at once.
     fn ask(&self, needing: &[Arc<Session>], public: &str) -> Asked {
         let closure: Vec<String> = self
@@ -752,13 +844,14 @@ impl<'a> Distribution<'a> {
             ),
             self.bytes,
         );
-        for p in live {
+        for (i, p) in live.iter().enumerate() {
             let b = self.closures.bytes(std::slice::from_ref(&p.s.system));
+            let from = parent_of(i, self.parallel).map_or(&self.seed.name, |j| &live[j].s.name);
             emit_bytes(
                 self.tx,
                 &p.s.name,
                 Ev::Started,
-                format!("from {} over the LAN{}", self.seed.name, mib(b)),
+                format!("from {from} over the LAN{}", mib(b)),
                 b,
             );
         }
@@ -829,14 +922,25 @@ impl<'a> Distribution<'a> {
         let sizes = self.closures.paths(&self.union);
         let stream_bytes: u64 = stream.iter().filter_map(|p| sizes.get(p.as_str())).sum();
         let (mut again, mut direct) = (Vec::new(), Vec::new());
-        for (i, p) in live.into_iter().enumerate() {
-            let said = Said::of(report, i);
+        let mut tags = vec![String::new(); live.len()];
+        for (i, _, tag) in tree(live.len(), self.parallel) {
+            tags[i] = tag;
+        }
+        // Who relayed the stream to each: the seed, or the peer it hangs under.
+        let parents: Vec<String> = (0..live.len())
+            .map(|i| {
+                parent_of(i, self.parallel)
+                    .map_or(&self.seed.name, |j| &live[j].s.name)
+                    .clone()
+            })
+            .collect();
+        for ((p, tag), parent) in live.into_iter().zip(tags).zip(parents) {
+            let said = Said::of(report, &tag);
             let name = p.s.name.clone();
-            let retry = match after_relay(&said, stream.len(), &self.seed.name) {
+            let retry = match after_relay(&said, stream.len(), &parent) {
                 AfterRelay::Streamed => {
                     let m = format!(
-                        "streamed from {} during the upload: {} paths{}",
-                        self.seed.name,
+                        "streamed from {parent} during the upload: {} paths{}",
                         stream.len(),
                         mib(Some(stream_bytes))
                     );
@@ -1224,17 +1328,49 @@ mod decisions {
         assert_eq!(asked.unauthorized, BTreeSet::from(["worker1".to_string()]));
 
         let peers = ["w1", "w2", "w3", "w4", "w5"];
-        let (live, late) = split_live(peers.to_vec(), 2, |p| *p == "w2");
-        assert_eq!(live, ["w1", "w3"], "up to --parallel, the seed may log in");
-        assert_eq!(late, ["w2", "w4", "w5"], "the rest, in order");
-        let (live, late) = split_live(peers.to_vec(), 0, |_| false);
-        assert_eq!((live.len(), late.len()), (1, 4), "at least one streams");
+        let (live, late) = split_live(peers.to_vec(), |p| *p == "w2");
+        assert_eq!(live, ["w1", "w3", "w4", "w5"], "all the seed may log in to");
+        assert_eq!(late, ["w2"]);
+    }
+
+    #[test]
+    fn the_tree_fills_level_by_level_with_at_most_degree_peers_under_each_node() {
+        // 15 peers, 4 under each: the seed's 4, then 4 under each of them but the last 3.
+        let t = tree(15, 4);
+        let at = |tag: &str| {
+            t.iter()
+                .find(|(_, _, x)| x == tag)
+                .map(|(i, d, _)| (*i, *d))
+        };
+        assert_eq!(t.len(), 15);
+        assert_eq!(at("1"), Some((0, 1)));
+        assert_eq!(at("4"), Some((3, 1)));
+        assert_eq!(at("1.1"), Some((4, 2)), "peer 5 hangs under peer 1");
+        assert_eq!(at("1.4"), Some((7, 2)));
+        assert_eq!(at("3.3"), Some((14, 2)));
+        assert_eq!(at("4.1"), None);
+        // Preorder: each peer comes before its subtree, which comes before its next sibling.
+        let order: Vec<&str> = t.iter().map(|(_, _, x)| x.as_str()).take(6).collect();
+        assert_eq!(order, ["1", "1.1", "1.2", "1.3", "1.4", "2"]);
+        assert_eq!(inner(15, 4), [0, 1, 2], "peers 1 to 3 relay on");
+        assert_eq!(parent_of(3, 4), None, "the seed's fourth");
+        assert_eq!(parent_of(4, 4), Some(0), "peer 5 under peer 1");
+        assert_eq!(parent_of(14, 4), Some(2));
+        // Up to `degree` peers: the seed alone relays, as before trees.
+        assert!(tree(8, 8).iter().all(|(_, d, _)| *d == 1));
+        assert!(inner(8, 8).is_empty());
+        // Degree 1 is a chain; a depth keeps growing.
+        assert_eq!(tree(3, 1).last().unwrap(), &(2, 3, "1.1.1".to_string()));
+        // Depth grows with log N: 100 peers, 4 under each, are 4 levels deep.
+        assert_eq!(tree(100, 4).iter().map(|(_, d, _)| *d).max(), Some(4));
     }
 
     #[test]
     fn the_relays_word_on_a_peer_is_found_by_its_number() {
-        let report: Result<String, String> = Ok("peer 10 0 7 \n\
+        let report: Result<String, String> = Ok("imported 7\n\
+             peer 10 0 7 \n\
              peer 1 0 7 \n\
+             peer 1.1 0 7 \n\
              peer 2 255 0 ssh: connect to host 10.10.1.3 port 22: Connection refused \n\
              peer 3 dropped 2 \n"
             .into());
@@ -1243,20 +1379,30 @@ mod decisions {
             paths,
             err: err.into(),
         };
-        assert_eq!(Said::of(&report, 0), said(Some(0), Some(7), ""));
+        assert_eq!(Said::of(&report, "1"), said(Some(0), Some(7), ""));
         assert_eq!(
-            Said::of(&report, 1),
+            Said::of(&report, "1.1"),
+            said(Some(0), Some(7), ""),
+            "in peer 1's subtree"
+        );
+        assert_eq!(
+            Said::of(&report, "2"),
             said(
                 Some(255),
                 Some(0),
                 "ssh: connect to host 10.10.1.3 port 22: Connection refused"
             )
         );
-        assert_eq!(Said::of(&report, 2), said(None, Some(2), ""), "dropped");
-        assert_eq!(Said::of(&report, 3), said(None, None, "no report"));
+        assert_eq!(Said::of(&report, "3"), said(None, Some(2), ""), "dropped");
+        assert_eq!(Said::of(&report, "4"), said(None, None, "no report"));
+        assert_eq!(
+            Said::of(&report, "3.1"),
+            said(None, None, "no report"),
+            "under a dropped peer"
+        );
         let broken = Err("import on the seed: disk full".to_string());
         assert_eq!(
-            Said::of(&broken, 0),
+            Said::of(&broken, "1"),
             said(None, None, "import on the seed: disk full")
         );
     }
@@ -1424,14 +1570,16 @@ mod decisions {
         let needing: Vec<_> = nodes.iter().map(|(_, s)| s.clone()).collect();
         copy_closures(&rt, &needing, &example(), state.path(), 4, Fanout::On, &tx);
         let seed = nodes[0].0.calls();
-        let rm = argv(["rm", "-f", CLUSTER_KEY, KNOWN_HOSTS]);
-        assert!(
-            seed.contains(&Call::Run {
-                argv: rm,
-                root: true
-            }),
-            "{seed:?}"
-        );
+        let rm = argv(["rm", "-f", CLUSTER_KEY, KNOWN_HOSTS, RELAY_FILE]);
+        let removed = |calls: &[Call]| {
+            calls.contains(&Call::Run {
+                argv: rm.clone(),
+                root: true,
+            })
+        };
+        assert!(removed(&seed), "{seed:?}");
+        // A peer may have relayed as an inner node of the tree: it loses the key too.
+        assert!(removed(&nodes[1].0.calls()), "{:?}", nodes[1].0.calls());
         assert_eq!(nodes[1].0.scripts(), ["edgectl-deauthorize"]);
         let Some(Call::Run { argv, .. }) = nodes[1].0.calls().pop() else {
             panic!("no call")

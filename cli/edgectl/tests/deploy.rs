@@ -419,6 +419,50 @@ fn in_local_store(path: &str) -> bool {
 /// `--build-on nodes`: the controller evaluates and sends each node its derivations only; the
 /// node builds its own system (the fixture's builders, no cache) and activates it as usual. The
 /// systems never land in the controller's store, and the payload never crosses its link.
+/// With more peers than `--parallel`, fan-out is a tree: the seed streams to `--parallel`
+/// peers, and the first of them relay the stream on to peers of their own as it arrives (the
+/// cluster key's forced command runs the relay there). Five nodes, `--parallel 2`: n2 and n3
+/// from the seed n1, n4 and n5 from n2; the controller sends the closure once.
+#[test]
+fn fanout_is_a_tree_when_there_are_more_peers_than_parallel() {
+    let Some(mut l) = lab(5) else { return };
+    l.with_payload(16);
+    let before = l.rig.controller_tx_bytes();
+    let o = l.run(&["apply", "--json", "--parallel", "2"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let sent = l.rig.controller_tx_bytes().saturating_sub(before);
+    let evs = events(&o);
+    assert!(
+        !evs.iter().any(|e| e["state"] == "warning"),
+        "no fallback: {evs:?}"
+    );
+    for (n, parent) in [("n2", "n1"), ("n3", "n1"), ("n4", "n2"), ("n5", "n2")] {
+        let e = copy_ok(&evs, n);
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with(&format!("streamed from {parent} during the upload: ")),
+            "{n}: {e}"
+        );
+        assert!(e["bytes"].as_u64().unwrap() >= 16 << 20, "{n}: {e}");
+    }
+    for i in 0..5 {
+        assert_eq!(
+            l.current(i).as_deref(),
+            Some(l.target(i).as_str()),
+            "node {i}"
+        );
+    }
+    // Once over the controller's link (16 MiB of payload, plus the small paths and SSH).
+    assert!(sent < 24 << 20, "the controller sent {sent} bytes");
+    // The inner node held the key and the relay only while the stream travelled.
+    for f in ["cluster_key", "known_hosts", "relay.sh"] {
+        assert!(
+            !l.rig.node(1).nix_dir.join("var/edgectl").join(f).exists(),
+            "{f} left on n2"
+        );
+    }
+}
+
 #[test]
 fn build_on_nodes_sends_derivations_and_each_node_builds_its_own_system() {
     let Some(mut l) = lab(2) else { return };
@@ -530,9 +574,16 @@ fn a_fanout_fallback_is_reported_and_can_be_refused() {
 /// sessions once a copy over the LAN has started. Apply must report it (exit 3) and bring the
 /// other two to their systems anyway; a rerun once it is back converges it too.
 fn a_node_dies_mid_fanout(victim: usize) {
-    let Some(mut l) = lab(3) else { return };
+    a_node_dies_mid_fanout_of(3, victim, &[]);
+}
+
+/// [`a_node_dies_mid_fanout`] with `nodes` nodes and `extra` apply arguments.
+fn a_node_dies_mid_fanout_of(nodes: usize, victim: usize, extra: &[&str]) {
+    let Some(mut l) = lab(nodes) else { return };
     l.with_payload(48);
-    let mut child = l.spawn_json(&["apply"]);
+    let mut args = vec!["apply"];
+    args.extend_from_slice(extra);
+    let mut child = l.spawn_json(&args);
     // The seed dies at the first peer's start; a peer at its own.
     let watched = (victim > 0).then(|| format!("n{}", victim + 1));
     let hit = wait_for_event(
@@ -555,7 +606,7 @@ fn a_node_dies_mid_fanout(victim: usize) {
         Some(3),
         "node {victim} failed, so apply reports it"
     );
-    for i in (0..3).filter(|&i| i != victim) {
+    for i in (0..nodes).filter(|&i| i != victim) {
         assert_eq!(
             l.current(i).as_deref(),
             Some(l.target(i).as_str()),
@@ -569,6 +620,13 @@ fn a_node_dies_mid_fanout(victim: usize) {
         l.current(victim).as_deref(),
         Some(l.target(victim).as_str())
     );
+}
+
+/// An inner node of the tree dies while it relays: the peers under it get their closures
+/// another way (from the seed after the upload), and only the dead node fails.
+#[test]
+fn fanout_survives_an_inner_node_of_the_tree_dying_mid_relay() {
+    a_node_dies_mid_fanout_of(5, 1, &["--parallel", "2"]);
 }
 
 #[test]

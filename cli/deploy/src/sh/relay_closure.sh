@@ -1,8 +1,28 @@
 set -u
+# sh -c RELAY edgectl-relay STALL ENTRY...: ENTRY is DEPTH,USER@ADDRESS,PORT, the peers in
+# preorder; the DEPTH 1 entries are this node's own peers, and the deeper entries after each
+# are that peer's subtree, which it relays on in turn (the cluster key's forced command runs
+# this script there, as `edgectl-relay STALL` and the subtree one level up).
 stall=$1; shift
+case $stall in '' | *[!0-9]*) echo "edgectl-relay: bad stall $stall" >&2; exit 2 ;; esac
 mkdir -p "$EDGECTL_STATE" || exit 1
 d=$(mktemp -d "$EDGECTL_STATE/relay.XXXXXXXX") || exit 1
 trap 'rm -rf "$d"' EXIT
+n=0
+for e in "$@"; do
+  case $e in
+    *[!0-9A-Za-z.,@:_-]* | [!0-9]*) echo "edgectl-relay: bad peer entry $e" >&2; exit 2 ;;
+  esac
+  depth=${e%%,*} rest=${e#*,}
+  if [ "$depth" = 1 ]; then
+    n=$((n+1)); printf '%s\n' "$rest" > "$d/$n.dest"; : > "$d/$n.sub"
+  elif [ "$n" -gt 0 ]; then
+    printf ' %s,%s' "$((depth - 1))" "$rest" >> "$d/$n.sub"
+  else
+    echo "edgectl-relay: entry $e comes before any peer of depth 1" >&2; exit 2
+  fi
+done
+peers=$n
 : > "$d/stream"
 # A background job's stdin is /dev/null unless it is handed over explicitly.
 exec 3<&0
@@ -11,25 +31,27 @@ w=$!
 exec 3<&-
 # `-s 0.1`: tail checks that the writer lives once per interval (1 s by default), so every
 # import would end up to a second after the stream did.
-tail -s 0.1 -c +1 --pid="$w" -f "$d/stream" | nix-store --import > /dev/null 2> "$d/seed.err" &
-seed=$!
-n=0
-while [ $# -ge 3 ]; do
-  n=$((n+1))
-  mkfifo "$d/$n.fifo" || exit 1
-  tail -s 0.1 -c +1 --pid="$w" -f "$d/stream" > "$d/$n.fifo" &
-  echo $! > "$d/$n.tail"
-  ssh -p "$2" -i "$EDGECTL_STATE/cluster_key" -o IdentitiesOnly=yes \
+tail -s 0.1 -c +1 --pid="$w" -f "$d/stream" | nix-store --import > "$d/own.out" 2> "$d/own.err" &
+own=$!
+i=0
+while [ "$i" -lt "$peers" ]; do
+  i=$((i+1))
+  dest=$(cat "$d/$i.dest"); port=${dest##*,}; dest=${dest%,*}
+  # A peer with a subtree relays it on; a leaf only imports.
+  if [ -s "$d/$i.sub" ]; then cmd="edgectl-relay $stall$(cat "$d/$i.sub")"; else cmd="nix-store --import"; fi
+  mkfifo "$d/$i.fifo" || exit 1
+  tail -s 0.1 -c +1 --pid="$w" -f "$d/stream" > "$d/$i.fifo" &
+  echo $! > "$d/$i.tail"
+  ssh -p "$port" -i "$EDGECTL_STATE/cluster_key" -o IdentitiesOnly=yes \
     -o UserKnownHostsFile="$EDGECTL_STATE/known_hosts" -o StrictHostKeyChecking=yes \
     -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 \
     -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com \
-    -- "$1" "$3" < "$d/$n.fifo" > "$d/$n.out" 2> "$d/$n.err" &
-  echo $! > "$d/$n.ssh"
-  shift 3
+    -- "$dest" "$cmd" < "$d/$i.fifo" > "$d/$i.out" 2> "$d/$i.err" &
+  echo $! > "$d/$i.ssh"
 done
-peers=$n
 # The watchdog: a peer makes progress when its reader reads (rchar grows); it may sit idle
-# only while the stream itself does. Otherwise, after STALL seconds, it is dropped.
+# only while the stream itself does. Otherwise, after STALL seconds, it is dropped (and with
+# it its subtree, which is then copied another way).
 (
   while :; do
     sleep 1
@@ -57,14 +79,21 @@ peers=$n
 ) &
 dog=$!
 wait "$w"
-wait "$seed"; rc=$?
+wait "$own"; rc=$?
+# What this node imported itself, for the node that relayed the stream to it.
+echo "imported $(grep -c . "$d/own.out")"
 i=0
 while [ "$i" -lt "$peers" ]; do
   i=$((i+1)); wait "$(cat "$d/$i.ssh")"; s=$?
-  # Not SSH's 255 (which says the seed could not log in): the peer is reachable.
+  # Not SSH's 255 (which says this node could not log in): the peer is reachable.
   [ -e "$d/$i.dropped" ] && s=dropped
-  printf 'peer %s %s %s %s\n' "$i" "$s" "$(grep -c . "$d/$i.out")" "$(tr '\n' ' ' < "$d/$i.err")"
+  # A relaying peer says what it imported; a leaf's import prints one path per line.
+  paths=$(sed -n 's/^imported //p' "$d/$i.out")
+  [ -n "$paths" ] || paths=$(grep -c . "$d/$i.out")
+  printf 'peer %s %s %s %s\n' "$i" "$s" "$paths" "$(tr '\n' ' ' < "$d/$i.err")"
+  # Its subtree's words, numbered under it (peer 2 of peer 1 is peer 1.2).
+  sed -n "s/^peer /peer $i./p" "$d/$i.out"
 done
 kill "$dog" 2>/dev/null
-[ "$rc" = 0 ] || cat "$d/seed.err" >&2
+[ "$rc" = 0 ] || cat "$d/own.err" >&2
 exit "$rc"
