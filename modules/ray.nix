@@ -24,6 +24,12 @@ let
   # the test rig loads, uses the same).
   firewall = edgeLib.nixosFirewallFor (edgeLib.firewallParts.ray cfg);
 
+  # Ray's session (the raylet's and object store's sockets among it) lives in the state
+  # directory, not in the unit's private /tmp (DynamicUser implies PrivateTmp): there a driver
+  # outside the unit, such as `edgectl verify`'s Ray probe run by the agent as root, reaches
+  # the raylet. Set on the head only; Ray gives every worker the head's temp dir.
+  tempDir = "/var/lib/ray/tmp";
+
   unit = role: {
     description = "Ray ${role} node";
     wantedBy = [ "multi-user.target" ];
@@ -37,7 +43,7 @@ let
       LD_LIBRARY_PATH = "/run/opengl-driver/lib";
     };
     serviceConfig = {
-      ExecStart = "${rayEnv}/bin/ray ${lib.escapeShellArgs args}";
+      ExecStart = "${rayEnv}/bin/ray ${lib.escapeShellArgs (args ++ lib.optional (role == "head") "--temp-dir=${tempDir}")}";
       # A worker whose head is not up yet exits; retry rather than give up.
       Restart = "on-failure";
       RestartSec = 10;
