@@ -4,9 +4,10 @@
 # what is missing.
 set -euo pipefail
 
-PKGS=(build-essential pkg-config libssl-dev ca-certificates curl git python3
+PKGS=(build-essential pkg-config libssl-dev ca-certificates curl git python3 python3-venv
       nix-bin openssh-server openssh-client iproute2 iptables netcat-openbsd bc
-      util-linux mount e2fsprogs procps tcsh sudo shellcheck)
+      util-linux mount e2fsprogs procps tcsh sudo shellcheck
+      qemu-system-x86 chromium)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -29,3 +30,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   . "$HOME/.cargo/env"
 fi
 cargo --version
+
+# Ray (PyPI's wheel, in a virtualenv outside the clone) for the Ray test of `edgectl verify`;
+# where this Python has no wheel for it, that test is skipped, visibly.
+"$(dirname "$0")/ray-venv.sh" >/dev/null ||
+  echo "setup: Ray is not installed (see above): the Ray test of verify will be skipped"

@@ -39,6 +39,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== fuzz targets build"
 # Their own workspace (so the main one never builds libFuzzer); built here so they cannot rot.
 cargo build --quiet --locked --manifest-path fuzz/Cargo.toml --bins
+# The Ray test of verify runs against real Ray where scripts/setup.sh installed it.
+if [[ -z ${EDGECTL_TEST_RAY:-} ]] && ray=$(./scripts/ray-venv.sh --path); then
+  export EDGECTL_TEST_RAY="$ray"
+fi
 echo "== cargo test (log: $log)"
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" |

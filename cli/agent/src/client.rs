@@ -8,7 +8,8 @@ use quinn::{ClientConfig, Connection, Endpoint};
 
 use crate::pki::Party;
 use crate::proto::{
-    KIND_ECHO_DATAGRAM, KIND_JSON, KIND_PING, MAX_RESPONSE, PairStat, Request, Response, percentile,
+    KIND_ECHO_DATAGRAM, KIND_JSON, KIND_PING, MAX_RESPONSE, PairStat, Request, Response,
+    percentile, round_trips,
 };
 
 pub fn endpoint(cfg: ClientConfig) -> Result<Endpoint, String> {
@@ -106,6 +107,7 @@ pub async fn quic_pair(
     st.samples = v.len() as u32;
     st.p50_ms = percentile(&v, 50.0);
     st.p99_ms = percentile(&v, 99.0);
+    st.rtt_ms = round_trips(&v);
     st
 }
 

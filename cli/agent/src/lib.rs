@@ -10,11 +10,16 @@ pub mod http3;
 pub mod pki;
 pub mod proto;
 pub mod ray;
+pub mod ray_probe;
 pub mod server;
 pub mod tls;
+pub mod unikernel;
 pub mod wasm;
+pub mod wasm_cli;
 #[cfg(feature = "zenoh")]
 pub mod zn;
+#[cfg(feature = "zenoh")]
+pub mod zn_router;
 
 pub use proto::{PairStat, Request, Response};
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::facts::Facts;
+use crate::unikernel::UnikernelBoot;
 
 pub const ALPN: &[u8] = b"edgectl-agent/1";
 pub const KIND_PING: u8 = b'P';
@@ -65,8 +66,40 @@ pub enum Request {
         #[serde(default)]
         address: Option<String>,
     },
+    /// From the Ray head: one actor per alive node, timed calls to each, and a batch of tasks
+    /// on the head alone and on every node (see `ray_probe`); answered with `RayProbe`.
+    RayProbe {
+        #[serde(default)]
+        address: Option<String>,
+        samples: u32,
+        scaling_s: f64,
+    },
+    /// Boots the built-in unikernel image under KVM `runs` times (see `unikernel`).
+    UnikernelBoot {
+        runs: u32,
+    },
     /// Ends the agent (one started by `verify` for the run).
     Shutdown,
+    /// Opens this agent's Zenoh session through the cluster's router: client mode, connected
+    /// to `routers` only (no listener, no scouting), answering pings under keys of its own
+    /// (see `zn_router`). It closes with the connection that opened it.
+    ZenohRouterOpen {
+        me: String,
+        routers: Vec<String>,
+    },
+    /// Closes the session through the router.
+    ZenohRouterClose,
+    /// Round trips through the router to each of `peers` (nodes whose session is open);
+    /// answered with `Pairs`.
+    ZenohRouterPairs {
+        peers: Vec<String>,
+        samples: u32,
+    },
+    /// Runs a small WASI module `runs` times with each of the node's Wasm CLIs (`wasmtime`,
+    /// `wasmedge`); answered with `WasmCli` (see `wasm_cli`).
+    WasmCliColdStart {
+        runs: u32,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +113,12 @@ pub enum Response {
         zenoh: Vec<PairStat>,
     },
     Ray(RayFacts),
+    RayProbe(Box<crate::ray_probe::RayProbe>),
+    UnikernelBoot(UnikernelBoot),
+    Pairs {
+        pairs: Vec<PairStat>,
+    },
+    WasmCli(crate::wasm_cli::WasmCli),
     Ok,
     Error {
         message: String,
@@ -116,6 +155,10 @@ pub struct PairStat {
     pub p99_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The answered round trips (ms, ascending), for the report's distribution: see
+    /// [`round_trips`]. Empty from an agent older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rtt_ms: Vec<f64>,
 }
 
 impl PairStat {
@@ -129,8 +172,25 @@ impl PairStat {
             p50_ms: 0.0,
             p99_ms: 0.0,
             error: None,
+            rtt_ms: Vec::new(),
         }
     }
+}
+
+/// Most round trips a [`PairStat`] carries.
+pub const MAX_RTT_SAMPLES: usize = 1000;
+
+/// `sorted` round trips as a [`PairStat`] carries them: rounded to the microsecond, and beyond
+/// [`MAX_RTT_SAMPLES`] that many evenly spaced ranks (the first and the last among them).
+pub fn round_trips(sorted: &[f64]) -> Vec<f64> {
+    let n = sorted.len();
+    let k = n.min(MAX_RTT_SAMPLES);
+    (0..k)
+        .map(|i| {
+            let at = if k < 2 { 0 } else { i * (n - 1) / (k - 1) };
+            (sorted[at] * 1000.0).round() / 1000.0
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -163,5 +223,16 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn round_trips_keep_the_ends_and_at_most_the_cap() {
+        assert!(round_trips(&[]).is_empty());
+        assert_eq!(round_trips(&[0.123_456_7, 2.0]), [0.123, 2.0]);
+        let v: Vec<f64> = (0..5000).map(|i| f64::from(i) / 1000.0).collect();
+        let r = round_trips(&v);
+        assert_eq!(r.len(), MAX_RTT_SAMPLES);
+        assert_eq!((r[0], r[r.len() - 1]), (0.0, 4.999));
+        assert!(r.windows(2).all(|w| w[0] <= w[1]));
     }
 }

@@ -38,6 +38,9 @@ struct Agent {
     /// that its listener (which asks for no certificate) is open only while `verify` runs.
     #[cfg(feature = "zenoh")]
     zenoh: Mutex<Option<(usize, crate::zn::Zn)>>,
+    /// The session through the cluster's router, likewise (see `zn_router`).
+    #[cfg(feature = "zenoh")]
+    zenoh_router: crate::zn_router::Slot,
     wasi_runner: wasm::Runner,
     stop: Notify,
 }
@@ -106,6 +109,8 @@ async fn serve(opts: AgentOptions) -> Result<(), String> {
         peer_cfg: tls::client(&ca, Some(&id))?,
         #[cfg(feature = "zenoh")]
         zenoh: Mutex::new(None),
+        #[cfg(feature = "zenoh")]
+        zenoh_router: Mutex::new(None),
         wasi_runner: opts
             .wasi_runner
             .clone()
@@ -152,6 +157,8 @@ async fn serve(opts: AgentOptions) -> Result<(), String> {
     if let Some((_, z)) = agent.zenoh.lock().await.take() {
         z.close().await;
     }
+    #[cfg(feature = "zenoh")]
+    crate::zn_router::close(&agent.zenoh_router, None).await;
     endpoint.close(0u32.into(), b"bye");
     // Give the close frame (and the Shutdown answer) a moment to leave.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -233,6 +240,8 @@ async fn connection(agent: Arc<Agent>, conn: Connection) {
             z.close().await;
         }
     }
+    #[cfg(feature = "zenoh")]
+    crate::zn_router::close(&agent.zenoh_router, Some(id)).await;
 }
 
 /// An echo probe is a kind byte and a sequence number.
@@ -281,9 +290,35 @@ async fn handle(a: &Arc<Agent>, req: Request, conn: usize) -> Response {
                 Err(e) => err(e),
             }
         }
+        Request::UnikernelBoot { runs } => {
+            match blocking(move || crate::unikernel::measure(runs)).await {
+                Ok(Ok(b)) => Response::UnikernelBoot(b),
+                Ok(Err(e)) | Err(e) => err(e),
+            }
+        }
+        req @ (Request::ZenohRouterOpen { .. }
+        | Request::ZenohRouterClose
+        | Request::ZenohRouterPairs { .. }) => via_router(a, conn, req).await,
+        Request::WasmCliColdStart { runs } => {
+            match blocking(move || crate::wasm_cli::measure(runs)).await {
+                Ok(w) => Response::WasmCli(w),
+                Err(e) => err(e),
+            }
+        }
         Request::RayStatus { address } => {
             match blocking(move || ray::status(address.as_deref())).await {
                 Ok(r) => Response::Ray(r),
+                Err(e) => err(e),
+            }
+        }
+        Request::RayProbe {
+            address,
+            samples,
+            scaling_s,
+        } => {
+            let probe = move || crate::ray_probe::run(address.as_deref(), samples, scaling_s);
+            match blocking(probe).await {
+                Ok(r) => Response::RayProbe(Box::new(r)),
                 Err(e) => err(e),
             }
         }
@@ -361,6 +396,19 @@ async fn zenoh_open(
             Response::Ok
         }
         Err(message) => Response::Error { message },
+    }
+}
+
+/// The requests about the session through the cluster's router.
+#[cfg(feature = "zenoh")]
+async fn via_router(a: &Arc<Agent>, conn: usize, req: Request) -> Response {
+    crate::zn_router::handle(&a.zenoh_router, conn, req).await
+}
+
+#[cfg(not(feature = "zenoh"))]
+async fn via_router(_: &Arc<Agent>, _: usize, _: Request) -> Response {
+    Response::Error {
+        message: "this edgectl was built without the `zenoh` feature".into(),
     }
 }
 

@@ -1,17 +1,20 @@
 //! Zenoh ping-pong between agents: each agent opens a peer-mode session (scouting off, explicit
 //! endpoints), answers `edgectl/ping/<me>/<from>` on `edgectl/pong/<from>/<me>`, and measures
-//! its own round trips to every peer.
+//! its own round trips to every peer. A session through the cluster's router (see
+//! [`crate::zn_router`]) does the same under a prefix of its own.
 
 use std::time::{Duration, Instant};
 
 use zenoh::Wait;
 use zenoh::pubsub::Subscriber;
 
-use crate::proto::{PairStat, percentile};
+use crate::proto::{PairStat, percentile, round_trips};
 
 pub struct Zn {
     session: zenoh::Session,
     me: String,
+    /// The first part of its ping and pong keys: another measurement's session never answers.
+    prefix: String,
     _responder: Subscriber<()>,
 }
 
@@ -31,21 +34,24 @@ impl Zn {
             .map_err(cfg_err)?;
         c.insert_json5("scouting/gossip/enabled", "false")
             .map_err(cfg_err)?;
+        Zn::start(c, me, "edgectl").await
+    }
+
+    /// Opens a session of config `c` that answers pings under `prefix` (see the module's doc).
+    pub(crate) async fn start(c: zenoh::Config, me: &str, prefix: &str) -> Result<Zn, String> {
         let session = tokio::time::timeout(Duration::from_secs(10), zenoh::open(c))
             .await
             .map_err(|_| "zenoh session did not open within 10 s".to_string())?
             .map_err(|e| format!("zenoh open: {e}"))?;
         let s2 = session.clone();
         let me_s = me.to_string();
+        let pong = format!("{prefix}/pong");
         let responder = session
-            .declare_subscriber(format!("edgectl/ping/{me}/*"))
+            .declare_subscriber(format!("{prefix}/ping/{me}/*"))
             .callback(move |sample| {
                 let from = sample.key_expr().as_str().rsplit('/').next().unwrap_or("");
                 let _ = s2
-                    .put(
-                        format!("edgectl/pong/{from}/{me_s}"),
-                        sample.payload().clone(),
-                    )
+                    .put(format!("{pong}/{from}/{me_s}"), sample.payload().clone())
                     .wait();
             })
             .await
@@ -53,6 +59,7 @@ impl Zn {
         Ok(Zn {
             session,
             me: me.to_string(),
+            prefix: prefix.to_string(),
             _responder: responder,
         })
     }
@@ -62,7 +69,7 @@ impl Zn {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
         let sub = match self
             .session
-            .declare_subscriber(format!("edgectl/pong/{}/{peer}", self.me))
+            .declare_subscriber(format!("{}/pong/{}/{peer}", self.prefix, self.me))
             .callback(move |s| {
                 // Stamped here, on arrival, not when the measuring task gets to it.
                 let at = Instant::now();
@@ -79,7 +86,7 @@ impl Zn {
                 return st;
             }
         };
-        let key = format!("edgectl/ping/{peer}/{}", self.me);
+        let key = format!("{}/ping/{peer}/{}", self.prefix, self.me);
         // Declarations take a moment to reach the peer: ping until the first answer comes back.
         const WARM: u64 = 1 << 40;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -115,6 +122,7 @@ impl Zn {
                 st.lost = lost;
                 st.p50_ms = percentile(&v, 50.0);
                 st.p99_ms = percentile(&v, 99.0);
+                st.rtt_ms = round_trips(&v);
             }
             Err(e) => st.error = Some(e),
         }

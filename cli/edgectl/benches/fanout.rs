@@ -4,6 +4,9 @@
 //! wall times, ratios and the bytes the controller sent (bridge interface counters).
 //! Aims: with fan-out, 8 nodes take at most 1.5x the time of 1 node and the controller sends at
 //! most 1.2x the closure; at 8 nodes fan-out is at least 4x faster than per-node copying.
+//! `FANOUT_BENCH=tree` instead compares the tree (`--parallel 4`: at most 4 peers under each
+//! node) with one seed serving every peer (`--parallel 16`) at 2, 4, 8 and 16 nodes
+//! (`FANOUT_NODES=2,4,8` for others).
 
 use std::path::Path;
 use std::process::Command;
@@ -29,6 +32,10 @@ fn cpu_jiffies() -> (u64, u64) {
 }
 
 fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
+    run_with(n, fanout, 8, fixture)
+}
+
+fn run_with(n: usize, fanout: bool, parallel: usize, fixture: &Path) -> (Duration, u64, f64) {
     let rig = edgectl_rig::Rig::up(n).expect("rig");
     let dir = tempfile::tempdir().unwrap();
     let topo = dir.path().join("cluster.toml");
@@ -44,7 +51,8 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
             if fanout { "on" } else { "off" },
         ])
         .arg(&topo)
-        .args(["--identity", rig.key.to_str().unwrap(), "--parallel", "8"])
+        .args(["--identity", rig.key.to_str().unwrap()])
+        .args(["--parallel", &parallel.to_string()])
         .args([
             "--override-input",
             "nixpkgs",
@@ -83,6 +91,10 @@ fn main() {
     .unwrap();
     std::fs::write(fixture.path().join("payload-mib"), MIB.to_string()).unwrap();
     let closure = (MIB << 20) as f64;
+    if std::env::var("FANOUT_BENCH").as_deref() == Ok("tree") {
+        tree(fixture.path(), closure);
+        return;
+    }
     let mut rows = Vec::new();
     for n in [1usize, 4, 8] {
         let on = run(n, true, fixture.path());
@@ -140,4 +152,42 @@ fn main() {
             "NOT met"
         }
     );
+}
+
+/// The tree against one seed serving every peer, at growing node counts.
+fn tree(fixture: &Path, closure: f64) {
+    let nodes: Vec<usize> = std::env::var("FANOUT_NODES")
+        .unwrap_or_else(|_| "2,4,8,16".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    println!(
+        "64 MiB closure, controller link 100 Mbit/s (tbf); tree: --parallel 4, star: --parallel 16\n"
+    );
+    println!(
+        "{:>5}  {:>9}  {:>8}  {:>12}  {:>8}  {:>9}  {:>8}  {:>12}",
+        "nodes",
+        "tree (s)",
+        "x first",
+        "sent/closure",
+        "CPU busy",
+        "star (s)",
+        "x first",
+        "sent/closure"
+    );
+    let mut first: Option<(f64, f64)> = None;
+    for n in nodes {
+        let (tt, tb, tbusy) = run_with(n, true, 4, fixture);
+        let (st, sb, _) = run_with(n, true, 16, fixture);
+        let (tt, st) = (tt.as_secs_f64(), st.as_secs_f64());
+        let (t0, s0) = *first.get_or_insert((tt, st));
+        println!(
+            "{n:>5}  {tt:>9.2}  {:>8.2}  {:>12.2}  {:>7.0}%  {st:>9.2}  {:>8.2}  {:>12.2}",
+            tt / t0,
+            tb as f64 / closure,
+            tbusy * 100.0,
+            st / s0,
+            sb as f64 / closure
+        );
+    }
 }

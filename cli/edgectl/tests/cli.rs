@@ -291,7 +291,11 @@ fn plan_and_apply_refuse_nodes_whose_boot_disk_is_unknown() {
     assert_clean_error(&o, "the boot disk and root device of head are unknown");
     // The three facts in the topology lift the refusal (the next step then needs Nix and the
     // node); so does a hardware/<node>.toml beside it.
-    std::fs::write(&f, text.replacen("root_device = ", "root_fs = \"ext4\"\nroot_device = ", 1)).unwrap();
+    std::fs::write(
+        &f,
+        text.replacen("root_device = ", "root_fs = \"ext4\"\nroot_device = ", 1),
+    )
+    .unwrap();
     let o = edgectl(&["plan", f.to_str().unwrap(), "--on", "head"]);
     assert!(!stderr(&o).contains("are unknown"), "{}", stderr(&o));
     std::fs::create_dir(dir.path().join("hardware")).unwrap();

@@ -190,6 +190,108 @@ fn agent_running(rig: &Rig, i: usize) -> bool {
         })
 }
 
+/// A Zenoh router on a rig node, at the endpoint the nodes' configuration connects to
+/// (`tcp/<its LAN address>:7447`): `edgectl agent --zenoh-router`, the workspace's `zenoh`
+/// crate in router mode, configured as zenohd is on a router node. Ended on drop.
+struct ZenohRouter {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl ZenohRouter {
+    fn start(l: &Lab, i: usize) -> ZenohRouter {
+        let ip = l.rig.node(i).ip;
+        let endpoint = format!("tcp/{ip}:7447");
+        let log = l.dir.path().join("zenoh-router.log");
+        let bin = env!("CARGO_BIN_EXE_edgectl");
+        let argv = [
+            bin,
+            "agent",
+            "--zenoh-router",
+            &endpoint,
+            "--exit-after",
+            "600",
+        ];
+        let child = l.rig.spawn_in(i, &argv, &log).expect("the router starts");
+        let r = ZenohRouter { child, endpoint };
+        let addr = std::net::SocketAddr::from((ip, 7447));
+        for _ in 0..100 {
+            let wait = std::time::Duration::from_millis(200);
+            if std::net::TcpStream::connect_timeout(&addr, wait).is_ok() {
+                return r;
+            }
+            std::thread::sleep(wait);
+        }
+        panic!(
+            "no Zenoh router on {}: {}",
+            r.endpoint,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for ZenohRouter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Wasm runtimes' programs that `verify` runs on nodes with the wasm feature.
+const WASM_CLIS: [&str; 2] = ["wasmtime", "wasmedge"];
+
+/// A runtime's program for the rig's nodes: `EDGECTL_TEST_WASMTIME` / `EDGECTL_TEST_WASMEDGE`,
+/// else PATH, else (wasmtime) where `scripts/wasmtime-cli.sh` installs it; or why there is none.
+fn wasm_cli(name: &str) -> Result<PathBuf, String> {
+    let var = format!("EDGECTL_TEST_{}", name.to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("{var}={} is not a file", p.display()))
+        };
+    }
+    if let Ok(p) = edgectl_testkit::tool(name) {
+        return Ok(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if name == "wasmtime"
+        && let Some(p) = cache
+            .map(|c| c.join("edgectl/wasmtime-cli-43.0.2/bin/wasmtime"))
+            .filter(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    Err(match name {
+        "wasmtime" => {
+            format!("the wasmtime CLI is not installed (set {var}, or run scripts/wasmtime-cli.sh)")
+        }
+        _ => format!(
+            "the {name} CLI is not installed (set {var}); WasmEdge has no package this machine can install"
+        ),
+    })
+}
+
+/// Puts each runtime found into every node's Nix profile (`/nix` is the node's own), where
+/// the agent looks as it does on a Nix system; the rest are absent there.
+fn give_wasm_clis(rig: &Rig, nodes: usize) -> Vec<(&'static str, Result<PathBuf, String>)> {
+    let found: Vec<_> = WASM_CLIS.iter().map(|n| (*n, wasm_cli(n))).collect();
+    for (name, p) in &found {
+        let Ok(p) = p else { continue };
+        for i in 0..nodes {
+            let bin = rig.node(i).nix_dir.join("var/nix/profiles/default/bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            let link = bin.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(p, &link).unwrap();
+        }
+    }
+    found
+}
+
 #[test]
 fn verify_uploads_agents_checks_and_reports() {
     let Some(l) = lab(3) else { return };
@@ -202,6 +304,9 @@ fn verify_uploads_agents_checks_and_reports() {
         true,
         "[[check]]\nname = \"sandbox\"\nwasm = \"hello.wat\"\n",
     );
+    // The cluster's Zenoh router (n1, the rig topology's zenoh-router) runs, as zenohd would.
+    let router = ZenohRouter::start(&l, 0);
+    let clis = give_wasm_clis(&l.rig, 3);
     let report = l.dir.path().join("report");
     let o = l.verify(&["--json", "--report", report.to_str().unwrap()]);
     let v = json(&o);
@@ -269,14 +374,86 @@ fn verify_uploads_agents_checks_and_reports() {
     assert_eq!(by_name("cpu model"), 3);
     assert_eq!(by_name("wasi sandbox"), 3);
     assert_eq!(by_name("wasm cold start"), 3);
-    // One latency row per ordered pair and transport, judged without a target.
+    // Each runtime's own CLI ran the module on every node, or was not there to run it: a skip
+    // that says so (the rig is not NixOS, whose wasm module would have installed it), never a
+    // pass; and a runtime this machine could not provide is a recorded skip of this test.
+    for (name, found) in &clis {
+        let cs: Vec<&Value> = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == format!("wasm cold start ({name} CLI)"))
+            .collect();
+        assert_eq!(cs.len(), 3, "{name}: {cs:?}");
+        for c in &cs {
+            match found {
+                Ok(_) => {
+                    assert_eq!(c["verdict"], "pass", "{c}");
+                    let a = c["actual"].as_str().unwrap();
+                    assert!(a.contains("over 5 runs") && a.contains("embedded"), "{c}");
+                }
+                Err(_) => {
+                    assert_eq!(c["verdict"], "skip", "{c}");
+                    let why = c["reason"].as_str().unwrap();
+                    assert!(why.contains(&format!("{name} is not installed")), "{c}");
+                }
+            }
+        }
+        for n in v["nodes"].as_array().unwrap() {
+            let r = n["wasm_cli"]["runtimes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["runtime"] == *name)
+                .unwrap();
+            match found {
+                Ok(_) => {
+                    assert_eq!(r["runs"], 5, "{r}");
+                    assert!(r["p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+                    assert!(r["max_ms"].as_f64() >= r["p50_ms"].as_f64(), "{r}");
+                }
+                Err(_) => assert!(r["path"].is_null() && r["runs"] == 0, "{r}"),
+            }
+        }
+        if let Err(why) = found {
+            let _ = edgectl_testkit::require::<()>(&format!("{name}-cli"), Err(why.clone()));
+        }
+    }
+    // One latency row per ordered pair and transport (QUIC, Zenoh peer to peer, and Zenoh
+    // through the router), judged without a target.
     let latency: Vec<&Value> = v["checks"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|c| c["name"].as_str().unwrap().starts_with("latency "))
         .collect();
-    assert_eq!(latency.len(), 12, "{latency:?}");
+    assert_eq!(latency.len(), 18, "{latency:?}");
+    // Through the router: every node reached every other through n1's router, the pairs with
+    // n1 itself included.
+    let via = &v["zenoh_routers"];
+    assert_eq!(via.as_array().map(Vec::len), Some(1), "{via}");
+    assert_eq!(via[0]["router"], "n1");
+    assert_eq!(via[0]["endpoint"].as_str(), Some(router.endpoint.as_str()));
+    let pairs = via[0]["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 6, "{pairs:?}");
+    for from in ["n1", "n2", "n3"] {
+        let mine: Vec<&&Value> = latency
+            .iter()
+            .filter(|c| {
+                c["node"] == from
+                    && c["name"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("(zenoh through router n1)")
+            })
+            .collect();
+        assert_eq!(mine.len(), 2, "{from}: {mine:?}");
+    }
+    for s in pairs {
+        assert!(s["error"].is_null(), "{s}");
+        assert_eq!(s["samples"].as_u64(), Some(100), "{s}");
+        assert!(s["p99_ms"].as_f64() >= s["p50_ms"].as_f64(), "{s}");
+    }
     for c in latency {
         assert_eq!(c["expected"], "answered (no latency_p99_ms target)", "{c}");
         assert_eq!(c["verdict"], "pass", "{c}");
@@ -346,14 +523,55 @@ fn verify_uploads_agents_checks_and_reports() {
     assert!(html.contains("sandbox") && html.contains("latency.svg"));
     let svg = std::fs::read_to_string(report.join("latency.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("n3"));
+    assert!(svg.contains("Zenoh via router n1 (ms)"), "{svg}");
 
-    // A second run finds the same binary on the nodes (no upload) and the table prints.
-    let o = l.verify(&["--no-zenoh", "--samples", "20", "--color", "never"]);
+    // A second run finds the same binary on the nodes (no upload) and the table prints, the
+    // matrix through the router too.
+    let o = l.verify(&["--samples", "20", "--color", "never"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("cpu model") && out.contains("QUIC round trips"),
+        out.contains("cpu model")
+            && out.contains("QUIC round trips")
+            && out.contains("Zenoh through router n1 round trips"),
         "{}",
         explain(&o)
+    );
+
+    // Without the router nothing passes through it: every node's session to it fails, naming
+    // the endpoint, while the peer-to-peer Zenoh matrix still passes.
+    drop(router);
+    let v = json(&l.verify(&["--json", "--samples", "20"]));
+    let by = |verdict: &str, suffix: &str| -> Vec<String> {
+        checks(&v, verdict)
+            .iter()
+            .filter(|c| c["name"].as_str().unwrap().ends_with(suffix))
+            .map(|c| c["node"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        by("fail", "zenoh session through router n1"),
+        ["n1", "n2", "n3"],
+        "{}",
+        v["checks"]
+    );
+    for c in checks(&v, "fail") {
+        if c["name"] == "zenoh session through router n1" {
+            assert!(
+                c["expected"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("tcp/{}:7447", l.rig.node(0).ip)),
+                "{c}"
+            );
+        }
+    }
+    assert!(by("pass", "(zenoh through router n1)").is_empty());
+    assert_eq!(by("pass", "(zenoh)").len(), 6, "{}", v["checks"]);
+    assert!(
+        v["zenoh_routers"][0]["pairs"]
+            .as_array()
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -447,6 +665,8 @@ fn delayed_node_shows_in_the_matrix_and_fails_the_target() {
         true,
         &format!("[targets]\nlatency_p99_ms = {TARGET_P99_MS:.1}\n"),
     );
+    // The cluster's router, on n1: the round trips through it are judged too.
+    let _router = ZenohRouter::start(&l, 0);
     // The delay on n3's outgoing packets, 1% of them lost, for long enough to cover the run.
     let imp = l.rig.impair(2, DELAY_MS, 1.0, 90.0).expect("nfdelay");
     // A burst of foreign load can still stall one run for longer than the margins allow: a
@@ -467,7 +687,8 @@ fn delayed_node_shows_in_the_matrix_and_fails_the_target() {
 }
 
 /// The delayed test's verdict on one run: pairs with n3 about [`DELAY_MS`] slower (p50, within
-/// a quarter) over QUIC, exactly those failing the p99 target, and Zenoh seeing the delay too.
+/// a quarter) over QUIC, exactly those failing the p99 target, Zenoh seeing the delay too, and
+/// the pairs with n3 through the router failing it as well.
 fn judge_delay(v: &Value) -> Result<(), String> {
     let quic = v["quic"].as_array().unwrap();
     assert_eq!(quic.len(), 6);
@@ -516,17 +737,91 @@ fn judge_delay(v: &Value) -> Result<(), String> {
     if median(zslow.clone()) - median(zfast.clone()) <= DELAY_MS / 2.0 {
         return Err(format!("zenoh: slow {zslow:?} fast {zfast:?}"));
     }
+    // Through the router on n1, every pair with n3 crosses n3's delayed link once, whichever
+    // way it goes: those fail the target, and every pair's verdict is its own p99's.
+    let via = v["zenoh_routers"][0]["pairs"].as_array().unwrap();
+    if via.len() != 6 {
+        return Err(format!("through the router: {via:?}"));
+    }
+    let failing: Vec<&str> = checks(v, "fail")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .filter(|n| n.ends_with("(zenoh through router n1)"))
+        .collect();
+    for s in via {
+        let (from, to) = (s["from"].as_str().unwrap(), s["to"].as_str().unwrap());
+        let name = format!("latency {from} -> {to} (zenoh through router n1)");
+        let p99 = s["p99_ms"].as_f64().unwrap();
+        assert_eq!(
+            failing.contains(&name.as_str()),
+            s["error"].is_string() || p99 > TARGET_P99_MS,
+            "{name}: p99 {p99} ms against {TARGET_P99_MS} ms, verdict disagrees: {s}"
+        );
+        if from == "n3" || to == "n3" {
+            assert!(
+                failing.contains(&name.as_str()),
+                "{name} passed a {TARGET_P99_MS} ms target with {DELAY_MS} ms added: {s}"
+            );
+        }
+    }
     Ok(())
 }
 
-/// A `ray` to run on the nodes: `EDGECTL_TEST_RAY` (see scripts/ray-verify.sh), else PATH.
+/// A `ray` to run on the nodes: `EDGECTL_TEST_RAY` (scripts/test.sh and scripts/ray-verify.sh
+/// set it), else PATH, else the virtualenv scripts/setup.sh installs Ray into.
 fn ray_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("EDGECTL_TEST_RAY") {
         return Some(PathBuf::from(p));
     }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join("ray"))
+        .chain(cache.map(|c| c.join("edgectl/ray-venv/bin/ray")))
         .find(|p| p.is_file())
+}
+
+/// Ray's processes (GCS, raylet, workers, its Python helpers) in rig node `i`.
+fn ray_processes(rig: &Rig, i: usize) -> Vec<String> {
+    let o = Command::new("ip")
+        .args(["netns", "pids", &rig.node(i).ns])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let comm = comm.trim();
+            (comm == "raylet"
+                || comm == "gcs_server"
+                || comm.starts_with("ray::")
+                || cmd.contains("site-packages/ray/"))
+            .then(|| {
+                format!(
+                    "{pid} {comm}: {}",
+                    cmd.chars().take(160).collect::<String>()
+                )
+            })
+        })
+        .collect()
+}
+
+/// Ray started on rig nodes: `ray stop --force` on each when dropped, whatever the test did.
+struct RayNodes<'a> {
+    rig: &'a Rig,
+    ray: &'a str,
+    nodes: usize,
+}
+
+impl Drop for RayNodes<'_> {
+    fn drop(&mut self) {
+        for i in 0..self.nodes {
+            let _ = self.rig.ssh(i, &format!("{} stop --force", self.ray));
+        }
+    }
 }
 
 #[test]
@@ -558,25 +853,50 @@ fn ray_cluster_is_checked_or_skipped_with_a_reason() {
             alive["reason"].as_str().unwrap().contains("not installed"),
             "{alive}"
         );
+        // So are the actor and scaling probes, one check per Ray node and one of the cluster.
+        for (node, name) in [
+            ("n1", "ray actor n1"),
+            ("n2", "ray actor n2"),
+            ("n1", "ray scaling"),
+        ] {
+            let c = v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("no check {name}: {}", v["checks"]));
+            assert_eq!(
+                (&c["node"], &c["verdict"]),
+                (&serde_json::json!(node), &serde_json::json!("skip")),
+                "{c}"
+            );
+            assert_eq!(c["reason"], "ray is not installed on n1", "{c}");
+        }
         // Recorded as a skip: the check against a real Ray cluster did not run.
         let _ = edgectl_testkit::require::<()>(
             "ray",
-            Err("ray not found (set EDGECTL_TEST_RAY or run scripts/ray-verify.sh): only the path without Ray was tested".into()),
+            Err("ray not found (scripts/setup.sh installs it with scripts/ray-venv.sh where this Python has a wheel; or set EDGECTL_TEST_RAY): only the path without Ray was tested".into()),
         );
         return;
     };
-    // Ray on a node is found where a Nix install keeps tools: the node's default profile.
+    // Ray on a node is found where a Nix install keeps tools: the node's default profile, which
+    // links the installation's `ray` script (its `#!` names the Python the probe runs with).
     for i in 0..2 {
         let bin = l.rig.node(i).nix_dir.join("var/nix/profiles/default/bin");
         std::fs::create_dir_all(&bin).unwrap();
         let w = bin.join("ray");
-        std::fs::write(&w, format!("#!/bin/sh\nexec {} \"$@\"\n", ray.display())).unwrap();
-        Command::new("chmod").arg("755").arg(&w).status().unwrap();
+        let _ = std::fs::remove_file(&w);
+        std::os::unix::fs::symlink(&ray, &w).unwrap();
     }
     let head = l.rig.node(0).ip;
     // /tmp is shared between rig nodes: each keeps Ray's files in its own /nix.
     let common = "--temp-dir=/nix/ray --num-cpus=1 --num-gpus=0 --object-store-memory=100000000 --disable-usage-stats";
     let r = "/nix/var/nix/profiles/default/bin/ray";
+    let ray_nodes = RayNodes {
+        rig: &l.rig,
+        ray: r,
+        nodes: 2,
+    };
     let o = l.rig.ssh(0, &format!("{r} start --head --port=6379 --node-ip-address={head} --include-dashboard=false {common}"));
     assert!(o.status.success(), "ray head: {}", explain(&o));
     let o = l.rig.ssh(
@@ -601,20 +921,140 @@ fn ray_cluster_is_checked_or_skipped_with_a_reason() {
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
-    for i in 0..2 {
-        let _ = l.rig.ssh(i, &format!("{r} stop --force"));
+    // Targets no Ray call meets (1 us) and one judged against what was measured.
+    let t = std::fs::read_to_string(l.topology()).unwrap();
+    let targets = "\n[targets]\nray_actor_p99_ms = 0.001\nray_scaling_min = 0.5\n";
+    std::fs::write(l.topology(), format!("{t}{targets}")).unwrap();
+    let judged = l.verify_shared_bin(&["--json", "--no-zenoh"]);
+    drop(ray_nodes);
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = (0..2).flat_map(|i| ray_processes(&l.rig, i)).collect();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let ray_checks: Vec<&Value> = v["checks"]
+    assert!(
+        left.is_empty(),
+        "Ray still runs after `ray stop`: {left:#?}"
+    );
+
+    // What this machine measured, for the log (not judged: the rig's nodes share its CPUs).
+    for c in v["checks"].as_array().unwrap() {
+        if c["category"] == "ray" {
+            eprintln!("{} {}: {}", c["node"], c["name"], c["actual"]);
+        }
+    }
+    let ray_checks: Vec<(&str, &str)> = v["checks"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|c| c["category"] == "ray")
+        .map(|c| {
+            assert_eq!(c["verdict"], "pass", "{c}");
+            (c["node"].as_str().unwrap(), c["name"].as_str().unwrap())
+        })
         .collect();
-    assert_eq!(ray_checks.len(), 2, "{ray_checks:?}");
-    for c in ray_checks {
-        assert_eq!(c["verdict"], "pass", "{c}");
-    }
+    assert_eq!(
+        ray_checks,
+        [
+            ("n1", "ray nodes alive"),
+            ("n1", "ray gpus"),
+            ("n1", "ray actor n1"),
+            ("n1", "ray scaling"),
+            ("n2", "ray actor n2"),
+        ],
+        "{}",
+        v["checks"]
+    );
     assert_eq!(v["nodes"][0]["ray"]["alive_nodes"], 2);
+    let check = |v: &Value, name: &str| -> Value {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}"))
+    };
+    assert_eq!(
+        check(&v, "ray actor n2")["expected"],
+        "answered (no ray_actor_p99_ms target)"
+    );
+    assert_eq!(
+        check(&v, "ray scaling")["expected"],
+        "measured (no ray_scaling_min target)"
+    );
+    // What the probe measured, in the head's report: an actor on each node, where Ray put it.
+    let probe = &v["nodes"][0]["ray_probe"];
+    assert!(probe["error"].is_null(), "{probe}");
+    assert!(
+        !probe["ray_version"].as_str().unwrap().is_empty(),
+        "{probe}"
+    );
+    let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
+    let mut addresses = Vec::new();
+    for n in probe["nodes"].as_array().unwrap() {
+        assert!(n["error"].is_null(), "{n}");
+        assert_eq!(n["samples"], 200, "{n}");
+        let (p50, p99) = (f(&n["p50_ms"]), f(&n["p99_ms"]));
+        assert!(p50 > 0.0 && p99 >= p50 && f(&n["max_ms"]) >= p99, "{n}");
+        addresses.push(n["address"].as_str().unwrap().to_string());
+    }
+    let ips: Vec<String> = (0..2).map(|i| l.rig.node(i).ip.to_string()).collect();
+    assert_eq!(addresses, ips, "the head first, then the worker: {probe}");
+    // The batch: two tasks per CPU of the cluster (one CPU a node), on the head alone and on
+    // both; its speedup over an ideal of 2 is whatever this machine gave, but present.
+    let s = &probe["scaling"];
+    assert!(s["error"].is_null(), "{s}");
+    assert_eq!(
+        (&s["tasks"], &s["nodes"], &s["head_cpus"], &s["cpus"]),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(2)
+        ),
+        "{s}"
+    );
+    assert_eq!(f(&s["ideal"]), 2.0, "{s}");
+    let (one, all) = (f(&s["one_node_s"]), f(&s["all_nodes_s"]));
+    assert!(one > 0.0 && all > 0.0, "{s}");
+    assert!((f(&s["speedup"]) - one / all).abs() < 1e-9, "{s}");
+    assert!((f(&s["efficiency"]) - one / all / 2.0).abs() < 1e-9, "{s}");
+    assert!(f(&s["efficiency"]) > 0.0, "{s}");
+
+    // With targets: the actors fail a p99 of 1 us, and the scaling verdict is the efficiency
+    // measured in that run against 0.5.
+    assert_eq!(judged.status.code(), Some(4), "{}", explain(&judged));
+    let w = json(&judged);
+    for n in ["n1", "n2"] {
+        let c = check(&w, &format!("ray actor {n}"));
+        assert_eq!(
+            (&c["verdict"], &c["expected"]),
+            (
+                &serde_json::json!("fail"),
+                &serde_json::json!("p99 <= 0.001 ms")
+            ),
+            "{c}"
+        );
+        assert!(c["actual"].as_str().unwrap().starts_with("p50 "), "{c}");
+    }
+    let efficiency = f(&w["nodes"][0]["ray_probe"]["scaling"]["efficiency"]);
+    let c = check(&w, "ray scaling");
+    assert_eq!(
+        c["verdict"],
+        if efficiency >= 0.5 { "pass" } else { "fail" },
+        "{c}"
+    );
+    assert!(
+        c["actual"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("efficiency {efficiency:.2}")),
+        "{c}"
+    );
 }
 
 /// Hostile `[[check]]` modules, end to end through `edgectl agent --run-wasi` on a node: each
@@ -822,3 +1262,115 @@ fn verify_during_an_apply_says_so() {
         v["nodes"][0]
     );
 }
+
+/// The unikernel feature: every node's agent boots its built-in image under KVM with this
+/// machine's qemu (rig nodes share /dev and /usr), and `unikernel boot` judges the p50 of the
+/// boots against `unikernel_boot_ms`.
+#[test]
+fn unikernel_boot_is_measured_on_every_node() {
+    use edgectl_agent::unikernel;
+    let Some(l) = lab(2) else { return };
+    let kvm = edgectl_testkit::require("kvm", unikernel::kvm_ready(Path::new("/dev/kvm")));
+    let qemu = edgectl_testkit::require(
+        "qemu",
+        edgectl_agent::facts::which(unikernel::QEMU).ok_or_else(|| {
+            format!(
+                "{} is not installed (scripts/setup.sh installs qemu-system-x86)",
+                unikernel::QEMU
+            )
+        }),
+    );
+    if kvm.is_none() || qemu.is_none() {
+        return;
+    }
+    let boot_check = |v: &Value, node: &str| -> Value {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["node"] == node && c["name"] == "unikernel boot")
+            .cloned()
+            .unwrap_or_else(|| panic!("no unikernel boot check for {node}: {v}"))
+    };
+    // A target no boot can meet (a microsecond): every node boots, and fails it with its p50.
+    l.write(
+        &["agent", "unikernel"],
+        false,
+        "[targets]\nunikernel_boot_ms = 0.001\n",
+    );
+    let o = l.verify_shared_bin(&["--json", "--no-zenoh", "--samples", "5"]);
+    assert_eq!(o.status.code(), Some(4), "{}", explain(&o));
+    let v = json(&o);
+    for (i, node) in ["n1", "n2"].iter().enumerate() {
+        let c = boot_check(&v, node);
+        assert_eq!(c["category"], "runtime", "{c}");
+        assert_eq!(c["verdict"], "fail", "{c}");
+        assert!(
+            c["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("is above the 0.001 ms target")),
+            "{c}"
+        );
+        let b: unikernel::UnikernelBoot =
+            serde_json::from_value(v["nodes"][i]["unikernel_boot"].clone())
+                .unwrap_or_else(|e| panic!("{node}: {e}: {}", v["nodes"][i]));
+        assert_eq!(b.samples_ms.len(), unikernel::RUNS as usize, "{b:?}");
+        assert!(b.samples_ms.iter().all(|x| *x > 0.0), "{b:?}");
+        assert_eq!(unikernel::stats(&b.samples_ms), (b.p50_ms, b.max_ms));
+        assert!(
+            c["actual"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("p50 {:.1} ms, max {:.1} ms", b.p50_ms, b.max_ms)),
+            "{c}"
+        );
+        eprintln!("{node}: unikernel boot {}", c["actual"]);
+    }
+    // Without a target the boots pass; the same check, on every node.
+    l.write(&["agent", "unikernel"], false, "");
+    let v = json(&l.verify_shared_bin(&["--json", "--no-zenoh", "--samples", "5"]));
+    for node in ["n1", "n2"] {
+        let c = boot_check(&v, node);
+        assert_eq!(c["verdict"], "pass", "{c}");
+        assert_eq!(
+            c["expected"], "boots under KVM (no unikernel_boot_ms target)",
+            "{c}"
+        );
+    }
+    // n2 without /dev/kvm (a /dev of its own without it, in its mount namespace): its check
+    // fails with that reason, n1's still passes.
+    let o = l.rig.exec_in(1, &["sh", "-c", HIDE_KVM]);
+    assert!(o.status.success(), "{}", explain(&o));
+    let v = json(&l.verify_shared_bin(&["--json", "--no-zenoh", "--samples", "5"]));
+    assert_eq!(boot_check(&v, "n1")["verdict"], "pass");
+    let c = boot_check(&v, "n2");
+    assert_eq!(c["verdict"], "fail", "{c}");
+    assert_eq!(c["actual"], "not measured", "{c}");
+    assert!(
+        c["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no /dev/kvm on this node")),
+        "{c}"
+    );
+    assert!(
+        v["nodes"][1]["unikernel_boot"].is_null(),
+        "{}",
+        v["nodes"][1]
+    );
+}
+
+/// Gives a rig node (run inside its private mount namespace) a /dev of its own: every entry of
+/// the machine's /dev but `kvm`, bound from where the original stays visible.
+const HIDE_KVM: &str = r#"set -e
+mkdir -p /run/edgectl-host-dev
+mount --rbind /dev /run/edgectl-host-dev
+mount -t tmpfs -o mode=0755,nosuid edgerig-dev /dev
+for e in /run/edgectl-host-dev/*; do
+  n=${e##*/}
+  [ "$n" = kvm ] && continue
+  if [ -L "$e" ]; then cp -P "$e" "/dev/$n"
+  elif [ -d "$e" ]; then mkdir "/dev/$n" && mount --rbind "$e" "/dev/$n"
+  else : >"/dev/$n" && mount --bind "$e" "/dev/$n"
+  fi
+done
+test ! -e /dev/kvm && test -c /dev/null"#;

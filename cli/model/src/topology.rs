@@ -204,6 +204,13 @@ pub struct TargetsSpec {
     pub wasm_cold_start_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unikernel_boot_ms: Option<f64>,
+    /// p99 of a Ray actor call from the head, per node (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ray_actor_p99_ms: Option<f64>,
+    /// Least scaling efficiency of a batch of Ray tasks on every node against the head alone
+    /// (a fraction of linear, in (0, 1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ray_scaling_min: Option<f64>,
 }
 
 impl TargetsSpec {
@@ -250,7 +257,13 @@ pub const NODE_KEYS: &[&str] = &[
     "login_uid",
 ];
 pub const LAN_KEYS: &[&str] = &["network", "address", "mac", "vlan"];
-pub const TARGET_KEYS: &[&str] = &["latency_p99_ms", "wasm_cold_start_ms", "unikernel_boot_ms"];
+pub const TARGET_KEYS: &[&str] = &[
+    "latency_p99_ms",
+    "wasm_cold_start_ms",
+    "unikernel_boot_ms",
+    "ray_actor_p99_ms",
+    "ray_scaling_min",
+];
 
 /// Reads the document tree into a `TopologyFile`. Fields with type errors are skipped (and
 /// reported), so a file with errors still yields as much as can be checked further.
@@ -390,6 +403,8 @@ fn read_topology_with(
         targets.latency_p99_ms = target(r, &t, "latency_p99_ms");
         targets.wasm_cold_start_ms = target(r, &t, "wasm_cold_start_ms");
         targets.unikernel_boot_ms = target(r, &t, "unikernel_boot_ms");
+        targets.ray_actor_p99_ms = target(r, &t, "ray_actor_p99_ms");
+        targets.ray_scaling_min = fraction_target(r, &t, "ray_scaling_min");
     }
 
     let mut checks = Vec::new();
@@ -527,6 +542,35 @@ fn target(r: &mut Reader, t: &Table<'_, '_>, key: &str) -> Option<f64> {
             None
         }
     }
+}
+
+/// A target that is a share of the ideal: a number more than 0 and at most 1.
+fn fraction_target(r: &mut Reader, t: &Table<'_, '_>, key: &str) -> Option<f64> {
+    let v = t.get(key)?;
+    let path = t.child(key);
+    r.spans.insert(path.clone(), v.span());
+    let n = match v.get_ref() {
+        toml::de::DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+        toml::de::DeValue::Integer(_) => int_value(v.get_ref()).map(|n| n as f64),
+        _ => None,
+    };
+    let why = match n {
+        Some(x) if x.is_finite() && x > 0.0 && x <= 1.0 => return Some(x),
+        Some(_) => {
+            format!("target `{key}` must be a fraction of the ideal, more than 0 and at most 1")
+        }
+        None => format!(
+            "target `{key}` must be a number, found {}",
+            type_name(v.get_ref())
+        ),
+    };
+    r.error(Kind::InvalidTarget, v.span(), why)
+        .field(path)
+        .value(show(v.get_ref()))
+        .help(format!(
+            "write a bare fraction of linear scaling, e.g. `{key} = 0.8` (80%; no quotes, no %)"
+        ));
+    None
 }
 
 impl TopologyFile {

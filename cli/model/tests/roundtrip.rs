@@ -130,6 +130,9 @@ fn topology() -> impl Strategy<Value = TopologyFile> {
                     latency_p99_ms: p99,
                     wasm_cold_start_ms: None,
                     unikernel_boot_ms: boot.map(|b| b as f64 / 7.0),
+                    ray_actor_p99_ms: p99.map(|p| p * 3.0),
+                    // A fraction in (0, 1]: 1/10_000 .. 1.
+                    ray_scaling_min: boot.map(|b| b as f64 / 10_000.0),
                 },
                 checks: Vec::new(),
                 secrets: Vec::new(),

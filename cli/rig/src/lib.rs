@@ -868,6 +868,18 @@ impl Rig {
             .expect("cannot run nsenter")
     }
 
+    /// Starts `argv` inside node i's network, mount and UTS namespaces and leaves it running
+    /// (a server a test needs on the node), its output going to `log`; the caller ends it.
+    pub fn spawn_in(&self, i: usize, argv: &[&str], log: &Path) -> std::io::Result<Child> {
+        let out = fs::File::create(log)?;
+        self.nsenter(i)
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+    }
+
     /// Stops node i's sshd listener (open sessions stay, like Debian's ssh.service KillMode=process).
     pub fn kill_sshd(&self, i: usize) {
         if let Some(mut c) = self.nodes[i].sshd.lock().unwrap().take() {

@@ -25,6 +25,11 @@ pub const KNOWN: &[&str] = &[
     "tcsh",
     "sudo",
     "shellcheck",
+    "chromium",
+    "kvm",
+    "qemu",
+    "wasmtime-cli",
+    "wasmedge-cli",
 ];
 
 /// `Some(value)` when the prerequisite `what` is present; `None` (a recorded skip) when it is

@@ -1461,6 +1461,7 @@ mod tests {
             p50_ms: 3.1,
             p99_ms: 3.6,
             error: None,
+            rtt_ms: vec![],
         };
         assert_eq!(latency("quic", &s, Some(2.0)).verdict, Verdict::Fail);
         assert_eq!(latency("quic", &s, Some(5.0)).verdict, Verdict::Pass);

@@ -4,7 +4,13 @@
 //! deploy; this crate does.
 
 pub mod checks;
+pub mod measured;
+pub mod ray_probe;
 pub mod report;
+pub mod svg;
+pub mod unikernel;
 pub mod verify;
+pub mod wasm_cli;
+pub mod zenoh_router;
 
 pub use verify::{Report, VerifyOptions};

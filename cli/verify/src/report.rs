@@ -107,14 +107,19 @@ pub fn heatmap_svg(r: &Report) -> String {
     let names: Vec<String> = r.nodes.iter().map(|n| n.name.clone()).collect();
     let n = names.len().max(1);
     let pw = LABEL + n * CELL + 30;
-    let panels: Vec<(&str, &Vec<PairStat>)> = if r.zenoh.is_empty() {
-        vec![("QUIC round trip (ms)", &r.quic)]
+    let mut panels: Vec<(String, &Vec<PairStat>)> = if r.zenoh.is_empty() {
+        vec![("QUIC round trip (ms)".into(), &r.quic)]
     } else {
         vec![
-            ("QUIC round trip (ms)", &r.quic),
-            ("Zenoh ping-pong (ms)", &r.zenoh),
+            ("QUIC round trip (ms)".into(), &r.quic),
+            ("Zenoh ping-pong (ms)".into(), &r.zenoh),
         ]
     };
+    panels.extend(
+        r.zenoh_routers
+            .iter()
+            .map(|z| (format!("Zenoh via router {} (ms)", z.router), &z.pairs)),
+    );
     let w = pw * panels.len() + 10;
     let h = 60 + n * CELL + 70;
     let mut out = String::new();
@@ -177,7 +182,7 @@ pub fn html(r: &Report) -> String {
     };
     let _ = write!(
         o,
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>edgectl verify: {c}</title><style>
+        r#"<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'"><title>edgectl verify: {c}</title><style>
 body{{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:24px;color:#222}}
 h1{{font-size:22px;margin:0 0 6px}} h2{{font-size:17px;margin:24px 0 8px}}
 .banner{{display:inline-block;padding:8px 14px;border-radius:6px;font-weight:bold;font-size:18px;color:white}}
@@ -187,6 +192,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{padding:4px 10px;border-
 th{{background:#f4f4f4}} tr.fail td{{background:#fde8e8}} tr.skip td{{color:#777}}
 td.v{{font-weight:bold}} tr.pass td.v{{color:#2e7d32}} tr.fail td.v{{color:#c62828}}
 .muted{{color:#666;font-size:13px}}
+{measured_css}
 </style></head><body>
 <h1>edgectl verify: {c}</h1>
 <div class="muted">{t}</div><p><span class="banner {cls}">{word}</span></p>
@@ -194,6 +200,7 @@ td.v{{font-weight:bold}} tr.pass td.v{{color:#2e7d32}} tr.fail td.v{{color:#c628
 "#,
         c = esc(&r.cluster),
         t = esc(&r.topology),
+        measured_css = crate::measured::CSS,
         cls = if r.ok { "ok" } else { "bad" },
         word = if r.ok {
             "ALL CHECKS PASS"
@@ -208,7 +215,9 @@ td.v{{font-weight:bold}} tr.pass td.v{{color:#2e7d32}} tr.fail td.v{{color:#c628
     );
     let _ = write!(
         o,
-        "<h2>Latency</h2><img src=\"latency.svg\" alt=\"latency heatmap\">"
+        "<h2>Latency</h2><div class=\"heatmap\">{}</div><p class=\"muted\">Also in <a href=\"latency.svg\">latency.svg</a>.</p>{}",
+        heatmap_svg(r),
+        crate::measured::section(r)
     );
     // Failures first, so the page answers "what is wrong" before anything else.
     let mut checks: Vec<_> = r.checks.iter().collect();
@@ -316,6 +325,7 @@ mod tests {
             p50_ms: p99 / 2.0,
             p99_ms: p99,
             error: None,
+            rtt_ms: vec![],
         }
     }
 

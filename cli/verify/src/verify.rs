@@ -76,8 +76,17 @@ pub struct NodeReport {
     pub facts: Option<Facts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wasm_cold_start: Option<ColdStart>,
+    /// The node's `wasmtime` and `wasmedge` programs' cold starts (see `wasm_cli`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_cli: Option<edgectl_agent::wasm_cli::WasmCli>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ray: Option<RayFacts>,
+    /// What the Ray probe measured from the head (see `ray_probe`): on the head's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ray_probe: Option<edgectl_agent::ray_probe::RayProbe>,
+    /// The built-in unikernel's boots under KVM (nodes with the unikernel feature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unikernel_boot: Option<edgectl_agent::unikernel::UnikernelBoot>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user_checks: BTreeMap<String, WasiOutcome>,
     /// Who was applying to the node while it was verified (its lock's holder): the results
@@ -112,6 +121,9 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub quic: Vec<PairStat>,
     pub zenoh: Vec<PairStat>,
+    /// Zenoh round trips through each of the cluster's routers (see `zenoh_router`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zenoh_routers: Vec<crate::zenoh_router::RouterPairs>,
     pub timings: Timings,
 }
 
@@ -562,6 +574,8 @@ async fn collect(
             Ok(a) => Some(judge(cluster, n, r, a, opts.agent_port, &mut checks)),
         });
     }
+    // The Ray probe from the head, while no other agent is busy for verify.
+    checks.extend(crate::ray_probe::probe(cluster, nodes, &mut reports, &conns).await);
     let agents_ms = ms(t_agents.elapsed());
 
     // The matrix, between the agents that answered.
@@ -582,6 +596,11 @@ async fn collect(
     let t = cluster.targets.latency_p99_ms;
     checks.extend(quic.iter().map(|s| checks::latency("quic", s, t)));
     checks.extend(zenoh.iter().map(|s| checks::latency("zenoh", s, t)));
+    let zenoh_routers = if edgectl_agent::ZENOH && !opts.no_zenoh {
+        crate::zenoh_router::measure(cluster, nodes, &live, opts.samples, &mut checks).await
+    } else {
+        Vec::new()
+    };
     let matrix_ms = ms(t_matrix.elapsed());
 
     release(prepared, &conns).await;
@@ -592,6 +611,7 @@ async fn collect(
         checks,
         quic,
         zenoh,
+        zenoh_routers,
         timings: Timings {
             total_ms: 0.0,
             agents_ms,
@@ -625,6 +645,10 @@ struct Answers {
     facts: Facts,
     /// Asked on nodes with the wasm feature.
     cold: Option<Result<ColdStart, String>>,
+    /// Asked on nodes with the wasm feature: the node's own runtimes.
+    wasm_cli: Option<Result<edgectl_agent::wasm_cli::WasmCli, String>>,
+    /// Asked on nodes with the unikernel feature.
+    unikernel: Option<Result<edgectl_agent::unikernel::UnikernelBoot, String>>,
     /// Each `[[check]]` by name.
     user: Vec<(String, Result<WasiOutcome, String>)>,
     /// Asked of the Ray head, where the cluster wants Ray.
@@ -692,6 +716,23 @@ async fn ask_agent(
     } else {
         None
     };
+    let unikernel = if n.has(Feature::Unikernel) {
+        let req = Request::UnikernelBoot {
+            runs: edgectl_agent::unikernel::RUNS,
+        };
+        let r = client::request(&conn, &req, REQ_TIMEOUT).await;
+        Some(answer(r, |r| match r {
+            Response::UnikernelBoot(b) => Ok(b),
+            o => Err(o),
+        }))
+    } else {
+        None
+    };
+    let wasm_cli = if n.has(Feature::Wasm) {
+        Some(crate::wasm_cli::ask(&conn).await)
+    } else {
+        None
+    };
     let user = run_user_checks(&conn, user_modules).await;
     let ray = if has_ray_head {
         // The head's GCS listens on the node's cluster address (modules/lib/ray.nix).
@@ -715,6 +756,8 @@ async fn ask_agent(
         addr,
         facts,
         cold,
+        wasm_cli,
+        unikernel,
         user,
         ray,
     })
@@ -779,6 +822,23 @@ fn judge(
             cluster.targets.wasm_cold_start_ms,
         ));
         r.wasm_cold_start = c.as_ref().ok().cloned();
+    }
+    if let Some(w) = &a.wasm_cli {
+        out.extend(crate::wasm_cli::checks(
+            n,
+            w.as_ref().map_err(String::as_str),
+            r.wasm_cold_start.as_ref(),
+            cluster.targets.wasm_cold_start_ms,
+        ));
+        r.wasm_cli = w.as_ref().ok().cloned();
+    }
+    if let Some(b) = &a.unikernel {
+        out.push(crate::unikernel::check(
+            &n.name,
+            b.as_ref().map_err(String::as_str),
+            cluster.targets.unikernel_boot_ms,
+        ));
+        r.unikernel_boot = b.as_ref().ok().cloned();
     }
     for (name, o) in &a.user {
         out.push(checks::user(
@@ -871,7 +931,7 @@ async fn open_zenoh(
 
 /// Rounds of (sender, echo) pairs, every ordered pair once: each of [`pair_rounds`], then
 /// the same pairs the other way.
-fn directed_rounds(n: usize) -> Vec<Vec<(usize, usize)>> {
+pub(crate) fn directed_rounds(n: usize) -> Vec<Vec<(usize, usize)>> {
     pair_rounds(n)
         .into_iter()
         .flat_map(|r| {
@@ -1011,7 +1071,7 @@ fn category_rank(c: &str) -> usize {
 }
 
 /// Awaits all futures concurrently on this task, results in order (no futures crate).
-async fn join_vec<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn join_vec<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
     let mut pinned: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {

@@ -16,10 +16,16 @@ pub struct LoopbackAgent {
 }
 
 /// Starts the agent with n1's key and certificate; it exits by itself after `exit_after`.
+#[allow(dead_code)]
 pub fn start(exit_after: Duration) -> LoopbackAgent {
+    start_node("n1", exit_after)
+}
+
+/// Starts the agent of node `name`, with a cluster PKI of its own.
+pub fn start_node(name: &str, exit_after: Duration) -> LoopbackAgent {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::open(&dir.path().join("pki"), "lab").unwrap();
-    let node = pki.identity(Party::Node("n1")).unwrap();
+    let node = pki.identity(Party::Node(name)).unwrap();
     let state = dir.path().join("agent");
     pki::write_private(&state.join(CA_FILE), pki.ca_pem.as_bytes()).unwrap();
     pki::write_private(&state.join(CERT_FILE), node.cert_pem.as_bytes()).unwrap();

@@ -78,6 +78,11 @@ pub struct AgentArgs {
     /// Internal: run one WASI job from stdin in a sandbox process (the agent starts these).
     #[arg(long, hide = true)]
     pub run_wasi: bool,
+    /// Run a Zenoh router instead of the agent, listening on ENDPOINT (e.g.
+    /// tcp/10.0.0.1:7447; repeatable): the `zenoh` crate in router mode, configured as the
+    /// router nodes' zenohd, for a node or test rig without zenohd. Ends with --exit-after.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub zenoh_router: Vec<String>,
 }
 
 pub fn agent(a: &AgentArgs) -> u8 {
@@ -91,6 +96,16 @@ pub fn agent(a: &AgentArgs) -> u8 {
     }
     if let Some(p) = &a.gpu_check {
         return gpu_check(p, &a.profiles);
+    }
+    if !a.zenoh_router.is_empty() {
+        let exit_after = a.exit_after.map(Duration::from_secs);
+        return match edgectl_agent::zn_router::run_router(&a.zenoh_router, exit_after) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("edgectl agent --zenoh-router: {e}");
+                exit::ERROR
+            }
+        };
     }
     if a.print_facts {
         let f = edgectl_agent::facts::gather();
@@ -325,7 +340,16 @@ pub fn run(ctx: &Ctx, file: &Path, a: &VerifyArgs) -> u8 {
             text
         };
         print!("{text}");
-        for (kind, stats) in [("QUIC", &r.quic), ("Zenoh", &r.zenoh)] {
+        let mut matrices = vec![
+            ("QUIC".to_string(), &r.quic),
+            ("Zenoh".to_string(), &r.zenoh),
+        ];
+        matrices.extend(
+            r.zenoh_routers
+                .iter()
+                .map(|z| (format!("Zenoh through router {}", z.router), &z.pairs)),
+        );
+        for (kind, stats) in matrices {
             if stats.is_empty() {
                 continue;
             }
