@@ -502,16 +502,21 @@ fn read_node(r: &mut Reader, t: &Table<'_, '_>) -> NodeSpec {
     }
 }
 
+/// A TOML integer or float as a number; None for anything else.
+fn number_of(v: &toml::de::DeValue<'_>) -> Option<f64> {
+    match v {
+        toml::de::DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+        toml::de::DeValue::Integer(_) => int_value(v).map(|n| n as f64),
+        _ => None,
+    }
+}
+
 /// A target must be a positive, finite number of milliseconds.
 fn target(r: &mut Reader, t: &Table<'_, '_>, key: &str) -> Option<f64> {
     let v = t.get(key)?;
     let path = t.child(key);
     r.spans.insert(path.clone(), v.span());
-    let n = match v.get_ref() {
-        toml::de::DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
-        toml::de::DeValue::Integer(_) => int_value(v.get_ref()).map(|n| n as f64),
-        _ => None,
-    };
+    let n = number_of(v.get_ref());
     match n {
         Some(x) if x.is_finite() && x > 0.0 => Some(x),
         Some(_) => {
@@ -549,11 +554,7 @@ fn fraction_target(r: &mut Reader, t: &Table<'_, '_>, key: &str) -> Option<f64> 
     let v = t.get(key)?;
     let path = t.child(key);
     r.spans.insert(path.clone(), v.span());
-    let n = match v.get_ref() {
-        toml::de::DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
-        toml::de::DeValue::Integer(_) => int_value(v.get_ref()).map(|n| n as f64),
-        _ => None,
-    };
+    let n = number_of(v.get_ref());
     let why = match n {
         Some(x) if x.is_finite() && x > 0.0 && x <= 1.0 => return Some(x),
         Some(_) => {
