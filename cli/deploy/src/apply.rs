@@ -1005,6 +1005,7 @@ mod decisions {
             from: crate::fanout::Source::Controller,
             seed: None,
             fallback_reason: None,
+            auto: None,
         };
         let e = end(dir.path(), Goal::Push);
         let (r, key) = e.node(&session(&h, false), Some(&Ok(from.clone())));

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edgectl_model::Cluster;
 use serde::Serialize;
@@ -37,6 +37,10 @@ use crate::session::Session;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fanout {
+    /// Measures the controller's link to the first node and that node's to a peer over the
+    /// cluster LAN, then `on` when fan-out is predicted well ahead ([`AUTO_MARGIN`]), else
+    /// `off`; the report says which and why.
+    Auto,
     /// Every node from the controller.
     Off,
     /// Over the LAN; a node the LAN cannot serve gets its copy from the controller, with a
@@ -74,6 +78,9 @@ pub struct Delivery {
     pub seed: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
+    /// What `--fanout auto` chose, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto: Option<String>,
 }
 
 impl Delivery {
@@ -82,17 +89,184 @@ impl Delivery {
             from,
             seed: seed.map(|s| s.name.clone()),
             fallback_reason: None,
+            auto: None,
         }
     }
 
     /// From the controller, though meant to come over the LAN, for `why`.
     fn fallback(why: String) -> Delivery {
         Delivery {
-            from: Source::ControllerFallback,
-            seed: None,
             fallback_reason: Some(why),
+            ..Delivery::from(Source::ControllerFallback, None)
         }
     }
+}
+
+/// `auto` fans out only when that is predicted to take at most this share of the direct
+/// copies' time: a relay costs the seed's CPU and a setup, and near a tie copying directly is
+/// the safer choice.
+pub const AUTO_MARGIN: f64 = 0.7;
+
+/// What relaying a stream costs the seed against sending it once: the probe measures one
+/// encrypted stream, a relayed one also passes through the stream file and its reader. On
+/// the rig, where one machine's CPU is behind every node, fan-out took 1.29x the direct copies'
+/// time at 8 nodes with the links measured alike.
+pub const RELAY_COST: f64 = 1.5;
+
+/// `auto`'s probes: a first small write, then (when that does not already show a slow link) a
+/// larger one, for a throughput that the command's own start-up does not hide.
+const PROBE_FIRST: usize = 1 << 20;
+const PROBE_MORE: usize = 16 << 20;
+/// Below this (bytes/s), the first megabyte already shows a slow link (200 Mbit/s).
+const PROBE_SLOW: f64 = 25e6;
+
+/// The LAN probe, run on the seed: `sh -c PROBE_LAN edgectl-probe DEST PORT BYTES`.
+const PROBE_LAN: &str = node_script!("sh/probe_lan.sh");
+/// What each of the LAN probe's streams sends.
+const PROBE_LAN_BYTES: usize = 8 << 20;
+
+/// Bytes a second from this machine to `h` over OpenSSH (the transport both the copies and the
+/// fan-out's upload use), timing `cat > /dev/null` of `bytes` incompressible bytes less an
+/// empty command's time; None when the node cannot say.
+fn probe_bps(h: &dyn Host, bytes: usize) -> Option<f64> {
+    use std::io::Write;
+    let sink = argv(["sh", "-c", "cat > /dev/null"]);
+    let t = Instant::now();
+    h.run_piped(&sink, false, std::process::Stdio::null())
+        .ok()?;
+    let empty = t.elapsed();
+    // xorshift: no transport compression can shrink it.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..bytes)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let (reader, mut writer) = std::io::pipe().ok()?;
+    let t = Instant::now();
+    let feed = std::thread::spawn(move || writer.write_all(&data));
+    let o = h.run_piped(&sink, false, reader.into());
+    let fed = feed.join().ok().is_some_and(|r| r.is_ok());
+    let took = t
+        .elapsed()
+        .saturating_sub(empty)
+        .max(Duration::from_micros(100));
+    (fed && o.ok()?.ok()).then(|| bytes as f64 / took.as_secs_f64())
+}
+
+/// What `--fanout auto` measured: bytes a second from the controller to the first node, and
+/// from it to the second over the cluster LAN (as the relay sends).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Measured {
+    pub controller: Option<f64>,
+    pub lan: Option<f64>,
+}
+
+/// `--fanout auto`'s choice for `n` nodes, the seed serving `k` peers: (fan out, why). `lan` is
+/// what the seed sends over `k` connections at once, in all. The model charges the upload and
+/// the seed's relays one after another (they share the seed's CPU, and on one machine
+/// everything's): fan-out ~ 1/controller + RELAY_COST k/lan, direct copies ~ n/controller
+/// (the controller's link carries every copy).
+pub(crate) fn choose(n: usize, k: usize, first: &str, m: Measured) -> (bool, String) {
+    let mbit = |b: f64| format!("{:.0} Mbit/s", b * 8.0 / 1e6);
+    if n < 2 {
+        return (false, "one node: copied from the controller".into());
+    }
+    let Some(ctl) = m.controller else {
+        return (
+            true,
+            format!("the controller's link to {first} could not be measured: fanned out"),
+        );
+    };
+    if ctl < PROBE_SLOW {
+        return (
+            true,
+            format!(
+                "the controller's link to {first} measured {}, slower than any cluster LAN: uploaded once and fanned out",
+                mbit(ctl)
+            ),
+        );
+    }
+    let Some(lan) = m.lan else {
+        return (
+            false,
+            format!(
+                "the controller's link to {first} measured {}, but {first} could not measure the cluster LAN: copied from the controller to each node",
+                mbit(ctl)
+            ),
+        );
+    };
+    let fan = 1.0 / ctl + RELAY_COST * k as f64 / lan;
+    let direct = n as f64 / ctl;
+    let ratio = fan / direct;
+    let measured = format!(
+        "controller to {first} {}, {first} to {k} peer(s) at once {}: fan-out predicted at {ratio:.2}x the time of {n} direct copies",
+        mbit(ctl),
+        mbit(lan)
+    );
+    if ratio <= AUTO_MARGIN {
+        (true, format!("{measured}, so uploaded once and fanned out"))
+    } else {
+        (
+            false,
+            format!(
+                "{measured} (fan-out needs {AUTO_MARGIN}x or less), so copied from the controller to each node"
+            ),
+        )
+    }
+}
+
+/// Measures the controller's link to `first`: one small write, and a larger one when the small
+/// one does not already show a slow link.
+fn measure_controller(first: &Session) -> Option<f64> {
+    let b = probe_bps(first.host.as_ref(), PROBE_FIRST)?;
+    if b < PROBE_SLOW {
+        return Some(b);
+    }
+    probe_bps(first.host.as_ref(), PROBE_MORE)
+}
+
+/// Measures what `first` can send over the cluster LAN, with the cluster key, as the relay
+/// would: `streams` connections to `second` at once (so the seed's CPU shares as it would
+/// among its peers); leaves the key where fan-out puts it (the caller takes it away again).
+fn measure_lan(
+    first: &Session,
+    second: &Arc<Session>,
+    streams: usize,
+    c: &Cluster,
+    state_dir: &Path,
+) -> Option<f64> {
+    let peer = lan_peers(c, std::slice::from_ref(second)).pop()?;
+    let (private, public) = ensure_cluster_key(state_dir).ok()?;
+    let h = first.host.as_ref();
+    h.upload(CLUSTER_KEY, &private, 0o600).ok()?;
+    h.upload(
+        KNOWN_HOSTS,
+        known_hosts(std::slice::from_ref(&peer)).as_bytes(),
+        0o644,
+    )
+    .ok()?;
+    authorize(second.host.as_ref(), &public).ok()?;
+    let dest = format!("{}@{}", peer.user, peer.addr);
+    let probe = argv([
+        "sh",
+        "-c",
+        PROBE_LAN,
+        "edgectl-probe",
+        &dest,
+        &peer.port.to_string(),
+        &PROBE_LAN_BYTES.to_string(),
+        &streams.max(1).to_string(),
+    ]);
+    let o = h.run(&probe, true).ok()?;
+    o.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bps "))
+        .and_then(|b| b.trim().parse::<f64>().ok())
+        .filter(|b| *b > 0.0)
 }
 
 /// Why a node has no closure after the copy.
@@ -199,6 +373,33 @@ pub fn copy_closures(
     mode: Fanout,
     tx: &Sender,
 ) -> Deliveries {
+    if mode == Fanout::Auto && needing.len() >= 2 {
+        let (first, second) = (&needing[0], &needing[1]);
+        let k = parallel.max(1).min(needing.len() - 1);
+        let controller = measure_controller(first);
+        // Behind a link that slow, any LAN relays better: its probe would only cost time.
+        let lan = controller
+            .filter(|b| *b >= PROBE_SLOW)
+            .and_then(|_| measure_lan(first, second, k, c, state_dir));
+        let (fan, why) = choose(needing.len(), k, &first.name, Measured { controller, lan });
+        emit(
+            tx,
+            &first.name,
+            Phase::Copy,
+            Ev::Progress,
+            format!("--fanout auto: {why}"),
+        );
+        if !fan {
+            // The LAN probe left the cluster key on the first node and in the second's keys.
+            forget_cluster_key(rt, &needing[..2], state_dir, parallel);
+        }
+        let mode = if fan { Fanout::On } else { Fanout::Off };
+        let mut out = copy_closures(rt, needing, c, state_dir, parallel, mode, tx);
+        for d in out.values_mut().flatten() {
+            d.auto = Some(why.clone());
+        }
+        return out;
+    }
     if fans_out(mode, needing.len()) {
         let out = distribute(
             rt,
@@ -1278,6 +1479,7 @@ mod decisions {
             from,
             seed: Some(seed.into()),
             fallback_reason: None,
+            auto: None,
         })
     }
 
@@ -1331,6 +1533,64 @@ mod decisions {
         let (live, late) = split_live(peers.to_vec(), |p| *p == "w2");
         assert_eq!(live, ["w1", "w3", "w4", "w5"], "all the seed may log in to");
         assert_eq!(late, ["w2"]);
+    }
+
+    #[test]
+    fn auto_fans_out_when_the_lan_relays_well_ahead_of_direct_copies() {
+        let m = |c: f64, l: f64| Measured {
+            controller: Some(c),
+            lan: Some(l),
+        };
+        // Behind 100 Mbit/s: fan-out, without a LAN measurement.
+        let slow = Measured {
+            controller: Some(12.5e6),
+            lan: None,
+        };
+        let (fan, why) = choose(8, 7, "n1", slow);
+        assert!(fan, "{why}");
+        assert!(
+            why.contains("measured 100 Mbit/s, slower than any cluster LAN"),
+            "{why}"
+        );
+        // 400 Mbit/s, and the seed sends five times that to its peers: fan-out is far ahead.
+        let (fan, why) = choose(8, 7, "n1", m(50e6, 250e6));
+        assert!(fan, "{why}");
+        assert!(
+            why.contains("controller to n1 400 Mbit/s, n1 to 7 peer(s) at once 2000 Mbit/s"),
+            "{why}"
+        );
+        // One machine's CPU behind everything (the rig unthrottled): the seed's streams share
+        // what the controller's do, so copy directly.
+        let (fan, why) = choose(8, 7, "n1", m(67e6, 67e6));
+        assert!(!fan, "{why}");
+        assert!(why.contains("predicted at 1.44x"), "{why}");
+        // A laptop's 500 Mbit/s to sixteen nodes on a 10 Gbit/s LAN, as a tree of 8.
+        assert!(choose(16, 8, "n1", m(62e6, 1.2e9)).0);
+        // No LAN measurement (the seed cannot reach the peer): fan-out would fall back anyway.
+        let (fan, why) = choose(
+            4,
+            3,
+            "n1",
+            Measured {
+                controller: Some(1e8),
+                lan: None,
+            },
+        );
+        assert!(
+            !fan && why.contains("could not measure the cluster LAN"),
+            "{why}"
+        );
+        let (fan, _) = choose(
+            4,
+            3,
+            "n1",
+            Measured {
+                controller: None,
+                lan: None,
+            },
+        );
+        assert!(fan, "nothing measured: the default of old");
+        assert!(!choose(1, 1, "n1", m(1e6, 1e9)).0, "one node has no peer");
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             nix: NixArgs::default(),
             load: LoadOptions::default(),
-            fanout: crate::fanout::Fanout::On,
+            fanout: crate::fanout::Fanout::Auto,
             build_on: BuildOn::Controller,
         }
     }

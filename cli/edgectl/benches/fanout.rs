@@ -6,7 +6,9 @@
 //! most 1.2x the closure; at 8 nodes fan-out is at least 4x faster than per-node copying.
 //! `FANOUT_BENCH=tree` instead compares the tree (`--parallel 4`: at most 4 peers under each
 //! node) with one seed serving every peer (`--parallel 16`) at 2, 4, 8 and 16 nodes
-//! (`FANOUT_NODES=2,4,8` for others).
+//! (`FANOUT_NODES=2,4,8` for others). `FANOUT_BENCH=auto` puts `--fanout auto` beside `on`
+//! and `off` at 1, 4 and 8 nodes. `FANOUT_LINK=unthrottled` leaves the controller's link as
+//! it is (the rig's bridge, where one machine's CPU is the limit).
 
 use std::path::Path;
 use std::process::Command;
@@ -32,33 +34,29 @@ fn cpu_jiffies() -> (u64, u64) {
 }
 
 fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
-    run_with(n, fanout, 8, fixture)
+    run_with(n, if fanout { "on" } else { "off" }, 8, fixture)
 }
 
-fn run_with(n: usize, fanout: bool, parallel: usize, fixture: &Path) -> (Duration, u64, f64) {
+fn run_with(n: usize, mode: &str, parallel: usize, fixture: &Path) -> (Duration, u64, f64) {
     let rig = edgectl_rig::Rig::up(n).expect("rig");
     let dir = tempfile::tempdir().unwrap();
     let topo = dir.path().join("cluster.toml");
     std::fs::write(&topo, edgectl_rig::topology_toml(&rig, &["wasm"], 60)).unwrap();
-    rig.throttle_controller("100mbit").expect("throttle");
+    if std::env::var("FANOUT_LINK").as_deref() != Ok("unthrottled") {
+        rig.throttle_controller("100mbit").expect("throttle");
+    }
     let cmd = |goal: &str| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
-        c.args([
-            "apply",
-            "--goal",
-            goal,
-            "--fanout",
-            if fanout { "on" } else { "off" },
-        ])
-        .arg(&topo)
-        .args(["--identity", rig.key.to_str().unwrap()])
-        .args(["--parallel", &parallel.to_string()])
-        .args([
-            "--override-input",
-            "nixpkgs",
-            &format!("path:{}", fixture.display()),
-        ])
-        .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG);
+        c.args(["apply", "--goal", goal, "--fanout", mode])
+            .arg(&topo)
+            .args(["--identity", rig.key.to_str().unwrap()])
+            .args(["--parallel", &parallel.to_string()])
+            .args([
+                "--override-input",
+                "nixpkgs",
+                &format!("path:{}", fixture.display()),
+            ])
+            .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG);
         c
     };
     // Build first (not timed): the bench measures distribution, not evaluation.
@@ -93,6 +91,10 @@ fn main() {
     let closure = (MIB << 20) as f64;
     if std::env::var("FANOUT_BENCH").as_deref() == Ok("tree") {
         tree(fixture.path(), closure);
+        return;
+    }
+    if std::env::var("FANOUT_BENCH").as_deref() == Ok("auto") {
+        auto(fixture.path());
         return;
     }
     let mut rows = Vec::new();
@@ -177,8 +179,8 @@ fn tree(fixture: &Path, closure: f64) {
     );
     let mut first: Option<(f64, f64)> = None;
     for n in nodes {
-        let (tt, tb, tbusy) = run_with(n, true, 4, fixture);
-        let (st, sb, _) = run_with(n, true, 16, fixture);
+        let (tt, tb, tbusy) = run_with(n, "on", 4, fixture);
+        let (st, sb, _) = run_with(n, "on", 16, fixture);
         let (tt, st) = (tt.as_secs_f64(), st.as_secs_f64());
         let (t0, s0) = *first.get_or_insert((tt, st));
         println!(
@@ -188,6 +190,30 @@ fn tree(fixture: &Path, closure: f64) {
             tbusy * 100.0,
             st / s0,
             sb as f64 / closure
+        );
+    }
+}
+
+/// `--fanout auto` beside the two fixed modes: its time over the better one's.
+fn auto(fixture: &Path) {
+    let link = std::env::var("FANOUT_LINK").unwrap_or_else(|_| "100 Mbit/s (tbf)".into());
+    println!("64 MiB closure, controller link: {link}\n");
+    println!(
+        "{:>5}  {:>8}  {:>8}  {:>8}  {:>18}",
+        "nodes", "auto (s)", "on (s)", "off (s)", "auto / better"
+    );
+    for n in [1usize, 4, 8] {
+        let a = run_with(n, "auto", 8, fixture).0.as_secs_f64();
+        let on = run_with(n, "on", 8, fixture).0.as_secs_f64();
+        let off = run_with(n, "off", 8, fixture).0.as_secs_f64();
+        let ratio = a / on.min(off);
+        println!(
+            "{n:>5}  {a:>8.2}  {on:>8.2}  {off:>8.2}  {ratio:>8.2} {}",
+            if ratio <= 1.1 {
+                "(aim 1.1: met)"
+            } else {
+                "(aim 1.1: NOT met)"
+            }
         );
     }
 }

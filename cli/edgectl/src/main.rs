@@ -130,11 +130,13 @@ enum Command {
         /// topology's confirm_timeout_s).
         #[arg(long, value_name = "S")]
         confirm_timeout: Option<u64>,
-        /// `on`: upload each closure once, to one node, which copies it to the others over the
-        /// cluster LAN (a node the LAN cannot serve gets its copy from this machine, with a
-        /// warning); `require`: the same, but such a node fails instead; `off`: copy from this
-        /// machine to every node.
-        #[arg(long, value_enum, default_value = "on")]
+        /// `auto`: measure this machine's link to the first node (1 to 17 MiB) and choose `on`
+        /// when it is slower than a cluster LAN (1 Gbit/s), else `off`; the report says which
+        /// and why. `on`: upload each closure once, to one node, which copies it to the others
+        /// over the cluster LAN (a node the LAN cannot serve gets its copy from this machine,
+        /// with a warning); `require`: the same, but such a node fails instead; `off`: copy
+        /// from this machine to every node.
+        #[arg(long, value_enum, default_value = "auto")]
         fanout: edgectl_deploy::fanout::Fanout,
         /// Where the systems are built: `controller` (here; the closures are then copied), or
         /// `nodes` (evaluated here; each node gets only its derivations and builds its own

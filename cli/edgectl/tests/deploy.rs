@@ -51,8 +51,13 @@ impl Lab {
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
-        c.args(args)
-            .arg(self.topology())
+        c.args(args);
+        // These tests are about fan-out's mechanics on the rig's fast bridge, where `auto`
+        // (the default) would copy directly: they ask for fan-out unless they choose.
+        if args.first() == Some(&"apply") && !args.contains(&"--fanout") {
+            c.args(["--fanout", "on"]);
+        }
+        c.arg(self.topology())
             .args(["--identity", self.rig.key.to_str().unwrap()])
             .args([
                 "--override-input",
@@ -419,6 +424,64 @@ fn in_local_store(path: &str) -> bool {
 /// `--build-on nodes`: the controller evaluates and sends each node its derivations only; the
 /// node builds its own system (the fixture's builders, no cache) and activates it as usual. The
 /// systems never land in the controller's store, and the payload never crosses its link.
+/// `--fanout auto` (the default) measures the controller's link to the first node and that
+/// node's to a peer over the LAN, and fans out when that is predicted well ahead of direct
+/// copies: behind 100 Mbit/s it must; on the rig's unthrottled bridge (one machine's CPU behind
+/// every link) it is near a tie, and what it did must match what it predicted. The report says
+/// which and why.
+#[test]
+fn fanout_auto_fans_out_behind_a_slow_link_and_follows_its_prediction() {
+    let Some(mut l) = lab(3) else { return };
+    l.with_payload(8);
+    let o = l.run(&["apply", "--json", "--fanout", "auto"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let nodes = last_json(&o)["report"]["nodes"].clone();
+    let why = nodes[0]["closure"]["auto"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ratio: f64 = why
+        .split("predicted at ")
+        .nth(1)
+        .and_then(|r| r.split('x').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no prediction in {why:?}"));
+    // What it measured and chose, for whoever reads the test's output.
+    eprintln!("unthrottled: --fanout auto: {why}");
+    assert!(
+        why.contains("controller to n1 ") && why.contains("peer(s) at once"),
+        "{why}"
+    );
+    let expected = if ratio <= edgectl_deploy::fanout::AUTO_MARGIN {
+        "seed"
+    } else {
+        "controller"
+    };
+    assert_eq!(nodes[0]["closure"]["from"], expected, "{why}");
+    for n in nodes.as_array().unwrap() {
+        assert_eq!(n["closure"]["auto"], why.as_str(), "{n}");
+    }
+    // A new system for every node, now behind a slow controller link: fan-out, clearly.
+    l.write_topology(&["agent"]);
+    l.rig.throttle_controller("100mbit").expect("throttle");
+    let o = l.run(&["apply", "--json", "--fanout", "auto"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let evs = events(&o);
+    assert!(
+        evs.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("--fanout auto: ")
+                && m.ends_with("uploaded once and fanned out"))),
+        "{evs:?}"
+    );
+    let from: Vec<(String, String, Option<String>)> = closure_from(&o);
+    assert_eq!(from[0].1, "seed", "{from:?}");
+    assert!(
+        from[1..].iter().all(|(_, f, _)| f == "seed-stream"),
+        "{from:?}"
+    );
+}
+
 /// With more peers than `--parallel`, fan-out is a tree: the seed streams to `--parallel`
 /// peers, and the first of them relay the stream on to peers of their own as it arrives (the
 /// cluster key's forced command runs the relay there). Five nodes, `--parallel 2`: n2 and n3
