@@ -468,10 +468,9 @@ fn fanout_auto_fans_out_behind_a_slow_link_and_follows_its_prediction() {
     assert_eq!(code(&o), 0, "{}", explain(&o));
     let evs = events(&o);
     assert!(
-        evs.iter().any(|e| e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("--fanout auto: ")
-                && m.ends_with("uploaded once and fanned out"))),
+        evs.iter().any(|e| e["message"].as_str().is_some_and(
+            |m| m.starts_with("--fanout auto: ") && m.ends_with("uploaded once and fanned out")
+        )),
         "{evs:?}"
     );
     let from: Vec<(String, String, Option<String>)> = closure_from(&o);
