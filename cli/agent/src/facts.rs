@@ -435,51 +435,123 @@ pub fn nics_at(sys: &Path, ethtool: &dyn Fn(&str) -> Option<String>) -> BTreeMap
 /// never the whole node.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Runs a probe with no input, killed (with its process group) after `timeout`.
-pub fn probe(program: &Path, args: &[&str], timeout: Duration) -> Result<Output, String> {
+/// What [`run_bounded`] saw of a program.
+pub struct Ran {
+    pub output: Output,
+    /// From the start to the program's exit (not to its pipes' end), to the microsecond.
+    pub took: Duration,
+    /// It outlived its time and was killed, with its process group.
+    pub killed: bool,
+}
+
+/// Output kept of each stream of a bounded run; the rest is read and dropped.
+const OUTPUT_LIMIT: u64 = 16 << 20;
+
+/// Runs `program` with no input (in `dir`, when given) and kills it, with its process group,
+/// after `timeout`. The clock stops when the process exits: `waitid` with `WNOWAIT` sees the
+/// exit without reaping, so the watchdog can never signal a later process that got the pid.
+pub fn run_bounded<S: AsRef<std::ffi::OsStr>>(
+    program: &Path,
+    args: &[S],
+    dir: Option<&Path>,
+    timeout: Duration,
+) -> Result<Ran, String> {
+    use std::io::Read;
     use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
     let name = program.display();
-    let mut child = Command::new(program)
-        .args(args)
+    let t0 = Instant::now();
+    let mut c = Command::new(program);
+    c.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot run {name}: {e}"))?;
-    // Drained while we wait, so a chatty probe cannot block on a full pipe.
-    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        .process_group(0);
+    if let Some(d) = dir {
+        c.current_dir(d);
+    }
+    let mut child = c.spawn().map_err(|e| format!("cannot run {name}: {e}"))?;
+    // Drained while it runs, so a chatty program cannot block on a full pipe.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut v = Vec::new();
             if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut v);
+                let _ = (&mut r).take(OUTPUT_LIMIT).read_to_end(&mut v);
+                let _ = std::io::copy(&mut r, &mut std::io::sink());
             }
-            v
-        })
+            let _ = tx.send(v);
+        });
+        rx
     };
     let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
     let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
-    let end = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) | Err(_) => {
-                // SAFETY: kill(2) on the process group the child leads.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                let _ = child.wait();
-                return Err(format!(
-                    "{name} did not answer within {} s",
-                    timeout.as_secs_f64()
-                ));
-            }
+    let pid = child.id();
+    let (done, dog_rx) = mpsc::channel::<()>();
+    let dog = std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = dog_rx.recv_timeout(timeout) {
+            // SAFETY: kill(2) on the process group our unreaped child leads.
+            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+            return true;
         }
-    };
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        false
+    });
+    let exited = wait_exit(pid);
+    let took = t0.elapsed();
+    let _ = done.send(());
+    let killed = dog.join().unwrap_or(false);
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {name}: {e}"))?;
+    exited.map_err(|e| format!("waiting for {name}: {e}"))?;
+    // A process it left behind may hold the pipes open: do not wait on that for long.
+    let grace = Duration::from_secs(2);
+    Ok(Ran {
+        output: Output {
+            status,
+            stdout: out.recv_timeout(grace).unwrap_or_default(),
+            stderr: err.recv_timeout(grace).unwrap_or_default(),
+        },
+        took,
+        killed,
     })
+}
+
+/// Waits until child `pid` has exited, leaving it unreaped.
+fn wait_exit(pid: u32) -> std::io::Result<()> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid; waitid fills it for our own child, and
+        // WNOWAIT leaves the child for `Child::wait` to reap.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Runs a probe with no input, killed (with its process group) after `timeout`.
+pub fn probe(program: &Path, args: &[&str], timeout: Duration) -> Result<Output, String> {
+    let r = run_bounded(program, args, None, timeout)?;
+    if r.killed {
+        return Err(format!(
+            "{} did not answer within {} s",
+            program.display(),
+            timeout.as_secs_f64()
+        ));
+    }
+    Ok(r.output)
 }
 
 fn nics() -> Vec<NicFact> {

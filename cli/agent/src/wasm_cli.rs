@@ -6,12 +6,10 @@
 //! NixOS's and Nix's profiles) and run as argv, never through a shell:
 //! `wasmtime run MODULE` and `wasmedge MODULE`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -246,102 +244,17 @@ struct Ran {
     killed: bool,
 }
 
-/// Output kept of each stream.
-const OUTPUT_LIMIT: u64 = 64 << 10;
-
-/// Runs `program` with `args` in `dir`, killed after `timeout`. The clock stops when the
-/// process exits (`waitid` with `WNOWAIT`, which leaves it to be reaped after the watchdog is
-/// gone, so the watchdog can never signal a later process that got the same pid).
+/// Runs `program` with `args` in `dir`, killed after `timeout` (see [`facts::run_bounded`],
+/// whose clock stops at the program's exit).
 fn run(program: &Path, args: &[String], dir: &Path, timeout: Duration) -> Result<Ran, String> {
-    let t0 = Instant::now();
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
-    let reader = |r: Option<Box<dyn Read + Send>>| {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut r) = r {
-                let _ = (&mut r).take(OUTPUT_LIMIT).read_to_end(&mut v);
-                let _ = std::io::copy(&mut r, &mut std::io::sink());
-            }
-            let _ = tx.send(v);
-        });
-        rx
-    };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let pid = child.id();
-    let (done, dog_rx) = mpsc::channel::<()>();
-    let dog = std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = dog_rx.recv_timeout(timeout) {
-            // SAFETY: kill(2) on our child, which is not reaped before this thread is joined.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            return true;
-        }
-        false
-    });
-    let exited = wait_exit(pid);
-    let elapsed = t0.elapsed();
-    let _ = done.send(());
-    let killed = dog.join().unwrap_or(false);
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for {}: {e}", program.display()))?;
-    // A process the program left behind may hold the pipes open: do not wait on it for long.
-    let grace = Duration::from_secs(2);
-    let stdout = out.recv_timeout(grace).unwrap_or_default();
-    let stderr = err.recv_timeout(grace).unwrap_or_default();
-    let ms = match exited {
-        Ok(()) => elapsed.as_secs_f64() * 1000.0,
-        Err(_) => t0.elapsed().as_secs_f64() * 1000.0,
-    };
+    let r = crate::facts::run_bounded(program, args, Some(dir), timeout)?;
     Ok(Ran {
-        ms,
-        status,
-        stdout,
-        stderr,
-        killed,
+        ms: r.took.as_secs_f64() * 1000.0,
+        status: r.output.status,
+        stdout: r.output.stdout,
+        stderr: r.output.stderr,
+        killed: r.killed,
     })
-}
-
-/// Waits until child `pid` has exited, leaving it unreaped.
-fn wait_exit(pid: u32) -> std::io::Result<()> {
-    loop {
-        // SAFETY: an all-zero siginfo_t is valid; waitid fills it for our own child, and
-        // WNOWAIT leaves the child for `Child::wait` to reap.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 #[cfg(test)]

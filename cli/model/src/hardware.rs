@@ -70,6 +70,19 @@ fn word_ok(w: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
+/// The nodes that have a `hardware/<node>.toml` beside the topology (none without the folder).
+pub fn recorded(topology_dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(topology_dir.join(DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".toml").map(String::from)
+        })
+        .collect()
+}
+
 /// Reads `hardware/<node>.toml` when it exists; problems come back as diagnostics that name
 /// the file, line and key.
 pub fn read(topology_dir: &Path, node: &str) -> Result<Option<Hardware>, Diagnostics> {

@@ -140,7 +140,9 @@ pub fn check_source(
 /// Each node's `hardware/<node>.toml`, where there is one, replaces what the topology says
 /// about its machine: it is what `edgectl install` read on the node itself.
 fn merge_hardware(c: &mut Cluster, base: &Path, diags: &mut Diagnostics) {
-    for n in &mut c.nodes {
+    // One listing, not a look per node: `check` reads topologies of 10,000 nodes.
+    let present = hardware::recorded(base);
+    for n in c.nodes.iter_mut().filter(|n| present.contains(&n.name)) {
         match hardware::read(base, &n.name) {
             Ok(Some(h)) => h.apply(n),
             Ok(None) => {}

@@ -59,6 +59,20 @@ pub struct Measure {
     pub stats: Vec<(String, f64)>,
 }
 
+impl Measure {
+    /// The target as the check states it: `p99 <= 5 ms`.
+    pub fn target_text(&self) -> String {
+        let label = self
+            .label
+            .as_deref()
+            .map(|l| format!("{l} "))
+            .unwrap_or_default();
+        format!("{label}{} {} {}", self.op.as_str(), self.target, self.unit)
+            .trim_end()
+            .to_string()
+    }
+}
+
 const UNITS: &[&str] = &[
     "ns", "us", "µs", "ms", "s", "min", "h", "%", "x", "B", "KB", "kB", "MB", "GB", "TB", "KiB",
     "MiB", "GiB", "TiB", "bps", "kbps", "Kbps", "Mbps", "Gbps", "B/s", "kB/s", "MB/s", "GB/s",
@@ -477,23 +491,7 @@ fn group_table(o: &mut String, r: &Report, g: &Group) {
         .iter()
         .flat_map(|m| m.stats.iter().map(|(l, _)| l.as_str()))
         .collect();
-    let targets: BTreeSet<String> = ms
-        .iter()
-        .map(|m| {
-            format!(
-                "{}{} {} {}",
-                m.label
-                    .as_deref()
-                    .map(|l| format!("{l} "))
-                    .unwrap_or_default(),
-                m.op.as_str(),
-                m.target,
-                m.unit
-            )
-            .trim_end()
-            .to_string()
-        })
-        .collect();
+    let targets: BTreeSet<String> = ms.iter().map(|m| m.target_text()).collect();
     let _ = write!(
         o,
         "<h3>{}: {}</h3><p class=\"muted drawn\">Target {}. Drawn per node: the value the check \
@@ -537,16 +535,7 @@ fn group_table(o: &mut String, r: &Report, g: &Group) {
             .unwrap_or_default();
         match m {
             Some(m) => {
-                let target = format!(
-                    "{}{} {} {}",
-                    m.label
-                        .as_deref()
-                        .map(|l| format!("{l} "))
-                        .unwrap_or_default(),
-                    m.op.as_str(),
-                    m.target,
-                    m.unit
-                );
+                let target = m.target_text();
                 let drawing = svg::bar(
                     &scale,
                     m.value,
