@@ -1726,7 +1726,9 @@ fn a_non_root_login_reaches_root_through_sudo() {
         explain(&o)
     );
     assert_eq!(code(&l.run(&["plan", "--json"])), 2);
-    let o = l.run(&["apply", "--json"]);
+    // `--parallel 1` makes the fan-out a chain, n1 to n2 to n3: n2 relays as an inner node of
+    // the tree, its relay started by the cluster key's forced command through `sudo -n`.
+    let o = l.run(&["apply", "--json", "--parallel", "1"]);
     assert_eq!(code(&o), 0, "{}", explain(&o));
     assert_eq!(
         closure_from(&o),
@@ -1736,6 +1738,12 @@ fn a_non_root_login_reaches_root_through_sudo() {
             ("n3".into(), "seed-stream".into(), Some("n1".into())),
         ]
     );
+    let evs = events(&o);
+    let m = copy_ok(&evs, "n3")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(m.starts_with("streamed from n2 during the upload"), "{m}");
     for i in 0..3 {
         assert_eq!(
             l.current(i).as_deref(),
