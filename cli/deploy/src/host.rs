@@ -114,6 +114,8 @@ pub struct SshHost {
     target: SshTarget,
     session: Mutex<ssh2::Session>,
     key: HostKey,
+    /// The OpenSSH connection the `ssh` and `nix copy` children share.
+    mux: crate::mux::Mux,
 }
 
 fn key_type_name(t: ssh2::HostKeyType) -> &'static str {
@@ -224,6 +226,7 @@ impl SshHost {
             target,
             session: Mutex::new(s),
             key,
+            mux: Default::default(),
         })
     }
 
@@ -265,10 +268,19 @@ impl SshHost {
         o
     }
 
-    /// [`Self::openssh_options`] as `NIX_SSHOPTS` for `nix copy`.
-    pub fn nix_sshopts(&self) -> String {
+    /// [`Self::openssh_options`], through this command's shared connection to the node, for
+    /// the `ssh` and `nix copy` children (not for anything that outlives the command).
+    fn child_options(&self) -> Vec<String> {
+        let mut o = self.openssh_options();
+        let dest = format!("{}@{}", self.target.user, self.target.host);
+        o.extend(self.mux.options(&o, &dest, self.target.connect_timeout));
+        o
+    }
+
+    /// [`Self::child_options`] as `NIX_SSHOPTS` for `nix copy`.
+    fn nix_sshopts(&self) -> String {
         // Nix splits NIX_SSHOPTS on spaces, so paths with spaces cannot be passed.
-        self.openssh_options().join(" ")
+        self.child_options().join(" ")
     }
 
     /// Runs argv on the node through OpenSSH with `stdin` as its input, so a stream from
@@ -283,7 +295,7 @@ impl SshHost {
         let cmd = wire_command(&self.target.user, argv, root)
             .ok_or_else(|| HostError::BadArgument("an argument contains a NUL byte".into()))?;
         let o = std::process::Command::new("ssh")
-            .args(self.openssh_options())
+            .args(self.child_options())
             .arg("--")
             .arg(format!("{}@{}", self.target.user, self.target.host))
             .arg(cmd)

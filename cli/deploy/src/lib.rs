@@ -34,6 +34,7 @@ pub mod host;
 pub mod install;
 pub mod install_state;
 pub mod login_key;
+mod mux;
 pub mod nixcmd;
 pub mod node_build;
 pub mod nodenix;

@@ -1180,6 +1180,70 @@ fn a_command_silent_for_thirty_seconds_finishes() {
     assert_eq!((o.status, o.stdout.trim()), (0, "finished"), "{}", o.stderr);
 }
 
+/// A node's OpenSSH children (`nix copy`, the probes, the seed's upload) share one
+/// connection that lives as long as edgectl's session to the node: the same client port for
+/// each, none left behind afterwards, and a child still runs when that connection is gone.
+#[test]
+fn a_nodes_ssh_children_share_one_connection_and_outlive_it() {
+    use edgectl_deploy::host::{Host, argv};
+    let Some(l) = lab(1) else { return };
+    let n = l.rig.node(0);
+    let h = l.session(0);
+    edgectl_deploy::host::write_known_hosts(
+        &l.dir.path().join("known_hosts"),
+        &[(n.ip.to_string(), n.port, h.host_key().unwrap())],
+    )
+    .unwrap();
+    let client = |h: &dyn Host| {
+        let o = h
+            .run_piped(
+                &argv(["sh", "-c", "echo $SSH_CONNECTION"]),
+                false,
+                Stdio::null(),
+            )
+            .unwrap();
+        assert_eq!(o.status, 0, "{}", o.stderr);
+        o.stdout.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let first = client(&h);
+    assert_eq!(
+        client(&h),
+        first,
+        "a second child through the same connection"
+    );
+    let own = h
+        .run(&argv(["sh", "-c", "echo $SSH_CONNECTION"]), false)
+        .unwrap();
+    assert_ne!(own.stdout.split_whitespace().nth(1), Some(first.as_str()));
+    let ours = format!("edgectl-ssh.{}.", std::process::id());
+    let masters = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&ours))
+            .count()
+    };
+    assert_eq!(masters(), 1);
+    // The shared connection dies (as with a node's sshd restarting): children connect anew.
+    let killed = Command::new("pkill")
+        .args(["-f", &format!("ControlPath=.*{ours}")])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "the master runs with its ControlPath");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(
+        client(&h),
+        first,
+        "a child of a dead master connects on its own"
+    );
+    drop(h);
+    assert_eq!(
+        masters(),
+        0,
+        "the master's private directory goes with the session"
+    );
+}
+
 /// A command whose output is not UTF-8 ran: its output comes back (lossily), the node is not
 /// "unreachable".
 #[test]
