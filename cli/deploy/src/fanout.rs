@@ -31,15 +31,17 @@ use crate::host::{Host, argv};
 use crate::nixcmd;
 use crate::pool::parallel_map;
 use crate::session::Session;
+use crate::stop::Stop;
 
 /// `--fanout`: whether closures spread over the cluster LAN, and whether a node may fall back
 /// to a copy from the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fanout {
-    /// Measures the controller's link to the first node and that node's to a peer over the
-    /// cluster LAN, then `on` when fan-out is predicted well ahead ([`AUTO_MARGIN`]), else
-    /// `off`; the report says which and why.
+    /// Measures the controller's link to the first node: behind a slow one, `on` at once;
+    /// otherwise the direct copies start, and the first node's link to a peer over the cluster
+    /// LAN is measured meanwhile: when fan-out is predicted well ahead ([`AUTO_MARGIN`]), the
+    /// copies still running are stopped and the rest fan out. The report says which and why.
     Auto,
     /// Every node from the controller.
     Off,
@@ -135,16 +137,16 @@ fn probe_bps(h: &dyn Host, bytes: usize) -> Option<f64> {
     h.run_piped(&sink, false, std::process::Stdio::null())
         .ok()?;
     let empty = t.elapsed();
-    // xorshift: no transport compression can shrink it.
+    // xorshift, a word at a time: no transport compression can shrink it, and it is ready in
+    // milliseconds.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let data: Vec<u8> = (0..bytes)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let mut data = vec![0u8; bytes];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
     let (reader, mut writer) = std::io::pipe().ok()?;
     let t = Instant::now();
     let feed = std::thread::spawn(move || writer.write_all(&data));
@@ -374,31 +376,7 @@ pub fn copy_closures(
     tx: &Sender,
 ) -> Deliveries {
     if mode == Fanout::Auto && needing.len() >= 2 {
-        let (first, second) = (&needing[0], &needing[1]);
-        let k = parallel.max(1).min(needing.len() - 1);
-        let controller = measure_controller(first);
-        // Behind a link that slow, any LAN relays better: its probe would only cost time.
-        let lan = controller
-            .filter(|b| *b >= PROBE_SLOW)
-            .and_then(|_| measure_lan(first, second, k, c, state_dir));
-        let (fan, why) = choose(needing.len(), k, &first.name, Measured { controller, lan });
-        emit(
-            tx,
-            &first.name,
-            Phase::Copy,
-            Ev::Progress,
-            format!("--fanout auto: {why}"),
-        );
-        if !fan {
-            // The LAN probe left the cluster key on the first node and in the second's keys.
-            forget_cluster_key(rt, &needing[..2], state_dir, parallel);
-        }
-        let mode = if fan { Fanout::On } else { Fanout::Off };
-        let mut out = copy_closures(rt, needing, c, state_dir, parallel, mode, tx);
-        for d in out.values_mut().flatten() {
-            d.auto = Some(why.clone());
-        }
-        return out;
+        return auto(rt, needing, c, state_dir, parallel, tx);
     }
     if fans_out(mode, needing.len()) {
         let out = distribute(
@@ -420,6 +398,129 @@ pub fn copy_closures(
     })
     .into_iter()
     .collect()
+}
+
+/// `--fanout auto`: measures the controller's link to the first node; behind a slow one, fans
+/// out at once. Otherwise the direct copies start right away and the LAN is measured while
+/// they run, so that when copying directly is the answer (as it mostly is on a fast link) the
+/// measurement cost little; if fan-out is predicted well ahead after all, the copies are
+/// stopped (what they copied stays) and the closures fan out.
+fn auto(
+    rt: &tokio::runtime::Runtime,
+    needing: &[Arc<Session>],
+    c: &Cluster,
+    state_dir: &Path,
+    parallel: usize,
+    tx: &Sender,
+) -> Deliveries {
+    let (first, second) = (&needing[0], &needing[1]);
+    let k = parallel.max(1).min(needing.len() - 1);
+    let controller = measure_controller(first);
+    let decide = |lan| {
+        let (fan, why) = choose(needing.len(), k, &first.name, Measured { controller, lan });
+        emit(
+            tx,
+            &first.name,
+            Phase::Copy,
+            Ev::Progress,
+            format!("--fanout auto: {why}"),
+        );
+        (fan, why)
+    };
+    let with_why = |mut out: Deliveries, why: &str| {
+        for d in out.values_mut().flatten() {
+            d.auto = Some(why.to_string());
+        }
+        out
+    };
+    // Behind a link that slow, any LAN relays better: its probe would only cost time.
+    if controller.is_none_or(|b| b < PROBE_SLOW) {
+        let (_, why) = decide(None);
+        return with_why(
+            copy_closures(rt, needing, c, state_dir, parallel, Fanout::On, tx),
+            &why,
+        );
+    }
+    let stop = Stop::default();
+    let direct = {
+        let (handle, stop, tx) = (rt.handle().clone(), stop.clone(), tx.clone());
+        let nodes = needing.to_vec();
+        std::thread::spawn(move || direct_copies(&handle, parallel, nodes, &stop, &tx))
+    };
+    let lan = measure_lan(first, second, k, c, state_dir);
+    let (fan, why) = decide(lan);
+    if !fan {
+        // The LAN probe left the cluster key on the first node and in the second's keys.
+        forget_cluster_key(rt, &needing[..2], state_dir, parallel);
+        let out = direct.join().unwrap_or_default();
+        return with_why(out, &why);
+    }
+    stop.stop();
+    // A node whose copy ended before the stop keeps it (or its failure).
+    let mut out = direct.join().unwrap_or_default();
+    let rest: Vec<Arc<Session>> = needing
+        .iter()
+        .filter(|s| !out.contains_key(&s.name))
+        .cloned()
+        .collect();
+    let why = match rest.len() {
+        0 => format!("{why}; every direct copy begun while the LAN was measured had ended"),
+        n => format!("{why}; {n} direct copies begun while the LAN was measured were stopped"),
+    };
+    out.extend(copy_closures(
+        rt,
+        &rest,
+        c,
+        state_dir,
+        parallel,
+        Fanout::On,
+        tx,
+    ));
+    // The probe's key placement, where the fan-out did not take it away again.
+    forget_cluster_key(rt, &needing[..2], state_dir, parallel);
+    with_why(out, &why)
+}
+
+/// Copies every node's closure from the controller, at most `parallel` at once, until `stop`;
+/// a node whose copy was stopped has no entry.
+fn direct_copies(
+    rt: &tokio::runtime::Handle,
+    parallel: usize,
+    nodes: Vec<Arc<Session>>,
+    stop: &Stop,
+    tx: &Sender,
+) -> Deliveries {
+    let (stop, tx) = (stop.clone(), tx.clone());
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    rt.block_on(async move {
+        let mut handles = Vec::new();
+        for s in nodes {
+            let (sem, stop, tx) = (sem.clone(), stop.clone(), tx.clone());
+            handles.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                tokio::task::spawn_blocking(move || {
+                    let r = copy_from_controller_until(&s, &tx, &stop);
+                    (s.name.clone(), r)
+                })
+                .await
+                .expect("worker")
+            }));
+        }
+        let mut out = Deliveries::new();
+        for h in handles {
+            let (name, r) = h.await.expect("worker");
+            match r {
+                Ok(true) => {
+                    out.insert(name, Ok(Delivery::from(Source::Controller, None)));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    out.insert(name, Err(e));
+                }
+            }
+        }
+        out
+    })
 }
 
 /// The cluster key lives on the nodes only while closures travel: off the seed, and out of
@@ -453,6 +554,11 @@ fn forget_cluster_key(
 
 /// The plain per-node copy: controller to node.
 pub fn copy_from_controller(s: &Session, tx: &Sender) -> Result<(), FanoutError> {
+    copy_from_controller_until(s, tx, &Stop::default()).map(|_| ())
+}
+
+/// [`copy_from_controller`] until `stop`: Ok(false) when stopped first.
+fn copy_from_controller_until(s: &Session, tx: &Sender, stop: &Stop) -> Result<bool, FanoutError> {
     let bytes = closure_bytes(std::slice::from_ref(&s.system));
     emit_bytes(
         tx,
@@ -461,10 +567,23 @@ pub fn copy_from_controller(s: &Session, tx: &Sender) -> Result<(), FanoutError>
         format!("from controller{}", mib(bytes)),
         bytes,
     );
-    match s.host.copy_closure(std::slice::from_ref(&s.system)) {
-        Ok(()) => {
+    match s
+        .host
+        .copy_closure_until(std::slice::from_ref(&s.system), stop)
+    {
+        Ok(true) => {
             emit_bytes(tx, &s.name, Ev::Ok, "copied from controller".into(), bytes);
-            Ok(())
+            Ok(true)
+        }
+        Ok(false) => {
+            emit(
+                tx,
+                &s.name,
+                Phase::Copy,
+                Ev::Progress,
+                "copy from the controller stopped: fanning out instead",
+            );
+            Ok(false)
         }
         Err(e) => {
             let e = FanoutError::Controller(e);

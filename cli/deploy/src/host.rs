@@ -10,6 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use crate::quote;
+use crate::stop::Stop;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -66,6 +67,14 @@ pub trait Host: Send + Sync {
     fn host_key(&self) -> Option<HostKey>;
     /// Copies store paths (with their closure) to the node.
     fn copy_closure(&self, paths: &[String]) -> Result<(), String>;
+    /// [`Self::copy_closure`] that `stop` can call off: Ok(false) when it did (what was
+    /// copied by then stays, as after any interrupted `nix copy`).
+    fn copy_closure_until(&self, paths: &[String], stop: &Stop) -> Result<bool, String> {
+        if stop.stopped() {
+            return Ok(false);
+        }
+        self.copy_closure(paths).map(|()| true)
+    }
     /// Copies derivations (`.drv` files and their closure, not their outputs) to the node, for
     /// the node to build.
     fn copy_derivations(&self, drvs: &[String]) -> Result<(), String>;
@@ -406,18 +415,28 @@ impl Host for SshHost {
     }
 
     fn copy_closure(&self, paths: &[String]) -> Result<(), String> {
-        self.nix_copy(paths, false)
+        self.nix_copy(paths, false, None).map(|_| ())
+    }
+
+    fn copy_closure_until(&self, paths: &[String], stop: &Stop) -> Result<bool, String> {
+        self.nix_copy(paths, false, Some(stop))
     }
 
     fn copy_derivations(&self, drvs: &[String]) -> Result<(), String> {
-        self.nix_copy(drvs, true)
+        self.nix_copy(drvs, true, None).map(|_| ())
     }
 }
 
 impl SshHost {
     /// `nix copy` to the node over OpenSSH (with the pinned key), of the paths or, with
     /// `derivation`, of the derivations themselves.
-    fn nix_copy(&self, paths: &[String], derivation: bool) -> Result<(), String> {
+    /// Ok(false): `stop` called it off.
+    fn nix_copy(
+        &self,
+        paths: &[String],
+        derivation: bool,
+        stop: Option<&Stop>,
+    ) -> Result<bool, String> {
         let t = &self.target;
         let mut url = format!("ssh://{}@{}", t.user, t.host);
         if t.user != "root" {
@@ -428,13 +447,17 @@ impl SshHost {
         if derivation {
             c.arg("--derivation");
         }
-        let out = c
-            .args(paths)
-            .env("NIX_SSHOPTS", self.nix_sshopts())
-            .output()
-            .map_err(|e| format!("cannot run nix copy: {e}"))?;
+        c.args(paths).env("NIX_SSHOPTS", self.nix_sshopts());
+        // Only a copy that may be called off leaves our process group (and a Ctrl-C).
+        let out = match stop {
+            Some(stop) => stop.output(c),
+            None => c.output().map(Some),
+        };
+        let Some(out) = out.map_err(|e| format!("cannot run nix copy: {e}"))? else {
+            return Ok(false);
+        };
         if out.status.success() {
-            Ok(())
+            Ok(true)
         } else {
             Err(format!(
                 "nix copy to {}: {}",

@@ -48,6 +48,7 @@ pub mod secrets;
 pub mod select;
 pub mod session;
 pub mod state;
+pub mod stop;
 
 pub use activate::Goal;
 pub use apply::apply;

@@ -458,6 +458,21 @@ fn fanout_auto_fans_out_behind_a_slow_link_and_follows_its_prediction() {
         "controller"
     };
     assert_eq!(nodes[0]["closure"]["from"], expected, "{why}");
+    // A fast link: the direct copies began before the LAN was measured, not after.
+    let evs = events(&o);
+    let at = |f: &dyn Fn(&str) -> bool| {
+        evs.iter()
+            .position(|e| e["message"].as_str().is_some_and(f))
+    };
+    let began = at(&|m| m.starts_with("from controller"));
+    let chose = at(&|m| m.starts_with("--fanout auto: "));
+    assert!(began.is_some() && began < chose, "{evs:?}");
+    if expected == "seed" {
+        assert!(
+            why.contains("direct copies begun while the LAN was measured"),
+            "{why}"
+        );
+    }
     for n in nodes.as_array().unwrap() {
         assert_eq!(n["closure"]["auto"], why.as_str(), "{n}");
     }
