@@ -43,6 +43,16 @@ cargo build --quiet --locked --manifest-path fuzz/Cargo.toml --bins
 if [[ -z ${EDGECTL_TEST_RAY:-} ]] && ray=$(./scripts/ray-venv.sh --path); then
   export EDGECTL_TEST_RAY="$ray"
 fi
+# The rig's verify test gives its nodes the wasmtime CLI, built from crates.io here (not in
+# scripts/setup.sh, which the README's main job runs too: it is 10 to 15 minutes the first time).
+if [[ -z ${EDGECTL_TEST_WASMTIME:-} ]]; then
+  echo "== the wasmtime CLI for the rig (scripts/wasmtime-cli.sh)"
+  if wasmtime=$(./scripts/wasmtime-cli.sh); then
+    export EDGECTL_TEST_WASMTIME="$wasmtime"
+  else
+    echo "the wasmtime CLI did not build (see above): verify's wasmtime CLI check will be a skip"
+  fi
+fi
 echo "== cargo test (log: $log)"
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" |
