@@ -1,7 +1,8 @@
 //! `cargo bench -p edgectl --bench deploy`: `apply` (first deploy) and no-op `plan` wall times on
 //! 1, 2, 4 and 8 rig nodes in one run, with ratios to 1 node, and how long an `apply` whose
 //! activation fails on one of 2 nodes takes to report it. Aims: a no-op plan on 8 nodes within
-//! 2x of 1 node; a failed activation reported well within the confirm timeout (the tests check
+//! 1.3x of 1 node (the performance issue's), with the controller's CPU and the nodes' sshd CPU
+//! beside it; a failed activation reported well within the confirm timeout (the tests check
 //! that it is detected from the node's status, not how fast). Needs root (network namespaces);
 //! otherwise it says why and exits.
 
@@ -60,25 +61,39 @@ fn main() {
         let _ = edgectl(&topo, &rig.key, &["apply", "--goal", "build"]);
         let (apply, rc, _) = edgectl(&topo, &rig.key, &["apply"]);
         assert_eq!(rc, 0, "apply on {n} nodes");
-        let mut plan = (Duration::MAX, 0.0);
+        let mut plan = (Duration::MAX, 0.0, 0.0);
+        let sshd = || -> f64 {
+            (0..n)
+                .filter_map(|i| rig.sshd_cpu(i))
+                .map(|d| d.as_secs_f64())
+                .sum()
+        };
         for _ in 0..3 {
+            let before = sshd();
             let (d, rc, cpu) = edgectl(&topo, &rig.key, &["plan"]);
             assert_eq!(rc, 0, "no-op plan on {n} nodes");
             if d < plan.0 {
-                plan = (d, cpu);
+                plan = (d, cpu, sshd() - before);
             }
         }
         rows.push((n, apply, plan));
     }
     let s = |d: Duration| d.as_secs_f64();
     println!(
-        "{:>5}  {:>9}  {:>7}  {:>13}  {:>7}  {:>15}  {:>7}",
-        "nodes", "apply (s)", "x 1", "no-op plan (s)", "x 1", "plan CPU (s)", "x 1"
+        "{:>5}  {:>9}  {:>7}  {:>13}  {:>7}  {:>15}  {:>7}  {:>15}",
+        "nodes",
+        "apply (s)",
+        "x 1",
+        "no-op plan (s)",
+        "x 1",
+        "plan CPU (s)",
+        "x 1",
+        "nodes' sshd (s)"
     );
     let (a1, p1, c1) = (s(rows[0].1), s(rows[0].2.0), rows[0].2.1);
-    for (n, a, (p, c)) in &rows {
+    for (n, a, (p, c, sshd)) in &rows {
         println!(
-            "{n:>5}  {:>9.2}  {:>7.2}  {:>13.2}  {:>7.2}  {:>15.3}  {:>7.2}",
+            "{n:>5}  {:>9.2}  {:>7.2}  {:>13.2}  {:>7.2}  {:>15.3}  {:>7.2}  {sshd:>15.3}",
             s(*a),
             s(*a) / a1,
             s(*p),
@@ -89,14 +104,18 @@ fn main() {
     }
     let r8 = s(rows[3].2.0) / p1;
     println!(
-        "aim: no-op plan on 8 nodes within 2x of 1 node: {:.2}x, {}",
+        "aim: no-op plan on 8 nodes within 1.3x of 1 node: {:.2}x, {}",
         r8,
-        if r8 <= 2.0 { "met" } else { "NOT met" }
+        if r8 <= 1.3 { "met" } else { "NOT met" }
     );
     println!(
         "the controller's own CPU for it (edgectl and Nix): {:.2}x; the rest of the wall time is \
          the nodes' sshd, which shares this machine's cores on the rig",
         rows[3].2.1 / c1
+    );
+    println!(
+        "the nodes' sshd CPU for it (the sessions and what they ran): {:.3} s at 8 nodes, {:.3} s at 1",
+        rows[3].2.2, rows[0].2.2
     );
     failed_activation();
 }

@@ -38,6 +38,22 @@ fn run(n: usize, fanout: bool, fixture: &Path) -> (Duration, u64, f64) {
 }
 
 fn run_with(n: usize, mode: &str, parallel: usize, fixture: &Path) -> (Duration, u64, f64) {
+    let p = push(n, mode, parallel, fixture);
+    (p.took, p.sent, p.busy)
+}
+
+/// One timed push to fresh nodes.
+struct Push {
+    took: Duration,
+    /// Bytes the controller sent.
+    sent: u64,
+    /// The whole machine's CPU busy share.
+    busy: f64,
+    /// CPU time of what the first node (the seed) ran over SSH.
+    seed_cpu: Option<Duration>,
+}
+
+fn push(n: usize, mode: &str, parallel: usize, fixture: &Path) -> Push {
     let rig = edgectl_rig::Rig::up(n).expect("rig");
     let dir = tempfile::tempdir().unwrap();
     let topo = dir.path().join("cluster.toml");
@@ -62,6 +78,7 @@ fn run_with(n: usize, mode: &str, parallel: usize, fixture: &Path) -> (Duration,
     // Build first (not timed): the bench measures distribution, not evaluation.
     assert!(cmd("build").output().unwrap().status.success());
     let before = rig.controller_tx_bytes();
+    let seed0 = rig.sshd_cpu(0);
     let cpu0 = cpu_jiffies();
     let t = Instant::now();
     let o = cmd("push").output().unwrap();
@@ -73,7 +90,12 @@ fn run_with(n: usize, mode: &str, parallel: usize, fixture: &Path) -> (Duration,
         "push to {n} nodes: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    (d, rig.controller_tx_bytes() - before, busy)
+    Push {
+        took: d,
+        sent: rig.controller_tx_bytes() - before,
+        busy,
+        seed_cpu: rig.sshd_cpu(0).zip(seed0).map(|(b, a)| b.saturating_sub(a)),
+    }
 }
 
 fn main() {
@@ -95,6 +117,10 @@ fn main() {
     }
     if std::env::var("FANOUT_BENCH").as_deref() == Ok("auto") {
         auto(fixture.path());
+        return;
+    }
+    if std::env::var("FANOUT_BENCH").as_deref() == Ok("relay") {
+        relay_cpu(fixture.path());
         return;
     }
     let mut rows = Vec::new();
@@ -216,4 +242,43 @@ fn auto(fixture: &Path) {
             }
         );
     }
+}
+
+/// What relaying costs the seed: its CPU (everything it ran over SSH: its own import and the
+/// relay) at 2, 4 and 8 nodes with fan-out, three runs each (the median); the growth per
+/// added peer, over the MiB each peer received, is the relay's CPU per MiB relayed.
+fn relay_cpu(fixture: &Path) {
+    let link = std::env::var("FANOUT_LINK").unwrap_or_else(|_| "100 Mbit/s (tbf)".into());
+    println!("64 MiB closure, --fanout on, controller link: {link}\n");
+    println!(
+        "{:>5}  {:>6}  {:>14}  {:>8}",
+        "nodes", "peers", "seed CPU (s)", "push (s)"
+    );
+    let mut rows = Vec::new();
+    for n in [2usize, 4, 8] {
+        let mut runs: Vec<(f64, f64)> = (0..3)
+            .map(|_| {
+                let p = push(n, "on", 8, fixture);
+                let cpu = p.seed_cpu.expect("the seed's sshd CPU").as_secs_f64();
+                (cpu, p.took.as_secs_f64())
+            })
+            .collect();
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (cpu, took) = runs[1];
+        println!(
+            "{n:>5}  {:>6}  {cpu:>6.2} [{:.2}-{:.2}]  {took:>8.2}",
+            n - 1,
+            runs[0].0,
+            runs[2].0
+        );
+        rows.push((n - 1, cpu));
+    }
+    let (k0, c0) = rows[0];
+    let (k1, c1) = rows[rows.len() - 1];
+    let per_peer = (c1 - c0) / (k1 - k0) as f64;
+    println!(
+        "\nrelay CPU per peer: {per_peer:.3} s, per MiB relayed: {:.2} ms (the seed's own import and the upload: {:.2} s)",
+        per_peer / MIB as f64 * 1e3,
+        c0 - per_peer * k0 as f64
+    );
 }

@@ -966,6 +966,33 @@ impl Rig {
         .unwrap_or(0)
     }
 
+    /// CPU time of everything node i's sshd ran: its listener's own and its waited-for
+    /// descendants' (each session, and every command a session waited for), from /proc, once
+    /// the sessions still ending are gone (up to 5 s). A background job a script left to the
+    /// init process is not counted.
+    pub fn sshd_cpu(&self, i: usize) -> Option<Duration> {
+        let pid = self.nodes[i].sshd.lock().unwrap().as_ref()?.id();
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until
+            && fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .is_ok_and(|c| !c.trim().is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command's closing parenthesis: state is field 3, utime 14 ... cstime 17.
+        let rest = stat.rsplit_once(") ")?.1;
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        (f.len() == 4).then(|| Duration::from_secs_f64(f.iter().sum::<u64>() as f64 / hz))
+    }
+
     /// JSON description (what `edgectl-rig up` prints).
     pub fn describe(&self) -> Value {
         json!({
