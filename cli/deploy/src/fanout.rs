@@ -118,25 +118,32 @@ pub const RELAY_COST: f64 = 1.5;
 /// `auto`'s probes: a first small write, then (when that does not already show a slow link) a
 /// larger one, for a throughput that the command's own start-up does not hide.
 const PROBE_FIRST: usize = 1 << 20;
-const PROBE_MORE: usize = 16 << 20;
-/// Below this (bytes/s), the first megabyte already shows a slow link (200 Mbit/s).
+const PROBE_MORE: usize = 8 << 20;
+/// Below this (bytes/s), a link is slower than any cluster LAN (200 Mbit/s).
 const PROBE_SLOW: f64 = 25e6;
+/// Below this, the first megabyte alone shows a slow link (150 Mbit/s): it takes 56 ms or
+/// more, where a command's start-up varies by tens of milliseconds on a busy controller, so
+/// anything faster is measured again with more.
+const PROBE_FIRST_SLOW: f64 = 18.75e6;
 
-/// The LAN probe, run on the seed: `sh -c PROBE_LAN edgectl-probe DEST PORT BYTES`.
+/// The LAN probe, run on the seed: `sh -c PROBE_LAN edgectl-probe DEST PORT BYTES STREAMS`.
 const PROBE_LAN: &str = node_script!("sh/probe_lan.sh");
-/// What each of the LAN probe's streams sends.
-const PROBE_LAN_BYTES: usize = 8 << 20;
+/// What each of the LAN probe's streams sends: first the small amount, and the larger one only
+/// when the small one leaves the choice close (within [`CLOSE`] of [`AUTO_MARGIN`] either way).
+const PROBE_LAN_FIRST: usize = 1 << 20;
+const PROBE_LAN_MORE: usize = 8 << 20;
+const CLOSE: f64 = 2.0;
+
+/// `cat > /dev/null` on the node: what the probes send to.
+fn sink() -> Vec<String> {
+    argv(["sh", "-c", "cat > /dev/null"])
+}
 
 /// Bytes a second from this machine to `h` over OpenSSH (the transport both the copies and the
-/// fan-out's upload use), timing `cat > /dev/null` of `bytes` incompressible bytes less an
-/// empty command's time; None when the node cannot say.
-fn probe_bps(h: &dyn Host, bytes: usize) -> Option<f64> {
+/// fan-out's upload use), timing `cat > /dev/null` of `bytes` incompressible bytes less
+/// `empty`, an empty command's time; None when the node cannot say.
+fn probe_bps(h: &dyn Host, bytes: usize, empty: Duration) -> Option<f64> {
     use std::io::Write;
-    let sink = argv(["sh", "-c", "cat > /dev/null"]);
-    let t = Instant::now();
-    h.run_piped(&sink, false, std::process::Stdio::null())
-        .ok()?;
-    let empty = t.elapsed();
     // xorshift, a word at a time: no transport compression can shrink it, and it is ready in
     // milliseconds.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -150,7 +157,7 @@ fn probe_bps(h: &dyn Host, bytes: usize) -> Option<f64> {
     let (reader, mut writer) = std::io::pipe().ok()?;
     let t = Instant::now();
     let feed = std::thread::spawn(move || writer.write_all(&data));
-    let o = h.run_piped(&sink, false, reader.into());
+    let o = h.run_piped(&sink(), false, reader.into());
     let fed = feed.join().ok().is_some_and(|r| r.is_ok());
     let took = t
         .elapsed()
@@ -201,9 +208,7 @@ pub(crate) fn choose(n: usize, k: usize, first: &str, m: Measured) -> (bool, Str
             ),
         );
     };
-    let fan = 1.0 / ctl + RELAY_COST * k as f64 / lan;
-    let direct = n as f64 / ctl;
-    let ratio = fan / direct;
+    let ratio = predicted(n, k, ctl, lan);
     let measured = format!(
         "controller to {first} {}, {first} to {k} peer(s) at once {}: fan-out predicted at {ratio:.2}x the time of {n} direct copies",
         mbit(ctl),
@@ -222,22 +227,36 @@ pub(crate) fn choose(n: usize, k: usize, first: &str, m: Measured) -> (bool, Str
 }
 
 /// Measures the controller's link to `first`: one small write, and a larger one when the small
-/// one does not already show a slow link.
+/// one does not already show a slow link. The first command also opens the connection that the
+/// copy to `first` then uses, and is timed again once that is open.
 fn measure_controller(first: &Session) -> Option<f64> {
-    let b = probe_bps(first.host.as_ref(), PROBE_FIRST)?;
-    if b < PROBE_SLOW {
+    let h = first.host.as_ref();
+    h.run_piped(&sink(), false, std::process::Stdio::null())
+        .ok()?;
+    let t = Instant::now();
+    h.run_piped(&sink(), false, std::process::Stdio::null())
+        .ok()?;
+    let empty = t.elapsed();
+    let b = probe_bps(h, PROBE_FIRST, empty)?;
+    if b < PROBE_FIRST_SLOW {
         return Some(b);
     }
-    probe_bps(first.host.as_ref(), PROBE_MORE)
+    probe_bps(h, PROBE_MORE, empty)
+}
+
+/// Fan-out's time over the direct copies' in [`choose`]'s model.
+fn predicted(n: usize, k: usize, ctl: f64, lan: f64) -> f64 {
+    (1.0 / ctl + RELAY_COST * k as f64 / lan) / (n as f64 / ctl)
 }
 
 /// Measures what `first` can send over the cluster LAN, with the cluster key, as the relay
-/// would: `streams` connections to `second` at once (so the seed's CPU shares as it would
-/// among its peers); leaves the key where fan-out puts it (the caller takes it away again).
+/// would: `k` connections to `second` at once (so the seed's CPU shares as it would among its
+/// peers), a megabyte each, then more only when that leaves `n` nodes' choice close; leaves
+/// the key where fan-out puts it (the caller takes it away again).
 fn measure_lan(
     first: &Session,
     second: &Arc<Session>,
-    streams: usize,
+    (n, k, ctl): (usize, usize, f64),
     c: &Cluster,
     state_dir: &Path,
 ) -> Option<f64> {
@@ -253,22 +272,31 @@ fn measure_lan(
     .ok()?;
     authorize(second.host.as_ref(), &public).ok()?;
     let dest = format!("{}@{}", peer.user, peer.addr);
-    let probe = argv([
-        "sh",
-        "-c",
-        PROBE_LAN,
-        "edgectl-probe",
-        &dest,
-        &peer.port.to_string(),
-        &PROBE_LAN_BYTES.to_string(),
-        &streams.max(1).to_string(),
-    ]);
-    let o = h.run(&probe, true).ok()?;
-    o.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("bps "))
-        .and_then(|b| b.trim().parse::<f64>().ok())
-        .filter(|b| *b > 0.0)
+    let probe = |bytes: usize| {
+        let a = argv([
+            "sh",
+            "-c",
+            PROBE_LAN,
+            "edgectl-probe",
+            &dest,
+            &peer.port.to_string(),
+            &bytes.to_string(),
+            &k.max(1).to_string(),
+        ]);
+        h.run(&a, true)
+            .ok()?
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("bps "))
+            .and_then(|b| b.trim().parse::<f64>().ok())
+            .filter(|b| *b > 0.0)
+    };
+    let lan = probe(PROBE_LAN_FIRST)?;
+    let ratio = predicted(n, k, ctl, lan);
+    if !(AUTO_MARGIN / CLOSE..=AUTO_MARGIN * CLOSE).contains(&ratio) {
+        return Some(lan);
+    }
+    probe(PROBE_LAN_MORE).or(Some(lan))
 }
 
 /// Why a node has no closure after the copy.
@@ -415,7 +443,24 @@ fn auto(
 ) -> Deliveries {
     let (first, second) = (&needing[0], &needing[1]);
     let k = parallel.max(1).min(needing.len() - 1);
+    // The other nodes' connections open while the first is measured (a handshake is CPU, not
+    // bandwidth), so that whichever way the choice goes their copies start at once.
+    let warm: Vec<_> = needing[1..]
+        .iter()
+        .take(parallel.max(1))
+        .map(|s| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let _ = s
+                    .host
+                    .run_piped(&argv(["true"]), false, std::process::Stdio::null());
+            })
+        })
+        .collect();
     let controller = measure_controller(first);
+    for w in warm {
+        let _ = w.join();
+    }
     let decide = |lan| {
         let (fan, why) = choose(needing.len(), k, &first.name, Measured { controller, lan });
         emit(
@@ -447,7 +492,8 @@ fn auto(
         let nodes = needing.to_vec();
         std::thread::spawn(move || direct_copies(&handle, parallel, nodes, &stop, &tx))
     };
-    let lan = measure_lan(first, second, k, c, state_dir);
+    let ctl = controller.unwrap_or_default();
+    let lan = measure_lan(first, second, (needing.len(), k, ctl), c, state_dir);
     let (fan, why) = decide(lan);
     if !fan {
         // The LAN probe left the cluster key on the first node and in the second's keys.
@@ -1402,7 +1448,7 @@ fn copy_via_seed(
         // AES-GCM first: server CPUs have AES instructions, and the LAN copy is bound by the
         // cipher, not the wire.
         let opts = format!(
-            "NIX_SSHOPTS=-p {} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com",
+            "NIX_SSHOPTS=-p {} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com -o KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,diffie-hellman-group14-sha256",
             p.port
         );
         let cmd = argv([
