@@ -444,23 +444,17 @@ fn auto(
     let (first, second) = (&needing[0], &needing[1]);
     let k = parallel.max(1).min(needing.len() - 1);
     // The other nodes' connections open while the first is measured (a handshake is CPU, not
-    // bandwidth), so that whichever way the choice goes their copies start at once.
-    let warm: Vec<_> = needing[1..]
-        .iter()
-        .take(parallel.max(1))
-        .map(|s| {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let _ = s
-                    .host
-                    .run_piped(&argv(["true"]), false, std::process::Stdio::null());
-            })
-        })
-        .collect();
-    let controller = measure_controller(first);
-    for w in warm {
-        let _ = w.join();
+    // bandwidth), so that direct copies start at once. Not waited for: behind a slow link their
+    // handshakes queue behind the probe, and a copy that needs one waits for it by itself.
+    for s in needing[1..].iter().take(parallel.max(1)) {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let _ = s
+                .host
+                .run_piped(&argv(["true"]), false, std::process::Stdio::null());
+        });
     }
+    let controller = measure_controller(first);
     let decide = |lan| {
         let (fan, why) = choose(needing.len(), k, &first.name, Measured { controller, lan });
         emit(
