@@ -3,7 +3,8 @@
 //!
 //! For each controller link (100 Mbit/s `tc tbf` on the rig bridge's controller side, and
 //! unthrottled), each node count and each repetition, every variant gets a fresh rig (empty node
-//! stores, new host keys): edgectl with its default fan-out, edgectl `--fanout off`, and
+//! stores, new host keys): edgectl with its default (`--fanout auto`), with `--fanout on` and
+//! with `--fanout off`, and
 //! `deploy .` (deploy-rs with its defaults: magic rollback and auto rollback on). The build is
 //! done first and not timed (both tools deploy what the controller built); then the first
 //! deploy is timed, the nodes are checked, and a no-op redeploy is timed. Reported per cell:
@@ -44,7 +45,9 @@ fn children_cpu() -> f64 {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Tool {
+    /// The default, `--fanout auto`.
     Edgectl,
+    EdgectlOn,
     EdgectlOff,
     DeployRs,
 }
@@ -52,7 +55,8 @@ enum Tool {
 impl Tool {
     fn label(self) -> &'static str {
         match self {
-            Tool::Edgectl => "edgectl",
+            Tool::Edgectl => "edgectl (auto)",
+            Tool::EdgectlOn => "edgectl --fanout on",
             Tool::EdgectlOff => "edgectl --fanout off",
             Tool::DeployRs => "deploy-rs",
         }
@@ -207,7 +211,7 @@ fn setup(deploy_rs: &Path, mib: u64) -> Setup {
     }
 }
 
-fn edgectl(topo: &Path, rig: &Rig, s: &Setup, goal: &str, off: bool) -> Command {
+fn edgectl(topo: &Path, rig: &Rig, s: &Setup, goal: &str, fanout: Option<&str>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
     c.args(["apply", "--goal", goal])
         .arg(topo)
@@ -218,8 +222,8 @@ fn edgectl(topo: &Path, rig: &Rig, s: &Setup, goal: &str, off: bool) -> Command 
             &format!("path:{}", s.fixture.path().display()),
         ])
         .env("NIX_CONFIG", edgectl_rig::NIX_CONFIG);
-    if off {
-        c.args(["--fanout", "off"]);
+    if let Some(mode) = fanout {
+        c.args(["--fanout", mode]);
     }
     c
 }
@@ -318,15 +322,19 @@ fn run(tool: Tool, n: usize, link: &str, s: &Setup, bin: &Path) -> (Sample, Samp
     throttle(&rig, link);
     let what = format!("{} to {n} node(s), link {link}", tool.label());
     let (first, again) = match tool {
-        Tool::Edgectl | Tool::EdgectlOff => {
-            let off = tool == Tool::EdgectlOff;
+        Tool::Edgectl | Tool::EdgectlOn | Tool::EdgectlOff => {
+            let mode = match tool {
+                Tool::EdgectlOn => Some("on"),
+                Tool::EdgectlOff => Some("off"),
+                _ => None,
+            };
             must(
-                &edgectl(&topo, &rig, s, "build", off).output().unwrap(),
+                &edgectl(&topo, &rig, s, "build", mode).output().unwrap(),
                 "edgectl apply --goal build",
             );
-            let first = timed(&rig, edgectl(&topo, &rig, s, "switch", off), &what);
+            let first = timed(&rig, edgectl(&topo, &rig, s, "switch", mode), &what);
             check_nodes(&rig);
-            let again = timed(&rig, edgectl(&topo, &rig, s, "switch", off), &what);
+            let again = timed(&rig, edgectl(&topo, &rig, s, "switch", mode), &what);
             (first, again)
         }
         Tool::DeployRs => {
@@ -376,7 +384,12 @@ fn main() {
     let mib: u64 = env_or("PEER_MIB", "64").parse().expect("PEER_MIB");
     let s = setup(&bin, mib);
     let closure = (mib << 20) as f64;
-    let tools = [Tool::Edgectl, Tool::EdgectlOff, Tool::DeployRs];
+    let tools = [
+        Tool::Edgectl,
+        Tool::EdgectlOn,
+        Tool::EdgectlOff,
+        Tool::DeployRs,
+    ];
     // (link, n, tool) -> samples
     let mut got: BTreeMap<(String, usize, Tool), Vec<(Sample, Sample)>> = BTreeMap::new();
     for link in &links {
@@ -453,6 +466,23 @@ fn main() {
                 d_lo / e_lo,
                 if d_lo / e_lo >= 1.0 { "met" } else { "NOT met" }
             );
+        }
+        for &n in &nodes {
+            let fixed = [Tool::EdgectlOn, Tool::EdgectlOff]
+                .into_iter()
+                .filter_map(|t| med(n, t))
+                .reduce(f64::min);
+            if let (Some(auto), Some(better)) = (med(n, Tool::Edgectl), fixed) {
+                println!(
+                    "[{link}] aim auto within 1.1x of the better fixed mode at {n} node(s): {:.2}x {}",
+                    auto / better,
+                    if auto / better <= 1.1 {
+                        "met"
+                    } else {
+                        "NOT met"
+                    }
+                );
+            }
         }
     };
     for link in &links {
