@@ -132,7 +132,7 @@ const PROBE_LAN: &str = node_script!("sh/probe_lan.sh");
 /// when the small one leaves the choice close (within [`CLOSE`] of [`AUTO_MARGIN`] either way).
 const PROBE_LAN_FIRST: usize = 1 << 20;
 const PROBE_LAN_MORE: usize = 8 << 20;
-const CLOSE: f64 = 2.0;
+const CLOSE: f64 = 1.5;
 
 /// `cat > /dev/null` on the node: what the probes send to.
 fn sink() -> Vec<String> {
@@ -443,17 +443,6 @@ fn auto(
 ) -> Deliveries {
     let (first, second) = (&needing[0], &needing[1]);
     let k = parallel.max(1).min(needing.len() - 1);
-    // The other nodes' connections open while the first is measured (a handshake is CPU, not
-    // bandwidth), so that direct copies start at once. Not waited for: behind a slow link their
-    // handshakes queue behind the probe, and a copy that needs one waits for it by itself.
-    for s in needing[1..].iter().take(parallel.max(1)) {
-        let s = s.clone();
-        std::thread::spawn(move || {
-            let _ = s
-                .host
-                .run_piped(&argv(["true"]), false, std::process::Stdio::null());
-        });
-    }
     let controller = measure_controller(first);
     let decide = |lan| {
         let (fan, why) = choose(needing.len(), k, &first.name, Measured { controller, lan });

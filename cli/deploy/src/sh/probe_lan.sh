@@ -1,12 +1,15 @@
 # `--fanout auto`'s LAN probe, on the seed: sh -c PROBE edgectl-probe DEST PORT BYTES STREAMS.
 # Sends BYTES random bytes to DEST's `edgectl-probe` (the cluster key's forced command discards
-# them) over STREAMS connections at once, the way the relay feeds its peers, and prints
-# "bps N": the bytes of all streams a second, less an empty connection's time.
+# them with dd) over STREAMS connections at once, the way the relay feeds its peers, and prints
+# "bps N": the bytes of all streams over the slowest stream's time as the peer's dd measured it,
+# from its start to the end of its input. Timing the logins with the data (or subtracting an
+# empty login's time) lets the handshakes' variance swamp a small probe on a fast LAN.
 dest=$1 port=$2 bytes=$3 streams=$4
 case $bytes$streams in '' | *[!0-9]*) echo "edgectl-probe: bad size $bytes or streams $streams" >&2; exit 2 ;; esac
 mkdir -p "$EDGECTL_STATE" || exit 1
-f=$(mktemp "$EDGECTL_STATE/probe.XXXXXXXX") || exit 1
-trap 'rm -f "$f"' EXIT
+d=$(mktemp -d "$EDGECTL_STATE/probe.XXXXXXXX") || exit 1
+trap 'rm -rf "$d"' EXIT
+f=$d/data
 head -c "$bytes" /dev/urandom > "$f" || exit 1
 send() {
   ssh -p "$port" -i "$EDGECTL_STATE/cluster_key" -o IdentitiesOnly=yes \
@@ -15,15 +18,12 @@ send() {
     -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com -o KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,diffie-hellman-group14-sha256 \
     -- "$dest" edgectl-probe
 }
-t0=$(date +%s%N)
-send < /dev/null || exit 1
-t1=$(date +%s%N)
 i=0 pids=
 while [ "$i" -lt "$streams" ]; do
-  i=$((i+1)); send < "$f" & pids="$pids $!"
+  i=$((i+1)); send < "$f" 2> "$d/$i.err" & pids="$pids $!"
 done
 for p in $pids; do wait "$p" || exit 1; done
-t2=$(date +%s%N)
-took=$(( (t2 - t1) - (t1 - t0) ))
-[ "$took" -gt 100000 ] || took=100000
-echo "bps $(( bytes * streams * 1000000000 / took ))"
+# GNU dd's last line: "N bytes (...) copied, T s, R MB/s".
+took=$(sed -n 's/.* copied, \([0-9.e+-]*\) s,.*/\1/p' "$d"/*.err | sort -g | tail -n 1)
+[ -n "$took" ] || { echo "edgectl-probe: the peer's dd reported no time" >&2; cat "$d"/*.err >&2; exit 1; }
+awk -v b="$bytes" -v n="$streams" -v t="$took" 'BEGIN { if (t < 0.0001) t = 0.0001; printf "bps %d\n", b * n / t }'

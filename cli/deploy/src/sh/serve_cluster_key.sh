@@ -3,8 +3,9 @@ if [ "$(id -u)" = 0 ]; then s=; else s="sudo -n"; fi
 case "$SSH_ORIGINAL_COMMAND" in
   *"--serve --write"*) exec $s nix-store --serve --write ;;
   *"--import"*) exec $s nix-store --import ;;
-  # `--fanout auto`'s LAN probe: bytes to throw away, as fast as the link takes them.
-  "edgectl-probe") exec cat > /dev/null ;;
+  # `--fanout auto`'s LAN probe: bytes to throw away, as fast as the link takes them; dd says
+  # on stderr how long they took to arrive, which no login is part of.
+  "edgectl-probe") exec env LC_ALL=C dd of=/dev/null bs=65536 ;;
   # An inner node of the fan-out tree: import the stream and relay it on to its subtree, with
   # the relay edgectl put beside the cluster key (it checks every argument).
   "edgectl-relay "*)
