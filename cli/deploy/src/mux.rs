@@ -3,8 +3,9 @@
 //! login of its own, and on a node with little CPU to spare (or across an ocean) that is most
 //! of a short command's time.
 //!
-//! The master is our own child, started on first use and stopped when its [`Mux`] is dropped;
-//! it never outlives the command (no `ControlPersist`), so nothing is left logged in. A child
+//! The master is our own child, started on first use and stopped when its [`Mux`] is dropped
+//! or edgectl ends (it watches edgectl's end of a pipe); it never outlives the command (no
+//! `ControlPersist`), so nothing is left logged in. A child
 //! that cannot reach the master (it failed to start, or died with the connection) makes its
 //! own connection: OpenSSH does that by itself under `ControlMaster=no`.
 
@@ -59,7 +60,8 @@ impl Drop for Mux {
             mut master, dir, ..
         } = s
         {
-            let _ = master.kill();
+            // End of input: the watcher stops the master and removes the directory.
+            drop(master.stdin.take());
             let _ = master.wait();
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -88,16 +90,30 @@ fn private_dir() -> Option<PathBuf> {
     None
 }
 
+/// Runs the master (`ssh "$@"`) for as long as its standard input stays open, then removes the
+/// socket's directory (`$0`): edgectl holds that input, so the master ends with edgectl however
+/// edgectl ends (a panic, a signal, an exit that skips destructors), not only in [`Drop`]. (A
+/// background job's input is /dev/null unless it is handed over, hence fd 3.)
+const WATCH: &str = r#"exec 3<&0
+ssh "$@" </dev/null &
+p=$!
+{ read -r _ <&3; kill "$p" 2>/dev/null; } &
+exec 3<&-
+wait "$p"
+rm -rf "$0""#;
+
 fn start(base: &[String], dest: &str, wait: Duration) -> Option<State> {
     let dir = private_dir()?;
     let socket = dir.join("m");
-    let master = Command::new("ssh")
+    let master = Command::new("sh")
+        .args(["-c", WATCH])
+        .arg(&dir)
         .args(base)
         .args(["-M", "-N", "-o", "ControlPersist=no", "-o"])
         .arg(format!("ControlPath={}", socket.display()))
         .arg("--")
         .arg(dest)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
@@ -112,7 +128,7 @@ fn start(base: &[String], dest: &str, wait: Duration) -> Option<State> {
             socket,
         })
     } else {
-        let _ = master.kill();
+        drop(master.stdin.take());
         let _ = master.wait();
         let _ = std::fs::remove_dir_all(&dir);
         None
