@@ -419,13 +419,7 @@ pub fn copy_closures(
         forget_cluster_key(rt, needing, state_dir, parallel);
         return out;
     }
-    let tx = tx.clone();
-    parallel_map(rt, parallel, needing.to_vec(), move |s: Arc<Session>| {
-        let r = copy_from_controller(&s, &tx).map(|()| Delivery::from(Source::Controller, None));
-        (s.name.clone(), r)
-    })
-    .into_iter()
-    .collect()
+    direct_copies(rt, parallel, needing, &Stop::default(), tx)
 }
 
 /// `--fanout auto`: measures the controller's link to the first node; behind a slow one, fans
@@ -470,86 +464,65 @@ fn auto(
         );
     }
     let stop = Stop::default();
-    let direct = {
-        let (handle, stop, tx) = (rt.handle().clone(), stop.clone(), tx.clone());
-        let nodes = needing.to_vec();
-        std::thread::spawn(move || direct_copies(&handle, parallel, nodes, &stop, &tx))
-    };
-    let ctl = controller.unwrap_or_default();
-    let lan = measure_lan(first, second, (needing.len(), k, ctl), c, state_dir);
-    let (fan, why) = decide(lan);
-    if !fan {
-        // The LAN probe left the cluster key on the first node and in the second's keys.
+    std::thread::scope(|scope| {
+        let direct = scope.spawn(|| direct_copies(rt, parallel, needing, &stop, tx));
+        let ctl = controller.unwrap_or_default();
+        let lan = measure_lan(first, second, (needing.len(), k, ctl), c, state_dir);
+        let (fan, why) = decide(lan);
+        if !fan {
+            // The LAN probe left the cluster key on the first node and in the second's keys.
+            forget_cluster_key(rt, &needing[..2], state_dir, parallel);
+            let out = direct.join().unwrap_or_default();
+            return with_why(out, &why);
+        }
+        stop.stop();
+        // A node whose copy ended before the stop keeps it (or its failure).
+        let mut out = direct.join().unwrap_or_default();
+        let rest: Vec<Arc<Session>> = needing
+            .iter()
+            .filter(|s| !out.contains_key(&s.name))
+            .cloned()
+            .collect();
+        let why = match rest.len() {
+            0 => format!("{why}; every direct copy begun while the LAN was measured had ended"),
+            n => format!("{why}; {n} direct copies begun while the LAN was measured were stopped"),
+        };
+        out.extend(copy_closures(
+            rt,
+            &rest,
+            c,
+            state_dir,
+            parallel,
+            Fanout::On,
+            tx,
+        ));
+        // The probe's key placement, where the fan-out did not take it away again.
         forget_cluster_key(rt, &needing[..2], state_dir, parallel);
-        let out = direct.join().unwrap_or_default();
-        return with_why(out, &why);
-    }
-    stop.stop();
-    // A node whose copy ended before the stop keeps it (or its failure).
-    let mut out = direct.join().unwrap_or_default();
-    let rest: Vec<Arc<Session>> = needing
-        .iter()
-        .filter(|s| !out.contains_key(&s.name))
-        .cloned()
-        .collect();
-    let why = match rest.len() {
-        0 => format!("{why}; every direct copy begun while the LAN was measured had ended"),
-        n => format!("{why}; {n} direct copies begun while the LAN was measured were stopped"),
-    };
-    out.extend(copy_closures(
-        rt,
-        &rest,
-        c,
-        state_dir,
-        parallel,
-        Fanout::On,
-        tx,
-    ));
-    // The probe's key placement, where the fan-out did not take it away again.
-    forget_cluster_key(rt, &needing[..2], state_dir, parallel);
-    with_why(out, &why)
+        with_why(out, &why)
+    })
 }
 
 /// Copies every node's closure from the controller, at most `parallel` at once, until `stop`;
 /// a node whose copy was stopped has no entry.
 fn direct_copies(
-    rt: &tokio::runtime::Handle,
+    rt: &tokio::runtime::Runtime,
     parallel: usize,
-    nodes: Vec<Arc<Session>>,
+    nodes: &[Arc<Session>],
     stop: &Stop,
     tx: &Sender,
 ) -> Deliveries {
     let (stop, tx) = (stop.clone(), tx.clone());
-    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
-    rt.block_on(async move {
-        let mut handles = Vec::new();
-        for s in nodes {
-            let (sem, stop, tx) = (sem.clone(), stop.clone(), tx.clone());
-            handles.push(tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                tokio::task::spawn_blocking(move || {
-                    let r = copy_from_controller_until(&s, &tx, &stop);
-                    (s.name.clone(), r)
-                })
-                .await
-                .expect("worker")
-            }));
-        }
-        let mut out = Deliveries::new();
-        for h in handles {
-            let (name, r) = h.await.expect("worker");
-            match r {
-                Ok(true) => {
-                    out.insert(name, Ok(Delivery::from(Source::Controller, None)));
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    out.insert(name, Err(e));
-                }
-            }
-        }
-        out
+    parallel_map(rt, parallel, nodes.to_vec(), move |s: Arc<Session>| {
+        let r = copy_from_controller_until(&s, &tx, &stop);
+        (s.name.clone(), r)
     })
+    .into_iter()
+    .filter_map(|(name, r)| match r {
+        Ok(true) => Some((name, Ok(Delivery::from(Source::Controller, None)))),
+        Ok(false) => None,
+        Err(e) => Some((name, Err(e))),
+    })
+    .collect()
 }
 
 /// The cluster key lives on the nodes only while closures travel: off the seed, and out of
