@@ -115,24 +115,30 @@ pub const AUTO_MARGIN: f64 = 0.7;
 /// time at 8 nodes with the links measured alike.
 pub const RELAY_COST: f64 = 1.5;
 
-/// `auto`'s probes: a first small write, then (when that does not already show a slow link) a
-/// larger one, for a throughput that the command's own start-up does not hide.
+/// `auto`'s probe of the controller's link: one megabyte. Behind a slow link (one that reads
+/// slower than [`PROBE_SLOW`]) it is enough to fan out; on a faster one the direct copies start
+/// at once, and a longer probe would only hold them up.
 const PROBE_FIRST: usize = 1 << 20;
-const PROBE_MORE: usize = 8 << 20;
-/// Below this (bytes/s), a link is slower than any cluster LAN (200 Mbit/s).
-const PROBE_SLOW: f64 = 25e6;
-/// Below this, the first megabyte alone shows a slow link (150 Mbit/s): it takes 56 ms or
-/// more, where a command's start-up varies by tens of milliseconds on a busy controller, so
-/// anything faster is measured again with more.
-const PROBE_FIRST_SLOW: f64 = 18.75e6;
+/// Below this (bytes/s), the controller's link is slower than any cluster LAN (150 Mbit/s: a
+/// megabyte takes 56 ms or more, more than a command's start-up varies by, so a fast link does
+/// not read this slow).
+const PROBE_SLOW: f64 = 18.75e6;
 
-/// The LAN probe, run on the seed: `sh -c PROBE_LAN edgectl-probe DEST PORT BYTES STREAMS`.
+/// The LAN probe, run on the seed:
+/// `sh -c PROBE_LAN edgectl-probe DEST PORT BYTES STREAMS DEADLINE`.
 const PROBE_LAN: &str = node_script!("sh/probe_lan.sh");
 /// What each of the LAN probe's streams sends: first the small amount, and the larger one only
 /// when the small one leaves the choice close (within [`CLOSE`] of [`AUTO_MARGIN`] either way).
 const PROBE_LAN_FIRST: usize = 1 << 20;
 const PROBE_LAN_MORE: usize = 8 << 20;
 const CLOSE: f64 = 1.5;
+/// The LAN probe opens at most this many streams: each is a login on both nodes, taken from
+/// the direct copies running beside it. The seed's `k` streams are estimated from them and
+/// its cores (one stream's SSH runs on one core).
+const PROBE_LAN_STREAMS: usize = 2;
+/// What the LAN probe's deadline allows for its logins, beyond its data at the rate fan-out
+/// would need.
+const PROBE_LAN_LOGINS: f64 = 1.0;
 
 /// `cat > /dev/null` on the node: what the probes send to.
 fn sink() -> Vec<String> {
@@ -171,7 +177,25 @@ fn probe_bps(h: &dyn Host, bytes: usize, empty: Duration) -> Option<f64> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Measured {
     pub controller: Option<f64>,
-    pub lan: Option<f64>,
+    pub lan: Option<Lan>,
+}
+
+/// The LAN as the seed's `k` streams would see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Lan {
+    /// Bytes a second over the `k` streams at once.
+    Measured(f64),
+    /// The probe of `streams` streams of `bytes` each ran past its deadline: the LAN was too
+    /// slow for fan-out to pay, or the nodes too busy to say.
+    Late {
+        streams: usize,
+        bytes: usize,
+        deadline: Duration,
+    },
+}
+
+fn mbit(b: f64) -> String {
+    format!("{:.0} Mbit/s", b * 8.0 / 1e6)
 }
 
 /// `--fanout auto`'s choice for `n` nodes, the seed serving `k` peers: (fan out, why). `lan` is
@@ -180,7 +204,6 @@ pub(crate) struct Measured {
 /// everything's): fan-out ~ 1/controller + RELAY_COST k/lan, direct copies ~ n/controller
 /// (the controller's link carries every copy).
 pub(crate) fn choose(n: usize, k: usize, first: &str, m: Measured) -> (bool, String) {
-    let mbit = |b: f64| format!("{:.0} Mbit/s", b * 8.0 / 1e6);
     if n < 2 {
         return (false, "one node: copied from the controller".into());
     }
@@ -208,6 +231,24 @@ pub(crate) fn choose(n: usize, k: usize, first: &str, m: Measured) -> (bool, Str
             ),
         );
     };
+    let lan = match lan {
+        Lan::Measured(l) => l,
+        Lan::Late {
+            streams,
+            bytes,
+            deadline,
+        } => {
+            return (
+                false,
+                format!(
+                    "controller to {first} {}, but {first}'s LAN probe ({streams} stream(s) of {} MiB) ran past its {:.1} s deadline, so fan-out cannot pay: copied from the controller to each node",
+                    mbit(ctl),
+                    bytes >> 20,
+                    deadline.as_secs_f64()
+                ),
+            );
+        }
+    };
     let ratio = predicted(n, k, ctl, lan);
     let measured = format!(
         "controller to {first} {}, {first} to {k} peer(s) at once {}: fan-out predicted at {ratio:.2}x the time of {n} direct copies",
@@ -226,9 +267,9 @@ pub(crate) fn choose(n: usize, k: usize, first: &str, m: Measured) -> (bool, Str
     }
 }
 
-/// Measures the controller's link to `first`: one small write, and a larger one when the small
-/// one does not already show a slow link. The first command also opens the connection that the
-/// copy to `first` then uses, and is timed again once that is open.
+/// Measures the controller's link to `first` with one small write. The first command also
+/// opens the connection that the copy to `first` then uses, and is timed again once that is
+/// open: that time, a command's own, is not the link's.
 fn measure_controller(first: &Session) -> Option<f64> {
     let h = first.host.as_ref();
     h.run_piped(&sink(), false, std::process::Stdio::null())
@@ -236,12 +277,7 @@ fn measure_controller(first: &Session) -> Option<f64> {
     let t = Instant::now();
     h.run_piped(&sink(), false, std::process::Stdio::null())
         .ok()?;
-    let empty = t.elapsed();
-    let b = probe_bps(h, PROBE_FIRST, empty)?;
-    if b < PROBE_FIRST_SLOW {
-        return Some(b);
-    }
-    probe_bps(h, PROBE_MORE, empty)
+    probe_bps(h, PROBE_FIRST, t.elapsed())
 }
 
 /// Fan-out's time over the direct copies' in [`choose`]'s model.
@@ -249,17 +285,55 @@ fn predicted(n: usize, k: usize, ctl: f64, lan: f64) -> f64 {
     (1.0 / ctl + RELAY_COST * k as f64 / lan) / (n as f64 / ctl)
 }
 
+/// The slowest LAN (bytes a second over `k` streams) for which [`choose`]'s model still
+/// predicts fan-out at `ratio` or less; None when no LAN is fast enough.
+fn lan_needed(n: usize, k: usize, ctl: f64, ratio: f64) -> Option<f64> {
+    let room = n as f64 * ratio - 1.0;
+    (room > 0.0).then(|| RELAY_COST * k as f64 * ctl / room)
+}
+
+/// How long the LAN probe of `streams` streams of `bytes` may take, for `k` streams at once
+/// at `needed` bytes a second: its logins, then twice its data's time at the rate its streams
+/// would reach if the seed's cores let `k` streams go `k / streams` times as fast (the most
+/// they could, so the deadline is the longest).
+fn lan_deadline(bytes: usize, streams: usize, k: usize, needed: f64) -> Duration {
+    let per_probe = needed * streams as f64 / k.max(streams) as f64;
+    Duration::from_secs_f64(PROBE_LAN_LOGINS + 2.0 * (bytes * streams) as f64 / per_probe)
+}
+
+/// The LAN probe's words: the seed's cores, and bytes a second over its streams or `late`.
+fn lan_probe_said(out: &str) -> (Option<usize>, Option<Result<f64, ()>>) {
+    let field = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    let cores = field("cores ").and_then(|c| c.parse().ok());
+    let said = if out.lines().any(|l| l.trim() == "late") {
+        Some(Err(()))
+    } else {
+        field("bps ")
+            .and_then(|b| b.parse::<f64>().ok())
+            .filter(|b| *b > 0.0)
+            .map(Ok)
+    };
+    (cores, said)
+}
+
 /// Measures what `first` can send over the cluster LAN, with the cluster key, as the relay
-/// would: `k` connections to `second` at once (so the seed's CPU shares as it would among its
-/// peers), a megabyte each, then more only when that leaves `n` nodes' choice close; leaves
-/// the key where fan-out puts it (the caller takes it away again).
+/// would to `k` peers at once: up to [`PROBE_LAN_STREAMS`] connections to `second` (so the
+/// seed's CPU shares as it would among its peers, up to its cores), a megabyte each, then more
+/// only when that leaves `n` nodes' choice close; each probe stopped at a deadline past which
+/// fan-out could not pay. Leaves the key where fan-out puts it (the caller takes it away
+/// again).
 fn measure_lan(
     first: &Session,
     second: &Arc<Session>,
     (n, k, ctl): (usize, usize, f64),
     c: &Cluster,
     state_dir: &Path,
-) -> Option<f64> {
+) -> Option<Lan> {
+    let needed = lan_needed(n, k, ctl, AUTO_MARGIN * CLOSE)?;
     let peer = lan_peers(c, std::slice::from_ref(second)).pop()?;
     let (private, public) = ensure_cluster_key(state_dir).ok()?;
     let h = first.host.as_ref();
@@ -272,7 +346,9 @@ fn measure_lan(
     .ok()?;
     authorize(second.host.as_ref(), &public).ok()?;
     let dest = format!("{}@{}", peer.user, peer.addr);
+    let streams = k.clamp(1, PROBE_LAN_STREAMS);
     let probe = |bytes: usize| {
+        let deadline = lan_deadline(bytes, streams, k, needed);
         let a = argv([
             "sh",
             "-c",
@@ -281,19 +357,26 @@ fn measure_lan(
             &dest,
             &peer.port.to_string(),
             &bytes.to_string(),
-            &k.max(1).to_string(),
+            &streams.to_string(),
+            &format!("{:.3}", deadline.as_secs_f64()),
         ]);
-        h.run(&a, true)
-            .ok()?
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("bps "))
-            .and_then(|b| b.trim().parse::<f64>().ok())
-            .filter(|b| *b > 0.0)
+        let (cores, said) = lan_probe_said(&h.run(&a, true).ok()?.stdout);
+        // One stream's SSH is one core's work: `k` streams go as far as the cores take them.
+        let scale = (k.min(cores.unwrap_or(1).max(1)) as f64 / streams as f64).max(1.0);
+        Some(match said? {
+            Ok(bps) => Lan::Measured(bps * scale),
+            Err(()) => Lan::Late {
+                streams,
+                bytes,
+                deadline,
+            },
+        })
     };
     let lan = probe(PROBE_LAN_FIRST)?;
-    let ratio = predicted(n, k, ctl, lan);
-    if !(AUTO_MARGIN / CLOSE..=AUTO_MARGIN * CLOSE).contains(&ratio) {
+    let Lan::Measured(bps) = lan else {
+        return Some(lan);
+    };
+    if !(AUTO_MARGIN / CLOSE..=AUTO_MARGIN * CLOSE).contains(&predicted(n, k, ctl, bps)) {
         return Some(lan);
     }
     probe(PROBE_LAN_MORE).or(Some(lan))
@@ -1660,7 +1743,7 @@ mod decisions {
     fn auto_fans_out_when_the_lan_relays_well_ahead_of_direct_copies() {
         let m = |c: f64, l: f64| Measured {
             controller: Some(c),
-            lan: Some(l),
+            lan: Some(Lan::Measured(l)),
         };
         // Behind 100 Mbit/s: fan-out, without a LAN measurement.
         let slow = Measured {
@@ -1712,6 +1795,63 @@ mod decisions {
         );
         assert!(fan, "nothing measured: the default of old");
         assert!(!choose(1, 1, "n1", m(1e6, 1e9)).0, "one node has no peer");
+    }
+
+    #[test]
+    fn the_lan_probe_is_cut_off_once_fan_out_could_no_longer_pay() {
+        // 8 nodes, 7 peers, 400 Mbit/s to the controller: fan-out at 1.05x (the top of the
+        // close band) needs the seed to send 1.5 * 7 * 50e6 / (8 * 1.05 - 1) bytes/s to its peers.
+        let needed = lan_needed(8, 7, 50e6, AUTO_MARGIN * CLOSE).unwrap();
+        assert!((needed - 1.5 * 7.0 * 50e6 / 7.4).abs() < 1.0, "{needed}");
+        assert!(
+            (predicted(8, 7, 50e6, needed) - AUTO_MARGIN * CLOSE).abs() < 1e-9,
+            "the model at that LAN is the ratio asked for"
+        );
+        assert_eq!(
+            lan_needed(1, 1, 50e6, 0.7),
+            None,
+            "one node: no LAN is enough"
+        );
+        // Two streams of a megabyte, standing for 7 that may go 3.5x as fast: the logins' second
+        // and twice the data's time at the rate they would need.
+        let d = lan_deadline(1 << 20, 2, 7, needed);
+        let data = 2.0 * (2 << 20) as f64 / (needed * 2.0 / 7.0);
+        assert!(
+            (d.as_secs_f64() - PROBE_LAN_LOGINS - data).abs() < 1e-6,
+            "{d:?}"
+        );
+        // A faster controller needs a faster LAN, so its deadline is sooner.
+        assert!(lan_deadline(1 << 20, 2, 7, needed * 2.0) < d);
+        // A late probe copies directly, whatever the controller's link.
+        let (fan, why) = choose(
+            8,
+            7,
+            "n1",
+            Measured {
+                controller: Some(50e6),
+                lan: Some(Lan::Late {
+                    streams: 2,
+                    bytes: 1 << 20,
+                    deadline: Duration::from_millis(1300),
+                }),
+            },
+        );
+        assert!(!fan, "{why}");
+        assert!(
+            why.contains("n1's LAN probe (2 stream(s) of 1 MiB) ran past its 1.3 s deadline"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_lan_probes_words_are_its_cores_and_a_rate_or_late() {
+        assert_eq!(
+            lan_probe_said("cores 40\nbps 123456\n"),
+            (Some(40), Some(Ok(123456.0)))
+        );
+        assert_eq!(lan_probe_said("cores 2\nlate\n"), (Some(2), Some(Err(()))));
+        assert_eq!(lan_probe_said("cores x\nbps 0\n"), (None, None));
+        assert_eq!(lan_probe_said(""), (None, None));
     }
 
     #[test]

@@ -440,18 +440,22 @@ fn fanout_auto_fans_out_behind_a_slow_link_and_follows_its_prediction() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let ratio: f64 = why
-        .split("predicted at ")
-        .nth(1)
-        .and_then(|r| r.split('x').next())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| panic!("no prediction in {why:?}"));
     // What it measured and chose, for whoever reads the test's output.
     eprintln!("unthrottled: --fanout auto: {why}");
-    assert!(
-        why.contains("controller to n1 ") && why.contains("peer(s) at once"),
-        "{why}"
-    );
+    // A LAN probe that ran past its deadline (the LAN could not make fan-out pay) predicts
+    // nothing and copies directly.
+    let late = why.contains("'s LAN probe (") && why.contains("deadline, so fan-out cannot pay");
+    let ratio: f64 = if late {
+        f64::INFINITY
+    } else {
+        assert!(why.contains("peer(s) at once"), "{why}");
+        why.split("predicted at ")
+            .nth(1)
+            .and_then(|r| r.split('x').next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no prediction in {why:?}"))
+    };
+    assert!(why.contains("controller to n1 "), "{why}");
     // A fast link: the direct copies began before the LAN was measured, not after.
     let evs = events(&o);
     let at = |f: &dyn Fn(&str) -> bool| {
