@@ -1368,6 +1368,25 @@ fn a_tcsh_login_shell_runs_every_remote_command() {
         assert_eq!(l.current(i), Some(l.target(i)), "node {i}");
     }
     assert_eq!(code(&l.run(&["plan", "--json"])), 0);
+    // `--fanout auto` probes the links through the same shell: the controller's with a
+    // command over OpenSSH, the LAN with the probe script on the first node and the cluster
+    // key's forced command on the second. Whatever it chose, it must have measured both.
+    l.write_topology(&["agent"]);
+    let o = l.run(&["apply", "--json", "--fanout", "auto"]);
+    assert_eq!(code(&o), 0, "{}", explain(&o));
+    let why = last_json(&o)["report"]["nodes"][0]["closure"]["auto"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("through tcsh: --fanout auto: {why}");
+    assert!(
+        why.starts_with("controller to n1 ")
+            && (why.contains("peer(s) at once") || why.contains("deadline")),
+        "{why}"
+    );
+    for i in 0..2 {
+        assert_eq!(l.current(i), Some(l.target(i)), "node {i}");
+    }
 }
 
 /// The node's run folders, by the status each ended on.

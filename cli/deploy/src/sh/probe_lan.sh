@@ -11,7 +11,8 @@
 dest=$1 port=$2 bytes=$3 streams=$4 deadline=$5
 case $bytes$streams in '' | *[!0-9]*) echo "edgectl-probe: bad size $bytes or streams $streams" >&2; exit 2 ;; esac
 case $deadline in '' | *[!0-9.]*) echo "edgectl-probe: bad deadline $deadline" >&2; exit 2 ;; esac
-echo "cores $(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
+# nproc counts the CPUs this process may run on (a cgroup or affinity may allow fewer).
+echo "cores $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
 mkdir -p "$EDGECTL_STATE" || exit 1
 d=$(mktemp -d "$EDGECTL_STATE/probe.XXXXXXXX") || exit 1
 trap 'rm -rf "$d"' EXIT
