@@ -130,12 +130,14 @@ enum Command {
         /// topology's confirm_timeout_s).
         #[arg(long, value_name = "S")]
         confirm_timeout: Option<u64>,
-        /// `auto`: measure this machine's link to the first node (1 to 17 MiB) and choose `on`
-        /// when it is slower than a cluster LAN (1 Gbit/s), else `off`; the report says which
-        /// and why. `on`: upload each closure once, to one node, which copies it to the others
-        /// over the cluster LAN (a node the LAN cannot serve gets its copy from this machine,
-        /// with a warning); `require`: the same, but such a node fails instead; `off`: copy
-        /// from this machine to every node.
+        /// `auto`: measure this machine's link to the first node (1 MiB); below 150 Mbit/s,
+        /// `on`; otherwise start the copies as `off` does and meanwhile measure the first
+        /// node's link to a second over the cluster LAN, switching to `on` for the nodes not
+        /// yet served when that is predicted well ahead; the report says which and why.
+        /// `on`: upload each closure once, to one node, which copies it to the others over the
+        /// cluster LAN (a node the LAN cannot serve gets its copy from this machine, with a
+        /// warning); `require`: the same, but such a node fails instead; `off`: copy from this
+        /// machine to every node.
         #[arg(long, value_enum, default_value = "auto")]
         fanout: edgectl_deploy::fanout::Fanout,
         /// Where the systems are built: `controller` (here; the closures are then copied), or
