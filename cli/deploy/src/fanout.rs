@@ -1484,11 +1484,13 @@ fn copy_via_seed(
         if p.user != "root" {
             url.push_str("?remote-program=sudo%20-n%20nix-store");
         }
-        // AES-GCM first: server CPUs have AES instructions, and the LAN copy is bound by the
-        // cipher, not the wire.
+        // The LAN copy is bound by the cipher, not the wire: the same cheap one as every data
+        // connection.
         let opts = format!(
-            "NIX_SSHOPTS=-p {} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com -o KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,diffie-hellman-group14-sha256",
-            p.port
+            "NIX_SSHOPTS=-p {} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o Ciphers={} -o KexAlgorithms={}",
+            p.port,
+            ssh_ciphers!(),
+            ssh_kex!()
         );
         let cmd = argv([
             "env",
@@ -1841,6 +1843,25 @@ mod decisions {
             why.contains("n1's LAN probe (2 stream(s) of 1 MiB) ran past its 1.3 s deadline"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn every_data_connection_prefers_the_same_ciphers_and_key_exchange() {
+        let ciphers = crate::host::FAST_CRYPTO[1]
+            .strip_prefix("Ciphers=")
+            .unwrap();
+        let kex = crate::host::FAST_CRYPTO[3]
+            .strip_prefix("KexAlgorithms=")
+            .unwrap();
+        assert!(ciphers.starts_with("aes128-gcm@openssh.com,"), "{ciphers}");
+        assert!(kex.starts_with("curve25519-sha256,"), "{kex}");
+        for script in [RELAY, PROBE_LAN] {
+            assert!(script.contains(&format!("\nEDGECTL_CIPHERS={ciphers}\n")));
+            assert!(script.contains(&format!("\nEDGECTL_KEX={kex}\n")));
+            assert!(
+                script.contains(r#"-o Ciphers="$EDGECTL_CIPHERS" -o KexAlgorithms="$EDGECTL_KEX""#)
+            );
+        }
     }
 
     #[test]

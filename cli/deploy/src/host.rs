@@ -159,18 +159,14 @@ fn detect_dead_peer(tcp: &TcpStream) -> std::io::Result<()> {
     s.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
-/// What the `ssh` children prefer: AES-GCM, which CPUs with AES instructions (every x86
-/// CloudLab node, current laptops) run several times cheaper than OpenSSH's default
-/// ChaCha20-Poly1305; and the curve25519 key exchange, the one edgectl's own libssh2 session
-/// uses (libssh2 has no post-quantum exchange), where OpenSSH's default sntrup761 hybrid costs
-/// the client about 0.13 s of CPU per connection (measured on the rig's EPYC). These
-/// connections carry store paths; secrets go over the libssh2 session. Explicit lists (not
-/// `^`, which OpenSSH before 8.2 rejects) of names every OpenSSH since 7.4 knows.
+/// What the `ssh` children prefer (`ssh_ciphers!` and `ssh_kex!`: AES-GCM and curve25519, the
+/// exchange edgectl's own libssh2 session uses too). These connections carry store paths;
+/// secrets go over the libssh2 session.
 pub const FAST_CRYPTO: [&str; 4] = [
     "-o",
-    "Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-ctr",
+    concat!("Ciphers=", ssh_ciphers!()),
     "-o",
-    "KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,diffie-hellman-group14-sha256",
+    concat!("KexAlgorithms=", ssh_kex!()),
 ];
 
 impl SshHost {

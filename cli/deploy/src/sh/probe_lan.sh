@@ -22,7 +22,7 @@ send() {
   exec ssh -p "$port" -i "$EDGECTL_STATE/cluster_key" -o IdentitiesOnly=yes \
     -o UserKnownHostsFile="$EDGECTL_STATE/known_hosts" -o StrictHostKeyChecking=yes \
     -o BatchMode=yes -o ConnectTimeout=10 \
-    -o Ciphers=aes128-gcm@openssh.com,chacha20-poly1305@openssh.com -o KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,diffie-hellman-group14-sha256 \
+    -o Ciphers="$EDGECTL_CIPHERS" -o KexAlgorithms="$EDGECTL_KEX" \
     -- "$dest" edgectl-probe
 }
 i=0 pids=
