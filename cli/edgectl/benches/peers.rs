@@ -456,11 +456,20 @@ fn main() {
             med(lo, Tool::Edgectl),
             med(lo, Tool::DeployRs),
         ) {
-            println!(
-                "\n[{link}] aim edgectl >= 4x faster than deploy-rs at {hi} nodes: {:.2}x {}",
-                d_hi / e_hi,
-                if d_hi / e_hi >= 4.0 { "met" } else { "NOT met" }
-            );
+            println!();
+            // The slow-link aims: there the controller's link, not the CPU, is the limit.
+            if link != "none" {
+                println!(
+                    "[{link}] aim edgectl >= 4x faster than deploy-rs at {hi} nodes: {:.2}x {}",
+                    d_hi / e_hi,
+                    if d_hi / e_hi >= 4.0 { "met" } else { "NOT met" }
+                );
+                println!(
+                    "[{link}] aim edgectl at {hi} nodes within 1.2x of {lo} node(s): {:.2}x {}",
+                    e_hi / e_lo,
+                    if e_hi / e_lo <= 1.2 { "met" } else { "NOT met" }
+                );
+            }
             println!(
                 "[{link}] aim edgectl never slower at {lo} node(s): {:.2}x {}",
                 d_lo / e_lo,
