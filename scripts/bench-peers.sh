@@ -2,7 +2,7 @@
 # edgectl against a real peer on the rig: installs serokell's deploy-rs 1.0.0 from crates.io
 # into a cache folder (never into the repository), then runs `cargo bench --bench peers`, which
 # deploys the same closures to fresh rig nodes with both tools and prints the README's table.
-# Needs root (the rig) and about 45 minutes on 2 cores with the defaults (the 100 Mbit/s link is
+# Needs root (the rig) and about 20 minutes on 2 cores with the defaults (the 100 Mbit/s link is
 # most of it; PEER_LINKS=none alone took 5 minutes).
 # Knobs (environment): PEER_REPS (3), PEER_NODES (1,4,8), PEER_LINKS (100mbit,none), PEER_MIB (64).
 set -euo pipefail

@@ -126,7 +126,7 @@ const PROBE_SLOW: f64 = 18.75e6;
 
 /// The LAN probe, run on the seed:
 /// `sh -c PROBE_LAN edgectl-probe DEST PORT BYTES STREAMS DEADLINE`.
-const PROBE_LAN: &str = node_script!("sh/probe_lan.sh");
+const PROBE_LAN: &str = node_ssh_script!("sh/probe_lan.sh");
 /// What each of the LAN probe's streams sends: first the small amount, and the larger one only
 /// when the small one leaves the choice close (within [`CLOSE`] of [`AUTO_MARGIN`] either way).
 const PROBE_LAN_FIRST: usize = 1 << 20;
@@ -722,7 +722,7 @@ pub fn ensure_cluster_key(state_dir: &Path) -> Result<(Vec<u8>, String), FanoutE
 /// "peer N STATUS PATHS ERROR" per peer (STATUS: ssh's exit status, or `dropped`; PATHS: how
 /// many store paths its import took) and
 /// exits with the seed's own import status.
-const RELAY: &str = node_script!("sh/relay_closure.sh");
+const RELAY: &str = node_ssh_script!("sh/relay_closure.sh");
 
 /// Reads a list of store paths from stdin and prints those that are not valid on the node.
 const INVALID: &str = "xargs -r nix-store --check-validity --print-invalid";
@@ -1856,7 +1856,7 @@ mod decisions {
         assert!(ciphers.starts_with("aes128-gcm@openssh.com,"), "{ciphers}");
         assert!(kex.starts_with("curve25519-sha256,"), "{kex}");
         for script in [RELAY, PROBE_LAN] {
-            assert!(script.contains(&format!("\nEDGECTL_CIPHERS={ciphers}\n")));
+            assert!(script.starts_with(&format!("EDGECTL_CIPHERS={ciphers}\n")));
             assert!(script.contains(&format!("\nEDGECTL_KEX={kex}\n")));
             assert!(
                 script.contains(r#"-o Ciphers="$EDGECTL_CIPHERS" -o KexAlgorithms="$EDGECTL_KEX""#)

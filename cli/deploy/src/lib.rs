@@ -32,20 +32,24 @@ macro_rules! ssh_kex {
 }
 
 /// A node-side program from `src/sh` with `EDGECTL_STATE` set on its first line, so that the
-/// scripts name the state folder through that variable and never spell it, and
-/// `EDGECTL_CIPHERS` and `EDGECTL_KEX` on the next ones for the scripts that open SSH
-/// connections.
+/// scripts name the state folder through that variable and never spell it.
 macro_rules! node_script {
     ($file:literal) => {
+        concat!("EDGECTL_STATE=", state_dir!(), "\n", include_str!($file))
+    };
+}
+
+/// [`node_script`] for a program that opens SSH connections to other nodes: `EDGECTL_CIPHERS`
+/// and `EDGECTL_KEX` set too, from [`ssh_ciphers`] and [`ssh_kex`].
+macro_rules! node_ssh_script {
+    ($file:literal) => {
         concat!(
-            "EDGECTL_STATE=",
-            state_dir!(),
-            "\nEDGECTL_CIPHERS=",
+            "EDGECTL_CIPHERS=",
             ssh_ciphers!(),
             "\nEDGECTL_KEX=",
             ssh_kex!(),
             "\n",
-            include_str!($file)
+            node_script!($file)
         )
     };
 }

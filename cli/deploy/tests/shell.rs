@@ -126,6 +126,7 @@ fn every_script_is_loaded_by_the_crate() {
         .filter(|n| {
             !text.contains(&format!("include_str!(\"sh/{n}\")"))
                 && !text.contains(&format!("node_script!(\"sh/{n}\")"))
+                && !text.contains(&format!("node_ssh_script!(\"sh/{n}\")"))
         })
         .collect();
     assert!(
@@ -151,6 +152,13 @@ fn state_folder_comes_from_node_script() {
             assert!(
                 !text.contains(&format!("include_str!(\"sh/{n}\")")),
                 "{n} reads EDGECTL_STATE but is loaded with include_str!; use node_script!"
+            );
+        }
+        // Likewise the SSH algorithm lists, which only `node_ssh_script!` sets.
+        if body.contains("EDGECTL_CIPHERS") || body.contains("EDGECTL_KEX") {
+            assert!(
+                text.contains(&format!("node_ssh_script!(\"sh/{n}\")")),
+                "{n} reads EDGECTL_CIPHERS or EDGECTL_KEX; load it with node_ssh_script!"
             );
         }
     }
