@@ -432,8 +432,8 @@ pub type Deliveries = BTreeMap<String, Result<Delivery, FanoutError>>;
 /// How long a peer may leave the stream unread while there is data for it (see [`RELAY`]).
 pub const STALL: Duration = Duration::from_secs(20);
 
-pub const CLUSTER_KEY: &str = concat!(state_dir!(), "/cluster_key");
-pub const KNOWN_HOSTS: &str = concat!(state_dir!(), "/known_hosts");
+pub const CLUSTER_KEY: &str = cluster_key_path!();
+pub const KNOWN_HOSTS: &str = cluster_known_hosts_path!();
 
 /// What the cluster key may do on a peer, whatever command the seed asks for: import a store
 /// stream, or serve `nix copy` (the seed's command only selects which). Root through `sudo -n`
@@ -1484,14 +1484,7 @@ fn copy_via_seed(
         if p.user != "root" {
             url.push_str("?remote-program=sudo%20-n%20nix-store");
         }
-        // The LAN copy is bound by the cipher, not the wire: the same cheap one as every data
-        // connection.
-        let opts = format!(
-            "NIX_SSHOPTS=-p {} -i {CLUSTER_KEY} -o IdentitiesOnly=yes -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 -o Ciphers={} -o KexAlgorithms={}",
-            p.port,
-            ssh_ciphers!(),
-            ssh_kex!()
-        );
+        let opts = format!("NIX_SSHOPTS=-p {} {}", p.port, cluster_ssh_options!());
         let cmd = argv([
             "env",
             &opts,
@@ -1855,12 +1848,15 @@ mod decisions {
             .unwrap();
         assert!(ciphers.starts_with("aes128-gcm@openssh.com,"), "{ciphers}");
         assert!(kex.starts_with("curve25519-sha256,"), "{kex}");
+        let cluster = cluster_ssh_options!();
+        assert!(cluster.contains(&format!(" -o Ciphers={ciphers} -o KexAlgorithms={kex}")));
+        assert!(cluster.starts_with(&format!("-i {CLUSTER_KEY} ")));
+        assert!(cluster.contains(&format!("UserKnownHostsFile={KNOWN_HOSTS} ")));
+        // Split by a shell unquoted, and by Nix in NIX_SSHOPTS: nothing a split would break.
+        assert!(!cluster.contains(['\'', '"', '\\', '$']));
         for script in [RELAY, PROBE_LAN] {
-            assert!(script.starts_with(&format!("EDGECTL_CIPHERS={ciphers}\n")));
-            assert!(script.contains(&format!("\nEDGECTL_KEX={kex}\n")));
-            assert!(
-                script.contains(r#"-o Ciphers="$EDGECTL_CIPHERS" -o KexAlgorithms="$EDGECTL_KEX""#)
-            );
+            assert!(script.starts_with(&format!("EDGECTL_SSH='{cluster}'\n")));
+            assert!(script.contains(r#"ssh -p "$port" $EDGECTL_SSH -- "$dest""#));
         }
     }
 

@@ -39,16 +39,47 @@ macro_rules! node_script {
     };
 }
 
-/// [`node_script`] for a program that opens SSH connections to other nodes: `EDGECTL_CIPHERS`
-/// and `EDGECTL_KEX` set too, from [`ssh_ciphers`] and [`ssh_kex`].
+/// Where a seed or inner node of the fan-out keeps the cluster key and the peers' host keys.
+macro_rules! cluster_key_path {
+    () => {
+        concat!(state_dir!(), "/cluster_key")
+    };
+}
+macro_rules! cluster_known_hosts_path {
+    () => {
+        concat!(state_dir!(), "/known_hosts")
+    };
+}
+
+/// The OpenSSH options of every node-to-node connection (the relay, the LAN probe, the seed's
+/// `nix copy` to a peer), less the port, spelled once: the cluster key only, the peers' pinned
+/// host keys, no prompt, the same liveness limits as the controller's connections, and the
+/// cheap ciphers. Words without spaces or quotes, so that a shell may split them.
+macro_rules! cluster_ssh_options {
+    () => {
+        concat!(
+            "-i ",
+            cluster_key_path!(),
+            " -o IdentitiesOnly=yes -o UserKnownHostsFile=",
+            cluster_known_hosts_path!(),
+            " -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=10",
+            " -o ServerAliveInterval=5 -o ServerAliveCountMax=6",
+            " -o Ciphers=",
+            ssh_ciphers!(),
+            " -o KexAlgorithms=",
+            ssh_kex!()
+        )
+    };
+}
+
+/// [`node_script`] for a program that opens SSH connections to other nodes:
+/// `EDGECTL_SSH` set too, to [`cluster_ssh_options`].
 macro_rules! node_ssh_script {
     ($file:literal) => {
         concat!(
-            "EDGECTL_CIPHERS=",
-            ssh_ciphers!(),
-            "\nEDGECTL_KEX=",
-            ssh_kex!(),
-            "\n",
+            "EDGECTL_SSH='",
+            cluster_ssh_options!(),
+            "'\n",
             node_script!($file)
         )
     };

@@ -154,11 +154,11 @@ fn state_folder_comes_from_node_script() {
                 "{n} reads EDGECTL_STATE but is loaded with include_str!; use node_script!"
             );
         }
-        // Likewise the SSH algorithm lists, which only `node_ssh_script!` sets.
-        if body.contains("EDGECTL_CIPHERS") || body.contains("EDGECTL_KEX") {
+        // Likewise the cluster key's SSH options, which only `node_ssh_script!` sets.
+        if body.contains("EDGECTL_SSH") {
             assert!(
                 text.contains(&format!("node_ssh_script!(\"sh/{n}\")")),
-                "{n} reads EDGECTL_CIPHERS or EDGECTL_KEX; load it with node_ssh_script!"
+                "{n} reads EDGECTL_SSH; load it with node_ssh_script!"
             );
         }
     }

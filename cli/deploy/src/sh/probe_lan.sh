@@ -18,13 +18,9 @@ d=$(mktemp -d "$EDGECTL_STATE/probe.XXXXXXXX") || exit 1
 trap 'rm -rf "$d"' EXIT
 f=$d/data
 head -c "$bytes" /dev/urandom > "$f" || exit 1
-send() {
-  exec ssh -p "$port" -i "$EDGECTL_STATE/cluster_key" -o IdentitiesOnly=yes \
-    -o UserKnownHostsFile="$EDGECTL_STATE/known_hosts" -o StrictHostKeyChecking=yes \
-    -o BatchMode=yes -o ConnectTimeout=10 \
-    -o Ciphers="$EDGECTL_CIPHERS" -o KexAlgorithms="$EDGECTL_KEX" \
-    -- "$dest" edgectl-probe
-}
+# EDGECTL_SSH: the cluster key's options, words to split.
+# shellcheck disable=SC2086
+send() { exec ssh -p "$port" $EDGECTL_SSH -- "$dest" edgectl-probe; }
 i=0 pids=
 while [ "$i" -lt "$streams" ]; do
   i=$((i+1)); send < "$f" 2> "$d/$i.err" & pids="$pids $!"

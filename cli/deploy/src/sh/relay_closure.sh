@@ -42,11 +42,9 @@ while [ "$i" -lt "$peers" ]; do
   mkfifo "$d/$i.fifo" || exit 1
   tail -s 0.1 -c +1 --pid="$w" -f "$d/stream" > "$d/$i.fifo" &
   echo $! > "$d/$i.tail"
-  ssh -p "$port" -i "$EDGECTL_STATE/cluster_key" -o IdentitiesOnly=yes \
-    -o UserKnownHostsFile="$EDGECTL_STATE/known_hosts" -o StrictHostKeyChecking=yes \
-    -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=6 \
-    -o Ciphers="$EDGECTL_CIPHERS" -o KexAlgorithms="$EDGECTL_KEX" \
-    -- "$dest" "$cmd" < "$d/$i.fifo" > "$d/$i.out" 2> "$d/$i.err" &
+  # EDGECTL_SSH: the cluster key's options, words to split.
+  # shellcheck disable=SC2086
+  ssh -p "$port" $EDGECTL_SSH -- "$dest" "$cmd" < "$d/$i.fifo" > "$d/$i.out" 2> "$d/$i.err" &
   echo $! > "$d/$i.ssh"
 done
 # The watchdog: a peer makes progress when its reader reads (rchar grows); it may sit idle
