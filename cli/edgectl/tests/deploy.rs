@@ -1372,19 +1372,26 @@ fn a_tcsh_login_shell_runs_every_remote_command() {
     // command over OpenSSH, the LAN with the probe script on the first node and the cluster
     // key's forced command on the second. Whatever it chose, it must have measured both.
     l.write_topology(&["agent"]);
+    apply_auto_measures_both_links(&l, "tcsh");
+}
+
+/// Applies a new system with `--fanout auto` and checks that it measured both links (the
+/// controller's, then the first node's to the second over the LAN, whatever it chose) and
+/// that every node runs the new system.
+fn apply_auto_measures_both_links(l: &Lab, through: &str) {
     let o = l.run(&["apply", "--json", "--fanout", "auto"]);
     assert_eq!(code(&o), 0, "{}", explain(&o));
     let why = last_json(&o)["report"]["nodes"][0]["closure"]["auto"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    eprintln!("through tcsh: --fanout auto: {why}");
+    eprintln!("through {through}: --fanout auto: {why}");
     assert!(
         why.starts_with("controller to n1 ")
             && (why.contains("peer(s) at once") || why.contains("deadline")),
         "{why}"
     );
-    for i in 0..2 {
+    for i in 0..l.rig.nodes.len() {
         assert_eq!(l.current(i), Some(l.target(i)), "node {i}");
     }
 }
@@ -1876,6 +1883,14 @@ fn a_non_root_login_reaches_root_through_sudo() {
         );
     }
     assert_eq!(code(&l.run(&["plan", "--json"])), 0);
+    // `--fanout auto`'s probes under that user: the LAN probe runs on n1 as root through
+    // `sudo -n` with the cluster key, into the forced command of alice's key on n2.
+    l.write_topology(&["agent"]);
+    let t = std::fs::read_to_string(l.topology())
+        .unwrap()
+        .replace("ssh_user = \"root\"", "ssh_user = \"alice\"");
+    std::fs::write(l.topology(), t).unwrap();
+    apply_auto_measures_both_links(&l, "sudo");
 }
 
 /// `plan` during an apply says so (a warning naming the apply's holder); a lock nobody has
